@@ -1,0 +1,137 @@
+"""The `salad` command line: thin click commands that each call one public function.
+
+Stage modules are imported inside each command so that `salad score` on a console never imports
+torch or onnx. A SaladError becomes a one-line message and exit code 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+import salad
+from salad.errors import SaladError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly_errors(fn: F) -> F:
+    """Turn a SaladError (and Ctrl-C) into a clean one-line exit instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SaladError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted; a training run can be continued with --resume", err=True)
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class LazyChoice(click.Choice):
+    """A click.Choice whose values come from a registry that is imported only when needed."""
+
+    def __init__(self, loader: Callable[[], Sequence[str]]) -> None:
+        self._loader = loader
+        super().__init__([], case_sensitive=True)
+
+    @property  # type: ignore[override]
+    def choices(self) -> Sequence[str]:
+        return tuple(self._loader())
+
+    @choices.setter
+    def choices(self, _value: Sequence[str]) -> None:
+        pass
+
+
+def _encoder_names() -> list[str]:
+    from salad.train.models import ENCODERS
+
+    return sorted(ENCODERS)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(salad.__version__, prog_name="salad-edge")
+def main() -> None:
+    """salad-edge: train SALAD X-ray anomaly detectors, export verified bundles, score on consoles."""
+
+
+@main.command()
+@click.option("--data", required=True, type=click.Path(exists=True, path_type=Path),
+              help="Training data: a folder of normal images, a folder of class folders, or a CSV (path,label[,patient_id]).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory to create.")
+@click.option("--preset", type=click.Choice(["cpu", "paper"]), default="cpu", show_default=True,
+              help="cpu: fits 2 CPU cores in ≤ 20 min; paper: the MICCAI 2020 chest settings (GPU).")
+@click.option("--val", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Labelled validation data for thresholds and monitoring (default: 10% of the training normals, by patient).")
+@click.option("--method", type=click.Choice(["salad", "memdae", "salad-no-agg", "salad-no-mse"]), default=None,
+              help="salad, or a baseline from the same code.")
+@click.option("--encoder", type=LazyChoice(_encoder_names), default=None, help="Encoder/decoder pair.")
+@click.option("--size", type=int, default=None, help="Input size S (pixels).")
+@click.option("--width", type=float, default=None, help="Channel width multiplier.")
+@click.option("--pretrain-epochs", type=int, default=None, help="Epochs of round 0 (no anchors).")
+@click.option("--rounds", type=int, default=None, help="Number of progressive rounds R.")
+@click.option("--round-epochs", type=int, default=None, help="Epochs per round.")
+@click.option("--batch-size", type=int, default=None)
+@click.option("--lr", type=float, default=None, help="Adam learning rate.")
+@click.option("--lr-schedule", type=click.Choice(["constant", "cosine"]), default=None)
+@click.option("--tau", type=float, default=None, help="Softmax temperature τ.")
+@click.option("--neighbours", type=int, default=None, help="k neighbours of an anchor.")
+@click.option("--lam", type=float, default=None, help="Weight λ of the discrimination loss.")
+@click.option("--k", "score_k", type=int, default=None, help="K nearest bank rows in the score.")
+@click.option("--bank-refresh/--no-bank-refresh", default=None,
+              help="Replace the bank by clean embeddings of the training films after training.")
+@click.option("--known-anomaly-ratio", type=float, default=None,
+              help="Mix this fraction of abnormal films into training (the paper's AR setting); their bank rows are dropped.")
+@click.option("--weights", type=click.Path(exists=True), default=None, help="Local pretrained encoder weights (state dict).")
+@click.option("--seed", type=int, default=None)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
+@click.option("--threads", type=int, default=None, help="torch CPU threads (0 = all cores).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--force", is_flag=True, help="Delete an existing --out and start again.")
+@friendly_errors
+def train(data: Path, out: Path, preset: str, val: Path | None, resume: bool, force: bool, **overrides: Any) -> None:
+    """Train encoder + memory bank on normal X-rays into a run directory."""
+    import dataclasses
+
+    from salad.train.trainer import PRESETS, train_run
+
+    cfg = dataclasses.replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
+    summary = train_run(data, out, cfg, val=val, resume=resume, force=force)
+    click.echo(json.dumps(summary))
+
+
+@main.command()
+@click.argument("run", type=click.Path(exists=True, path_type=Path))
+@click.option("--data", required=True, type=click.Path(exists=True, path_type=Path),
+              help="Labelled data: class folders (normal/ + others) or a CSV (path,label).")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the metrics here.")
+@click.option("--plots", type=click.Path(path_type=Path), default=None, help="Folder for ROC, PR and histogram PNGs.")
+@friendly_errors
+def evaluate(run: Path, data: Path, json_out: Path | None, plots: Path | None) -> None:
+    """AUC and AUPRC of a run on labelled data (abnormal = positive)."""
+    from salad.train.evaluate import evaluate_run
+
+    result = evaluate_run(run, data, json_out=json_out, plots=plots)
+    click.echo(f"AUC {result['auc']:.4f}  AUPRC {result['auprc']:.4f}  ({result['n_normal']} normal, {result['n_abnormal']} abnormal)")
+
+
+def export_main() -> None:
+    """Entry point of the `salad-export` console script (same as `salad export`)."""
+    from salad.export.cli import export_command
+
+    export_command(prog_name="salad-export")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""In-memory image tensors and the batch augmentation used by training.
+
+Films are decoded once through the shared preprocessing (salad.preprocess) and kept as one float
+tensor; augmentation runs on whole batches in torch, which is what keeps a 2-core CPU busy with
+learning instead of JPEG decoding.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from salad.data import Sample
+from salad.preprocess import PreprocessConfig, load_image
+
+
+def preload(samples: Sequence[Sample], cfg: PreprocessConfig, desc: str = "reading films") -> torch.Tensor:
+    """Decode and preprocess every film once: float32 [N, 1, S, S]. OpenCV releases the GIL, so 2 threads help."""
+    out = np.empty((len(samples), 1, cfg.size, cfg.size), dtype=np.float32)
+
+    def one(i: int) -> None:
+        out[i] = load_image(samples[i].path, cfg)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(tqdm(pool.map(one, range(len(samples))), total=len(samples), desc=desc, unit="img", leave=False))
+    return torch.from_numpy(out)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Anatomy-preserving jitter: horizontal flip, small affine, brightness/contrast (input range [-1,1])."""
+
+    flip: bool = True
+    rotate_deg: float = 7.0
+    scale: float = 0.08
+    translate: float = 0.05
+    brightness: float = 0.1
+    contrast: float = 0.15
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def augment(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+    """One random view per image of a [B,1,S,S] batch; borders are filled with black (-1)."""
+    b = x.shape[0]
+
+    def u(lo: float, hi: float) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(b, generator=gen)
+
+    angle = u(-cfg.rotate_deg, cfg.rotate_deg) * (math.pi / 180.0)
+    scale = u(1.0 - cfg.scale, 1.0 + cfg.scale)
+    flip = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0) if cfg.flip else torch.ones(b)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1] = cos * flip, -sin
+    theta[:, 1, 0], theta[:, 1, 1] = sin * flip, cos
+    theta[:, 0, 2], theta[:, 1, 2] = u(-cfg.translate, cfg.translate) * 2, u(-cfg.translate, cfg.translate) * 2
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    # Sample x+1 with zero padding so that the border becomes -1 (black), not mid-grey.
+    out = F.grid_sample(x + 1.0, grid, mode="bilinear", padding_mode="zeros", align_corners=False) - 1.0
+    contrast = u(1.0 - cfg.contrast, 1.0 + cfg.contrast)[:, None, None, None]
+    bright = u(-cfg.brightness, cfg.brightness)[:, None, None, None]
+    mean = out.mean(dim=(1, 2, 3), keepdim=True)
+    return ((out - mean) * contrast + mean + bright).clamp(-1.0, 1.0)

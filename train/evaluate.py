@@ -1,0 +1,96 @@
+"""Evaluate a run directory on labelled data: AUC and AUPRC (abnormal = positive), optional plots."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from salad.data import Sample, read_samples
+from salad.errors import DataError
+from salad.preprocess import PreprocessConfig
+from salad.scoring import DEFAULT_SCORE, SCORE_DEFINITIONS, score_torch
+from salad.train.datasets import preload
+from salad.train.models import ModelConfig, SaladAutoencoder
+from salad.train.trainer import embed_all, load_checkpoint
+
+
+@dataclass
+class LoadedRun:
+    """A trained run rebuilt from checkpoint.pt alone: model (eval mode), normal bank rows, configs."""
+
+    model: SaladAutoencoder
+    bank: torch.Tensor
+    bank_labels: torch.Tensor
+    score_k: int
+    preprocessing: PreprocessConfig
+    config: dict[str, Any]
+
+
+def load_run(run: str | Path) -> LoadedRun:
+    """Rebuild the model and memory bank from a run directory (or a bundle's checkpoint.pt)."""
+    path = Path(run)
+    ckpt = path / "checkpoint.pt" if path.is_dir() else path
+    state = load_checkpoint(ckpt)
+    cfg = state["config"]
+    model = SaladAutoencoder(ModelConfig.from_dict(cfg["model"]))
+    model.load_state_dict(state["model"])
+    model.eval()
+    labels = state["bank_labels"]
+    return LoadedRun(
+        model=model,
+        bank=state["bank"][labels == 0].contiguous(),
+        bank_labels=labels,
+        score_k=int(cfg["train"]["score_k"]),
+        preprocessing=PreprocessConfig.from_dict(cfg["preprocessing"]),
+        config=cfg,
+    )
+
+
+def score_samples(run: LoadedRun, samples: list[Sample]) -> dict[str, np.ndarray]:
+    """Embeddings, score and knn_angle of each sample under the run's model and bank."""
+    images = preload(samples, run.preprocessing, "reading evaluation films")
+    z = embed_all(run.model, images)
+    score, knn = score_torch(z, run.bank, run.score_k)
+    return {"embedding": z.numpy(), "score": score.numpy(), "knn_angle": knn.numpy()}
+
+
+def detection_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """AUC and AUPRC with abnormal (label 1) as the positive class."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    if len(np.unique(labels)) != 2:
+        raise DataError("evaluation needs both normal (label 0) and abnormal (label 1) images.")
+    return {"auc": float(roc_auc_score(labels, scores)), "auprc": float(average_precision_score(labels, scores))}
+
+
+def evaluate_run(
+    run: str | Path, data: str | Path, json_out: str | Path | None = None, plots: str | Path | None = None
+) -> dict[str, Any]:
+    """Score labelled `data` with a run; write the metrics JSON and, optionally, ROC/PR/histogram PNGs."""
+    loaded = load_run(run)
+    samples = read_samples(data)
+    labels = np.array([s.label for s in samples])
+    if len(np.unique(labels)) != 2:
+        raise DataError(f"{data}: evaluation needs both normal and abnormal images; found labels {sorted(set(labels.tolist()))}.")
+    out = score_samples(loaded, samples)
+    result: dict[str, Any] = dict(detection_metrics(labels, out[DEFAULT_SCORE]))
+    result.update(
+        n_normal=int((labels == 0).sum()),
+        n_abnormal=int((labels == 1).sum()),
+        score=DEFAULT_SCORE,
+        score_definition=SCORE_DEFINITIONS[DEFAULT_SCORE],
+        knn_angle=detection_metrics(labels, out["knn_angle"]),
+    )
+    if json_out:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_out).write_text(json.dumps(result, indent=2))
+    if plots:
+        from salad.train.plots import write_detection_plots
+
+        write_detection_plots(labels, out[DEFAULT_SCORE], Path(plots))
+    return result

@@ -1,0 +1,77 @@
+"""SALAD's instance-discrimination and neighbourhood-aggregation losses and progressive anchors.
+
+Everything is in log space: log p_ij = z_i·m_j/τ − logsumexp_j'(z_i·m_j'/τ) over the full bank,
+so the aggregation term −log(p_ii + Σ_{j∈N_k(i)} p_ij) is a logsumexp over {i} ∪ N_k(i) minus the
+same normaliser. The bank is chunked so N can be large.
+"""
+
+from __future__ import annotations
+
+import torch
+
+CHUNK = 65536
+
+
+def bank_logits_lse(z: torch.Tensor, bank: torch.Tensor, tau: float) -> torch.Tensor:
+    """logsumexp_j(z_i·m_j/τ) over every bank row, computed in chunks of rows: shape [B]."""
+    parts = [torch.logsumexp(z @ bank[s : s + CHUNK].t() / tau, dim=1) for s in range(0, bank.shape[0], CHUNK)]
+    return torch.logsumexp(torch.stack(parts, dim=1), dim=1)
+
+
+def discrimination_terms(
+    z: torch.Tensor,
+    idx: torch.Tensor,
+    bank: torch.Tensor,
+    tau: float,
+    anchor_neighbours: torch.Tensor | None = None,
+    is_anchor: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-sample loss [B]: −log p_ii for non-anchors, −log(p_ii + Σ_{N_k(i)} p_ij) for anchors.
+
+    `anchor_neighbours` is [N, k] (bank indices, self excluded) and `is_anchor` a bool [N] mask; both
+    are fixed for a round. `bank` is detached: gradients flow into z only.
+    """
+    bank = bank.detach()
+    lse = bank_logits_lse(z, bank, tau)
+    own = (z * bank[idx]).sum(dim=1) / tau
+    loss = lse - own
+    if anchor_neighbours is None or is_anchor is None:
+        return loss
+    anchor = is_anchor[idx]
+    if not bool(anchor.any()):
+        return loss
+    nb = anchor_neighbours[idx[anchor]]  # [A, k]
+    za = z[anchor]
+    nb_logits = torch.einsum("ad,akd->ak", za, bank[nb]) / tau
+    group = torch.cat([own[anchor][:, None], nb_logits], dim=1)
+    loss = loss.clone()
+    loss[anchor] = lse[anchor] - torch.logsumexp(group, dim=1)
+    return loss
+
+
+@torch.no_grad()
+def bank_entropy_and_neighbours(bank: torch.Tensor, tau: float, k: int, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every bank row: entropy of its softmax over the other rows (self excluded) and its k nearest rows."""
+    n = bank.shape[0]
+    entropy = torch.empty(n, dtype=bank.dtype, device=bank.device)
+    neighbours = torch.empty(n, k, dtype=torch.int64, device=bank.device)
+    for s in range(0, n, chunk):
+        sims = bank[s : s + chunk] @ bank.t()
+        rows = torch.arange(s, min(s + chunk, n), device=bank.device)
+        sims[torch.arange(len(rows)), rows] = -float("inf")
+        logp = torch.log_softmax(sims / tau, dim=1)
+        entropy[s : s + chunk] = -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(dim=1)
+        neighbours[s : s + chunk] = sims.topk(k, dim=1).indices
+    return entropy, neighbours
+
+
+@torch.no_grad()
+def select_anchors(bank: torch.Tensor, tau: float, k: int, round_idx: int, rounds: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Round r of R: the int(N·r/R) lowest-entropy rows become anchors; returns (is_anchor [N], neighbours [N,k])."""
+    n = bank.shape[0]
+    entropy, neighbours = bank_entropy_and_neighbours(bank, tau, k)
+    count = int(n * round_idx / rounds)
+    is_anchor = torch.zeros(n, dtype=torch.bool, device=bank.device)
+    if count > 0:
+        is_anchor[torch.argsort(entropy)[:count]] = True
+    return is_anchor, neighbours

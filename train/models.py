@@ -1,0 +1,227 @@
+"""Encoder/decoder pairs of SALAD, registered by name (timm-style) so configs and CLIs can list them.
+
+`cxr` is the paper's chest auto-encoder (DESIGN §2); `resnet18` the musculoskeletal one. A width
+multiplier scales every channel count (0.25 makes CPU-sized models); the embedding stays 200-d.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from salad.errors import SaladError
+from salad.scoring import NORM_EPS
+
+EMBEDDING_DIM = 200
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild the network: stored in config.json, the checkpoint and the bundle."""
+
+    encoder: str = "cxr"
+    size: int = 256
+    width: float = 1.0
+    embedding_dim: int = EMBEDDING_DIM
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        return cls(**{k: data[k] for k in ("encoder", "size", "width", "embedding_dim") if k in data})
+
+
+Builder = Callable[[ModelConfig], tuple[nn.Module, nn.Module]]
+ENCODERS: dict[str, Builder] = {}
+
+
+def register_encoder(name: str) -> Callable[[Builder], Builder]:
+    """Register an (encoder, decoder) builder under `name` for configs and CLI choices."""
+
+    def wrap(fn: Builder) -> Builder:
+        ENCODERS[name] = fn
+        return fn
+
+    return wrap
+
+
+def _ch(c: int, width: float) -> int:
+    return max(4, int(round(c * width)))
+
+
+def _conv_bn(cin: int, cout: int, k: int = 3) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.1, inplace=True)]
+
+
+def _double_conv(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(*_conv_bn(cin, cout), *_conv_bn(cout, cout))
+
+
+CXR_WIDTHS = (16, 32, 64, 128, 256, 512, 1024)
+
+
+class CxrEncoder(nn.Module):
+    """Stem double conv at full resolution, six (max-pool, double conv) stages, a S/64 conv to 200."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.size % 64 != 0:
+            raise SaladError(f"the cxr encoder needs an input size divisible by 64, received {cfg.size} (try 128 or 256).")
+        w = [_ch(c, cfg.width) for c in CXR_WIDTHS]
+        layers: list[nn.Module] = [_double_conv(1, w[0])]
+        for cin, cout in zip(w[:-1], w[1:], strict=True):
+            layers.append(nn.Sequential(nn.MaxPool2d(2), _double_conv(cin, cout)))
+        self.features = nn.Sequential(*layers)
+        self.project = nn.Conv2d(w[-1], cfg.embedding_dim, cfg.size // 64, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(self.features(x)).flatten(1)
+
+
+class CxrDecoder(nn.Module):
+    """Transposed conv 200 → C×(S/64)², six (bilinear ×2, conv) stages, 1×1 conv to 1 channel, tanh."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        w = [_ch(c, cfg.width) for c in reversed(CXR_WIDTHS)]
+        self.expand = nn.Sequential(
+            nn.ConvTranspose2d(cfg.embedding_dim, w[0], cfg.size // 64, bias=False),
+            nn.BatchNorm2d(w[0]),
+            nn.LeakyReLU(0.1, inplace=True),
+        )
+        ups: list[nn.Module] = []
+        for cin, cout in zip(w[:-1], w[1:], strict=True):
+            ups.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), *_conv_bn(cin, cout)))
+        self.up = nn.Sequential(*ups)
+        self.out = nn.Conv2d(w[-1], 1, 1)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.out(self.up(self.expand(h[:, :, None, None]))))
+
+
+@register_encoder("cxr")
+def build_cxr(cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
+    return CxrEncoder(cfg), CxrDecoder(cfg)
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.down = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            if stride != 1 or cin != cout
+            else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        return F.relu(self.bn2(self.conv2(out)) + self.down(x), inplace=True)
+
+
+class ResNet18Encoder(nn.Module):
+    """ResNet-18 body on 1 channel without the max-pool, average pool, linear → 200.
+
+    Written out (40 lines) because torchvision's wheels do not import beside the CPU build of torch
+    used here; layer names follow torchvision's, and `load_weights` folds an RGB first conv to grey.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.size % 32 != 0:
+            raise SaladError(f"the resnet18 encoder needs an input size divisible by 32, received {cfg.size}.")
+        w = [_ch(c, cfg.width) for c in (64, 128, 256, 512)]
+        self.conv1 = nn.Conv2d(1, w[0], 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(w[0])
+        stages = []
+        cin = w[0]
+        for i, cout in enumerate(w):
+            stride = 1 if i == 0 else 2
+            stages.append(nn.Sequential(_BasicBlock(cin, cout, stride), _BasicBlock(cout, cout, 1)))
+            cin = cout
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.fc = nn.Linear(w[-1], cfg.embedding_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+class ResNet18Decoder(nn.Module):
+    """Mirror of the ResNet body: 200 → 512w×(S/16)², four (bilinear ×2, conv) stages to S, tanh."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        w = [_ch(c, cfg.width) for c in (512, 256, 128, 64, 32)]
+        self.expand = nn.Sequential(
+            nn.ConvTranspose2d(cfg.embedding_dim, w[0], cfg.size // 16, bias=False),
+            nn.BatchNorm2d(w[0]),
+            nn.LeakyReLU(0.1, inplace=True),
+        )
+        self.up = nn.Sequential(
+            *[
+                nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), *_conv_bn(cin, cout))
+                for cin, cout in zip(w[:-1], w[1:], strict=True)
+            ]
+        )
+        self.out = nn.Conv2d(w[-1], 1, 1)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.out(self.up(self.expand(h[:, :, None, None]))))
+
+
+@register_encoder("resnet18")
+def build_resnet18(cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
+    return ResNet18Encoder(cfg), ResNet18Decoder(cfg)
+
+
+class SaladAutoencoder(nn.Module):
+    """Encoder + decoder; `embed` gives the unit 200-d embedding used by the memory bank and the score."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.encoder not in ENCODERS:
+            raise SaladError(f"unknown encoder {cfg.encoder!r}; expected one of {sorted(ENCODERS)}.")
+        self.config = cfg
+        self.encoder, self.decoder = ENCODERS[cfg.encoder](cfg)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.encoder(x), dim=1, eps=NORM_EPS)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.encoder(x)
+        return F.normalize(h, dim=1, eps=NORM_EPS), self.decoder(h)
+
+
+class EmbeddingNet(nn.Module):
+    """The exported encoder graph: image [b,1,S,S] → unit embedding [b,200]."""
+
+    def __init__(self, model: SaladAutoencoder) -> None:
+        super().__init__()
+        self.encoder = model.encoder
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.encoder(image), dim=1, eps=NORM_EPS)
+
+
+def load_weights(model: nn.Module, path: str) -> None:
+    """Load a local weights file (state dict, `weights_only=True`); no download is ever attempted."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    own = model.state_dict()
+    for key, value in list(state.items()):
+        if key in own and value.ndim == 4 and value.shape[1] == 3 and own[key].shape[1] == 1:
+            state[key] = value.sum(dim=1, keepdim=True)  # RGB-pretrained first conv → one grey channel
+    state = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not state:
+        raise SaladError(f"{path}: none of its tensors match the model's names and shapes; is it the right architecture?")
+    model.load_state_dict(state, strict=False)

@@ -1,0 +1,417 @@
+"""SALAD training: a pre-training round, then R rounds with entropy-ranked progressive anchors.
+
+A run directory holds config.json (everything to rebuild the model), checkpoint.pt (weights, bank,
+bank labels, optimiser and RNG state; loadable with weights_only=True), metrics.jsonl (one line per
+epoch), train.csv / val.csv (the exact image lists) and val_scores.npz. Training resumes from the
+last completed epoch of checkpoint.pt.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import salad
+from salad.data import Sample, read_samples, require_normals
+from salad.errors import DataError, SaladError
+from salad.preprocess import PreprocessConfig
+from salad.scoring import check_k, score_torch
+from salad.train.datasets import AugmentConfig, augment, preload
+from salad.train.losses import discrimination_terms, select_anchors
+from salad.train.memory_bank import MemoryBank
+from salad.train.models import ModelConfig, SaladAutoencoder
+
+RUN_SCHEMA = 1
+METHODS = ("salad", "memdae", "salad-no-agg", "salad-no-mse")
+
+
+@dataclass
+class TrainConfig:
+    """Every hyper-parameter of a run; presets fill it, the CLI overrides single fields."""
+
+    method: str = "salad"
+    encoder: str = "cxr"
+    size: int = 256
+    width: float = 1.0
+    resize_mode: str = "stretch"
+    intensity_mode: str = "display"
+    pretrain_epochs: int = 50
+    rounds: int = 10
+    round_epochs: int = 50
+    batch_size: int = 16
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    lr_schedule: str = "constant"  # "constant" (paper) or "cosine" (decay to 5% over the whole run)
+    tau: float = 0.1
+    bank_momentum: float = 0.5
+    neighbours: int = 10
+    lam: float = 0.25
+    score_k: int = 100
+    bank_refresh: bool = False  # after training, replace the bank by clean embeddings of the training films
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    val_fraction: float = 0.1
+    known_anomaly_ratio: float = 0.0
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 0  # 0 = torch default (all cores)
+    weights: str | None = None  # optional local pretrained encoder weights (resnet18)
+
+    @property
+    def epochs(self) -> int:
+        return self.pretrain_epochs + self.rounds * self.round_epochs
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(encoder=self.encoder, size=self.size, width=self.width)
+
+    def preprocess_config(self) -> PreprocessConfig:
+        return PreprocessConfig(size=self.size, resize_mode=self.resize_mode, intensity_mode=self.intensity_mode)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in data.items() if k in names}
+        if "augment" in d and isinstance(d["augment"], dict):
+            d["augment"] = AugmentConfig(**d["augment"])
+        if "betas" in d:
+            d["betas"] = tuple(d["betas"])
+        return cls(**d)
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise SaladError(f"method {self.method!r}; expected one of {METHODS}.")
+        if self.batch_size < 2:
+            raise SaladError(f"batch size {self.batch_size}; expected ≥ 2 (BatchNorm needs a batch).")
+        if not 0.0 <= self.known_anomaly_ratio < 1.0:
+            raise SaladError(f"--known-anomaly-ratio {self.known_anomaly_ratio}; expected a fraction in [0, 1).")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise SaladError(f"lr schedule {self.lr_schedule!r}; expected 'constant' or 'cosine'.")
+        self.model_config()
+        self.preprocess_config()
+
+
+#: The paper's chest preset (DESIGN §2): a GPU job.
+PAPER = TrainConfig()
+#: Fits 2 CPU cores: 1,341 normal 224-px films in under 20 minutes, every round included.
+CPU = dataclasses.replace(
+    PAPER,
+    size=128,
+    width=0.25,
+    pretrain_epochs=10,
+    rounds=5,
+    round_epochs=8,
+    batch_size=32,
+    lr=1e-3,
+    lr_schedule="cosine",
+    bank_refresh=True,
+)
+PRESETS: dict[str, TrainConfig] = {"paper": PAPER, "cpu": CPU}
+
+
+def round_of(cfg: TrainConfig, epoch: int) -> int:
+    """Round 0 is pre-training; rounds 1..R follow, each `round_epochs` long."""
+    if epoch < cfg.pretrain_epochs:
+        return 0
+    return min(cfg.rounds, 1 + (epoch - cfg.pretrain_epochs) // max(1, cfg.round_epochs))
+
+
+def split_by_patient(samples: Sequence[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Hold out about `fraction` of the images, whole patients at a time (each image its own patient if unknown)."""
+    from sklearn.model_selection import GroupShuffleSplit
+
+    if fraction <= 0 or len(samples) < 10:
+        return list(samples), []
+    groups = [s.patient or str(s.path) for s in samples]
+    splitter = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
+    train_idx, val_idx = next(splitter.split(np.zeros(len(samples)), groups=groups))
+    return [samples[i] for i in sorted(train_idx)], [samples[i] for i in sorted(val_idx)]
+
+
+def write_list(path: Path, samples: Sequence[Sample]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "patient_id"])
+        for s in samples:
+            w.writerow([str(Path(s.path).resolve()), s.label, s.patient or ""])
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def embed_all(model: SaladAutoencoder, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    """Unit embeddings of preprocessed images [N,1,S,S] with the model in eval mode."""
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    out = [model.embed(images[s : s + batch].to(dev)).cpu() for s in range(0, len(images), batch)]
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, model.config.embedding_dim)
+
+
+def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, scores)) if len(set(labels.tolist())) == 2 else None
+
+
+class Trainer:
+    """Owns one run directory: builds the model and bank, trains, checkpoints, resumes, scores validation."""
+
+    def __init__(self, cfg: TrainConfig, out: Path, train: Sequence[Sample], val: Sequence[Sample], data_desc: dict[str, Any]):
+        cfg.validate()
+        self.cfg, self.out = cfg, out
+        self.train_samples, self.val_samples = list(train), list(val)
+        self.data_desc = data_desc
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = torch.device(cfg.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise SaladError("--device cuda was requested but torch sees no CUDA device; use --device cpu.")
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.model = SaladAutoencoder(cfg.model_config()).to(self.device)
+        if cfg.weights:
+            from salad.train.models import load_weights
+
+            load_weights(self.model.encoder, cfg.weights)
+        self.bank = MemoryBank(len(self.train_samples), cfg.model_config().embedding_dim, cfg.bank_momentum, self.gen).to(self.device)
+        self.bank.labels.copy_(torch.tensor([s.label for s in self.train_samples], dtype=torch.int64))
+        n_normal = int((self.bank.labels == 0).sum())
+        check_k(cfg.score_k, n_normal)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=cfg.betas)
+        self.start_epoch = 0
+        self.is_anchor: torch.Tensor | None = None
+        self.neighbours: torch.Tensor | None = None
+
+    # ---- persistence -------------------------------------------------------------------------
+    def config_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": RUN_SCHEMA,
+            "toolkit_version": salad.__version__,
+            "train": self.cfg.to_dict(),
+            "model": self.cfg.model_config().to_dict(),
+            "preprocessing": self.cfg.preprocess_config().to_dict(),
+            "data": self.data_desc,
+            "n_train": len(self.train_samples),
+            "n_train_anomalous": int(sum(s.label for s in self.train_samples)),
+            "n_val": len(self.val_samples),
+        }
+
+    def save(self, epoch: int, finished: bool = False) -> None:
+        state = {
+            "schema_version": RUN_SCHEMA,
+            "config": self.config_dict(),
+            "model": self.model.state_dict(),
+            "bank": self.bank.rows.cpu(),
+            "bank_labels": self.bank.labels.cpu(),
+            "optimizer": self.opt.state_dict(),
+            "epoch": epoch,
+            "is_anchor": None if self.is_anchor is None else self.is_anchor.cpu(),
+            "neighbours": None if self.neighbours is None else self.neighbours.cpu(),
+            "rng": self.gen.get_state(),
+            "finished": finished,
+        }
+        atomic_torch_save(state, self.out / "checkpoint.pt")
+
+    def load(self) -> None:
+        state = load_checkpoint(self.out / "checkpoint.pt")
+        saved = state["config"]["train"]
+        mine = self.cfg.to_dict()
+        diff = {k: (saved.get(k), mine[k]) for k in mine if k not in ("device", "threads") and saved.get(k) != mine[k]}
+        if diff:
+            raise SaladError(
+                f"{self.out}: cannot resume, the checkpoint was trained with other settings {diff} "
+                "(saved, requested). Resume with the same options, or use --force to start again."
+            )
+        if state["bank"].shape[0] != len(self.bank):
+            raise SaladError(f"{self.out}: checkpoint bank has {state['bank'].shape[0]} rows but the data has {len(self.bank)} images.")
+        self.model.load_state_dict(state["model"])
+        self.bank.rows.copy_(state["bank"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.is_anchor = None if state["is_anchor"] is None else state["is_anchor"].to(self.device)
+        self.neighbours = None if state["neighbours"] is None else state["neighbours"].to(self.device)
+        self.gen.set_state(state["rng"])
+        self.start_epoch = int(state["epoch"]) + 1
+
+    # ---- training ----------------------------------------------------------------------------
+    def _lr(self, epoch: int) -> float:
+        if self.cfg.lr_schedule == "constant":
+            return self.cfg.lr
+        frac = epoch / max(1, self.cfg.epochs)
+        return self.cfg.lr * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * frac)))
+
+    def _val_scores(self, val_images: torch.Tensor, bank_rows: torch.Tensor) -> np.ndarray:
+        z = embed_all(self.model, val_images)
+        score, _ = score_torch(z, bank_rows.cpu(), min(self.cfg.score_k, bank_rows.shape[0]))
+        return score.numpy()
+
+    def fit(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.json").write_text(json.dumps(self.config_dict(), indent=2))
+        write_list(self.out / "train.csv", self.train_samples)
+        write_list(self.out / "val.csv", self.val_samples)
+        pcfg = cfg.preprocess_config()
+        images = preload(self.train_samples, pcfg, "reading training films")
+        val_images = preload(self.val_samples, pcfg, "reading validation films") if self.val_samples else None
+        val_labels = np.array([s.label for s in self.val_samples])
+        use_mse = cfg.method != "salad-no-mse"
+        use_disc = cfg.method != "memdae"
+        use_agg = cfg.method in ("salad", "salad-no-mse")
+        n = len(images)
+        metrics_path = self.out / "metrics.jsonl"
+        if self.start_epoch == 0 and metrics_path.exists():
+            metrics_path.unlink()
+        t_run = time.perf_counter()
+        bar = tqdm(range(self.start_epoch, cfg.epochs), desc="training", unit="epoch", initial=self.start_epoch, total=cfg.epochs)
+        for epoch in bar:
+            t0 = time.perf_counter()
+            rnd = round_of(cfg, epoch)
+            round_start = epoch == cfg.pretrain_epochs + (rnd - 1) * cfg.round_epochs if rnd > 0 else False
+            if use_agg and rnd > 0 and (round_start or self.is_anchor is None):
+                self.is_anchor, self.neighbours = select_anchors(self.bank.rows, cfg.tau, cfg.neighbours, rnd, cfg.rounds)
+            for g in self.opt.param_groups:
+                g["lr"] = self._lr(epoch)
+            self.model.train()
+            perm = torch.randperm(n, generator=self.gen)
+            sums = {"loss": 0.0, "mse": 0.0, "disc": 0.0}
+            steps = 0
+            for s in range(0, n - cfg.batch_size + 1 if n >= cfg.batch_size else 1, cfg.batch_size):
+                idx = perm[s : s + cfg.batch_size]
+                x = augment(images[idx], cfg.augment, self.gen).to(self.device)
+                idx_d = idx.to(self.device)
+                z, recon = self.model(x)
+                mse = F.mse_loss(recon, x) if use_mse else torch.zeros((), device=self.device)
+                if use_disc:
+                    terms = discrimination_terms(
+                        z, idx_d, self.bank.rows, cfg.tau,
+                        self.neighbours if use_agg and rnd > 0 else None,
+                        self.is_anchor if use_agg and rnd > 0 else None,
+                    )
+                    disc = terms.mean()
+                else:
+                    disc = torch.zeros((), device=self.device)
+                loss = mse + cfg.lam * disc
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                self.opt.step()
+                self.bank.update(idx_d, z)
+                sums["loss"] += float(loss.detach())
+                sums["mse"] += float(mse)
+                sums["disc"] += float(disc)
+                steps += 1
+            row: dict[str, Any] = {k: v / max(1, steps) for k, v in sums.items()}
+            row.update(epoch=epoch, round=rnd, lr=self._lr(epoch), anchors=int(self.is_anchor.sum()) if self.is_anchor is not None and use_agg and rnd > 0 else 0)
+            if val_images is not None and len(val_images):
+                vs = self._val_scores(val_images, self.bank.normal_rows())
+                row["val_score_mean"] = float(vs.mean())
+                auc = _auc(val_labels, vs)
+                if auc is not None:
+                    row["val_auc"] = auc
+            row["seconds"] = time.perf_counter() - t0
+            with open(metrics_path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(row) + "\n")
+            bar.set_postfix(loss=f"{row['loss']:.3f}", **({"val_auc": f"{row['val_auc']:.3f}"} if "val_auc" in row else {}))
+            self.save(epoch)
+        if cfg.bank_refresh:
+            # Score against clean (un-augmented, eval-mode) embeddings: the same view a console will see.
+            self.bank.replace(embed_all(self.model, images).to(self.device))
+        self.save(cfg.epochs - 1, finished=True)
+        summary: dict[str, Any] = {"epochs": cfg.epochs, "train_seconds": time.perf_counter() - t_run}
+        if val_images is not None and len(val_images):
+            z = embed_all(self.model, val_images)
+            score, knn = score_torch(z, self.bank.normal_rows().cpu(), cfg.score_k)
+            np.savez(
+                self.out / "val_scores.npz",
+                score=score.numpy(), knn_angle=knn.numpy(), label=val_labels,
+                path=np.array([str(Path(s.path).resolve()) for s in self.val_samples]),
+            )
+            auc = _auc(val_labels, score.numpy())
+            summary["val_auc"] = auc
+        return summary
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a run checkpoint safely (weights_only=True) and check its schema."""
+    if not path.is_file():
+        raise SaladError(f"{path}: no checkpoint. Is this a run directory written by `salad train`?")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise SaladError(f"{path}: cannot load checkpoint ({type(exc).__name__}: {exc}). Is the file complete?") from exc
+    if not isinstance(state, dict) or state.get("schema_version") != RUN_SCHEMA:
+        got = state.get("schema_version") if isinstance(state, dict) else type(state).__name__
+        raise SaladError(f"{path}: run schema {got!r}, this toolkit reads schema {RUN_SCHEMA}. Retrain or use a matching salad-edge version.")
+    return state
+
+
+def prepare_data(
+    data: str | Path, val: str | Path | None, cfg: TrainConfig
+) -> tuple[list[Sample], list[Sample], dict[str, Any]]:
+    """Training samples (normals, plus known anomalies in the AR setting) and validation samples."""
+    samples = read_samples(data)
+    normals = require_normals(samples, data)
+    desc: dict[str, Any] = {"train_source": str(data), "val_source": str(val) if val else None}
+    if val is not None:
+        val_samples = read_samples(val)
+        train_normals = normals
+    else:
+        train_normals, val_samples = split_by_patient(normals, cfg.val_fraction, cfg.seed)
+        desc["val_source"] = f"{cfg.val_fraction:.0%} of the training normals, held out by patient"
+    train = list(train_normals)
+    if cfg.known_anomaly_ratio > 0:
+        abnormal = [s for s in samples if s.label == 1]
+        want = int(round(cfg.known_anomaly_ratio * len(train_normals) / (1.0 - cfg.known_anomaly_ratio)))
+        if want > len(abnormal):
+            raise DataError(f"{data}: --known-anomaly-ratio {cfg.known_anomaly_ratio} needs {want} abnormal films, found {len(abnormal)}.")
+        rng = random.Random(cfg.seed)
+        train += rng.sample(abnormal, want)
+    if len(train) < cfg.batch_size:
+        raise DataError(f"{data}: {len(train)} training images is fewer than one batch ({cfg.batch_size}); lower --batch-size.")
+    return train, val_samples, desc
+
+
+def train_run(
+    data: str | Path,
+    out: str | Path,
+    cfg: TrainConfig,
+    val: str | Path | None = None,
+    resume: bool = False,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Train a run directory from `data`; the public entry point behind `salad train`."""
+    out = Path(out)
+    train, val_samples, desc = prepare_data(data, val, cfg)
+    trainer = Trainer(cfg, out, train, val_samples, desc)
+    ckpt = out / "checkpoint.pt"
+    if ckpt.exists() and resume:
+        trainer.load()
+    elif out.exists() and any(out.iterdir()):
+        if not force:
+            raise SaladError(f"{out}: run directory already exists. Pass --resume to continue it or --force to start again.")
+        shutil.rmtree(out)
+    return trainer.fit()
