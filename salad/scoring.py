@@ -116,3 +116,8 @@ def score_torch(z: Any, bank: Any, k: int) -> tuple[Any, Any]:
     """Torch entry point (traceable, so it is also the body of scorer.onnx): (score, knn_angle)."""
     check_k(k, int(bank.shape[0]))
     return knn_arccos_scores(z, bank, k, _TorchOps())
+
+
+def decide(scores: np.ndarray, threshold: float) -> np.ndarray:
+    """The label at a threshold: 1 (abnormal) where score > threshold, else 0. The one decision rule."""
+    return (np.asarray(scores) > threshold).astype(np.int64)
