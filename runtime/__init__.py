@@ -1,0 +1,41 @@
+"""salad.runtime: score bundles with PyTorch (reference), ONNX Runtime or TensorRT behind one Runner API.
+
+Importing this package registers the three backends without importing torch, onnx, onnxruntime or
+tensorrt: each backend imports its library when a runner activates, and a missing one raises
+BackendUnavailableError naming the extra to install.
+"""
+
+from __future__ import annotations
+
+from . import onnxruntime_runner, tensorrt_runner, torch_runner  # noqa: F401  (registers the backends)
+from .base import (
+    RUNNERS,
+    BundleGraph,
+    Runner,
+    available_runners,
+    create_runner,
+    register_runner,
+    runner_class,
+    runner_names,
+)
+from .onnxruntime_runner import OnnxRuntimeRunner
+from .scorer import Result, Scorer, Timings
+from .tensorrt_runner import TensorRTRunner
+from .torch_runner import TorchRunner
+
+__all__ = [
+    "RUNNERS",
+    "BundleGraph",
+    "Runner",
+    "register_runner",
+    "runner_names",
+    "runner_class",
+    "create_runner",
+    "available_runners",
+    "Scorer",
+    "Result",
+    "Timings",
+    "TorchRunner",
+    "OnnxRuntimeRunner",
+    "TensorRTRunner",
+]

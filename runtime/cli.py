@@ -1,0 +1,87 @@
+"""`salad score BUNDLE PATH...`: score files, folders and DICOM with a verified bundle.
+
+A thin click command over Scorer. Registered in the `salad` group by salad/cli.py; importing this
+module pulls in neither torch nor onnx, so it runs on a console with only salad-edge[runtime].
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+
+from salad.cli import LazyChoice, friendly_errors
+from salad.data import find_images
+from salad.manifest import PRECISIONS
+
+from .base import runner_names
+from .scorer import Result, Scorer
+
+LABELS = {0: "normal", 1: "abnormal"}
+
+
+@click.command("score")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--runtime", type=LazyChoice(runner_names), default="onnxruntime", show_default=True,
+              help="Backend that runs the bundle's graph.")
+@click.option("--precision", type=click.Choice(list(PRECISIONS)), default="fp32", show_default=True,
+              help="Graph variant in the bundle (fp16/int8 are added by `salad calibrate`).")
+@click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cpu, or cuda:0 for tensorrt).")
+@click.option("--batch", "batch", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Images per inference call (the engine's maximum batch).")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
+              help="Write {results, runtime, precision} here instead of printing a table ('-' for stdout).")
+@friendly_errors
+def score_command(
+    bundle: Path, paths: Sequence[Path], runtime: str, precision: str, device: str | None, batch: int, json_out: Path | None
+) -> None:
+    """Score X-ray files, folders (searched recursively) and DICOM with BUNDLE.
+
+    Unreadable files are reported one per line and do not stop the others; the exit code is 1 if
+    any file failed.
+    """
+    files = find_images(paths)
+    scorer = Scorer.from_bundle(bundle, runtime=runtime, precision=precision, device=device, max_batch=batch)
+    with scorer:
+        results = scorer.score(files, on_error="record")
+    failed = [r for r in results if not r.ok]
+    if json_out is not None:
+        payload = {
+            "results": [r.to_dict() for r in results],
+            "runtime": scorer.runtime,
+            "precision": scorer.precision,
+            "device": scorer.runner.device,
+            "threshold": {"value": scorer.threshold, "score": scorer.threshold_score},
+            "bundle": str(bundle),
+        }
+        text = json.dumps(payload, indent=2)
+        if str(json_out) == "-":
+            click.echo(text)
+        else:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(text + "\n", encoding="utf-8")
+            click.echo(f"scored {len(results) - len(failed)} of {len(results)} file(s) with {scorer.runtime}/{scorer.precision} → {json_out}")
+    else:
+        click.echo(format_table(results, scorer.threshold_score))
+    for r in failed:
+        click.echo(f"error: {r.error}", err=True)
+    if failed:
+        sys.exit(1)
+
+
+def format_table(results: Sequence[Result], decided_by: str = "score") -> str:
+    """A fixed-width table: path, score, knn_angle, label, ms; failed rows say FAILED."""
+    rows = [("path", "score", "knn_angle", f"label ({decided_by})", "ms")]
+    for r in results:
+        if r.ok and r.label is not None and not math.isnan(r.score):
+            rows.append((str(r.path), f"{r.score:.6f}", f"{r.knn_angle:.6f}", LABELS.get(r.label, str(r.label)), f"{r.timings.total_ms:.1f}"))
+        else:
+            rows.append((str(r.path), "-", "-", "FAILED", "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))) for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,288 @@
+"""Scorer: the shared preprocessing + one runner + the bundle's threshold, from files or arrays to labels.
+
+`Scorer.from_bundle` verifies the manifest (schema and every sha256) before anything else, builds
+the runner for the bundle's merged "model" graph at the requested precision, and activates it on
+first use. Every runtime therefore sees exactly the same preprocessed tensors, and every label
+comes from the one decision rule (salad.scoring.decide) at the threshold stored in the bundle.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, TypeAlias
+
+import numpy as np
+
+from salad.errors import BundleError, DataError, SaladError
+from salad.manifest import PRECISIONS, Manifest, read_manifest
+from salad.preprocess import PreprocessConfig, load_image, preprocess
+from salad.scoring import DEFAULT_SCORE, SCORE_NAMES, decide
+
+from .base import BundleGraph, Runner, create_runner
+
+ImageInput: TypeAlias = "str | os.PathLike[str] | np.ndarray"
+IMAGE_INPUT = "image"
+BANK_INPUT = "bank"
+BANK_FILE = "bank.npy"
+#: Arrays may exceed [0, 1] by this much (rounding in a caller's own scaling) before they are refused.
+RANGE_SLACK = 1e-3
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Per-image costs in milliseconds. `inference_ms` is the batch's runner time shared equally by its images."""
+
+    preprocess_ms: float
+    inference_ms: float
+    batch_size: int
+
+    @property
+    def total_ms(self) -> float:
+        return self.preprocess_ms + self.inference_ms
+
+
+@dataclass(frozen=True)
+class Result:
+    """One scored image: score and knn_angle in [0, 1], label 1 = abnormal at the bundle threshold.
+
+    A failed image (unreadable file, bad array) has `error` set, NaN scores and no label.
+    """
+
+    path: str | None
+    score: float
+    knn_angle: float
+    label: int | None
+    timings: Timings
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON row of `salad score --json`: path, score, knn_angle, label, ms (or path, error)."""
+        if self.error is not None:
+            return {"path": self.path, "error": self.error}
+        return {
+            "path": self.path,
+            "score": self.score,
+            "knn_angle": self.knn_angle,
+            "label": self.label,
+            "ms": round(self.timings.total_ms, 3),
+        }
+
+
+class Scorer:
+    """Preprocessing + a Runner + thresholds. Build it with `Scorer.from_bundle`; use `score`."""
+
+    def __init__(self, bundle: str | Path, manifest: Manifest, runner: Runner) -> None:
+        self.bundle = Path(bundle)
+        self.manifest = manifest
+        self.runner = runner
+        self.preprocess_config: PreprocessConfig = manifest.preprocess_config
+        self.threshold, self.threshold_score = _threshold(manifest, self.bundle)
+        self._check_graph()
+        self._extra_feed: dict[str, np.ndarray] = {}
+        #: Milliseconds the last `activate()` took (engine load or build): the cold-start cost.
+        self.activation_ms = 0.0
+
+    @classmethod
+    def from_bundle(
+        cls,
+        path: str | os.PathLike[str],
+        runtime: str = "onnxruntime",
+        precision: str = "fp32",
+        device: str | None = None,
+        max_batch: int = 32,
+        **runner_options: Any,
+    ) -> Scorer:
+        """Verify the bundle, then prepare (not yet activate) `runtime` on its "model" graph at `precision`.
+
+        `device` defaults to the runtime's own default (cpu for torch and onnxruntime, cuda:0 for
+        tensorrt); `runner_options` go to the backend (e.g. threads=2, cache_dir=…).
+        """
+        if precision not in PRECISIONS:
+            raise SaladError(f"precision {precision!r}; expected one of {list(PRECISIONS)}.")
+        root = Path(path)
+        manifest = read_manifest(root, verify=True)
+        graph = BundleGraph.from_manifest(root, manifest, "model", precision)
+        runner = create_runner(runtime, graph, max_batch=max_batch, device=device, **runner_options)
+        return cls(root, manifest, runner)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    @property
+    def runtime(self) -> str:
+        return self.runner.name
+
+    @property
+    def precision(self) -> str:
+        return self.runner.graph.precision
+
+    @property
+    def max_batch(self) -> int:
+        return self.runner.max_batch
+
+    def activate(self) -> None:
+        """Load the engine now (otherwise the first `score` call does it)."""
+        if self.runner.is_active:
+            return
+        start = time.perf_counter_ns()
+        if any(t.name == BANK_INPUT for t in self.runner.spec.inputs):
+            self._extra_feed[BANK_INPUT] = self._load_bank()
+        self.runner.activate()
+        self.activation_ms = (time.perf_counter_ns() - start) / 1e6
+
+    def close(self) -> None:
+        self.runner.deactivate()
+        self._extra_feed.clear()
+
+    def __enter__(self) -> Scorer:
+        self.activate()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Scorer({self.bundle}, runtime={self.runtime!r}, precision={self.precision!r}, device={self.runner.device!r})"
+
+    # -- scoring ---------------------------------------------------------------------------------
+
+    def score(
+        self, inputs: ImageInput | Sequence[ImageInput], *, on_error: Literal["raise", "record"] = "raise"
+    ) -> list[Result]:
+        """Score image files (PNG/JPEG/TIFF/DICOM) and/or grey arrays (H×W floats in [0, 1]; a 3-D array is a stack).
+
+        With on_error="record", an image that cannot be read or preprocessed gives a Result with
+        `error` set and the others are still scored; with "raise" (default) its DataError propagates.
+        """
+        if on_error not in ("raise", "record"):
+            raise SaladError(f"on_error={on_error!r}; expected 'raise' or 'record'.")
+        items = _expand(inputs)
+        self.activate()
+        results: list[Result | None] = [None] * len(items)
+        for start in range(0, len(items), self.max_batch):
+            chunk = items[start : start + self.max_batch]
+            done: list[tuple[int, str | None, float]] = []
+            tensors: list[np.ndarray] = []
+            for offset, (name, item) in enumerate(chunk):
+                t0 = time.perf_counter_ns()
+                try:
+                    tensors.append(self._prepare(name, item))
+                except (SaladError, OSError, ValueError) as exc:
+                    if on_error == "raise":
+                        raise
+                    ms = (time.perf_counter_ns() - t0) / 1e6
+                    results[start + offset] = _failed(name, exc, ms)
+                    continue
+                done.append((start + offset, name, (time.perf_counter_ns() - t0) / 1e6))
+            if not tensors:
+                continue
+            out = self.runner.infer({IMAGE_INPUT: np.stack(tensors), **self._extra_feed})
+            per_image = self.runner.last_inference_ms / len(tensors)
+            labels = decide(out[self.threshold_score], self.threshold)
+            for j, (index, name, pre_ms) in enumerate(done):
+                results[index] = Result(
+                    path=name,
+                    score=float(out["score"][j]),
+                    knn_angle=float(out["knn_angle"][j]),
+                    label=int(labels[j]),
+                    timings=Timings(preprocess_ms=pre_ms, inference_ms=per_image, batch_size=len(tensors)),
+                )
+        return [r for r in results if r is not None]
+
+    def _prepare(self, name: str | None, item: str | os.PathLike[str] | np.ndarray) -> np.ndarray:
+        if isinstance(item, np.ndarray):
+            return preprocess(_check_array(item, name), self.preprocess_config)
+        return load_image(item, self.preprocess_config)
+
+    # -- bundle checks ---------------------------------------------------------------------------
+
+    def _check_graph(self) -> None:
+        spec = self.runner.spec
+        names = [t.name for t in spec.inputs]
+        where = f"{self.bundle / spec.file}"
+        if IMAGE_INPUT not in names or set(names) - {IMAGE_INPUT, BANK_INPUT}:
+            raise BundleError(f"{where}: graph inputs {names}; a scoring graph takes {IMAGE_INPUT!r} (and optionally {BANK_INPUT!r}).")
+        missing = [n for n in SCORE_NAMES if n not in [t.name for t in spec.outputs]]
+        if missing:
+            raise BundleError(f"{where}: graph has no output(s) {missing}; expected {list(SCORE_NAMES)}.")
+        image = next(t for t in spec.inputs if t.name == IMAGE_INPUT)
+        s = self.preprocess_config.size
+        if list(image.shape[1:]) != [1, s, s]:
+            raise BundleError(
+                f"{where}: input 'image' has shape {image.shape}, but the bundle preprocesses to [batch, 1, {s}, {s}]. "
+                "The manifest is inconsistent; re-export the bundle."
+            )
+
+    def _load_bank(self) -> np.ndarray:
+        path = self.bundle / BANK_FILE
+        if not path.is_file():
+            raise BundleError(f"{path}: missing; the graph takes the bank as an input. Re-copy or re-export the bundle.")
+        try:
+            bank = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"{path}: cannot read the memory bank ({exc}).") from exc
+        return np.ascontiguousarray(bank, dtype=np.float32)
+
+
+def _threshold(manifest: Manifest, bundle: Path) -> tuple[float, str]:
+    value = manifest.threshold.get("value") if isinstance(manifest.threshold, dict) else None
+    score = manifest.threshold.get("score", DEFAULT_SCORE) if isinstance(manifest.threshold, dict) else DEFAULT_SCORE
+    if not isinstance(value, int | float) or not np.isfinite(value):
+        raise BundleError(f"{bundle}: manifest threshold {manifest.threshold!r} has no numeric 'value'; re-export the bundle.")
+    if score not in SCORE_NAMES:
+        raise BundleError(f"{bundle}: manifest threshold is for score {score!r}; expected one of {list(SCORE_NAMES)}.")
+    return float(value), str(score)
+
+
+def _expand(inputs: ImageInput | Sequence[ImageInput]) -> list[tuple[str | None, str | os.PathLike[str] | np.ndarray]]:
+    """Inputs as (name, item) pairs: a path or 2-D array is one image, a 3-D array a stack of images."""
+    if isinstance(inputs, str | os.PathLike | np.ndarray):
+        inputs = [inputs]
+    items: list[tuple[str | None, str | os.PathLike[str] | np.ndarray]] = []
+    for item in inputs:
+        if isinstance(item, np.ndarray):
+            if item.ndim == 3:
+                items.extend((None, image) for image in item)
+            else:
+                items.append((None, item))
+        elif isinstance(item, str | os.PathLike):
+            items.append((str(item), item))
+        else:
+            raise SaladError(f"cannot score a {type(item).__name__}; expected a file path or a numpy array (H×W grey in [0, 1]).")
+    return items
+
+
+def _check_array(image: np.ndarray, name: str | None) -> np.ndarray:
+    what = name or "array input"
+    if image.dtype.kind not in "fiub":
+        raise DataError(f"{what}: dtype {image.dtype}; expected a numeric grey image (float in [0, 1]).")
+    if image.ndim != 2:
+        raise DataError(f"{what}: shape {image.shape}; expected one grey H×W image (or a B×H×W stack).")
+    if image.size == 0:
+        raise DataError(f"{what}: empty image of shape {image.shape}.")
+    values = image.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(values)):
+        raise DataError(f"{what}: contains NaN or infinite values.")
+    lo, hi = float(values.min()), float(values.max())
+    if lo < -RANGE_SLACK or hi > 1 + RANGE_SLACK:
+        raise DataError(
+            f"{what}: values span [{lo:g}, {hi:g}]; expected a grey image in [0, 1] "
+            "(divide 8-bit images by 255, or read files with salad.imageio.read_image)."
+        )
+    return values
+
+
+def _failed(name: str | None, exc: BaseException, ms: float) -> Result:
+    message = str(exc)
+    if name and name not in message:
+        message = f"{name}: {message}"
+    nan = float("nan")
+    return Result(path=name, score=nan, knn_angle=nan, label=None, timings=Timings(ms, 0.0, 0), error=message)
