@@ -102,6 +102,8 @@ class Manifest:
     parity: dict[str, dict[str, float]]
     calibration: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    #: How reference.npz was chosen (file, images, n_normal/n_abnormal, from_val/from_train, list_sha256).
+    reference: dict[str, Any] = field(default_factory=dict)
 
     @property
     def preprocess_config(self) -> PreprocessConfig:
@@ -134,7 +136,7 @@ class Manifest:
     def from_dict(cls, d: dict[str, Any]) -> Manifest:
         known = {
             "toolkit_version", "created", "source", "preprocessing", "embedding_dim", "bank", "k", "scores",
-            "threshold", "files", "parity", "calibration", "schema_version",
+            "threshold", "files", "parity", "calibration", "schema_version", "reference",
         }
         kwargs = {k: v for k, v in d.items() if k in known}
         kwargs["graphs"] = {k: GraphSpec.from_dict(v) for k, v in d["graphs"].items()}

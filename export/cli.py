@@ -1,0 +1,52 @@
+"""`salad export` / `salad-export`: a thin click command around salad.export.export_bundle.
+
+Imports only click and the core at module level, so registering it in the `salad` group costs a
+console nothing; torch and onnx load when the command runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from salad.cli import friendly_errors
+
+
+@click.command("export", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to create.")
+@click.option("--force", is_flag=True, help="Replace an existing --out (only once the new bundle has validated).")
+@click.option("--bank-as-input", is_flag=True,
+              help="The scorer takes the memory bank as input 'bank' [N,200] (stored as bank.npy) instead of holding it.")
+@click.option("--slim", is_flag=True, help="Leave checkpoint.pt out of the bundle (the manifest keeps its sha256).")
+@click.option("--reference-images", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Validation films stored with their PyTorch outputs as the parity oracle.")
+@click.option("--operating-point", default="specificity:0.95", show_default=True,
+              help="Where the threshold sits on the run's validation scores: specificity:X or sensitivity:X.")
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (17..20).")
+@friendly_errors
+def export_command(run: Path, out: Path, force: bool, bank_as_input: bool, slim: bool, reference_images: int,
+                   operating_point: str, opset: int) -> None:
+    """Export training run RUN to a verified ONNX bundle (encoder, scorer, merged model, manifest)."""
+    from salad.export import export_bundle
+
+    from salad.manifest import read_manifest
+
+    bundle = export_bundle(
+        run, out, force=force, bank_as_input=bank_as_input, slim=slim, reference_images=reference_images,
+        operating_point=operating_point, opset=opset,
+    )
+    m = read_manifest(bundle, verify=False)
+    t = m.threshold
+    achieved = ", ".join(f"{k} {v:.3f}" for k, v in t["achieved"].items() if v is not None)
+    parity = m.graphs["model"].details.get("parity", {})
+    click.echo(
+        f"wrote {bundle}: {', '.join(g.file for g in m.graphs.values())}; bank {m.bank['rows']} rows "
+        f"({m.bank['form']}), K={m.k}\n"
+        f"threshold {t['score']} > {t['value']:.6g} ({achieved} on {t['validation']['n_normal']} normal / "
+        f"{t['validation']['n_abnormal']} abnormal validation films)\n"
+        f"ONNX Runtime vs PyTorch on {m.reference.get('images')} reference films: max |Δscore| "
+        f"{parity.get('max_abs_diff', {}).get('score', float('nan')):.2g}, min embedding cosine "
+        f"{parity.get('embedding_cosine_min', float('nan')):.7f}"
+    )

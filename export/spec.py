@@ -1,0 +1,75 @@
+"""The bundle's graph contract, declared once (optimum-style): names, files, dynamic axes, opset range.
+
+Export builds its graphs to this spec and validation checks every written file against it, so the
+runtime engineer's code and the exporter cannot drift apart silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from salad.errors import SaladError
+from salad.manifest import TensorSpec
+
+#: Name of the one dynamic axis in every graph (TensorSpec shapes use this string).
+BATCH = "batch"
+#: ONNX opsets the exporter writes: ≥ 17 (DESIGN §4), ≤ what torch's TorchScript exporter emits.
+MIN_OPSET = 17
+MAX_OPSET = 20
+#: Protobuf cannot serialise a message of 2 GiB or more; banks that would push a file past it go external.
+PROTOBUF_LIMIT = 2**31 - 1
+
+ENCODER_FILE = "encoder.onnx"
+SCORER_FILE = "scorer.onnx"
+MODEL_FILE = "model.onnx"
+REFERENCE_FILE = "reference.npz"
+CHECKPOINT_FILE = "checkpoint.pt"
+BANK_FILE = "bank.npy"
+#: External data of the bank initializer, shared by scorer.onnx and model.onnx (the bank is stored once).
+BANK_DATA_FILE = "bank.data"
+#: Name of the bank in the graphs: an input [N, D] ("input" form) or a transposed initializer [D, N].
+BANK_INPUT = "bank"
+BANK_INITIALIZER = "bank_t"
+
+#: The batch sizes validation re-runs the reference images at, besides all of them in one batch.
+VALIDATION_BATCH_SIZES = (1, 3, 16)
+
+
+@dataclass(frozen=True)
+class GraphContract:
+    """One graph of the bundle: manifest key, file name, and its inputs and outputs."""
+
+    key: str
+    file: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+
+def graph_contracts(size: int, dim: int, bank_rows: int, bank_as_input: bool) -> dict[str, GraphContract]:
+    """The three fp32 graphs of a bundle with input size S, embedding dim D and N bank rows."""
+    image = TensorSpec("image", "float32", [BATCH, 1, size, size])
+    embedding = TensorSpec("embedding", "float32", [BATCH, dim])
+    scores = (TensorSpec("score", "float32", [BATCH]), TensorSpec("knn_angle", "float32", [BATCH]))
+    bank = (TensorSpec(BANK_INPUT, "float32", [bank_rows, dim]),) if bank_as_input else ()
+    return {
+        "encoder": GraphContract("encoder", ENCODER_FILE, (image,), (embedding,)),
+        "scorer": GraphContract("scorer", SCORER_FILE, (embedding, *bank), scores),
+        "model": GraphContract("model", MODEL_FILE, (image, *bank), (embedding, *scores)),
+    }
+
+
+def check_opset(opset: int) -> None:
+    """Refuse opsets the design (≥ 17) or torch's exporter (≤ 20) does not allow, naming the range."""
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise SaladError(
+            f"--opset {opset}: expected {MIN_OPSET}..{MAX_OPSET} (DESIGN §4 needs ≥ {MIN_OPSET}; torch's "
+            f"TorchScript exporter writes at most {MAX_OPSET}). Use --opset {MIN_OPSET}."
+        )
