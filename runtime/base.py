@@ -9,6 +9,7 @@ against the bundle manifest's GraphSpec, so a backend implements only `_activate
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -257,6 +258,14 @@ class Runner(ABC):
 
 
 R = TypeVar("R", bound=Runner)
+
+
+def importable(module: str) -> bool:
+    """True if `module` can be found, without importing it (a blocked or broken finder counts as absent)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def format_shape(shape: list[int | str], symbols: Mapping[str, int] | None = None) -> str:

@@ -8,7 +8,6 @@ provider takes any node TensorRT cannot.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import numpy as np
 
 from salad.errors import BackendUnavailableError, BundleError, SaladError
 
-from .base import BATCH, BundleGraph, Runner, register_runner
+from .base import BATCH, BundleGraph, Runner, importable, register_runner
 from .cache import cache_root
 
 CPU_EP = "CPUExecutionProvider"
@@ -55,7 +54,7 @@ class OnnxRuntimeRunner(Runner):
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        if importlib.util.find_spec("onnxruntime") is None:
+        if not importable("onnxruntime"):
             return "onnxruntime is not installed. Install it with `pip install 'salad-edge[runtime]'` (CPU) or 'salad-edge[gpu]' (CUDA)."
         return None
 
@@ -111,6 +110,7 @@ class OnnxRuntimeRunner(Runner):
     def _activate(self) -> None:
         import onnxruntime as ort
 
+        config = self._provider_config(ort.get_available_providers())
         path = self.graph.path
         if not path.is_file():
             raise BundleError(f"{path}: graph file missing from the bundle. Re-copy or re-export the bundle.")
@@ -119,7 +119,6 @@ class OnnxRuntimeRunner(Runner):
         options.log_severity_level = 3  # errors only: a console log is not the place for optimiser notes
         if self.threads:
             options.intra_op_num_threads = int(self.threads)
-        config = self._provider_config(ort.get_available_providers())
         try:
             self.session = ort.InferenceSession(
                 str(path), sess_options=options, providers=[p for p, _ in config], provider_options=[o for _, o in config]

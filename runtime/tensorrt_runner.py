@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import importlib.util
 import json
 import logging
 from collections.abc import Mapping
@@ -25,7 +24,7 @@ import numpy as np
 
 from salad.errors import BackendUnavailableError, BundleError, SaladError
 
-from .base import BATCH, BundleGraph, Runner, register_runner
+from .base import BATCH, BundleGraph, Runner, importable, register_runner
 from .cache import cache_root, slug, write_atomic
 
 if TYPE_CHECKING:
@@ -132,7 +131,9 @@ class TensorRTRunner(Runner):
 
     Options: `opt_batch` (the profile's optimum, default max_batch), `cache_dir` (engine and timing
     caches, see salad.runtime.cache), `workspace_mb` (builder workspace limit), `rebuild` (ignore a
-    cached engine), `verbose` (TensorRT INFO logging).
+    cached engine), `verbose` (TensorRT INFO logging), `allow_tf32` (let float32 convolutions and
+    matrix products use TF32 tensor cores; off by default because TF32's 10-bit mantissa breaks the
+    fp32 parity tolerance of 1e-5 — the fp32 graph should give fp32 answers).
     """
 
     def __init__(
@@ -146,6 +147,7 @@ class TensorRTRunner(Runner):
         workspace_mb: int | None = None,
         rebuild: bool = False,
         verbose: bool = False,
+        allow_tf32: bool = False,
     ) -> None:
         super().__init__(graph, max_batch=max_batch, device=device)
         self.opt_batch = int(opt_batch or max_batch)
@@ -155,6 +157,7 @@ class TensorRTRunner(Runner):
         self.workspace_mb = workspace_mb
         self.rebuild = rebuild
         self.verbose = verbose
+        self.allow_tf32 = allow_tf32
         self.gpu: GpuInfo | None = None
         self.engine_path: Path | None = None
         #: True when the last activation built the engine, False when it came from the cache.
@@ -168,7 +171,7 @@ class TensorRTRunner(Runner):
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        if importlib.util.find_spec("tensorrt") is None:
+        if not importable("tensorrt"):
             return f"TensorRT is not installed. {INSTALL_HINT}"
         try:
             import_tensorrt()
@@ -192,6 +195,7 @@ class TensorRTRunner(Runner):
             "tensorrt": trt_version,
             "profile": {"min": 1, "opt": self.opt_batch, "max": self.max_batch},
             "workspace_mb": self.workspace_mb,
+            "tf32": self.allow_tf32,
         }
 
     def engine_file(self, trt_version: str, gpu: GpuInfo) -> Path:
@@ -257,6 +261,9 @@ class TensorRTRunner(Runner):
             errors = [parser.get_error(i).desc() for i in range(parser.num_errors)]
             raise BundleError(f"{self.graph.path}: TensorRT's ONNX parser failed: " + "; ".join(errors or ["no details"]))
         config: trt.IBuilderConfig = builder.create_builder_config()
+        tf32 = getattr(trt_mod.BuilderFlag, "TF32", None)
+        if tf32 is not None and not self.allow_tf32:
+            config.clear_flag(tf32)  # TensorRT enables TF32 by default for float32 layers
         if self.workspace_mb:
             config.set_memory_pool_limit(trt_mod.MemoryPoolType.WORKSPACE, int(self.workspace_mb) << 20)
         profile = builder.create_optimization_profile()

@@ -7,7 +7,6 @@ with the same shared maths (salad.scoring) that export traced into scorer.onnx, 
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,7 +14,7 @@ import numpy as np
 
 from salad.errors import BundleError, SaladError
 
-from .base import BundleGraph, Runner, register_runner
+from .base import BundleGraph, Runner, importable, register_runner
 
 CHECKPOINT = "checkpoint.pt"
 GRAPHS = ("model", "encoder", "scorer")
@@ -45,7 +44,7 @@ class TorchRunner(Runner):
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        if importlib.util.find_spec("torch") is None:
+        if not importable("torch"):
             return "PyTorch is not installed. The torch reference needs `pip install 'salad-edge[train]'`; consoles use --runtime onnxruntime."
         return None
 
