@@ -69,7 +69,7 @@ def score_command(
     else:
         click.echo(format_table(results, scorer.threshold_score))
     for r in failed:
-        click.echo(f"error: {r.error}", err=True)
+        click.echo("error: " + " ".join(str(r.error).split()), err=True)  # one line per file, whatever the decoder said
     if failed:
         sys.exit(1)
 
