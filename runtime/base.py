@@ -9,6 +9,7 @@ against the bundle manifest's GraphSpec, so a backend implements only `_activate
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import time
 from abc import ABC, abstractmethod
@@ -59,6 +60,18 @@ class BundleGraph:
     @property
     def path(self) -> Path:
         return self.root / self.spec.file
+
+    @property
+    def content_sha256(self) -> str:
+        """Identifies the graph's bytes: its file's sha256, combined with its external data files' (e.g. bank.data).
+
+        Engine caches key on this; the ONNX file alone does not change when only its external weights do.
+        """
+        spec = self.spec
+        if not spec.external_data:
+            return spec.sha256
+        parts = [spec.sha256, *(f"{name}:{self.manifest.files.get(name, '?')}" for name in sorted(spec.external_data))]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
     def static_dims(self) -> dict[str, int]:
         """Values of named non-batch axes the manifest fixes: today the bank rows of a `bank` input."""

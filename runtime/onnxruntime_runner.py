@@ -83,7 +83,9 @@ class OnnxRuntimeRunner(Runner):
             return {"device_id": self.device_index}
         if provider == TRT_EP:
             root = cache_root(self.cache_dir) / "ort-tensorrt"
-            engines = root / self.graph.spec.sha256[:16]
+            # ONNX Runtime names cached engines after the graph's structure, not its weights: key the folder
+            # on the content so a re-exported bundle with new weights never reuses a stale engine.
+            engines = root / self.graph.content_sha256[:16]
             engines.mkdir(parents=True, exist_ok=True)
             profile = {kind: self._profile_shapes(b) for kind, b in (("min", 1), ("opt", self.max_batch), ("max", self.max_batch))}
             return {

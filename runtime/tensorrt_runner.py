@@ -189,7 +189,7 @@ class TensorRTRunner(Runner):
         """Everything an engine depends on: change any of it and the cached engine is not reused."""
         return {
             "graph": self.graph.key,
-            "graph_sha256": self.graph.spec.sha256,
+            "graph_sha256": self.graph.content_sha256,
             "gpu": gpu.name,
             "compute_capability": gpu.compute_capability,
             "tensorrt": trt_version,
@@ -201,7 +201,7 @@ class TensorRTRunner(Runner):
     def engine_file(self, trt_version: str, gpu: GpuInfo) -> Path:
         key = self.engine_key(trt_version, gpu)
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        name = f"{self.graph.key}-{self.graph.spec.sha256[:12]}-{slug(gpu.name)}-sm{gpu.compute_capability.replace('.', '')}-trt{trt_version}-{digest}.engine"
+        name = f"{self.graph.key}-{self.graph.content_sha256[:12]}-{slug(gpu.name)}-sm{gpu.compute_capability.replace('.', '')}-trt{trt_version}-{digest}.engine"
         return cache_root(self.cache_dir) / "tensorrt" / name
 
     def timing_cache_file(self, trt_version: str, gpu: GpuInfo) -> Path:
@@ -375,18 +375,19 @@ class TensorRTRunner(Runner):
 
     def _deactivate(self) -> None:
         cudart = self._cudart
+        if cudart is not None and self._stream is not None:
+            cudart.cudaStreamSynchronize(self._stream)  # nothing may still be reading the buffers
+        # TensorRT objects first (context, then engine, then runtime), then the memory they pointed at.
+        self._context = None
+        self._engine = None
+        self._runtime = None
         if cudart is not None:
-            if self._stream is not None:
-                cudart.cudaStreamSynchronize(self._stream)
             for buf in self._buffers.values():
                 buf.free(cudart)
             if self._stream is not None:
                 cudart.cudaStreamDestroy(self._stream)
         self._buffers = {}
         self._stream = None
-        self._context = None
-        self._engine = None
-        self._runtime = None
 
     def describe(self) -> dict[str, Any]:
         """What was run where: for benchmark and parity reports."""

@@ -67,3 +67,9 @@ def sample_path(name: str) -> Path:
     if not hits:
         raise FileNotFoundError(f"{name} is not among the shipped sample films")
     return hits[0]
+
+
+@pytest.fixture(scope="session")
+def external_bank_bundle(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bank stored as ONNX external data (bank.data), as export does for banks near 2 GiB."""
+    return _export(tiny_run, tmp_path_factory.mktemp("bundles") / "external", external_data_threshold=1)

@@ -161,3 +161,19 @@ def test_onnxruntime_on_cuda_without_the_gpu_package_names_it(tiny_bundle: Path)
     runner = create_runner("onnxruntime", model_graph(tiny_bundle), device="cuda")
     with pytest.raises(BackendUnavailableError, match=r"needs onnxruntime's CUDA provider.*salad-edge\[gpu\].*--device cpu"):
         runner.activate()
+
+
+def test_onnxruntime_tensorrt_provider_gets_the_batch_profile(tiny_bundle: Path, tmp_path: Path) -> None:
+    runner = OnnxRuntimeRunner(model_graph(tiny_bundle), max_batch=8, device="cuda", cache_dir=tmp_path)
+    options = runner._provider_options("TensorrtExecutionProvider")
+    assert options["trt_profile_min_shapes"] == "image:1x1x64x64"
+    assert options["trt_profile_max_shapes"] == "image:8x1x64x64"
+    assert options["trt_engine_cache_enable"] and options["trt_timing_cache_enable"]
+    engines = Path(options["trt_engine_cache_path"])
+    assert engines.parent == tmp_path / "ort-tensorrt" and engines.name == runner.graph.content_sha256[:16]
+
+
+def test_bank_input_profile_fixes_the_bank_rows(bank_input_bundle: Path, tmp_path: Path) -> None:
+    runner = OnnxRuntimeRunner(model_graph(bank_input_bundle), max_batch=2, device="cuda", cache_dir=tmp_path)
+    rows = read_manifest(bank_input_bundle).bank["rows"]
+    assert runner._profile_shapes(2) == f"image:2x1x64x64,bank:{rows}x200"

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from salad.runtime import Scorer
+from salad.runtime import BundleGraph, Scorer
 
 from salad.errors import BundleError, DataError, SaladError
 from salad.imageio import read_image
@@ -143,3 +144,26 @@ def test_close_releases_the_runner_and_score_reactivates(tiny_bundle: Path) -> N
     assert not scorer.runner.is_active
     assert scorer.score(np.full((80, 64), 0.5, np.float32))[0].score == first[0].score
     scorer.close()
+
+
+def test_external_data_bundle_scores_the_same_and_keys_caches_on_the_weights(
+    tiny_bundle: Path, external_bank_bundle: Path, film_folder: Path
+) -> None:
+    manifest = read_manifest(external_bank_bundle)
+    spec = manifest.graphs["model"]
+    assert spec.external_data == ["bank.data"] and (external_bank_bundle / "bank.data").is_file()
+    graph = BundleGraph.from_manifest(external_bank_bundle, manifest, "model")
+    assert graph.content_sha256 != spec.sha256  # engine caches see a new bank even if model.onnx is unchanged
+    plain = BundleGraph.from_manifest(tiny_bundle, read_manifest(tiny_bundle), "model")
+    assert plain.content_sha256 == plain.spec.sha256
+    files = sorted(film_folder.rglob("*.jpeg"))
+    with Scorer.from_bundle(tiny_bundle) as a, Scorer.from_bundle(external_bank_bundle) as b:
+        np.testing.assert_allclose([r.score for r in b.score(files)], [r.score for r in a.score(files)], atol=1e-6)
+
+
+def test_a_modified_external_bank_is_refused(external_bank_bundle: Path, tmp_path: Path) -> None:
+    copy = Path(shutil.copytree(external_bank_bundle, tmp_path / "bundle"))
+    with open(copy / "bank.data", "r+b") as fh:
+        fh.write(b"\x00\x00\x80\x3f")  # the first bank value becomes 1.0
+    with pytest.raises(BundleError, match=r"bank.data: sha256 mismatch"):
+        Scorer.from_bundle(copy)

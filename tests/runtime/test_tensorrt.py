@@ -67,7 +67,7 @@ def test_engine_cache_key_covers_gpu_version_graph_and_profile(tiny_bundle: Path
     h100 = GpuInfo(0, "NVIDIA H100 80GB HBM3", "9.0")
     runner = trt_runner(tiny_bundle, tmp_path, max_batch=8)
     path = runner.engine_file("10.13.0.35", h100)
-    sha = read_manifest(tiny_bundle).graphs["model"].sha256
+    sha = read_manifest(tiny_bundle).graphs["model"].sha256  # no external data: the file's own hash
     assert path.parent == tmp_path / "cache" / "tensorrt"
     assert path.name.startswith(f"model-{sha[:12]}-NVIDIA-H100-80GB-HBM3-sm90-trt10.13.0.35-") and path.suffix == ".engine"
     variants = {
