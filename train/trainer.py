@@ -116,8 +116,8 @@ CPU = dataclasses.replace(
     PAPER,
     size=128,
     width=0.25,
-    pretrain_epochs=10,
-    rounds=5,
+    pretrain_epochs=8,
+    rounds=4,
     round_epochs=8,
     batch_size=32,
     lr=1e-3,
@@ -321,8 +321,8 @@ class Trainer:
                 self.opt.step()
                 self.bank.update(idx_d, z)
                 sums["loss"] += float(loss.detach())
-                sums["mse"] += float(mse)
-                sums["disc"] += float(disc)
+                sums["mse"] += float(mse.detach())
+                sums["disc"] += float(disc.detach())
                 steps += 1
             row: dict[str, Any] = {k: v / max(1, steps) for k, v in sums.items()}
             row.update(epoch=epoch, round=rnd, lr=self._lr(epoch), anchors=int(self.is_anchor.sum()) if self.is_anchor is not None and use_agg and rnd > 0 else 0)
