@@ -259,8 +259,8 @@ def export_bundle(
             measured = validate_bundle(tmp)
         except ExportValidationError as exc:
             raise ExportValidationError(
-                str(exc).replace(str(tmp), str(out)) + f"\nNothing was written to {out}. The exported graphs do not "
-                "reproduce PyTorch; report this with the run's config.json (try another --opset meanwhile)."
+                str(exc).replace(str(tmp), str(out)) + f"\nNothing was written to {out}"
+                + (f" ({out} is unchanged)." if out.exists() else ".")
             ) from exc
         for key, values in measured.items():
             manifest.graphs[key].details["parity"] = values
