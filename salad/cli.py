@@ -60,7 +60,34 @@ def _encoder_names() -> list[str]:
     return sorted(ENCODERS)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class StageGroup(click.Group):
+    """A click group whose stage commands are imported only when listed or run.
+
+    Stage command modules import only click and the core at module level, so `salad --help` and
+    `salad score` on a console never load torch or onnx.
+    """
+
+    lazy_commands = {
+        "export": "salad.export.cli:export_command",
+        "score": "salad.runtime.cli:score_command",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy_commands))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = self.lazy_commands.get(cmd_name)
+        if target is None:
+            return super().get_command(ctx, cmd_name)
+        import importlib
+
+        module, attr = target.split(":")
+        command = getattr(importlib.import_module(module), attr)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=StageGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(salad.__version__, prog_name="salad-edge")
 def main() -> None:
     """salad-edge: train SALAD X-ray anomaly detectors, export verified bundles, score on consoles."""
