@@ -61,14 +61,6 @@ def film_folder(tmp_path: Path) -> Path:
     return root
 
 
-def sample_path(name: str) -> Path:
-    """The shipped sample film with this file name (reference.npz stores names, not paths)."""
-    hits = sorted(SAMPLE_EVAL.parent.rglob(name))
-    if not hits:
-        raise FileNotFoundError(f"{name} is not among the shipped sample films")
-    return hits[0]
-
-
 @pytest.fixture(scope="session")
 def external_bank_bundle(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bank stored as ONNX external data (bank.data), as export does for banks near 2 GiB."""

@@ -10,11 +10,18 @@ import numpy as np
 import pytest
 from salad.runtime import BundleGraph, Scorer
 
+import salad
 from salad.errors import BundleError, DataError, SaladError
 from salad.imageio import read_image
 from salad.manifest import read_manifest
 from salad.scoring import decide
-from tests.runtime.conftest import sample_path
+
+
+def sample_path(name: str) -> Path:
+    """The shipped sample film with this file name (reference.npz stores names, not paths)."""
+    hits = sorted((Path(salad.__file__).parent / "sample").rglob(name))
+    assert hits, f"{name} is not among the shipped sample films"
+    return hits[0]
 
 
 def test_loading_refuses_a_modified_file_and_names_it(bundle_copy: Path) -> None:
