@@ -1,0 +1,21 @@
+"""The TensorRT / CUDA code paths cannot run without a GPU here, so they are type-checked instead."""
+
+from __future__ import annotations
+
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_runtime_type_checks_against_tensorrt_and_cuda_stubs() -> None:
+    mypy_api = pytest.importorskip("mypy.api", reason="mypy is not installed (pip install salad-edge[dev])")
+    for dist in ("tensorrt-stubs", "cuda-bindings"):
+        try:
+            metadata.distribution(dist)
+        except metadata.PackageNotFoundError:
+            pytest.fail(f"{dist} is missing, so mypy would skip the TensorRT/CUDA calls: run scripts/setup.sh")
+    stdout, stderr, status = mypy_api.run(["--config-file", str(REPO / "pyproject.toml"), str(REPO / "runtime")])
+    assert status == 0, stdout + stderr
