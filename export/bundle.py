@@ -95,7 +95,7 @@ def checked_bank(rows: np.ndarray, labels: np.ndarray, dim: int, k: int, where: 
         raise SaladError(f"{where}: memory bank has shape {tuple(bank.shape)}, expected [N, {dim}].")
     if bank.shape[0] == 0:
         raise SaladError(f"{where}: the memory bank has no normal rows; retrain on normal films.")
-    finite = np.isfinite(bank).all(axis=1)
+    finite = np.asarray(np.isfinite(bank).all(axis=1))
     if not finite.all():
         raise SaladError(
             f"{where}: memory bank has NaN/Inf in {rows_of(~finite)}; the run diverged. "
@@ -164,6 +164,7 @@ def export_bundle(
     in bank.data (ONNX external data) — protobuf cannot write 2 GiB.
     """
     import torch
+
     from salad.train.evaluate import load_run
 
     run, out = Path(run), Path(out)
@@ -179,7 +180,7 @@ def export_bundle(
         val = read_val_scores(run)
         threshold = choose_threshold(val["score"], val["label"], operating_point)
 
-        samples, origin = select_reference(run, reference_images)
+        samples = select_reference(run, reference_images)
         ref = reference_outputs(loaded, samples)
         _check_val_scores(run, val, samples, ref)
 
@@ -188,7 +189,7 @@ def export_bundle(
         scorer = export_scorer(k, dim, n_rows, contracts["scorer"], opset)
         model = merge_encoder_scorer(encoder, scorer)
 
-        bank_sha = hashlib.sha256(memoryview(bank).cast("B")).hexdigest()
+        bank_sha = hashlib.sha256(bank.data).hexdigest()  # float32 C-order bytes, no copy
         files: dict[str, str] = {}
         external: list[str] = []
         if bank_as_input:
@@ -251,7 +252,7 @@ def export_bundle(
             reference={
                 "file": REFERENCE_FILE, "images": len(samples), "keys": list(REFERENCE_KEYS),
                 "n_normal": int((ref["label"] == 0).sum()), "n_abnormal": int((ref["label"] == 1).sum()),
-                **origin, "list_sha256": list_hash(samples), "batch_sizes": list(VALIDATION_BATCH_SIZES),
+                "source": "val.csv", "list_sha256": list_hash(samples), "batch_sizes": list(VALIDATION_BATCH_SIZES),
             },
         )
         manifest.write(tmp)

@@ -30,7 +30,6 @@ def export_command(run: Path, out: Path, force: bool, bank_as_input: bool, slim:
                    operating_point: str, opset: int) -> None:
     """Export training run RUN to a verified ONNX bundle (encoder, scorer, merged model, manifest)."""
     from salad.export import export_bundle
-
     from salad.manifest import read_manifest
 
     bundle = export_bundle(

@@ -18,12 +18,12 @@ import numpy as np
 import onnx
 import torch
 from onnx import TensorProto, compose, numpy_helper
-from salad.train.models import EmbeddingNet, SaladAutoencoder
 
 import salad
 from salad.errors import SaladError
 from salad.manifest import TensorSpec
 from salad.scoring import score_torch
+from salad.train.models import EmbeddingNet, SaladAutoencoder
 
 from .spec import BANK_INITIALIZER, BANK_INPUT, BATCH, GraphContract
 
@@ -55,8 +55,12 @@ def _torch_to_onnx(
         # warns that check_k's int(N) becomes a constant, which is exactly what K must be.
         warnings.simplefilter("ignore")
         try:
+            # The TorchScript exporter writes to file objects too; torch's stub only names paths.
             torch.onnx.export(
-                module, args, buf, input_names=contract.input_names, output_names=contract.output_names,
+                module,
+                args,
+                buf,  # type: ignore[arg-type]
+                input_names=contract.input_names, output_names=contract.output_names,
                 dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False,
             )
         except Exception as exc:  # noqa: BLE001 - the exporter raises many types; name the graph

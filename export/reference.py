@@ -1,8 +1,8 @@
 """reference.npz: real preprocessed validation films with their PyTorch outputs, the bundle's parity oracle.
 
 The choice is deterministic (same run → same files): up to half normal and half abnormal when the
-validation list has both, evenly spaced through each label's name-sorted list, topped up from the
-training list only when validation is too small. Paths are stored as file names only.
+validation list has both, evenly spaced through each label's name-sorted list. Paths are stored as
+file names only. Reading it back needs numpy only (a console validates without torch).
 """
 
 from __future__ import annotations
@@ -51,31 +51,30 @@ def _balanced(samples: list[Sample], n: int) -> list[Sample]:
     return _spread(normal, n_norm) + _spread(abnormal, n_abn)
 
 
-def select_reference(run: Path, n: int) -> tuple[list[Sample], dict[str, int]]:
-    """The n reference films of a run and how many came from val.csv / train.csv."""
+def select_reference(run: Path, n: int) -> list[Sample]:
+    """The n reference films of a run, all from its val.csv.
+
+    Never training films: with a refreshed bank each one is its own bank row at cos = 1, where float32
+    arccos cannot resolve angles (~4e-4 rad), so its score would differ between runtimes by noise alone.
+    """
     if n < 1:
         raise SaladError(f"--reference-images {n}: expected at least 1 (32 by default).")
     val = _read_list(run / "val.csv")
-    chosen = _balanced(val, n)
-    from_val = len(chosen)
-    if from_val < n:
-        seen = {s.path for s in chosen}
-        train = [s for s in _read_list(run / "train.csv") if s.path not in seen]
-        chosen += _balanced(train, n - from_val)
-    if len(chosen) < n:
+    if len(val) < n:
+        fix = f"Pass --reference-images {len(val)}" if val else "Retrain with validation images (--val)"
         raise SaladError(
-            f"{run}: --reference-images {n} asks for more films than the run lists ({from_val} in val.csv, "
-            f"{len(chosen) - from_val} more in train.csv). Pass --reference-images {max(1, len(chosen))} or fewer."
+            f"{run / 'val.csv'}: --reference-images {n} asks for more validation films than the run has ({len(val)}). "
+            f"{fix}; training films cannot serve, they sit at cos = 1 to their own bank rows."
         )
-    return chosen, {"from_val": from_val, "from_train": len(chosen) - from_val}
+    return _balanced(val, n)
 
 
 def reference_outputs(loaded: LoadedRun, samples: list[Sample], batch: int = 64) -> dict[str, np.ndarray]:
     """Preprocessed images and the PyTorch embedding, score and knn_angle of each (the oracle's arrays)."""
     import torch
-    from salad.train.models import EmbeddingNet
 
     from salad.scoring import score_torch
+    from salad.train.models import EmbeddingNet
 
     images = load_batch([s.path for s in samples], loaded.preprocessing)
     net = EmbeddingNet(loaded.model).eval()
@@ -94,7 +93,9 @@ def reference_outputs(loaded: LoadedRun, samples: list[Sample], batch: int = 64)
 
 def write_reference(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Uncompressed .npz (loads with allow_pickle=False on any console)."""
-    np.savez(path, **{k: arrays[k] for k in REFERENCE_KEYS})
+    a = arrays
+    np.savez(path, image=a["image"], embedding=a["embedding"], score=a["score"], knn_angle=a["knn_angle"],
+             label=a["label"], path=a["path"])
 
 
 def read_reference(path: Path) -> dict[str, np.ndarray]:

@@ -18,7 +18,7 @@ from salad.errors import ExportValidationError
 from salad.manifest import GraphSpec, Manifest, read_manifest
 from salad.scoring import DEFAULT_SCORE, decide
 
-from .spec import BANK_INPUT, MIN_OPSET, REFERENCE_FILE, VALIDATION_BATCH_SIZES
+from .spec import BANK_INPUT, BATCH, MIN_OPSET, REFERENCE_FILE, VALIDATION_BATCH_SIZES
 
 #: The tolerance (manifest parity key) on each scalar output's max |Δ|; embeddings are held to a cosine.
 _TOLERANCE_OF = {"score": "max_abs_score_diff", "knn_angle": "max_abs_knn_angle_diff"}
@@ -156,7 +156,7 @@ def check_parity(
         if unknown:
             failures.append(f"{where}: manifest inputs {unknown} have no data in {REFERENCE_FILE} (expected image/embedding/bank)")
             continue
-        batched = [t.name for t in spec.inputs if t.shape and t.shape[0] == "batch"]
+        batched = [t.name for t in spec.inputs if t.shape and t.shape[0] == BATCH]
         try:
             opts = ort.SessionOptions()
             opts.log_severity_level = 3

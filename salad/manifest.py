@@ -102,7 +102,7 @@ class Manifest:
     parity: dict[str, dict[str, float]]
     calibration: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
-    #: How reference.npz was chosen (file, images, n_normal/n_abnormal, from_val/from_train, list_sha256).
+    #: How reference.npz was chosen (file, images, n_normal/n_abnormal, source, list_sha256 of the file names).
     reference: dict[str, Any] = field(default_factory=dict)
 
     @property

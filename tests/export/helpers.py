@@ -27,9 +27,9 @@ def clone_run(
     training would have; False leaves the old file (a stale run).
     """
     import torch
-    from salad.train.evaluate import load_run, score_samples
 
     from salad.data import read_samples
+    from salad.train.evaluate import load_run, score_samples
 
     dst.mkdir(parents=True)
     for name in RUN_FILES:

@@ -10,11 +10,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
-from salad.export import export_bundle
-from salad.train.evaluate import load_run
 
+from salad.export import export_bundle
 from salad.manifest import read_manifest
 from salad.scoring import score_numpy
+from salad.train.evaluate import load_run
 from tests.export.helpers import unit_rows
 
 
@@ -42,7 +42,6 @@ def test_bank_of_200k_rows(make_run: Callable[..., Path], tmp_path: Path) -> Non
 def test_known_anomalies_are_dropped_from_the_bank(sample_train: Path, sample_eval: Path, tmp_path: Path) -> None:
     """A real (one-epoch) run trained with --known-anomaly-ratio exports only its normal rows."""
     from salad.train.trainer import train_run
-
     from tests.conftest import tiny_config
 
     data = tmp_path / "mixed.csv"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +15,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 from onnx import numpy_helper
-from salad.train.evaluate import load_run
 
 from salad.data import read_samples
-from salad.errors import BundleError
+from salad.errors import BundleError, SaladError
+from salad.export import export_bundle, validate_bundle
 from salad.manifest import Manifest, read_manifest, sha256_file
 from salad.preprocess import load_batch
 from salad.scoring import decide, score_numpy, score_torch
+from salad.train.evaluate import load_run
 
 CONTRACT = {
     "encoder": (["image"], ["embedding"]),
@@ -118,9 +120,10 @@ def test_reference_npz(bundle: Path, tiny_run: Path) -> None:
     assert ref["embedding"].shape == (n, 200) and ref["score"].shape == ref["knn_angle"].shape == (n,)
     assert sorted(set(ref["label"].tolist())) == [0, 1] and (ref["label"] == 0).sum() == 16
     assert all("/" not in p and p.endswith(".jpeg") for p in ref["path"].tolist())
-    chosen, origin = select_reference(tiny_run, 32)
-    assert [s.path.name for s in chosen] == ref["path"].tolist() and origin == {"from_val": 32, "from_train": 0}
-    assert [s.path.name for s in select_reference(tiny_run, 32)[0]] == ref["path"].tolist()  # deterministic
+    chosen = select_reference(tiny_run, 32)
+    assert [s.path.name for s in chosen] == ref["path"].tolist()
+    assert [s.path.name for s in select_reference(tiny_run, 32)] == ref["path"].tolist()  # deterministic
+    assert read_manifest(bundle).reference["source"] == "val.csv"
     val = {s.path.name: s for s in read_samples(tiny_run / "val.csv")}
     assert np.array_equal(ref["image"], load_batch([val[p].path for p in ref["path"].tolist()], read_manifest(bundle).preprocess_config))
 
@@ -196,8 +199,6 @@ def test_bank_as_input_and_slim(input_bundle: Path, tiny_run: Path) -> None:
 
 
 def test_external_data_round_trip(tiny_run: Path, tmp_path: Path) -> None:
-    from salad.export import export_bundle, validate_bundle
-
     out = export_bundle(tiny_run, tmp_path / "ext", slim=True, reference_images=8, external_data_threshold=0)
     m = read_manifest(out)
     assert m.bank["external_data"] == "bank.data" and m.graph("scorer").external_data == ["bank.data"]
@@ -232,3 +233,11 @@ def test_cli_export(tiny_run: Path, tmp_path: Path) -> None:
     assert "Traceback" not in again.output
     bad = CliRunner().invoke(export_command, [str(tiny_run), "--out", str(tmp_path / "x"), "--operating-point", "auc:1"])
     assert bad.exit_code == 1 and "--operating-point 'auc:1'" in bad.output and not (tmp_path / "x").exists()
+
+
+
+def test_reference_never_uses_training_films(make_run: Callable[..., Path], tmp_path: Path) -> None:
+    run = make_run(rescore=False)
+    (run / "val.csv").write_text("path,label,patient_id\n")
+    with pytest.raises(SaladError, match=r"val\.csv: --reference-images 8 asks for more validation films than the run has \(0\)\. Retrain"):
+        export_bundle(run, tmp_path / "b", slim=True, reference_images=8)

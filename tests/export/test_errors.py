@@ -10,9 +10,9 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
-from salad.export import export_bundle, validate_bundle
 
 from salad.errors import BundleError, ExportValidationError, SaladError
+from salad.export import export_bundle, validate_bundle
 from salad.manifest import DEFAULT_TOLERANCES, read_manifest, sha256_file
 from tests.export.helpers import unit_rows
 
@@ -80,7 +80,7 @@ def test_bad_options(tiny_run: Path, tmp_path: Path) -> None:
         export_bundle(tiny_run, tmp_path / "b", operating_point="specificity=0.9")
     with pytest.raises(SaladError, match=r"--opset 16: expected 17\.\.20"):
         export_bundle(tiny_run, tmp_path / "b", opset=16)
-    with pytest.raises(SaladError, match=r"--reference-images 500 asks for more films than the run lists \(80 in val\.csv"):
+    with pytest.raises(SaladError, match=r"--reference-images 500 asks for more validation films than the run has \(80\)\. Pass --reference-images 80"):
         export_bundle(tiny_run, tmp_path / "b", reference_images=500)
     assert not (tmp_path / "b").exists() and not leftovers(tmp_path, "b")
 
@@ -161,7 +161,6 @@ def test_validation_checks_the_graph_contract(bundle: Path, tmp_path: Path) -> N
 def test_collapsed_run_is_refused_with_the_reason(sample_train: Path, sample_eval: Path, tmp_path: Path) -> None:
     """One epoch then --bank-refresh: embeddings sit ~1e-3 rad from their bank rows, below float32 arccos."""
     from salad.train.trainer import train_run
-
     from tests.conftest import tiny_config
 
     run = tmp_path / "collapsed"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from salad.export.threshold import choose_threshold, parse_operating_point
 
 from salad.errors import SaladError
+from salad.export.threshold import choose_threshold, parse_operating_point
 from salad.scoring import decide
 
 
