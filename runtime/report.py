@@ -1,0 +1,103 @@
+"""Rendering of a ParityReport for people: a fixed-width terminal table and a markdown document.
+
+Kept apart from the measurements (parity.py) so that the numbers have one source and the two
+renderings only format them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .parity import REFERENCE_FILE, format_value
+
+if TYPE_CHECKING:
+    from .parity import ParityReport, ParityRow
+
+#: The columns of both renderings: (heading, metric key). Further metrics are in the JSON.
+COLUMNS = (
+    ("label agreement", "label_agreement"),
+    ("max |Δscore|", "max_abs_score_diff"),
+    ("p99 |Δscore|", "p99_abs_score_diff"),
+    ("max |Δknn_angle|", "max_abs_knn_angle_diff"),
+    ("min cosine", "embedding_cosine_min"),
+    ("Spearman", "spearman"),
+    ("ΔAUC", "delta_auc"),
+    ("ΔAUPRC", "delta_auprc"),
+    ("non-finite", "nonfinite"),
+)
+
+
+def describe_reference(report: ParityReport) -> str:
+    """One sentence: which films, and where their PyTorch outputs come from."""
+    n_ref = report.images.get("reference", 0)
+    text = f"{n_ref} reference films with the PyTorch outputs stored in {REFERENCE_FILE}"
+    n_data = report.images.get("data", 0)
+    if n_data:
+        text += f", plus {n_data} films from {report.data} scored by the torch runtime here"
+    return text + "."
+
+
+def _cell(row: ParityRow, key: str) -> str:
+    check = next((c for c in row.checks if c.metric == key), None)
+    text = format_value(row.metrics.get(key))
+    return text + " ✗" if check is not None and not check.passed else text
+
+
+def _status(row: ParityRow) -> str:
+    return "PASS" if row.passed else f"FAIL ({len(row.failed_checks)})"
+
+
+def render_table(report: ParityReport) -> str:
+    """Fixed-width table, one line per runtime × precision; failing metrics are marked ✗, failures listed below."""
+    header = ("runtime", "precision", "device", *(h for h, _ in COLUMNS), "result")
+    rows = [header] + [
+        (r.runtime, r.precision, r.device, *(_cell(r, k) for _, k in COLUMNS), _status(r)) for r in report.rows
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) if i < 3 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))) for row in rows]
+    lines += [
+        "",
+        f"reference: {describe_reference(report)}",
+        f"decision: {report.threshold_score} > {report.threshold:.6g}",
+    ]
+    lines += [f"note: {n}" for n in report.notes]
+    lines.append("parity: PASSED" if report.passed else f"parity: FAILED ({len(report.failures)} check(s), marked ✗)")
+    return "\n".join(lines)
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def render_markdown(report: ParityReport) -> str:
+    """A markdown document: verdict, what was compared, the table, every failure, the tolerances used."""
+    verdict = "passed" if report.passed else "FAILED"
+    out = [
+        f"# Parity of `{report.bundle.name}`: {verdict}",
+        "",
+        f"- Bundle: `{report.bundle}`",
+        f"- Reference: {describe_reference(report)}",
+        f"- Decision: abnormal when `{report.threshold_score}` > {report.threshold:.6g} (the bundle threshold)",
+        *(f"- Note: {n}" for n in report.notes),
+        "",
+        "| " + " | ".join(("runtime", "precision", "device", "films", *(_md(h) for h, _ in COLUMNS), "result")) + " |",
+        "|" + "---|" * (5 + len(COLUMNS)),
+    ]
+    for r in report.rows:
+        cells = (r.runtime, r.precision, r.device, str(r.images), *(_cell(r, k) for _, k in COLUMNS), _status(r))
+        out.append("| " + " | ".join(_md(c) for c in cells) + " |")
+    failing = [r for r in report.rows if not r.passed]
+    if failing:
+        out += ["", "## Failures", ""]
+        for r in failing:
+            out += [f"- **{r.name}**: {_md(c.describe())}" for c in r.failed_checks]
+            if r.disagreements:
+                out.append(f"- **{r.name}**: labels differ on {', '.join(f'`{n}`' for n in r.disagreements)}")
+    out += ["", "## Checks", "", "| runtime | precision | metric | value | tolerance | result |", "|---|---|---|---|---|---|"]
+    for r in report.rows:
+        for c in r.checks:
+            bound = {"min": "≥", "max": "≤", "abs": "\\|·\\| ≤"}[c.bound]
+            tol = "-" if c.tolerance is None else f"{bound} {c.tolerance:g}"
+            result = "pass" if c.checked and c.passed else "FAIL" if c.checked else "not checked"
+            out.append(f"| {r.runtime} | {r.precision} | `{c.metric}` | {format_value(c.value)} | {tol} | {result} |")
+    return "\n".join(out) + "\n"
