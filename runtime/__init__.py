@@ -19,6 +19,7 @@ from .base import (
     runner_names,
 )
 from .onnxruntime_runner import OnnxRuntimeRunner
+from .parity import ParityReport, ParityRow, compare
 from .scorer import Result, Scorer, Timings
 from .tensorrt_runner import TensorRTRunner
 from .torch_runner import TorchRunner
@@ -35,6 +36,9 @@ __all__ = [
     "Scorer",
     "Result",
     "Timings",
+    "compare",
+    "ParityReport",
+    "ParityRow",
     "TorchRunner",
     "OnnxRuntimeRunner",
     "TensorRTRunner",

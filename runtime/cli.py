@@ -1,7 +1,7 @@
-"""`salad score BUNDLE PATH...`: score files, folders and DICOM with a verified bundle.
+"""`salad score BUNDLE PATH...` and `salad parity BUNDLE`: thin click commands over Scorer and compare.
 
-A thin click command over Scorer. Registered in the `salad` group by salad/cli.py; importing this
-module pulls in neither torch nor onnx, so it runs on a console with only salad-edge[runtime].
+Registered in the `salad` group by salad/cli.py; importing this module pulls in neither torch nor
+onnx, so both run on a console with only salad-edge[runtime].
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from salad.data import find_images
 from salad.manifest import PRECISIONS
 
 from .base import runner_names
+from .parity import compare, parse_tolerance_options
 from .scorer import Result, Scorer
 
 LABELS = {0: "normal", 1: "abnormal"}
@@ -85,3 +86,49 @@ def format_table(results: Sequence[Result], decided_by: str = "score") -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))) for row in rows]
     return "\n".join(lines)
+
+
+@click.command("parity")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--runtime", "runtimes", multiple=True, type=LazyChoice(runner_names),
+              help="Runtime to compare with the PyTorch reference; repeat for several.  [default: onnxruntime]")
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(list(PRECISIONS)),
+              help="Graph variant to compare; repeat for several.  [default: every precision in the bundle]")
+@click.option("--data", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Labelled films (class folders normal/ + others, or a CSV path,label) to compare on as well, "
+                   "with AUC and AUPRC. Needs PyTorch and the bundle's checkpoint.pt for their reference outputs.")
+@click.option("--tolerance", "tolerance_options", multiple=True, metavar="[PRECISION:]METRIC=VALUE",
+              help="Override a tolerance of the manifest, e.g. max_abs_score_diff=1e-4 or int8:label_agreement=0.98.")
+@click.option("--device", default=None, help="cpu, cuda or cuda:N for the compared runtimes (the reference runs on cpu).")
+@click.option("--batch", "batch", type=click.IntRange(min=1), default=32, show_default=True, help="Films per inference call.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
+              help="Write the report as JSON here ('-' for stdout).")
+@click.option("--markdown", "markdown_out", type=click.Path(path_type=Path), default=None,
+              help="Write the report as markdown here ('-' for stdout).")
+@friendly_errors
+def parity_command(
+    bundle: Path, runtimes: Sequence[str], precisions: Sequence[str], data: Path | None, tolerance_options: Sequence[str],
+    device: str | None, batch: int, json_out: Path | None, markdown_out: Path | None,
+) -> None:
+    """Prove each runtime × precision makes the PyTorch reference's decisions on BUNDLE's reference films.
+
+    Prints a table and exits with 1, listing every failing metric with its tolerance and the
+    tolerance that would have passed, when any check fails. Without PyTorch (a console) or with a
+    --slim bundle, compares with the PyTorch outputs stored in the bundle's reference.npz.
+    """
+    report = compare(
+        bundle, runtimes or ("onnxruntime",), precisions or None, data=data,
+        tolerances=parse_tolerance_options(tolerance_options), device=device, max_batch=batch,
+    )
+    to_stdout = "-" in (str(json_out), str(markdown_out))
+    if not to_stdout:
+        click.echo(report.format_table())
+    for out, text in ((json_out, report.to_json() + "\n"), (markdown_out, report.to_markdown())):
+        if out is None:
+            continue
+        if str(out) == "-":
+            click.echo(text, nl=False)
+        else:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text, encoding="utf-8")
+    report.raise_if_failed()
