@@ -171,6 +171,8 @@ def export_bundle(
     check_opset(opset)
     parse_operating_point(operating_point)
     run_config = read_run_config(run)
+    if out.resolve() == run.resolve() or out.resolve() in run.resolve().parents:
+        raise SaladError(f"--out {out} would replace the run directory {run} it is exported from; choose another --out.")
     with atomic_directory(out, force=force) as tmp:
         loaded = load_run(run)
         dim = int(loaded.model.config.embedding_dim)

@@ -83,6 +83,9 @@ def test_bad_options(tiny_run: Path, tmp_path: Path) -> None:
     with pytest.raises(SaladError, match=r"--reference-images 500 asks for more validation films than the run has \(80\)\. Pass --reference-images 80"):
         export_bundle(tiny_run, tmp_path / "b", reference_images=500)
     assert not (tmp_path / "b").exists() and not leftovers(tmp_path, "b")
+    with pytest.raises(SaladError, match=r"would replace the run directory"):
+        export_bundle(tiny_run, tiny_run.parent, force=True)
+    assert (tiny_run / "checkpoint.pt").is_file()
 
 
 def test_existing_out_needs_force(bundle: Path, tiny_run: Path, tmp_path: Path) -> None:
