@@ -32,7 +32,7 @@ def friendly_errors(fn: F) -> F:
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
         except KeyboardInterrupt:
-            click.echo("interrupted; a training run can be continued with --resume", err=True)
+            click.echo("interrupted; nothing half-written was kept (a training run continues with --resume)", err=True)
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
