@@ -140,7 +140,8 @@ class Check:
             if needed is None:
                 text += " (no tolerance passes NaN)"
             else:
-                text += f" (a tolerance {'≤' if self.bound == 'min' else '≥'} {needed:g} would pass)"
+                # repr: the short decimal needed was rounded to, so copying it into --tolerance really passes
+                text += f" (a tolerance {'≤' if self.bound == 'min' else '≥'} {needed!r} would pass)"
         return text
 
     def to_dict(self) -> dict[str, Any]:
