@@ -589,8 +589,8 @@ def compare(
     """
     root = Path(bundle)
     manifest = read_manifest(root, verify=True)
-    runtimes = list(dict.fromkeys(runtimes))
-    precisions = list(dict.fromkeys(precisions or manifest.precisions()))
+    runtimes = list(dict.fromkeys([runtimes] if isinstance(runtimes, str) else runtimes))
+    precisions = list(dict.fromkeys([precisions] if isinstance(precisions, str) else precisions or manifest.precisions()))
     if not runtimes or not precisions:
         raise SaladError("parity needs at least one runtime and one precision (e.g. --runtime onnxruntime --precision fp32).")
     problems, only_unavailable = _request_problems(root, manifest, runtimes, precisions)
