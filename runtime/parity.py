@@ -179,12 +179,14 @@ class ParityRow:
         return [c for c in self.checks if not c.passed]
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON row: runtime, precision, every metric at top level, passed, checks, failures."""
+        """The JSON row: runtime, precision, every metric at top level, passed, checks, failures.
+
+        The film counts are the report's ("images"), the same for every row.
+        """
         return {
             "runtime": self.runtime,
             "precision": self.precision,
             "device": self.device,
-            "images": self.images,
             **{k: _json_number(v) for k, v in self.metrics.items()},
             "passed": self.passed,
             "failures": [c.describe() for c in self.failed_checks],
