@@ -171,6 +171,42 @@ def embed_all(model: SaladAutoencoder, images: torch.Tensor, batch: int = 64) ->
     return torch.cat(out) if out else torch.zeros(0, model.config.embedding_dim)
 
 
+class Replicas:
+    """How the training step is shared among processes. This base is one process: every hook is the identity.
+
+    salad.train.distributed.DistributedReplicas implements the hooks with torch.distributed (DDP,
+    SyncBatchNorm, all_gather), so the Trainer's loop is the same code in both cases.
+    """
+
+    rank = 0
+    world_size = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main process writes the run directory (config, lists, metrics, checkpoints)."""
+        return self.rank == 0
+
+    def prepare(self, model: SaladAutoencoder, find_unused_parameters: bool) -> tuple[SaladAutoencoder, torch.nn.Module]:
+        """(the model to save and evaluate, the module that runs the training forward)."""
+        return model, model
+
+    def local(self, batch: torch.Tensor) -> torch.Tensor:
+        """This process's share of a global batch."""
+        return batch
+
+    def gather(self, idx: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bank indices and embeddings of the whole global batch, in global-batch order."""
+        return idx, z
+
+    def mean(self, values: dict[str, float]) -> dict[str, float]:
+        """Per-process metric sums → their mean over processes."""
+        return values
+
+    def describe(self) -> dict[str, Any]:
+        """Extra entries for config.json (none for one process)."""
+        return {}
+
+
 def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     from sklearn.metrics import roc_auc_score
 
@@ -180,9 +216,13 @@ def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
 class Trainer:
     """Owns one run directory: builds the model and bank, trains, checkpoints, resumes, scores validation."""
 
-    def __init__(self, cfg: TrainConfig, out: Path, train: Sequence[Sample], val: Sequence[Sample], data_desc: dict[str, Any]):
+    def __init__(
+        self, cfg: TrainConfig, out: Path, train: Sequence[Sample], val: Sequence[Sample], data_desc: dict[str, Any],
+        replicas: Replicas | None = None,
+    ):
         cfg.validate()
         self.cfg, self.out = cfg, out
+        self.replicas = replicas or Replicas()
         self.train_samples, self.val_samples = list(train), list(val)
         self.data_desc = data_desc
         if cfg.threads:
@@ -202,6 +242,7 @@ class Trainer:
         self.bank.labels.copy_(torch.tensor([s.label for s in self.train_samples], dtype=torch.int64))
         n_normal = int((self.bank.labels == 0).sum())
         check_k(cfg.score_k, n_normal)
+        self.model, self.net = self.replicas.prepare(self.model, find_unused_parameters=cfg.method == "salad-no-mse")
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=cfg.betas)
         self.start_epoch = 0
         self.is_anchor: torch.Tensor | None = None
@@ -219,9 +260,12 @@ class Trainer:
             "n_train": len(self.train_samples),
             "n_train_anomalous": int(sum(s.label for s in self.train_samples)),
             "n_val": len(self.val_samples),
+            **self.replicas.describe(),
         }
 
     def save(self, epoch: int, finished: bool = False) -> None:
+        if not self.replicas.is_main:
+            return
         state = {
             "schema_version": RUN_SCHEMA,
             "config": self.config_dict(),
@@ -237,8 +281,9 @@ class Trainer:
         }
         atomic_torch_save(state, self.out / "checkpoint.pt")
 
-    def load(self) -> None:
-        state = load_checkpoint(self.out / "checkpoint.pt")
+    def load(self, state: dict[str, Any] | None = None) -> None:
+        """Resume from checkpoint.pt, or from `state` already read from it (by the main process)."""
+        state = load_checkpoint(self.out / "checkpoint.pt") if state is None else state
         saved = state["config"]["train"]
         mine = self.cfg.to_dict()
         diff = {k: (saved.get(k), mine[k]) for k in mine if k not in ("device", "threads") and saved.get(k) != mine[k]}
@@ -271,10 +316,12 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.json").write_text(json.dumps(self.config_dict(), indent=2))
-        write_list(self.out / "train.csv", self.train_samples)
-        write_list(self.out / "val.csv", self.val_samples)
+        main = self.replicas.is_main
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(self.config_dict(), indent=2))
+            write_list(self.out / "train.csv", self.train_samples)
+            write_list(self.out / "val.csv", self.val_samples)
         pcfg = cfg.preprocess_config()
         images = preload(self.train_samples, pcfg, "reading training films")
         val_images = preload(self.val_samples, pcfg, "reading validation films") if self.val_samples else None
@@ -284,10 +331,10 @@ class Trainer:
         use_agg = cfg.method in ("salad", "salad-no-mse")
         n = len(images)
         metrics_path = self.out / "metrics.jsonl"
-        if self.start_epoch == 0 and metrics_path.exists():
+        if main and self.start_epoch == 0 and metrics_path.exists():
             metrics_path.unlink()
         t_run = time.perf_counter()
-        bar = tqdm(range(self.start_epoch, cfg.epochs), desc="training", unit="epoch", initial=self.start_epoch, total=cfg.epochs)
+        bar = tqdm(range(self.start_epoch, cfg.epochs), desc="training", unit="epoch", initial=self.start_epoch, total=cfg.epochs, disable=not main)
         for epoch in bar:
             t0 = time.perf_counter()
             rnd = round_of(cfg, epoch)
@@ -302,9 +349,11 @@ class Trainer:
             steps = 0
             for s in range(0, n - cfg.batch_size + 1 if n >= cfg.batch_size else 1, cfg.batch_size):
                 idx = perm[s : s + cfg.batch_size]
-                x = augment(images[idx], cfg.augment, self.gen).to(self.device)
-                idx_d = idx.to(self.device)
-                z, recon = self.model(x)
+                # Every process draws the whole global batch's augmentation from the shared generator, then
+                # keeps its share: the global batch is the single-process batch, whatever the process count.
+                x = self.replicas.local(augment(images[idx], cfg.augment, self.gen)).to(self.device)
+                idx_d = self.replicas.local(idx).to(self.device)
+                z, recon = self.net(x)
                 mse = F.mse_loss(recon, x) if use_mse else torch.zeros((), device=self.device)
                 if use_disc:
                     terms = discrimination_terms(
@@ -319,12 +368,14 @@ class Trainer:
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 self.opt.step()
-                self.bank.update(idx_d, z)
+                self.bank.update(*self.replicas.gather(idx_d, z))
                 sums["loss"] += float(loss.detach())
                 sums["mse"] += float(mse.detach())
                 sums["disc"] += float(disc.detach())
                 steps += 1
-            row: dict[str, Any] = {k: v / max(1, steps) for k, v in sums.items()}
+            row: dict[str, Any] = {k: v / max(1, steps) for k, v in self.replicas.mean(sums).items()}
+            if not main:
+                continue
             row.update(epoch=epoch, round=rnd, lr=self._lr(epoch), anchors=int(self.is_anchor.sum()) if self.is_anchor is not None and use_agg and rnd > 0 else 0)
             if val_images is not None and len(val_images):
                 vs = self._val_scores(val_images, self.bank.normal_rows())
@@ -337,6 +388,8 @@ class Trainer:
                 fh.write(json.dumps(row) + "\n")
             bar.set_postfix(loss=f"{row['loss']:.3f}", **({"val_auc": f"{row['val_auc']:.3f}"} if "val_auc" in row else {}))
             self.save(epoch)
+        if not main:
+            return {}
         if cfg.bank_refresh:
             # Score against clean (un-augmented, eval-mode) embeddings: the same view a console will see.
             self.bank.replace(embed_all(self.model, images).to(self.device))
@@ -407,11 +460,21 @@ def train_run(
     out = Path(out)
     train, val_samples, desc = prepare_data(data, val, cfg)
     trainer = Trainer(cfg, out, train, val_samples, desc)
-    ckpt = out / "checkpoint.pt"
-    if ckpt.exists() and resume:
+    if claim_run_dir(out, resume, force):
         trainer.load()
-    elif out.exists() and any(out.iterdir()):
+    return trainer.fit()
+
+
+def claim_run_dir(out: Path, resume: bool, force: bool, dry_run: bool = False) -> bool:
+    """True if `out` holds a checkpoint to resume; an existing run is deleted under `force`, refused otherwise.
+
+    dry_run only checks (a launcher does this before starting worker processes).
+    """
+    if (out / "checkpoint.pt").exists() and resume:
+        return True
+    if out.exists() and any(out.iterdir()):
         if not force:
             raise SaladError(f"{out}: run directory already exists. Pass --resume to continue it or --force to start again.")
-        shutil.rmtree(out)
-    return trainer.fit()
+        if not dry_run:
+            shutil.rmtree(out)
+    return False
