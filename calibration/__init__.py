@@ -1,0 +1,34 @@
+"""salad.calibration: fp16 and int8 (Q/DQ) variants of a bundle's graphs, measured in AUC against PyTorch.
+
+`calibrate_bundle(bundle, "fp16")` adds encoder.fp16.onnx and model.fp16.onnx; `calibrate_bundle(bundle,
+"int8", data=NORMALS)` adds encoder.int8.onnx and model.int8.onnx calibrated on real normal films.
+The scoring graph stays float32 in both. Names resolve lazily, so importing salad.calibration.cli
+(for the `salad` command) pulls in neither torch, onnx nor onnxruntime.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from salad.calibration.calibrate import calibrate_bundle
+    from salad.calibration.report import CalibrationReport
+    from salad.calibration.sources import CalibrationSource, OrtCalibrationReader
+    from salad.calibration.tolerances import VARIANT_TOLERANCES
+
+__all__ = ["calibrate_bundle", "CalibrationReport", "CalibrationSource", "OrtCalibrationReader", "VARIANT_TOLERANCES"]
+
+_LAZY = {
+    "calibrate_bundle": "salad.calibration.calibrate",
+    "CalibrationReport": "salad.calibration.report",
+    "CalibrationSource": "salad.calibration.sources",
+    "OrtCalibrationReader": "salad.calibration.sources",
+    "VARIANT_TOLERANCES": "salad.calibration.tolerances",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'salad.calibration' has no attribute {name!r}")

@@ -1,0 +1,207 @@
+"""The calibration report of one variant: accuracy against PyTorch, per-layer error, size and CPU latency.
+
+Written as JSON (for machines and CI) and markdown (for the person deciding whether to ship the
+variant) to --report-dir or BUNDLE/calibration/, whether or not the variant was accepted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .measure import Timed
+from .sensitivity import LayerError
+
+#: Accuracy figures the report leads with (parity metric names).
+HEADLINE = ("delta_auc", "delta_auprc", "label_agreement", "max_abs_score_diff", "p99_abs_score_diff", "embedding_cosine_min", "spearman")
+
+
+def _num(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "NaN"
+        if 0.999 < abs(value) < 1:
+            return f"{value:.6f}"
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+@dataclass
+class Attempt:
+    """One candidate of the accuracy-bounded search: which layers stayed float and what it achieved."""
+
+    kept_float: list[str]
+    metrics: dict[str, float | None]
+    passed: bool
+    failures: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kept_float": list(self.kept_float), "metrics": {k: _num(v) for k, v in self.metrics.items()},
+                "passed": self.passed, "failures": list(self.failures)}
+
+
+@dataclass
+class CalibrationReport:
+    """What `calibrate_bundle` did and measured for one precision variant."""
+
+    bundle: str
+    precision: str
+    accepted: bool
+    graphs: dict[str, str]  # manifest key → file
+    settings: dict[str, Any]
+    tolerances: dict[str, float]
+    #: The parity row of the variant against PyTorch (salad.runtime.compare), as JSON.
+    parity: dict[str, Any]
+    #: ΔAUC/ΔAUPRC on the bundle's labelled reference films (always measurable), besides the parity row.
+    reference_films: dict[str, Any]
+    calibration: dict[str, Any] = field(default_factory=dict)  # images, found, list_sha256, method (int8)
+    layers_in_float: dict[str, str] = field(default_factory=dict)  # node → reason
+    layer_errors: list[LayerError] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
+    sizes: dict[str, int] = field(default_factory=dict)
+    latency: dict[str, dict[int, Timed]] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)  # "json"/"markdown" → where the report was written
+
+    # -- figures ------------------------------------------------------------------------------------
+
+    def metric(self, name: str) -> float | None:
+        value = self.parity.get(name)
+        return None if value is None else float(value)
+
+    @property
+    def delta_auc(self) -> float | None:
+        """ΔAUC on the labelled data when given, else on the reference films."""
+        value = self.metric("delta_auc")
+        return value if value is not None else self.reference_films.get("delta_auc")
+
+    @property
+    def label_agreement(self) -> float | None:
+        return self.metric("label_agreement")
+
+    def speedup(self, graph: str, batch: int, stat: str = "median_ms") -> float | None:
+        """fp32 time / variant time of `graph` ("encoder" or "model") at `batch` (> 1 means the variant is faster)."""
+        base = self.latency.get(f"{graph}.fp32", {}).get(batch)
+        variant = self.latency.get(f"{graph}.{self.precision}", {}).get(batch)
+        if base is None or variant is None:
+            return None
+        return float(getattr(base, stat)) / max(float(getattr(variant, stat)), 1e-12)
+
+    # -- output ---------------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "bundle": self.bundle,
+            "precision": self.precision,
+            "accepted": self.accepted,
+            "failures": list(self.failures),
+            "graphs": dict(self.graphs),
+            "settings": dict(self.settings),
+            "accuracy": {k: _num(self.parity.get(k)) for k in HEADLINE},
+            "tolerances": dict(self.tolerances),
+            "parity": self.parity,
+            "reference_films": {k: _num(v) for k, v in self.reference_films.items()},
+            "calibration": dict(self.calibration),
+            "layers_in_float": dict(self.layers_in_float),
+            "layer_errors": [e.to_dict() for e in self.layer_errors],
+            "attempts": [a.to_dict() for a in self.attempts],
+            "sizes": dict(self.sizes),
+            "latency": {g: {str(b): t.to_dict() for b, t in per.items()} for g, per in self.latency.items()},
+            "speedup": {
+                f"{g}@{b}": round(s, 3)
+                for g in ("encoder", "model") for b in sorted({b for per in self.latency.values() for b in per})
+                if (s := self.speedup(g, b)) is not None
+            },
+            "environment": dict(self.environment),
+            "notes": list(self.notes),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False)
+
+    def to_markdown(self) -> str:
+        p = self.precision
+        status = "accepted" if self.accepted else "REJECTED"
+        lines = [f"# Calibration of `{Path(self.bundle).name}`: {p} {status}", ""]
+        if self.failures:
+            lines += ["## Why it was rejected", "", *[f"- {f}" for f in self.failures], ""]
+        s = self.settings
+        lines += ["## Settings", "", "| setting | value |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in s.items()]
+        if self.calibration:
+            lines += [f"| {k} | {_fmt(v)} |" for k, v in self.calibration.items()]
+        lines += ["", f"## Accuracy against the PyTorch reference ({self._images_text()})", "",
+                  "| metric | value | tolerance | |", "|---|---|---|---|"]
+        for check in self.parity.get("checks", []):
+            if check["metric"] == "nonfinite":
+                continue
+            mark = "-" if not check["checked"] else ("pass" if check["passed"] else "**FAIL**")
+            lines.append(f"| {check['metric']} | {_fmt(check['value'])} | {_fmt(check['tolerance'])} | {mark} |")
+        rf = self.reference_films
+        if rf.get("delta_auc") is not None:
+            lines += ["", f"On the bundle's {rf.get('images')} labelled reference films: AUC {_fmt(rf.get('auc'))} "
+                      f"(PyTorch {_fmt(rf.get('reference_auc'))}), ΔAUC {_fmt(rf.get('delta_auc'))}, ΔAUPRC {_fmt(rf.get('delta_auprc'))}."]
+        if self.attempts:
+            lines += ["", "## Accuracy-bounded search", "", "| layers kept float | ΔAUC | label agreement | max \\|Δscore\\| | fits |", "|---|---|---|---|---|"]
+            for a in self.attempts:
+                kept = ", ".join(f"`{n}`" for n in a.kept_float) or "(none beyond the channel rule)"
+                lines.append(f"| {kept} | {_fmt(a.metrics.get('delta_auc'))} | {_fmt(a.metrics.get('label_agreement'))} | "
+                             f"{_fmt(a.metrics.get('max_abs_score_diff'))} | {'yes' if a.passed else 'no'} |")
+        if self.layers_in_float:
+            lines += ["", "## Layers left in float", "", "| layer | why |", "|---|---|"]
+            lines += [f"| `{n}` | {r} |" for n, r in self.layers_in_float.items()]
+        if self.layer_errors:
+            lines += ["", "## Per-layer quantisation error (SQNR, dB; higher is better)", "",
+                      "| layer | op | channels in→out | int8 | weights | input | output vs float |", "|---|---|---|---|---|---|---|"]
+            for e in self.layer_errors:
+                lines.append(f"| `{e.name}` | {e.op_type} | {e.channels_in}→{e.channels_out} | {'yes' if e.quantized else 'no'} | "
+                             f"{_fmt(e.weight_sqnr_db, 3)} | {_fmt(e.input_sqnr_db, 3)} | {_fmt(e.output_sqnr_db, 3)} |")
+        if self.sizes:
+            lines += ["", "## File sizes", "", "| file | bytes |", "|---|---|"]
+            lines += [f"| {f} | {n:,} |" for f, n in self.sizes.items()]
+        if self.latency:
+            batches = sorted({b for per in self.latency.values() for b in per})
+            head = " | ".join(f"batch {b} median | batch {b} min" for b in batches)
+            lines += ["", "## ONNX Runtime CPU latency (ms)", "", f"| graph | {head} |", "|---" * (1 + 2 * len(batches)) + "|"]
+            for g, per in self.latency.items():
+                cells = " | ".join(f"{_fmt(per[b].median_ms)} | {_fmt(per[b].min_ms)}" if b in per else "- | -" for b in batches)
+                lines.append(f"| {g} | {cells} |")
+            sp = [f"{g} batch {b}: ×{self.speedup(g, b):.2f} (median), ×{self.speedup(g, b, 'min_ms'):.2f} (min)"
+                  for g in ("encoder", "model") for b in batches if self.speedup(g, b) is not None]
+            if sp:
+                lines += ["", "Speed-up of the variant over fp32 (>1 is faster): " + "; ".join(sp) + "."]
+            env = self.environment
+            lines += ["", f"Measured on {env.get('cpu', '?')} ({env.get('cores', '?')} cores; {', '.join(env.get('int8_flags', [])) or 'no VNNI'}), "
+                      f"onnxruntime {env.get('onnxruntime', '?')}, load average {env.get('load_average', '?')}, "
+                      f"{next(iter(next(iter(self.latency.values())).values())).runs} runs per figure, graphs interleaved."]
+        if self.notes:
+            lines += ["", "## Notes", "", *[f"- {n}" for n in self.notes]]
+        return "\n".join(lines) + "\n"
+
+    def _images_text(self) -> str:
+        images = self.parity.get("images") or {}
+        if isinstance(images, dict):
+            return ", ".join(f"{n} {k} films" for k, n in images.items()) or "no films"
+        return f"{images} films"
+
+    def write(self, directory: Path) -> dict[str, str]:
+        """Write <precision>.json and <precision>.md into `directory`; returns their paths."""
+        directory.mkdir(parents=True, exist_ok=True)
+        paths = {"json": directory / f"{self.precision}.json", "markdown": directory / f"{self.precision}.md"}
+        self.files = {k: str(v) for k, v in paths.items()}
+        paths["json"].write_text(self.to_json() + "\n", encoding="utf-8")
+        paths["markdown"].write_text(self.to_markdown(), encoding="utf-8")
+        return self.files

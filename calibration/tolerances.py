@@ -1,0 +1,41 @@
+"""Default parity tolerances of the fp16 and int8 variants (manifest.parity["fp16"], ["int8"]).
+
+Same keys as the fp32 ones in salad.manifest.DEFAULT_TOLERANCES, so `salad parity` checks every
+precision on the same metrics. The decision-level bounds (label agreement, ΔAUC) are the issue's
+acceptance figures; the tensor-level bounds were set from measurements on real bundles with a
+margin, and calibration/TOLERANCES.md records the measurements and the reasoning. A bundle keeps
+tolerances it already has for a precision: calibration writes these only where none are set.
+"""
+
+from __future__ import annotations
+
+from salad.manifest import DEFAULT_TOLERANCES
+
+VARIANT_TOLERANCES: dict[str, dict[str, float]] = {
+    "fp16": {
+        "max_abs_score_diff": 0.01,
+        "p99_abs_score_diff": 0.005,
+        "max_abs_knn_angle_diff": 0.001,
+        "embedding_cosine_min": 0.9995,
+        "label_agreement": 0.995,
+        "spearman": 0.995,
+        "delta_auc": 0.002,
+        "delta_auprc": 0.005,
+    },
+    "int8": {
+        "max_abs_score_diff": 0.05,
+        "p99_abs_score_diff": 0.03,
+        "max_abs_knn_angle_diff": 0.005,
+        "embedding_cosine_min": 0.99,
+        "label_agreement": 0.99,
+        "spearman": 0.98,
+        "delta_auc": 0.005,
+        "delta_auprc": 0.01,
+    },
+}
+
+assert all(set(v) == set(DEFAULT_TOLERANCES["fp32"]) for v in VARIANT_TOLERANCES.values()), "keys must match the fp32 tolerances"
+
+
+def default_tolerances(precision: str) -> dict[str, float]:
+    return dict(VARIANT_TOLERANCES[precision])
