@@ -88,18 +88,23 @@ def test_non_finite_outputs_are_counted_and_fail_every_metric_they_enter() -> No
     assert check.describe() == "max_abs_score_diff = NaN > tolerance 1e-05 (no tolerance passes NaN)"
 
 
-# -- Spearman: scipy, and the numpy fallback a console uses ------------------------------------------
+# -- Spearman: numpy, held to scipy ------------------------------------------------------------------
 
 
-def test_spearman_fallback_matches_scipy_with_ties(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("ties", [False, True])
+def test_spearman_matches_scipy(ties: bool) -> None:
+    stats = pytest.importorskip("scipy.stats")
     rng = np.random.default_rng(4)
-    a = rng.integers(0, 6, size=50).astype(float)  # many ties
+    a = rng.integers(0, 6, size=50).astype(float) if ties else rng.normal(size=50)
     b = a + rng.normal(scale=2.0, size=50)
-    with_scipy = spearman(a, b)
-    monkeypatch.setattr(parity, "importable", lambda name: name != "scipy")
-    assert spearman(a, b) == pytest.approx(with_scipy, abs=1e-12)
-    assert spearman(a, -a) == pytest.approx(-1.0)
-    assert spearman(np.ones(5), b[:5]) is None and spearman(a[:1], b[:1]) is None
+    assert spearman(a, b) == pytest.approx(stats.spearmanr(a, b).statistic, abs=1e-12)
+    assert spearman(a, -a) == pytest.approx(-1.0) and spearman(a, np.exp(a)) == pytest.approx(1.0)
+
+
+def test_spearman_is_undefined_or_nan_where_it_should_be() -> None:
+    assert spearman(np.ones(5), np.arange(5.0)) is None  # a constant vector has no ranks to correlate
+    assert spearman(np.array([1.0]), np.array([2.0])) is None
+    assert math.isnan(spearman(np.array([1.0, np.nan, 3.0]), np.arange(3.0)))  # type: ignore[arg-type]
 
 
 def test_missing_sklearn_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
