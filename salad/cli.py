@@ -70,6 +70,7 @@ class StageGroup(click.Group):
     lazy_commands = {
         "export": "salad.export.cli:export_command",
         "score": "salad.runtime.cli:score_command",
+        "parity": "salad.runtime.cli:parity_command",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
