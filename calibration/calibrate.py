@@ -132,6 +132,7 @@ def calibrate_bundle(
             tolerances=tolerances, parity=parity.to_dict(), reference_films=reference_films,
             calibration=builder.calibration_summary(), layers_in_float=builder.layers_in_float(),
             layer_errors=builder.layer_errors(), attempts=attempts if max_auc_drop is not None else [],
+            search_order=list(candidates or []),
             notes=notes + list(parity.notes) + builder.notes,
         )
         report.sizes = file_sizes(stage.path, [manifest.graphs["encoder"].file, f"encoder.{precision}.onnx",
@@ -364,8 +365,8 @@ class _Int8Builder:
         proto = prepare_for_quantization(stage.path / stage.original.graphs["encoder"].file, self.prepared)
         self.layers = weighted_layers(proto)
         self.by_channels = {
-            l.name: f"{l.channels_in}→{l.channels_out} channels (< {min_channels}): int8 kernels are slower than float ones on so few channels"
-            for l in self.layers if l.channels < min_channels
+            layer.name: f"{layer.channels_in}→{layer.channels_out} channels (< {min_channels}): int8 kernels are slower than float ones on so few channels"
+            for layer in self.layers if layer.channels < min_channels
         }
         if len(self.by_channels) == len(self.layers):
             raise CalibrationError(
@@ -376,7 +377,6 @@ class _Int8Builder:
         self.encoder: Any = None
         self.model: Any = None
         self._errors: list[Any] | None = None
-        self._errors_for: list[str] | None = None
 
     def build(self, kept: Sequence[str]) -> None:
         from .graphs import merge_with_scorer, quantize_encoder
@@ -427,19 +427,29 @@ class _Int8Builder:
                 "list_sha256": self.source.list_sha256}
 
     def layer_errors(self) -> list[Any]:
-        """Per-layer quantisation error of the current encoder (computed once per set of float layers)."""
+        """Per-layer quantisation error, measured once on the encoder with every eligible layer in int8.
+
+        The figures explain the search order, so they stay those of that first encoder; `quantized`
+        and `reason_float` say what each layer finally is.
+        """
+        import dataclasses
+
         from .sensitivity import layer_errors
 
-        if self._errors is None or self._errors_for != self.kept:
+        if self._errors is None:  # first called before the search keeps any layer float (see calibrate_bundle)
             path = self.work / "encoder.int8.onnx"
             self._errors = layer_errors(self.prepared, path, self.layers, self.source, self.layers_in_float())
-            self._errors_for = list(self.kept)
-        return self._errors
+        final = self.layers_in_float()
+        return [dataclasses.replace(e, quantized=e.name not in final, reason_float=final.get(e.name)) for e in self._errors]
 
     def ranked_layers(self) -> list[Any]:
+        """Quantized layers, noisiest first (the order the accuracy-bounded search keeps them float)."""
         from .sensitivity import rank_by_noise
 
-        return rank_by_noise(self.layer_errors())
+        if self._errors is None:
+            self.layer_errors()
+        assert self._errors is not None
+        return rank_by_noise(self._errors)
 
 
 # -- staging and commit ---------------------------------------------------------------------------------

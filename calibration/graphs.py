@@ -99,7 +99,7 @@ def elem_types(proto: onnx.ModelProto) -> dict[str, int]:
     """Element type of every tensor in the graph (after shape inference), initializers and I/O included."""
     inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
     g = inferred.graph
-    types = {v.name: v.type.tensor_type.elem_type for v in (*g.input, *g.output, *g.value_info)}
+    types = {v.name: v.type.tensor_type.elem_type for v in (*g.value_info, *g.input, *g.output)}
     types.update({t.name: t.data_type for t in g.initializer})
     for node in g.node:
         if node.op_type == "Constant":
@@ -233,6 +233,7 @@ def fp16_encoder(encoder: onnx.ModelProto) -> Fp16Encoder:
         del g.value_info[:]
         g.value_info.extend(kept)
     proto = compose.merge_models(body16, tail, io_map=[(cut, cut)])
+    del proto.graph.value_info[:]  # the converter leaves stale entries (e.g. "image" as float16); inference recomputes them
     del proto.metadata_props[:]
     proto.metadata_props.extend(named.metadata_props)
     return Fp16Encoder(proto, tail_names, clamped)

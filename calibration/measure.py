@@ -42,7 +42,8 @@ class Timed:
 
 def cpu_info() -> dict[str, Any]:
     """CPU model, cores, the int8/fp16 instruction sets ONNX Runtime can use, ORT version, load average."""
-    model, flags = platform.processor() or platform.machine(), set()
+    model: str = platform.processor() or platform.machine()
+    flags: set[str] = set()
     try:
         for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
             key, _, value = line.partition(":")

@@ -69,6 +69,8 @@ class CalibrationReport:
     layers_in_float: dict[str, str] = field(default_factory=dict)  # node → reason
     layer_errors: list[LayerError] = field(default_factory=list)
     attempts: list[Attempt] = field(default_factory=list)
+    #: Quantized layers, noisiest first: the order the accuracy-bounded search keeps them float.
+    search_order: list[str] = field(default_factory=list)
     sizes: dict[str, int] = field(default_factory=dict)
     latency: dict[str, dict[int, Timed]] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
@@ -118,6 +120,7 @@ class CalibrationReport:
             "layers_in_float": dict(self.layers_in_float),
             "layer_errors": [e.to_dict() for e in self.layer_errors],
             "attempts": [a.to_dict() for a in self.attempts],
+            "search_order": list(self.search_order),
             "sizes": dict(self.sizes),
             "latency": {g: {str(b): t.to_dict() for b, t in per.items()} for g, per in self.latency.items()},
             "speedup": {
@@ -142,6 +145,7 @@ class CalibrationReport:
         lines += ["## Settings", "", "| setting | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in s.items()]
         if self.calibration:
+            lines += ["", "| calibration | value |", "|---|---|"]
             lines += [f"| {k} | {_fmt(v)} |" for k, v in self.calibration.items()]
         lines += ["", f"## Accuracy against the PyTorch reference ({self._images_text()})", "",
                   "| metric | value | tolerance | |", "|---|---|---|---|"]
@@ -155,11 +159,15 @@ class CalibrationReport:
             lines += ["", f"On the bundle's {rf.get('images')} labelled reference films: AUC {_fmt(rf.get('auc'))} "
                       f"(PyTorch {_fmt(rf.get('reference_auc'))}), ΔAUC {_fmt(rf.get('delta_auc'))}, ΔAUPRC {_fmt(rf.get('delta_auprc'))}."]
         if self.attempts:
-            lines += ["", "## Accuracy-bounded search", "", "| layers kept float | ΔAUC | label agreement | max \\|Δscore\\| | fits |", "|---|---|---|---|---|"]
-            for a in self.attempts:
-                kept = ", ".join(f"`{n}`" for n in a.kept_float) or "(none beyond the channel rule)"
-                lines.append(f"| {kept} | {_fmt(a.metrics.get('delta_auc'))} | {_fmt(a.metrics.get('label_agreement'))} | "
-                             f"{_fmt(a.metrics.get('max_abs_score_diff'))} | {'yes' if a.passed else 'no'} |")
+            lines += ["", "## Accuracy-bounded search", "",
+                      "Each attempt keeps one more layer float, the noisiest first (see the per-layer table).", "",
+                      "| attempt | layer added to float | layers kept float | ΔAUC | label agreement | max \\|Δscore\\| | fits |",
+                      "|---|---|---|---|---|---|---|"]
+            for i, a in enumerate(self.attempts, start=1):
+                added = f"`{a.kept_float[-1]}`" if a.kept_float else "(none: channel rule only)"
+                lines.append(f"| {i} | {added} | {len(a.kept_float)} | {_fmt(a.metrics.get('delta_auc'))} | "
+                             f"{_fmt(a.metrics.get('label_agreement'))} | {_fmt(a.metrics.get('max_abs_score_diff'))} | "
+                             f"{'yes' if a.passed else 'no'} |")
         if self.layers_in_float:
             lines += ["", "## Layers left in float", "", "| layer | why |", "|---|---|"]
             lines += [f"| `{n}` | {r} |" for n, r in self.layers_in_float.items()]

@@ -83,7 +83,7 @@ class CalibrationSource:
         if min_images < 1:
             raise CalibrationError(f"--min-images {min_images}: expected a positive number of films.")
         try:
-            samples = read_samples(data)
+            samples = read_samples(Path(data))
         except DataError as exc:
             raise CalibrationError(f"cannot read calibration data: {exc}") from exc
         normals = sorted((s for s in samples if s.label == 0), key=lambda s: str(s.path))
