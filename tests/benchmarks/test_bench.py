@@ -199,3 +199,13 @@ def test_tensorrt_rows_carry_cuda_event_timings(bench_bundle: Path, tmp_path: Pa
     rows = json.loads((tmp_path / "b.json").read_text(encoding="utf-8"))["results"]
     trt = next(r for r in rows if r["runtime"] == "tensorrt")
     assert trt["device_inference"]["n"] == 3 and trt["device"].startswith("cuda")
+
+
+def test_gemm_peaks_measure_fp32_and_int8() -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from salad.runtime.bench import gemm_peaks
+
+    peaks = gemm_peaks(1, ["fp32", "int8"], size=128)
+    assert peaks["fp32_gflops"] > 0 and peaks["numpy_sgemm_gflops"] > 0
+    assert peaks["ort_int8_gops"] > 0, peaks.get("int8_note")
