@@ -279,3 +279,27 @@ def test_the_repository_readme_example_runs(
     with Scorer.from_bundle(tiny_bundle) as local:
         want = local.score([film])[0]
     assert capsys.readouterr().out.strip() == f"score {want.score:.4f}: {'abnormal' if want.label else 'normal'}"
+
+
+def score_on_triton(command: Any, bundle: Path, folder: Path, url: str, out: Path) -> dict[str, Any]:
+    """`salad score BUNDLE FOLDER --triton URL --json OUT` through click; the JSON it wrote."""
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(command, [str(bundle), str(folder), "--triton", url, "--batch", "4", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    return dict(json.loads(out.read_text(encoding="utf-8")))
+
+
+def test_salad_score_triton(tiny_bundle: Path, server: tuple[FakeTriton, str, str], film_folder: Path, tmp_path: Path) -> None:
+    from salad.runtime.cli import score_command
+
+    if "triton_url" not in {p.name for p in score_command.params}:
+        pytest.skip("`salad score` has no --triton option yet (runtime/cli.py)")
+    _, url, _ = server
+    payload = score_on_triton(score_command, tiny_bundle, film_folder, url, tmp_path / "scores.json")
+    assert payload["runtime"] == "triton" and payload["device"].startswith("triton http://127.0.0.1:")
+    with Scorer.from_bundle(tiny_bundle) as local:
+        want = {r.path: r for r in local.score(sorted(str(p) for p in film_folder.rglob("*.jpeg")))}
+    assert len(payload["results"]) == len(want) == 6
+    for row in payload["results"]:
+        assert abs(row["score"] - want[row["path"]].score) <= 1e-5 and row["label"] == want[row["path"]].label

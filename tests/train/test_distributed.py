@@ -308,3 +308,22 @@ def test_module_entry_point_has_the_train_options() -> None:
     assert isinstance(main, click.Command)
     assert torchrun_command(3, ["--x"])[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=3", "-m"]
     assert sys.executable == torchrun_command(1, [])[0]
+
+
+def test_salad_train_nproc_hands_the_same_options_to_torchrun(films: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if "nproc" not in {p.name for p in train_command.params}:
+        pytest.skip("`salad train` has no --nproc option yet (salad/cli.py)")
+    from click.testing import CliRunner
+
+    from salad.train import distributed
+
+    launched: list[tuple[int, list[str]]] = []
+    monkeypatch.setattr(distributed, "launch", lambda nproc, args: launched.append((nproc, list(args))) or 0)
+    argv = ["--data", str(films), "--out", str(tmp_path / "run"), *CLI_OPTIONS]
+    result = CliRunner().invoke(train_command, [*argv, "--nproc", "2"])
+    assert result.exit_code == 0, result.output
+    (nproc, args), = launched
+    assert nproc == 2 and "--nproc" not in args
+    assert train_command.make_context("train", list(args)).params == train_command.make_context("train", list(argv)).params
+    refused = CliRunner().invoke(train_command, [*argv, "--nproc", "3"])  # 16 films per batch do not split in 3
+    assert refused.exit_code == 1 and "does not split over 3 processes" in refused.output and len(launched) == 1
