@@ -203,8 +203,8 @@ def _fake_parity(delta_auc_for: Any, by_channels: set[str]) -> Any:
     def fake(root: Path, precision: str, data_labelled: Any) -> ParityReport:
         details = read_manifest(root, verify=False).graph("model", precision).details
         kept = sum(1 for n in details["layers_in_float"] if n not in by_channels)
-        metrics: dict[str, float | None] = {k: 0.0 for k in METRICS} | {"label_agreement": 1.0, "spearman": 1.0,
-                                                                         "embedding_cosine_min": 1.0, "embedding_cosine_mean": 1.0}
+        metrics: dict[str, float | None] = dict.fromkeys(METRICS, 0.0)
+        metrics.update(label_agreement=1.0, spearman=1.0, embedding_cosine_min=1.0, embedding_cosine_mean=1.0)
         metrics["delta_auc"] = delta_auc_for(kept)
         row = ParityRow("onnxruntime", precision, "cpu", 112, metrics, [Check(k, metrics[k], None, b) for k, b in METRICS.items()])
         return ParityReport(root, "reference.npz+torch", {"reference": 32, "data": 80}, 0.5, "score", [row])
