@@ -71,6 +71,9 @@ class StageGroup(click.Group):
         "export": "salad.export.cli:export_command",
         "score": "salad.runtime.cli:score_command",
         "parity": "salad.runtime.cli:parity_command",
+        "calibrate": "salad.calibration.cli:calibrate_command",
+        "bench": "salad.runtime.bench:bench_command",
+        "export-triton": "salad.export.triton_cli:export_triton_command",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -152,6 +155,29 @@ def evaluate(run: Path, data: Path, json_out: Path | None, plots: Path | None) -
 
     result = evaluate_run(run, data, json_out=json_out, plots=plots)
     click.echo(f"AUC {result['auc']:.4f}  AUPRC {result['auprc']:.4f}  ({result['n_normal']} normal, {result['n_abnormal']} abnormal)")
+
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("salad-demo"), show_default=True,
+              help="Folder for the run, the bundle and report.html / report.md.")
+@click.option("--data", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Your own data (folder, class folders or CSV); default: the real chest X-rays shipped with salad-edge.")
+@click.option("--quick", is_flag=True, help="A shorter training budget (about a third of the CPU preset's epochs).")
+@click.option("--force", is_flag=True, help="Replace an existing --out.")
+@friendly_errors
+def demo(out: Path, data: Path | None, quick: bool, force: bool) -> None:
+    """Train → evaluate → export → calibrate → parity → bench → score, and write a report."""
+    from salad.demo import run_demo
+
+    result = run_demo(out, data=data, quick=quick, force=force, echo=click.echo)
+    auc = result.metrics.get("evaluation", {}).get("auc")
+    verdicts = ", ".join(f"{k} {'PASS' if v else 'FAIL'}" for k, v in result.parity.items())
+    speedup = f"{result.int8_speedup:.1f}x" if result.int8_speedup else "n/a"
+    click.echo(f"AUC {auc:.3f}" if auc is not None else "AUC n/a (no abnormal films to evaluate on)")
+    click.echo(f"parity: {verdicts}")
+    click.echo(f"int8 speed-up vs PyTorch eager fp32 (batch 1, end to end): {speedup}")
+    if not all(result.parity.values()):
+        sys.exit(1)
 
 
 def export_main() -> None:
