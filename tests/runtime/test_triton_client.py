@@ -303,3 +303,29 @@ def test_salad_score_triton(tiny_bundle: Path, server: tuple[FakeTriton, str, st
     assert len(payload["results"]) == len(want) == 6
     for row in payload["results"]:
         assert abs(row["score"] - want[row["path"]].score) <= 1e-5 and row["label"] == want[row["path"]].label
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_a_calibrated_variant_served_by_triton_scores_as_it_does_locally(
+    calibrated_bundle: Any, precision: str, tmp_path: Path,
+) -> None:
+    """The real fp16 / int8 encoders written by `salad calibrate`, served, give the local ONNX Runtime scores."""
+    grpc = pytest.importorskip("grpc")
+    from salad.export.triton import export_triton
+
+    bundle = calibrated_bundle(precision)
+    repo = export_triton(bundle, tmp_path / "repo", precision=precision, max_batch=4, tensorrt_accelerator=True)
+    fake = FakeTriton(repo)  # loads and checks every model against its config
+    rpc = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(_GrpcService(fake), rpc)
+    port = rpc.add_insecure_port("127.0.0.1:0")
+    rpc.start()
+    try:
+        with triton_scorer(bundle, f"grpc://127.0.0.1:{port}", precision=precision, max_batch=4) as remote:
+            got = remote.score(_films())
+    finally:
+        rpc.stop(None)
+    with Scorer.from_bundle(bundle, runtime="onnxruntime", precision=precision) as local:
+        want = local.score(_films())
+    assert np.allclose([r.score for r in got], [r.score for r in want], atol=1e-5)
+    assert [r.label for r in got] == [r.label for r in want]
