@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ def _run(data: Path, out: Path, preset: str, val: Path | None, resume: bool, for
     try:
         summary = train_distributed(data, out, cfg, val=val, resume=resume, force=force)
     except ReportedByMain:
-        sys.exit(1)  # rank 0 printed the message
+        return  # rank 0 reports the error and fails the job; this rank leaves quietly so the failure is rank 0's
     except SaladError as exc:
         if _rank() != 0:
             raise SaladError(f"[rank {_rank()}] {exc}") from exc

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -170,8 +169,8 @@ def sync_batchnorm(model: nn.Module) -> nn.Module:
 class DistributedReplicas(Replicas):
     """The Trainer's hooks over the default process group: DDP + SyncBatchNorm, shards, all_gather, means.
 
-    sync_batchnorm=False keeps per-rank BatchNorm statistics (faster, but no longer the single-process
-    model); it exists to show why the default is True.
+    sync_batchnorm=False keeps per-rank BatchNorm statistics: less communication, but each rank then
+    normalises its own share of the batch, which is no longer the single-process model.
     """
 
     def __init__(self, sync_batchnorm: bool = True) -> None:
@@ -218,7 +217,11 @@ def _all_gather_cat(t: torch.Tensor, world_size: int) -> torch.Tensor:
 
 
 class ReportedByMain(SaladError):
-    """An error the main process hit and reports; the other ranks exit without repeating it."""
+    """An error the main process hit and reports; the other ranks exit without repeating it.
+
+    They exit with status 0: torchrun then names rank 0, whose message says why, as the job's failure,
+    instead of stopping rank 0 before it has printed anything.
+    """
 
 
 def init_process_group(device: str, timeout: dt.timedelta = DEFAULT_TIMEOUT) -> None:
@@ -246,12 +249,13 @@ def from_main(fn: Callable[[], T]) -> T:
     if dist.get_rank() == 0:
         try:
             box[0] = ("ok", fn())
-        except SaladError as exc:
-            box[0] = ("error", str(exc))
+        except Exception as exc:
+            dist.broadcast_object_list([("error", f"{type(exc).__name__}: {exc}")], src=0)
+            raise  # rank 0 reports it (a SaladError as one line, anything else with its traceback)
     dist.broadcast_object_list(box, src=0)
     status, value = box[0]
     if status == "error":
-        raise SaladError(value) if dist.get_rank() == 0 else ReportedByMain(value)
+        raise ReportedByMain(value)
     return value  # type: ignore[no-any-return]
 
 
@@ -299,10 +303,23 @@ def torchrun_command(nproc: int, args: Sequence[str]) -> list[str]:
 
 
 def launch(nproc: int, args: Sequence[str]) -> int:
-    """Run `nproc` workers on this machine with torchrun (free port, one rendezvous); return its exit code."""
+    """Run `nproc` workers of `-m salad.train ARGS` on this machine with torchrun's launcher; 0 if all succeeded.
+
+    Same as the torchrun command line (standalone rendezvous on a free port), but a failed worker,
+    which has printed its own message, is summarised in one line instead of torchrun's traceback.
+    """
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
     if nproc < 1:
         raise SaladError(f"--nproc {nproc}; expected at least 1.")
-    return subprocess.call(torchrun_command(nproc, args))
+    try:
+        run(get_args_parser().parse_args(torchrun_command(nproc, args)[3:]))
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        print(f"error: training process {rank} of {nproc} exited with code {failure.exitcode}; its message is above.", file=sys.stderr)
+        return 1
+    return 0
 
 
 def option_args(params: Sequence[Any], values: Mapping[str, Any], skip: Sequence[str] = ("nproc",)) -> list[str]:

@@ -250,6 +250,24 @@ def test_torchrun_resumes_a_one_process_run_with_two(films: Path, tmp_path: Path
     assert json.loads((part / "config.json").read_text())["distributed"]["world_size"] == 2
 
 
+def test_a_worker_error_is_reported_once_by_rank_0(films: Path, tmp_path: Path) -> None:
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("someone's run")
+    # What `salad train --nproc 2` runs once its own checks pass (here the launcher is not told about --out).
+    args = ["--data", str(films), "--out", str(existing), *CLI_OPTIONS]
+    code = f"import sys; from salad.train.distributed import launch; sys.exit(launch(2, {args!r}))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT_S, cwd=tmp_path)
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error")]
+    assert errors == [
+        f"error: {existing}: run directory already exists. Pass --resume to continue it or --force to start again.",
+        "error: training process 0 of 2 exited with code 1; its message is above.",
+    ]  # rank 1 stays quiet: rank 0 decided about the directory and reported it
+    assert "Traceback (most recent call last)" not in done.stderr
+    assert (existing / "notes.txt").exists()
+
+
 def test_plain_batchnorm_on_half_batches_is_another_model() -> None:
     """Why SyncBatchNorm: each rank normalising its own half-batch changes the embeddings (not so with sync)."""
     torch.manual_seed(0)
