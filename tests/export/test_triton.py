@@ -19,6 +19,7 @@ from google.protobuf import text_format  # noqa: E402
 from onnx import numpy_helper  # noqa: E402
 from tritonclient.grpc import model_config_pb2  # noqa: E402
 
+from salad.cli import main as salad_main  # noqa: E402
 from salad.errors import BundleError, ExportValidationError, SaladError  # noqa: E402
 from salad.export.triton import export_triton, triton_tensor  # noqa: E402
 from salad.export.triton_cli import export_triton_command  # noqa: E402
@@ -209,7 +210,7 @@ def test_the_command(bundle: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert f"wrote {out}: ensemble 'chest' = chest_encoder (fp32) → chest_scorer (fp32), max batch 4" in result.output
     assert parse(out / "chest" / "config.pbtxt").ensemble_scheduling.step[1].model_name == "chest_scorer"
-    again = CliRunner().invoke(export_triton_command, [str(bundle), "--out", str(out)])
+    again = CliRunner().invoke(salad_main, ["export-triton", str(bundle), "--out", str(out)])  # as `salad export-triton`
     assert again.exit_code == 1 and again.output.startswith("error: ") and "Traceback" not in again.output
     assert (out / "chest" / "config.pbtxt").is_file()  # the refusal left the repository as it was
 
