@@ -56,6 +56,7 @@ class TorchRunner(Runner):
                 "rebuilds the model from it: re-export without --slim, or use --runtime onnxruntime."
             )
         import torch
+
         from salad.train.evaluate import load_run
 
         if self.threads:

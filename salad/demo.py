@@ -329,7 +329,7 @@ def _html(result: DemoResult, metrics: dict[str, Any] | None, thr: dict[str, Any
         m = row.metrics
         verdict = "<span class='pass'>PASS</span>" if row.passed else "<span class='fail'>FAIL</span>"
 
-        def fmt(key: str, spec: str = ".2e") -> str:
+        def fmt(key: str, spec: str = ".2e", m: dict[str, Any] = m) -> str:
             v = m.get(key)
             return "–" if v is None else format(v, spec)
 

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from salad.errors import BackendUnavailableError, BundleError, SaladError
+from salad.manifest import read_manifest
 from salad.runtime import RUNNERS, BundleGraph, Runner, create_runner, register_runner, runner_names
 from salad.runtime.base import parse_device
 from salad.runtime.onnxruntime_runner import OnnxRuntimeRunner
 from salad.runtime.tensorrt_runner import TensorRTRunner
 from salad.runtime.torch_runner import TorchRunner
-
-from salad.errors import BackendUnavailableError, BundleError, SaladError
-from salad.manifest import read_manifest
 
 
 def model_graph(bundle: Path, name: str = "model") -> BundleGraph:

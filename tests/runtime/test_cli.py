@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+
 from salad.runtime import Scorer
 from salad.runtime.cli import score_command
 

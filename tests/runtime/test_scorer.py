@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from salad.runtime import BundleGraph, Scorer
 
 import salad
 from salad.errors import BundleError, DataError, SaladError
 from salad.imageio import read_image
 from salad.manifest import read_manifest
+from salad.runtime import BundleGraph, Scorer
 from salad.scoring import decide
 
 

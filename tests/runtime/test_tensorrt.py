@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from salad.runtime import BundleGraph, Scorer, create_runner
-from salad.runtime.tensorrt_runner import GpuInfo, TensorRTRunner, cuda_check
 
 from salad.errors import BackendUnavailableError, SaladError
 from salad.manifest import read_manifest
+from salad.runtime import BundleGraph, Scorer, create_runner
+from salad.runtime.tensorrt_runner import GpuInfo, TensorRTRunner, cuda_check
 
 TRT_REASON = TensorRTRunner.unavailable_reason()
 

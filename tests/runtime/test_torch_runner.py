@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from salad.runtime import BundleGraph, Scorer, create_runner
 
 from salad.errors import BundleError
 from salad.manifest import read_manifest
+from salad.runtime import BundleGraph, Scorer, create_runner
 
 pytest.importorskip("torch", reason="the torch reference needs salad-edge[train]")
 
