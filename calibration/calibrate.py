@@ -456,13 +456,18 @@ class _Int8Builder:
 
 
 class _Staging:
-    """A sibling copy of the bundle made of hard links (copies where links fail), where variants are built and measured."""
+    """A sibling copy of the bundle, where variants are built and measured.
+
+    Files are hard links (copies where linking fails, and always for ONNX external data, which
+    onnx.checker refuses to read through a hard link).
+    """
 
     def __init__(self, root: Path, manifest: Manifest, precision: str) -> None:
         self.root = root
         self.original = manifest
         keys = [manifest.graph_key(g, precision) for g in VARIANT_GRAPHS]
         self.replaced = {manifest.graphs[k].file for k in keys if k in manifest.graphs}
+        self.external = {f for g in manifest.graphs.values() for f in g.external_data}
         self.path = Path(tempfile.mkdtemp(prefix=f".{root.name}.calibrate-", dir=root.resolve().parent))
         self._manifest: Manifest | None = None
 
@@ -473,6 +478,9 @@ class _Staging:
                     continue  # rebuilt here: a link would let the rebuild write into the bundle's own file
                 src, dst = self.root / name, self.path / name
                 dst.parent.mkdir(parents=True, exist_ok=True)
+                if name in self.external:  # onnx's checker refuses hard-linked external data ("hardlink attack")
+                    shutil.copy2(src, dst)
+                    continue
                 try:
                     os.link(src, dst)
                 except OSError:

@@ -369,7 +369,12 @@ def quantized_layers(proto: onnx.ModelProto) -> list[str]:
 
 
 def merge_with_scorer(encoder: onnx.ModelProto, scorer: onnx.ModelProto, bank_initializer: str | None) -> onnx.ModelProto:
-    """The merged model graph, by export's own merge; the bank keeps the name the manifest gives it."""
+    """The merged model graph, by export's own merge; the bank keeps its name and its external data file.
+
+    The bank initializer is taken out of the scorer during the merge (as a graph input, so it keeps
+    its unprefixed name) and put back after it: onnx.compose would otherwise rename it and its checker
+    would look for an external bank.data relative to the working directory.
+    """
     from salad.export.graphs import merge_encoder_scorer
 
     enc = onnx.ModelProto()
@@ -389,19 +394,19 @@ def merge_with_scorer(encoder: onnx.ModelProto, scorer: onnx.ModelProto, bank_in
         kept = [v for v in m.graph.value_info if v.name not in io]
         del m.graph.value_info[:]
         m.graph.value_info.extend(kept)
+    bank = next((t for t in sco.graph.initializer if t.name == bank_initializer), None) if bank_initializer else None
+    if bank is not None:
+        sco.graph.initializer.remove(bank)
+        sco.graph.input.append(onnx.helper.make_tensor_value_info(bank.name, bank.data_type, list(bank.dims)))
     try:
         model = merge_encoder_scorer(enc, sco)
     except Exception as exc:  # noqa: BLE001 - onnx.compose raises ValueError and checker errors
         raise CalibrationError(f"could not merge the variant encoder with scorer.onnx ({type(exc).__name__}: {exc}).") from exc
-    if bank_initializer:
-        prefixed = f"scorer/{bank_initializer}"
-        for t in model.graph.initializer:
-            if t.name == prefixed:
-                t.name = bank_initializer
-        for node in model.graph.node:
-            for i, name in enumerate(node.input):
-                if name == prefixed:
-                    node.input[i] = bank_initializer
+    if bank is not None:
+        inputs = [i for i in model.graph.input if i.name != bank.name]
+        del model.graph.input[:]
+        model.graph.input.extend(inputs)
+        model.graph.initializer.append(bank)
     return model
 
 

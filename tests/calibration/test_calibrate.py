@@ -246,3 +246,31 @@ def test_bounded_loop_fails_with_the_best_figure_when_nothing_fits(bundle_copy: 
     assert not list(bundle_copy.glob("*.int8.onnx"))
     data = json.loads((bundle_copy / "calibration" / "int8.json").read_text())
     assert data["accepted"] is False and [len(a["kept_float"]) for a in data["attempts"]] == list(range(eligible))
+
+
+# -- other bundle forms ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("form", ["external-bank", "bank-as-input"])
+def test_other_bundle_forms_keep_their_bank(form: str, tiny_run: Path, tmp_path: Path) -> None:
+    """A bank in bank.data stays there (stored once); a bank-as-input graph keeps its "bank" input."""
+    import onnx
+
+    from salad.export import export_bundle
+    from salad.runtime import compare
+
+    options: dict[str, Any] = {"external_data_threshold": 1} if form == "external-bank" else {"bank_as_input": True}
+    bundle = Path(export_bundle(tiny_run, tmp_path / form, **options))
+    calibrate_bundle(bundle, "fp16", latency_runs=1)
+    manifest = read_manifest(bundle, verify=True)
+    spec, fp32 = manifest.graph("model", "fp16"), manifest.graph("model")
+    assert spec.external_data == fp32.external_data and spec.inputs == fp32.inputs
+    proto = onnx.load(str(bundle / spec.file), load_external_data=False)
+    if form == "external-bank":
+        bank = next(t for t in proto.graph.initializer if t.name == manifest.bank["initializer"])
+        assert bank.data_location == onnx.TensorProto.EXTERNAL and spec.external_data == ["bank.data"]
+        assert (bundle / spec.file).stat().st_size < (bundle / "bank.data").stat().st_size
+    else:
+        assert [i.name for i in proto.graph.input] == ["image", "bank"]
+    report = compare(bundle, ["onnxruntime"], ["fp16"])
+    assert report.passed, report.failures
