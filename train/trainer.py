@@ -324,7 +324,7 @@ class Trainer:
             write_list(self.out / "val.csv", self.val_samples)
         pcfg = cfg.preprocess_config()
         images = preload(self.train_samples, pcfg, "reading training films")
-        val_images = preload(self.val_samples, pcfg, "reading validation films") if self.val_samples else None
+        val_images = preload(self.val_samples, pcfg, "reading validation films") if self.val_samples and main else None
         val_labels = np.array([s.label for s in self.val_samples])
         use_mse = cfg.method != "salad-no-mse"
         use_disc = cfg.method != "memdae"
