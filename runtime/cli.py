@@ -37,9 +37,15 @@ LABELS = {0: "normal", 1: "abnormal"}
               help="Images per inference call (the engine's maximum batch).")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
               help="Write {results, runtime, precision} here instead of printing a table ('-' for stdout).")
+@click.option("--triton", "triton_url", default=None, metavar="URL",
+              help="Score on a Triton Inference Server serving this bundle (written by `salad export-triton`): "
+                   "http://HOST:8000 or grpc://HOST:8001. Replaces --runtime and --device.")
+@click.option("--triton-model", default="salad", show_default=True,
+              help="Name of the ensemble in the Triton repository (export-triton --name).")
 @friendly_errors
 def score_command(
-    bundle: Path, paths: Sequence[Path], runtime: str, precision: str, device: str | None, batch: int, json_out: Path | None
+    bundle: Path, paths: Sequence[Path], runtime: str, precision: str, device: str | None, batch: int, json_out: Path | None,
+    triton_url: str | None, triton_model: str,
 ) -> None:
     """Score X-ray files, folders (searched recursively) and DICOM with BUNDLE.
 
@@ -47,7 +53,12 @@ def score_command(
     any file failed.
     """
     files = find_images(paths)
-    scorer = Scorer.from_bundle(bundle, runtime=runtime, precision=precision, device=device, max_batch=batch)
+    if triton_url is not None:
+        from .triton_client import triton_scorer
+
+        scorer = triton_scorer(bundle, triton_url, model=triton_model, precision=precision, max_batch=batch)
+    else:
+        scorer = Scorer.from_bundle(bundle, runtime=runtime, precision=precision, device=device, max_batch=batch)
     with scorer:
         results = scorer.score(files, on_error="record")
     failed = [r for r in results if not r.ok]

@@ -130,14 +130,23 @@ def main() -> None:
 @click.option("--threads", type=int, default=None, help="torch CPU threads (0 = all cores).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--force", is_flag=True, help="Delete an existing --out and start again.")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Data-parallel processes on this machine, started with torchrun (one GPU each with --device cuda; "
+                   "Gloo on CPU). The global batch stays --batch-size.")
 @friendly_errors
-def train(data: Path, out: Path, preset: str, val: Path | None, resume: bool, force: bool, **overrides: Any) -> None:
+def train(data: Path, out: Path, preset: str, val: Path | None, resume: bool, force: bool, nproc: int, **overrides: Any) -> None:
     """Train encoder + memory bank on normal X-rays into a run directory."""
     import dataclasses
 
     from salad.train.trainer import PRESETS, train_run
 
     cfg = dataclasses.replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
+    if nproc > 1:
+        from salad.train.distributed import launch, option_args, preflight
+
+        preflight(data, out, cfg, val, resume, force, nproc)
+        ctx = click.get_current_context()
+        sys.exit(launch(nproc, option_args(ctx.command.params, ctx.params)))
     summary = train_run(data, out, cfg, val=val, resume=resume, force=force)
     click.echo(json.dumps(summary))
 
