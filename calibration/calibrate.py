@@ -468,7 +468,10 @@ class _Staging:
         keys = [manifest.graph_key(g, precision) for g in VARIANT_GRAPHS]
         self.replaced = {manifest.graphs[k].file for k in keys if k in manifest.graphs}
         self.external = {f for g in manifest.graphs.values() for f in g.external_data}
-        self.path = Path(tempfile.mkdtemp(prefix=f".{root.name}.calibrate-", dir=root.resolve().parent))
+        try:  # a sibling, so that hard links work and the variant files can be moved in with os.replace
+            self.path = Path(tempfile.mkdtemp(prefix=f".{root.name}.calibrate-", dir=root.resolve().parent))
+        except OSError:  # a read-only parent: inside the bundle, which must be writable anyway
+            self.path = Path(tempfile.mkdtemp(prefix=".calibrate-", dir=root))
         self._manifest: Manifest | None = None
 
     def __enter__(self) -> _Staging:
