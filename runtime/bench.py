@@ -980,6 +980,13 @@ def run_bench(
     load_end = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
     _attach_ratios(rows, floor)
+    base_devices = {r.device for r in rows if r.is_baseline}
+    other = sorted({f"{r.runtime} on {r.device}" for r in rows if not r.is_baseline and r.device not in base_devices})
+    if other:
+        notes.append(
+            f"{', '.join(other)} compared with the torch baseline on {', '.join(sorted(base_devices))}: "
+            "pass --device cuda to compare GPU with GPU."
+        )
     if load_start and load_start[0] > 0.5 * usable:
         notes.append(
             f"the machine was busy (1-minute load average {load_start[0]:.1f} on {usable} CPUs at the start): "
