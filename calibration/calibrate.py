@@ -52,6 +52,7 @@ def calibrate_bundle(
     min_channels: int = MIN_INT8_CHANNELS,
     force: bool = False,
     latency_runs: int = LATENCY_RUNS,
+    raise_on_failure: bool = True,
 ) -> CalibrationReport:
     """Add the `precision` ("fp16" or "int8") variant of BUNDLE's encoder and merged model, in place.
 
@@ -63,11 +64,12 @@ def calibrate_bundle(
     max_auc_drop + data_labelled: accuracy-bounded mode — while |ΔAUC| on the labelled films
     exceeds max_auc_drop (or any parity tolerance fails), keep the next most error-prone layer in
     float; fail with the best figure reached if none fits.
-    force: replace a variant the bundle already has.
+    force: replace a variant the bundle already has. latency_runs: timed runs per latency figure.
 
     Returns the CalibrationReport (also written to report_dir or BUNDLE/calibration/). Raises
-    CalibrationError, leaving the bundle unchanged, when the request, the films or the variant's
-    accuracy are not acceptable.
+    CalibrationError, leaving the bundle unchanged, when the request or the films are not
+    acceptable, and when the variant misses its tolerances — unless raise_on_failure is False: then
+    the rejected variant's report comes back with accepted=False (the bundle is unchanged either way).
     """
     root = Path(bundle)
     _check_request(precision, method, images, min_images, max_auc_drop, data_labelled, min_channels, latency_runs)
@@ -143,12 +145,13 @@ def calibrate_bundle(
             report.failures = _rejection(row, max_auc_drop, attempts, precision)
         target = Path(report_dir) if report_dir is not None else root / REPORT_DIR
         report.write(target)
-        if not fits:
+        if not fits and raise_on_failure:
             raise CalibrationError(
                 f"{root}: the {precision} variant was not added:\n  " + "\n  ".join(report.failures)
                 + f"\nThe bundle is unchanged. Full report: {report.files['markdown']}"
             )
-        stage.commit(precision, report)
+        if fits:
+            stage.commit(precision, report)
     return report
 
 

@@ -146,6 +146,9 @@ def test_a_variant_outside_its_tolerances_is_not_added(bundle_copy: Path, tmp_pa
     assert (bundle_copy / "manifest.json").read_bytes() == before and not list(bundle_copy.glob("*.fp16.onnx"))
     assert json.loads((tmp_path / "reports" / "fp16.json").read_text())["accepted"] is False
     assert not [p for p in bundle_copy.parent.iterdir() if ".calibrate-" in p.name], "the staging copy was left behind"
+    report = calibrate_bundle(bundle_copy, "fp16", raise_on_failure=False, latency_runs=1)  # e.g. for a demo's summary
+    assert report.accepted is False and report.failures[0].startswith("fp16: max_abs_score_diff = ")
+    assert (bundle_copy / "manifest.json").read_bytes() == before and not list(bundle_copy.glob("*.fp16.onnx"))
 
 
 def test_an_existing_variant_is_replaced_only_with_force(calibrated: Calibrated, tmp_path: Path) -> None:
