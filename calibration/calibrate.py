@@ -93,6 +93,7 @@ def calibrate_bundle(
         notes.append(f"fp16 is a cast of the weights and needs no calibration films: --data {data} was not used.")
     if max_auc_drop is not None:
         _require_torch_reference(root, manifest)
+        _require_both_classes(data_labelled)
     tolerances = dict(manifest.parity.get(precision) or default_tolerances(precision))
 
     with _Staging(root, manifest, precision) as stage:
@@ -120,7 +121,7 @@ def calibrate_bundle(
             kept.append(remaining[0])
 
         if max_auc_drop is not None and not fits and len(attempts) > 1:  # rebuild the best attempt for the report
-            best = min(attempts, key=lambda a: abs(a.metrics.get("delta_auc") or float("inf")))
+            best = min(attempts, key=_auc_distance)
             if best is not attempts[-1]:
                 builder.build(best.kept_float)
                 stage.stage_variant(precision, builder, tolerances)
@@ -197,9 +198,29 @@ def _require_torch_reference(root: Path, manifest: Manifest) -> None:
         )
 
 
+def _require_both_classes(data_labelled: str | os.PathLike[str] | None) -> None:
+    from salad.data import read_samples
+    from salad.errors import DataError
+
+    try:
+        labels = {s.label for s in read_samples(Path(str(data_labelled)))}
+    except DataError as exc:
+        raise CalibrationError(f"cannot read --data-labelled: {exc}") from exc
+    if labels != {0, 1}:
+        raise CalibrationError(
+            f"--data-labelled {data_labelled} holds only label-{labels.pop() if labels else '?'} films; ΔAUC needs normal and "
+            "abnormal ones (class folders normal/ + pneumonia/…, or a CSV path,label)."
+        )
+
+
 def _auc_fits(delta: float | None, bound: float) -> bool:
     """|ΔAUC| within the bound: a rise is the same size of noise as a fall would be (parity also checks |ΔAUC|)."""
     return delta is not None and np.isfinite(delta) and abs(delta) <= bound
+
+
+def _auc_distance(attempt: Attempt) -> float:
+    delta = attempt.metrics.get("delta_auc")
+    return abs(delta) if delta is not None and np.isfinite(delta) else float("inf")
 
 
 def _attempt_failures(row: Any, max_auc_drop: float | None) -> list[str]:
@@ -213,7 +234,7 @@ def _attempt_failures(row: Any, max_auc_drop: float | None) -> list[str]:
 def _rejection(row: Any, max_auc_drop: float | None, attempts: list[Attempt], precision: str) -> list[str]:
     lines = [f"{precision}: {c.describe()}" for c in row.failed_checks]
     if max_auc_drop is not None:
-        best = min(attempts, key=lambda a: abs(a.metrics.get("delta_auc") or float("inf")))
+        best = min(attempts, key=_auc_distance)
         kept = len(best.kept_float)
         delta = best.metrics.get("delta_auc")
         lines.append(

@@ -147,6 +147,8 @@ def tensorrt_qdq_problems(proto: onnx.ModelProto) -> list[str]:
             dtype = inits[node.input[0]].data_type
             if dtype != TensorProto.INT8:
                 problems.append(f"DequantizeLinear {node.name!r} dequantizes a {_DTYPE.get(dtype, '?')} constant; TensorRT takes int8 only")
+        if node.op_type == "QuantizeLinear" and (len(node.input) < 3 or not node.input[2]):
+            problems.append(f"QuantizeLinear {node.name!r} has no zero point, so it produces uint8; TensorRT needs int8")
         if len(node.input) > 2 and node.input[2]:
             zp_proto = inits.get(node.input[2]) or consts.get(node.input[2])
             if zp_proto is None:

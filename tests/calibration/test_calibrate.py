@@ -109,6 +109,11 @@ def test_bad_requests_are_refused_before_any_work(precision: str, options: dict[
         calibrate_bundle(tmp_path / "not-even-a-bundle", precision, SAMPLE_TRAIN, **options)
 
 
+def test_bounded_mode_needs_both_classes(bundle_copy: Path) -> None:
+    with pytest.raises(CalibrationError, match=r"--data-labelled .*normal holds only label-0 films; ΔAUC needs normal and abnormal ones"):
+        calibrate_bundle(bundle_copy, "int8", SAMPLE_TRAIN, max_auc_drop=0.005, data_labelled=SAMPLE_TRAIN)
+
+
 def test_int8_without_films_or_with_too_few_leaves_the_bundle_alone(bundle_copy: Path) -> None:
     before = (bundle_copy / "manifest.json").read_bytes()
     with pytest.raises(CalibrationError, match=r"no fallback to random or synthetic data"):
