@@ -73,11 +73,13 @@ def latency(
     batches: Sequence[int] = LATENCY_BATCHES,
     runs: int = LATENCY_RUNS,
     warmup: int = WARMUP_RUNS,
+    threads: int | None = None,
 ) -> dict[str, dict[int, Timed]]:
     """{label: {batch: Timed}} for ONNX Runtime CPU sessions (default threads, all optimisations) of each graph.
 
     images: real preprocessed films [n, 1, S, S]; a batch larger than n repeats them.
     static: per label, inputs other than "image" (the bank of a bank-as-input graph).
+    threads: ONNX Runtime intra-op threads (default: its own choice, as a console runs it).
     """
     import onnxruntime as ort
 
@@ -86,6 +88,8 @@ def latency(
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = int(threads)
         sessions[label] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     out: dict[str, dict[int, Timed]] = {label: {} for label in graphs}
     for batch in batches:
