@@ -13,8 +13,8 @@ For every bank size N and batch B it times, with the same thread count everywher
   over N, in numpy). This is the fair FAISS counterpart of the scorer graph; it reads the bank
   twice (FAISS's scan, then the mean), where the graph reads it once;
 - floor: the memory-bandwidth floor, bank bytes / measured read bandwidth (an array far larger than
-  the last-level cache, read by numpy sums on one thread and split over the threads, and by BLAS
-  sdot; the fastest probe sets the floor), and the compute floor 2·B·N·D / measured sgemm peak; the
+  the last-level cache, read by numpy sums on one thread and split over the threads, by BLAS sdot
+  split over the threads and by a BLAS sgemv; the fastest probe sets the floor), and the compute floor 2·B·N·D / measured sgemm peak; the
   roofline floor is the larger of the two.
 
 Banks are synthetic unit vectors; the queries are perturbed bank rows, so there are real near
@@ -53,6 +53,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", type=lambda t: tuple(t.split(",")), default=METHODS, help=f"subset of {','.join(METHODS)}")
     p.add_argument("--bandwidth-mib", type=int, default=1024, help="array size of the read-bandwidth measurement")
     p.add_argument("--k", type=int, default=K, help="K nearest rows in the score")
+    p.add_argument("--cold", action="store_true",
+                   help="evict the caches before every timed run (read a 256 MiB buffer, untimed): the bank then comes "
+                        "from DRAM even when it fits the last-level cache, as on a console that does other work between films")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/scorer_scaling"),
                    help="output prefix: writes PREFIX.json, PREFIX.md, PREFIX.png")
     args = p.parse_args(argv)
@@ -70,14 +73,19 @@ def usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def timed(fn: Callable[[], Any], iters: int, warmup: int) -> dict[str, Any]:
-    """Median and spread of `iters` runs of fn after `warmup` untimed ones (salad.runtime.bench.Stats)."""
+def timed(fn: Callable[[], Any], iters: int, warmup: int, before: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """Median and spread of `iters` runs of fn after `warmup` untimed ones (salad.runtime.bench.Stats).
+
+    `before`, if given, runs untimed before every timed run (e.g. to evict the caches).
+    """
     from salad.runtime.bench import Stats
 
     for _ in range(warmup):
         fn()
     samples = []
     for _ in range(iters):
+        if before is not None:
+            before()
         start = time.perf_counter_ns()
         fn()
         samples.append((time.perf_counter_ns() - start) / 1e6)
@@ -94,15 +102,20 @@ def read_bandwidth(mib: int, threads: int, iters: int) -> dict[str, Any]:
     chunks = np.array_split(data, threads)
     runs = max(10, min(iters, 50))
     probes = {"single_thread": timed(lambda: data.sum(), runs, 2)}
-    with ThreadPoolExecutor(threads) as pool:  # numpy releases the GIL inside the reduction
+    with ThreadPoolExecutor(threads) as pool:  # numpy releases the GIL inside reductions and BLAS calls
         probes["threaded"] = timed(lambda: list(pool.map(np.sum, chunks)), runs, 2)
-    # BLAS sdot of the array with itself reads each element once, vectorised and threaded by the BLAS:
-    # a stricter probe where numpy's pairwise sum is limited by its additions rather than by memory.
-    probes["blas_dot"] = timed(lambda: np.dot(data, data), runs, 2)
+        # numpy's pairwise sum is limited by its additions, not by memory, on a fast core: BLAS reads
+        # faster. sdot of each chunk with itself reads every byte once, on `threads` threads ...
+        probes["blas_dot"] = timed(lambda: list(pool.map(lambda c: np.dot(c, c), chunks)), runs, 2)
+    # ... and sgemv (a vector times the array viewed as [200, n], threaded by the BLAS) is the read
+    # pattern of the scorer's MatMul in a library that is not the one under test.
+    matrix = data[: data.size // 200 * 200].reshape(200, -1)
+    vector = np.ones((1, 200), dtype=np.float32)
+    probes["blas_gemv"] = timed(lambda: vector @ matrix, runs, 2)
     gbs = {name: data.nbytes / (s["p50_ms"] / 1e3) / 1e9 for name, s in probes.items()}
     return {"array_mib": mib, "runs": runs, "gb_per_s": gbs, "floor_gb_per_s": max(gbs.values()),
-            "method": "median of runs of each probe (numpy sum on one thread, numpy sum split over the threads, "
-                      "BLAS sdot); the fastest probe sets the floor"}
+            "method": "median of runs of each probe: numpy sum on one thread and split over the threads, BLAS sdot "
+                      "split over the threads, BLAS sgemv [1, 200] x [200, n]; the fastest probe sets the floor"}
 
 
 def sgemm_peak(threads: int) -> float:
@@ -207,6 +220,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     bandwidth = read_bandwidth(args.bandwidth_mib, threads, args.iters)
     peak = sgemm_peak(threads)
     rng = np.random.default_rng(0)
+    evict = None
+    if args.cold:
+        sweep = np.ones(64 * 2**20, dtype=np.float32)  # 256 MiB, well beyond any last-level cache
+        evict = sweep.sum
     rows: list[dict[str, Any]] = []
     for n in args.sizes:
         bank = unit_rows(rng, n, DIM)
@@ -225,7 +242,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ref = fns["torch"](z) if "torch" in fns else None
             for name, fn in fns.items():
                 out = fn(z)
-                entry = timed(lambda fn=fn, z=z: fn(z), args.iters, args.warmup)
+                entry = timed(lambda fn=fn, z=z: fn(z), args.iters, args.warmup, before=evict)
                 if ref is not None:
                     diffs = {"knn_angle": float(np.max(np.abs(np.asarray(out[1]) - ref[1])))}
                     if out[0] is not None:
@@ -245,6 +262,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": "python " + " ".join(sys.argv),
             "machine": machine_info(), "libraries": library_versions(), "threads": threads,
             "iters": args.iters, "warmup": args.warmup, "k": args.k, "dim": DIM, "opset": OPSET,
+            "caches": "evicted before every timed run" if args.cold else "warm (steady state: repeated calls)",
             "load_average_start": load_start, "load_average_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
             "python": platform.python_version(),
         },
@@ -277,11 +295,13 @@ def to_markdown(report: dict[str, Any]) -> str:
         "# Scorer scaling: kNN-arccos scoring graph vs PyTorch, FAISS and the memory-bandwidth floor",
         "",
         f"{h['machine']['cpu']} ({h['machine']['cpus_usable']} usable CPUs), {h['threads']} thread(s) for every method; "
-        f"K = {h['k']}, D = {h['dim']}; median of {h['iters']} runs after {h['warmup']} warm-up runs (IQR in brackets); "
-        f"load average {h['load_average_start']} → {h['load_average_end']}.",
+        f"K = {h['k']}, D = {h['dim']}; median of {h['iters']} runs after {h['warmup']} warm-up runs (IQR in brackets), "
+        f"caches {h.get('caches', 'warm')}; "
+        f"load average {_load(h['load_average_start'])} → {_load(h['load_average_end'])}.",
         "",
-        f"Read bandwidth: numpy sum {bw['single_thread']:.1f} GB/s on one thread, {bw['threaded']:.1f} GB/s split over "
-        f"{h['threads']} threads, BLAS sdot {bw.get('blas_dot', float('nan')):.1f} GB/s ({report['bandwidth']['array_mib']} MiB array); "
+        f"Read bandwidth ({report['bandwidth']['array_mib']} MiB array): numpy sum {bw['single_thread']:.1f} GB/s on one thread, "
+        f"{bw['threaded']:.1f} GB/s split over {h['threads']} threads; BLAS sdot {bw.get('blas_dot', float('nan')):.1f} GB/s, "
+        f"BLAS sgemv {bw.get('blas_gemv', float('nan')):.1f} GB/s; "
         f"sgemm peak {report['sgemm_peak_gflops']:.1f} GFLOP/s. Floor = bank bytes / {report['bandwidth']['floor_gb_per_s']:.1f} GB/s.",
         "",
         f"Libraries: {', '.join(f'{k} {v}' for k, v in h['libraries'].items())}. Command: `{h['command']}`",
@@ -311,12 +331,20 @@ def to_markdown(report: dict[str, Any]) -> str:
                       for m in ("faiss-knn", "faiss+mean") if f"vs_{m}" in acc),
             "",
         ]
+    load = h.get("load_average_start") or [0.0]
+    if load[0] > 0.5 * h["machine"]["cpus_usable"]:
+        lines += [f"**The machine was busy** (1-minute load average {load[0]:.1f} on {h['machine']['cpus_usable']} CPUs at "
+                  "the start): absolute figures are noisy; re-run on a quiet machine before quoting them.", ""]
     lines += [
         "faiss-knn gives knn_angle only: a kNN index never sees the mean angle over all N rows that `score` divides by. "
         "faiss+mean adds that one full pass (numpy) and is the fair comparison for the full score.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _load(values: Sequence[float] | None) -> str:
+    return "?" if not values else "/".join(f"{v:.1f}" for v in values)
 
 
 def plot(report: dict[str, Any], path: Path) -> None:

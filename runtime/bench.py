@@ -594,6 +594,7 @@ class BenchRow:
     inference: Stats
     device_inference: Stats | None
     preprocess_p50_ms: float
+    inference_in_e2e_p50_ms: float
     cold_start: dict[str, float]
     memory: dict[str, Any]
     runtime_info: dict[str, Any]
@@ -611,9 +612,19 @@ class BenchRow:
             runtime=d["runtime"], precision=d["precision"], batch=int(d["batch"]), device=d["device"],
             end_to_end=Stats.from_dict(d["end_to_end"]), inference=Stats.from_dict(d["inference"]),
             device_inference=Stats.from_dict(dev) if dev else None, preprocess_p50_ms=float(d["preprocess_p50_ms"]),
+            inference_in_e2e_p50_ms=float(d["inference_in_e2e_p50_ms"]),
             cold_start=d["cold_start"], memory=d["memory"], runtime_info=d["runtime_info"],
             iters=int(d["iters"]), warmup=int(d["warmup"]),
         )
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BenchRow:
+        """A row of a written JSON report (to re-render it)."""
+        row = cls.from_worker({**d, "inference": d["inference"], "end_to_end": d["end_to_end"]})
+        inf = d["inference"]
+        row.speedup_vs_torch, row.inference_speedup_vs_torch = d.get("speedup_vs_torch"), inf.get("speedup_vs_torch")
+        row.gflops, row.peak_gflops = inf.get("gflops"), inf.get("peak_gflops")
+        return row
 
     @property
     def is_baseline(self) -> bool:
@@ -640,6 +651,7 @@ class BenchRow:
             "throughput_ips": self.throughput_ips, "peak_rss_mb": self.memory.get("peak_rss_mb"),
             "speedup_vs_torch": self.speedup_vs_torch,
             "end_to_end": e.to_dict(), "preprocess_p50_ms": self.preprocess_p50_ms,
+            "inference_in_e2e_p50_ms": self.inference_in_e2e_p50_ms,
             "inference": {
                 **self.inference.to_dict(), "throughput_ips": self.inference_throughput_ips,
                 "speedup_vs_torch": self.inference_speedup_vs_torch, "gflops": self.gflops,
@@ -665,6 +677,13 @@ class BenchReport:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BenchReport:
+        """A report read back from its JSON, e.g. to render the markdown or the plot again."""
+        if d.get("schema") != SCHEMA:
+            raise SaladError(f"not a salad bench report (schema {d.get('schema')!r}, expected {SCHEMA!r}).")
+        return cls(header=d["header"], rows=[BenchRow.from_dict(r) for r in d["results"]], floor=d["floor"], notes=list(d.get("notes", [])))
 
     def format_table(self) -> str:
         """Fixed-width terminal table: one line per runtime × precision × batch."""
@@ -695,14 +714,14 @@ class BenchReport:
             "",
             "## Latency and throughput (end to end: preprocessing of decoded films + inference + score)",
             "",
-            "| runtime | precision | batch | p50 ms (IQR) | p95 ms | p99 ms | images/s | speedup vs torch | preprocess p50 ms |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+            "| runtime | precision | batch | p50 ms (IQR) | p95 ms | p99 ms | images/s | speedup vs torch | of which preprocess p50 ms | of which inference p50 ms |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in self.rows:
             e = r.end_to_end
             lines.append(
                 f"| {r.runtime} | {r.precision} | {r.batch} | {e.p50_ms:.3f} ({e.iqr_ms:.3f}) | {e.p95_ms:.3f} | {e.p99_ms:.3f} | "
-                f"{r.throughput_ips:.1f} | {_ratio(r.speedup_vs_torch)} | {r.preprocess_p50_ms:.3f} |"
+                f"{r.throughput_ips:.1f} | {_ratio(r.speedup_vs_torch)} | {r.preprocess_p50_ms:.3f} | {r.inference_in_e2e_p50_ms:.3f} |"
             )
         lines += [
             "",
@@ -730,8 +749,12 @@ class BenchReport:
             )
         method = self.rows[0].memory.get("method", "") if self.rows else ""
         lines += ["", f"Peak RSS: {method}; it includes the interpreter and the decoded films (the 'before bundle' column).", ""]
-        threads = sorted({json.dumps({k: r.runtime_info.get(k) for k in ('library', 'intra_op_threads', 'inter_op_threads')}) for r in self.rows})
-        lines += ["Threads as the runtimes report them: " + "; ".join(threads), ""]
+        threads = dict.fromkeys(
+            f"{r.runtime_info.get('library', r.runtime)}: {r.runtime_info.get('intra_op_threads', '?')} intra-op, "
+            f"{r.runtime_info.get('inter_op_threads', '?')} inter-op" for r in self.rows
+        )
+        lines += ["Threads as the runtimes report them: " + "; ".join(threads)
+                  + " (ONNX Runtime's 0 inter-op = its default; the sequential executor uses none).", ""]
         if self.notes:
             lines += ["## Notes", "", *(f"- {n}" for n in self.notes), ""]
         lines += ["How to read these figures: benchmarks/README.md.", ""]

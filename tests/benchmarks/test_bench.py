@@ -57,10 +57,19 @@ def test_smoke_json_rows_pair_every_configuration_with_torch(smoke: tuple[dict, 
         assert r["peak_rss_mb"] > 0 and r["memory"]["method"]
         assert r["speedup_vs_torch"] > 0 and r["inference"]["speedup_vs_torch"] > 0
         assert r["end_to_end"]["n"] == 3 and r["inference"]["n"] == 3
+        assert r["preprocess_p50_ms"] > 0 and r["inference_in_e2e_p50_ms"] > 0
         assert r["cold_start"]["total_ms"] >= r["cold_start"]["activate_ms"] > 0
         assert r["inference"]["gflops"] > 0 and r["inference"]["peak_gflops"] > 0
         assert r["runtime_info"]["intra_op_threads"] == 1  # the same thread count on both sides, as reported by each
     assert all(r["speedup_vs_torch"] == 1.0 for r in rows if r["runtime"] == "torch")
+
+
+def test_smoke_json_reads_back_into_the_same_report(smoke: tuple[dict, str, Path, str]) -> None:
+    from salad.runtime.bench import BenchReport
+
+    report = BenchReport.from_dict(smoke[0])
+    assert report.to_dict() == smoke[0]
+    assert report.to_markdown() == smoke[1]
 
 
 def test_smoke_json_header_names_the_machine_and_libraries(smoke: tuple[dict, str, Path, str]) -> None:

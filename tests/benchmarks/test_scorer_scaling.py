@@ -47,3 +47,17 @@ def test_unknown_method_is_a_usage_error(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(SCRIPT), "--methods", "annoy", "--out", str(tmp_path / "x")],
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 2 and "unknown method(s) ['annoy']" in proc.stderr
+
+
+def test_cold_caches_are_recorded(tmp_path: Path) -> None:
+    pytest.importorskip("onnx", reason="building scorer graphs needs the train extra")
+    out = tmp_path / "cold"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--sizes", "300", "--batches", "1", "--iters", "3", "--warmup", "1", "--k", "10",
+         "--bandwidth-mib", "16", "--threads", "1", "--methods", "onnxruntime,numpy", "--cold", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(Path(f"{out}.json").read_text(encoding="utf-8"))
+    assert report["header"]["caches"] == "evicted before every timed run"
+    assert "caches evicted before every timed run" in Path(f"{out}.md").read_text(encoding="utf-8")
