@@ -34,6 +34,7 @@ from onnx import TensorProto, numpy_helper
 
 from salad.errors import CalibrationError
 from salad.manifest import GraphSpec, TensorSpec
+from salad.merge import merge_encoder_scorer
 
 #: Ops that carry weights; the last one in the encoder is its projection to the embedding.
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -377,8 +378,6 @@ def merge_with_scorer(encoder: onnx.ModelProto, scorer: onnx.ModelProto, bank_in
     its unprefixed name) and put back after it: onnx.compose would otherwise rename it and its checker
     would look for an external bank.data relative to the working directory.
     """
-    from salad.export.graphs import merge_encoder_scorer
-
     enc = onnx.ModelProto()
     enc.CopyFrom(encoder)
     sco = onnx.ModelProto()

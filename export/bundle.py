@@ -21,6 +21,7 @@ import salad
 from salad.data import Sample, list_hash
 from salad.errors import ExportValidationError, SaladError
 from salad.manifest import DEFAULT_TOLERANCES, GraphSpec, Manifest, atomic_directory, sha256_file
+from salad.merge import merge_encoder_scorer
 from salad.scoring import DEFAULT_SCORE, NORM_EPS, SCORE_DEFINITIONS, SCORE_NAMES, check_k
 
 from .graphs import (
@@ -28,7 +29,6 @@ from .graphs import (
     bind_bank,
     export_encoder,
     export_scorer,
-    merge_encoder_scorer,
     set_metadata,
     write_bank_data,
 )

@@ -17,9 +17,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from onnx import TensorProto, compose, numpy_helper
+from onnx import TensorProto, numpy_helper
 
-import salad
 from salad.errors import SaladError
 from salad.manifest import TensorSpec
 from salad.scoring import score_torch
@@ -92,16 +91,6 @@ def export_scorer(k: int, dim: int, bank_rows: int, contract: GraphContract, ops
             rows.dim_value = bank_rows
     del proto.graph.value_info[:]  # may carry the symbolic row count; shape inference recomputes it
     return proto
-
-
-def merge_encoder_scorer(encoder: onnx.ModelProto, scorer: onnx.ModelProto) -> onnx.ModelProto:
-    """model.onnx: image (+ bank) → embedding, score, knn_angle; internal names prefixed, I/O names kept."""
-    enc = compose.add_prefix(encoder, "encoder/", rename_inputs=False, rename_outputs=False)
-    sco = compose.add_prefix(scorer, "scorer/", rename_inputs=False, rename_outputs=False)
-    return compose.merge_models(
-        enc, sco, io_map=[("embedding", "embedding")], outputs=["embedding", "score", "knn_angle"],
-        producer_name="salad-edge", producer_version=salad.__version__,
-    )
 
 
 def bank_tensor(bank: np.ndarray, external_file: str | None) -> TensorProto:
