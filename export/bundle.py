@@ -22,7 +22,7 @@ from salad.data import Sample, list_hash
 from salad.errors import ExportValidationError, SaladError
 from salad.manifest import DEFAULT_TOLERANCES, GraphSpec, Manifest, atomic_directory, sha256_file
 from salad.merge import merge_encoder_scorer
-from salad.scoring import DEFAULT_SCORE, NORM_EPS, SCORE_DEFINITIONS, SCORE_NAMES, check_k
+from salad.scoring import NORM_EPS, SCORE_DEFINITIONS, SCORE_NAMES, check_k
 
 from .graphs import (
     bank_tensor,
@@ -180,7 +180,7 @@ def export_bundle(
         bank = checked_bank(loaded.bank.numpy(), labels, dim, loaded.score_k, str(run / CHECKPOINT_FILE))
         n_rows, k, size = int(bank.shape[0]), loaded.score_k, loaded.preprocessing.size
         val = read_val_scores(run)
-        threshold = choose_threshold(val["score"], val["label"], operating_point)
+        threshold = choose_threshold(val[loaded.score_name], val["label"], operating_point, loaded.score_name)
 
         samples = select_reference(run, reference_images)
         ref = reference_outputs(loaded, samples)
@@ -244,7 +244,7 @@ def export_bundle(
             },
             k=k,
             scores={
-                "default": DEFAULT_SCORE, "outputs": list(SCORE_NAMES), "definitions": dict(SCORE_DEFINITIONS),
+                "default": loaded.score_name, "outputs": list(SCORE_NAMES), "definitions": dict(SCORE_DEFINITIONS),
                 "range": [0.0, 1.0], "norm_eps": NORM_EPS,
             },
             threshold=threshold,

@@ -67,8 +67,10 @@ def _between(lo: float | None, hi: float | None) -> float:
     return t if lo <= t < hi else lo
 
 
-def choose_threshold(scores: np.ndarray, labels: np.ndarray, operating_point: str) -> dict[str, Any]:
-    """The manifest's threshold block for validation `scores`/`labels` (0 normal, 1 abnormal).
+def choose_threshold(
+    scores: np.ndarray, labels: np.ndarray, operating_point: str, score_name: str = DEFAULT_SCORE
+) -> dict[str, Any]:
+    """The manifest's threshold block for validation `scores` (of output `score_name`) and `labels` (0 normal, 1 abnormal).
 
     specificity:p → the lowest threshold leaving ≥ p of the validation normals normal;
     sensitivity:p → the highest threshold flagging ≥ p of the validation abnormals.
@@ -99,9 +101,9 @@ def choose_threshold(scores: np.ndarray, labels: np.ndarray, operating_point: st
     achieved_spec = float((decide(normal, value) == 0).mean()) if normal.size else None
     achieved_sens = float((decide(abnormal, value) == 1).mean()) if abnormal.size else None
     return {
-        "score": DEFAULT_SCORE,
+        "score": score_name,
         "value": value,
-        "rule": f"abnormal if {DEFAULT_SCORE} > value",
+        "rule": f"abnormal if {score_name} > value",
         "operating_point": {name: target},
         "achieved": {"specificity": achieved_spec, "sensitivity": achieved_sens},
         "validation": {"n_normal": int(normal.size), "n_abnormal": int(abnormal.size), "source": VAL_SCORES},

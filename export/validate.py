@@ -39,7 +39,7 @@ class _Comparison:
     disagree: list[int] | None = None
 
 
-def _compare(name: str, got: np.ndarray, want: np.ndarray, threshold: float) -> _Comparison:
+def _compare(name: str, got: np.ndarray, want: np.ndarray, threshold: float, decided_by: str) -> _Comparison:
     diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
     rel = diff / np.maximum(np.abs(want.astype(np.float64)), _REL_EPS)
     per_image = diff.reshape(len(diff), -1).max(axis=1) if diff.size else np.zeros(0)
@@ -49,7 +49,7 @@ def _compare(name: str, got: np.ndarray, want: np.ndarray, threshold: float) -> 
         cos = (g * w).sum(1) / np.maximum(np.linalg.norm(g, axis=1) * np.linalg.norm(w, axis=1), 1e-30)
         cmp.cosine_min = float(cos.min(initial=1.0))
         cmp.worst = int(cos.argmin()) if cos.size else 0
-    if name == DEFAULT_SCORE:
+    if name == decided_by:
         same = decide(got, threshold) == decide(want, threshold)
         cmp.agreement = float(same.mean()) if same.size else 1.0
         cmp.disagree = np.flatnonzero(~same).tolist()
@@ -140,6 +140,7 @@ def check_parity(
     ref = read_reference(root / REFERENCE_FILE)
     n = len(ref["image"])
     threshold = float(manifest.threshold["value"])
+    decided_by = str(manifest.threshold.get("score", DEFAULT_SCORE))
     paths = ref["path"]
     report: dict[str, Any] = {}
     failures: list[str] = []
@@ -173,18 +174,18 @@ def check_parity(
                 continue
             cmps = []
             for b, out in ((n, full), *runs.items()):
-                cmp = _compare(name, out[name], ref[name], threshold)
+                cmp = _compare(name, out[name], ref[name], threshold, decided_by)
                 failures += _failures(cmp, name, f"{where} at batch {b}", tolerances, paths, threshold)
                 cmps.append(cmp)
                 if b != n:
-                    vs_full = _compare(name, out[name], full[name], threshold)
+                    vs_full = _compare(name, out[name], full[name], threshold, decided_by)
                     worst["batch_max_abs_diff"][name] = max(worst["batch_max_abs_diff"].get(name, 0.0), vs_full.max_abs)
                     failures += _failures(vs_full, name, f"{where} at batch {b} vs batch {n}", tolerances, paths, threshold)
             worst["max_abs_diff"][name] = max(c.max_abs for c in cmps)
             worst["max_rel_diff"][name] = max(c.max_rel for c in cmps)
             if name == "embedding":
                 worst["embedding_cosine_min"] = min(c.cosine_min for c in cmps if c.cosine_min is not None)
-            if name == DEFAULT_SCORE:
+            if name == decided_by:
                 worst["label_agreement"] = min(c.agreement for c in cmps if c.agreement is not None)
         report[key] = worst
     return report, failures

@@ -17,6 +17,7 @@ import click
 
 import salad
 from salad.errors import SaladError
+from salad.scoring import SCORE_NAMES
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -120,6 +121,8 @@ def main() -> None:
 @click.option("--neighbours", type=int, default=None, help="k neighbours of an anchor.")
 @click.option("--lam", type=float, default=None, help="Weight λ of the discrimination loss.")
 @click.option("--k", "score_k", type=int, default=None, help="K nearest bank rows in the score.")
+@click.option("--score", "score", type=click.Choice(list(SCORE_NAMES)), default=None,
+              help="Operating score: the output thresholds, evaluation and decisions use (both are always computed).")
 @click.option("--bank-refresh/--no-bank-refresh", default=None,
               help="Replace the bank by clean embeddings of the training films after training.")
 @click.option("--known-anomaly-ratio", type=float, default=None,
@@ -171,7 +174,7 @@ def evaluate(run: Path, data: Path, json_out: Path | None, plots: Path | None) -
               help="Folder for the run, the bundle and report.html / report.md.")
 @click.option("--data", type=click.Path(exists=True, path_type=Path), default=None,
               help="Your own data (folder, class folders or CSV); default: the real chest X-rays shipped with salad-edge.")
-@click.option("--quick", is_flag=True, help="A shorter training budget (about a third of the CPU preset's epochs).")
+@click.option("--quick", is_flag=True, help="A shorter training budget (half of the CPU preset's epochs).")
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
 @friendly_errors
 def demo(out: Path, data: Path | None, quick: bool, force: bool) -> None:

@@ -23,6 +23,15 @@ SCORE_DEFINITIONS = {
     "score": "mean of the K smallest arccos(z·m_j) / mean over all N bank rows of arccos(z·m_j)",
     "knn_angle": "mean of the K smallest arccos(z·m_j) / pi",
 }
+
+
+def check_score_name(name: str) -> str:
+    """`name` if it is one of the scorer's outputs (the run's operating score), else a clear error."""
+    if name not in SCORE_NAMES:
+        raise SaladError(f"operating score {name!r}; expected one of {SCORE_NAMES} (both are outputs of every bundle).")
+    return name
+
+
 #: TensorRT's TopK handles K up to this value.
 MAX_K = 3840
 #: Epsilon of every L2 normalisation (encoder output, scorer input, memory bank).

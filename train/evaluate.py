@@ -13,7 +13,7 @@ import torch
 from salad.data import Sample, read_samples
 from salad.errors import DataError
 from salad.preprocess import PreprocessConfig
-from salad.scoring import DEFAULT_SCORE, SCORE_DEFINITIONS, score_torch
+from salad.scoring import DEFAULT_SCORE, SCORE_DEFINITIONS, SCORE_NAMES, check_score_name, score_torch
 from salad.train.datasets import preload
 from salad.train.models import ModelConfig, SaladAutoencoder
 from salad.train.trainer import embed_all, load_checkpoint
@@ -27,6 +27,7 @@ class LoadedRun:
     bank: torch.Tensor
     bank_labels: torch.Tensor
     score_k: int
+    score_name: str  # the run's operating score (config train.score)
     preprocessing: PreprocessConfig
     config: dict[str, Any]
 
@@ -46,6 +47,7 @@ def load_run(run: str | Path) -> LoadedRun:
         bank=state["bank"][labels == 0].contiguous(),
         bank_labels=labels,
         score_k=int(cfg["train"]["score_k"]),
+        score_name=check_score_name(str(cfg["train"].get("score", DEFAULT_SCORE))),
         preprocessing=PreprocessConfig.from_dict(cfg["preprocessing"]),
         config=cfg,
     )
@@ -78,13 +80,15 @@ def evaluate_run(
     if len(np.unique(labels)) != 2:
         raise DataError(f"{data}: evaluation needs both normal and abnormal images; found labels {sorted(set(labels.tolist()))}.")
     out = score_samples(loaded, samples)
-    result: dict[str, Any] = dict(detection_metrics(labels, out[DEFAULT_SCORE]))
+    name = loaded.score_name
+    result: dict[str, Any] = dict(detection_metrics(labels, out[name]))
     result.update(
         n_normal=int((labels == 0).sum()),
         n_abnormal=int((labels == 1).sum()),
-        score=DEFAULT_SCORE,
-        score_definition=SCORE_DEFINITIONS[DEFAULT_SCORE],
-        knn_angle=detection_metrics(labels, out["knn_angle"]),
+        score=name,
+        score_definition=SCORE_DEFINITIONS[name],
+        # Every output of the bundle, so the operating score can be compared with the other.
+        outputs={n: detection_metrics(labels, out[n]) for n in SCORE_NAMES},
     )
     if json_out:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
@@ -92,5 +96,5 @@ def evaluate_run(
     if plots:
         from salad.train.plots import write_detection_plots
 
-        write_detection_plots(labels, out[DEFAULT_SCORE], Path(plots))
+        write_detection_plots(labels, out[name], Path(plots))
     return result

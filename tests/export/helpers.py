@@ -19,9 +19,9 @@ def unit_rows(n: int, dim: int = 200, seed: int = 0) -> np.ndarray:
 
 def clone_run(
     src: Path, dst: Path, *, bank: np.ndarray | None = None, bank_labels: np.ndarray | None = None,
-    score_k: int | None = None, schema_version: int | None = None, rescore: bool = True,
+    score_k: int | None = None, schema_version: int | None = None, rescore: bool = True, score: str | None = None,
 ) -> Path:
-    """Copy run `src` to `dst` with a replaced bank / K / config schema, as a run with those values would be.
+    """Copy run `src` to `dst` with a replaced bank / K / operating score / config schema, as a run with those values would be.
 
     rescore: rewrite val_scores.npz for the new bank with salad.train.evaluate (the run's own code), as
     training would have; False leaves the old file (a stale run).
@@ -42,6 +42,8 @@ def clone_run(
         state["bank_labels"] = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     if score_k is not None:
         state["config"]["train"]["score_k"] = config["train"]["score_k"] = score_k
+    if score is not None:
+        state["config"]["train"]["score"] = config["train"]["score"] = score
     if schema_version is not None:
         config["schema_version"] = schema_version
     torch.save(state, dst / "checkpoint.pt")

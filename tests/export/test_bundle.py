@@ -71,9 +71,10 @@ def test_layout_and_manifest_contract(bundle: Path, tiny_run: Path) -> None:
     assert set(m.files) == {"reference.npz", "checkpoint.pt"}
     assert m.source["checkpoint_sha256"] == sha256_file(tiny_run / "checkpoint.pt") == m.files["checkpoint.pt"]
     assert m.source["run_config"] == json.loads((tiny_run / "config.json").read_text()) and m.source["slim"] is False
-    assert set(m.scores["definitions"]) == {"score", "knn_angle"} and m.scores["default"] == "score"
+    operating = json.loads((tiny_run / "config.json").read_text())["train"]["score"]
+    assert set(m.scores["definitions"]) == {"score", "knn_angle"} and m.scores["default"] == operating
     t = m.threshold
-    assert t["score"] == "score" and t["operating_point"] == {"specificity": 0.95}
+    assert t["score"] == operating and t["operating_point"] == {"specificity": 0.95}
     assert t["validation"] == {"n_normal": 40, "n_abnormal": 40, "source": "val_scores.npz"}
     assert t["achieved"]["specificity"] >= 0.95 and t["achieved"]["sensitivity"] is not None
     assert m.parity["fp32"]["max_abs_score_diff"] == 1e-5
@@ -163,14 +164,33 @@ def test_batch_sizes_give_the_same_per_image_outputs(bundle: Path, batch: int) -
     assert np.array_equal(decide(full[1], m.threshold["value"]), decide(split[1], m.threshold["value"]))
 
 
-def test_threshold_is_on_validation_scores(bundle: Path, tiny_run: Path) -> None:
+def _check_threshold_on_validation(bundle: Path, run: Path) -> None:
     t = read_manifest(bundle).threshold
-    with np.load(tiny_run / "val_scores.npz", allow_pickle=False) as v:
-        score, label = v["score"], v["label"]
+    with np.load(run / "val_scores.npz", allow_pickle=False) as v:
+        score, label = v[t["score"]], v["label"]
     normal_flagged = decide(score[label == 0], t["value"]).mean()
     assert 1.0 - normal_flagged == pytest.approx(t["achieved"]["specificity"]) and 1.0 - normal_flagged >= 0.95
     assert decide(score[label == 1], t["value"]).mean() == pytest.approx(t["achieved"]["sensitivity"])
     assert t["value"] not in score.tolist() and t["value"] == float(np.float32(t["value"]))
+
+
+def test_threshold_is_on_validation_scores(bundle: Path, tiny_run: Path) -> None:
+    _check_threshold_on_validation(bundle, tiny_run)
+
+
+@pytest.mark.parametrize("operating", ["score", "knn_angle"])
+def test_the_runs_operating_score_carries_the_threshold(make_run: Callable[..., Path], tmp_path: Path, operating: str) -> None:
+    run = make_run(score=operating)
+    bundle = export_bundle(run, tmp_path / "b", reference_images=8)
+    m = read_manifest(bundle)
+    assert m.threshold["score"] == m.scores["default"] == operating and m.threshold["rule"] == f"abnormal if {operating} > value"
+    _check_threshold_on_validation(bundle, run)
+    from salad.runtime import Scorer
+
+    scorer = Scorer.from_bundle(bundle, runtime="onnxruntime")
+    results = scorer.score([str(s.path) for s in read_samples(run / "val.csv")][:6])
+    decided = decide(np.array([getattr(r, operating) for r in results]), m.threshold["value"])
+    assert [r.label for r in results] == decided.tolist()
 
 
 def test_bank_as_input_and_slim(input_bundle: Path, tiny_run: Path) -> None:
@@ -226,7 +246,8 @@ def test_cli_export(tiny_run: Path, tmp_path: Path) -> None:
     args = [str(tiny_run), "--out", str(out), "--slim", "--reference-images", "8", "--operating-point", "specificity:0.9"]
     result = CliRunner().invoke(export_command, args)
     assert result.exit_code == 0, result.output
-    assert f"wrote {out}" in result.output and "threshold score >" in result.output
+    operating = json.loads((tiny_run / "config.json").read_text())["train"]["score"]
+    assert f"wrote {out}" in result.output and f"threshold {operating} >" in result.output
     assert read_manifest(out).threshold["operating_point"] == {"specificity": 0.9}
     again = CliRunner().invoke(export_command, args)
     assert again.exit_code == 1 and "error:" in again.output and "already exists" in again.output

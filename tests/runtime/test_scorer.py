@@ -62,11 +62,11 @@ def test_labels_follow_the_bundle_threshold(tiny_bundle: Path, film_folder: Path
     files = sorted(film_folder.rglob("*.jpeg"))
     with Scorer.from_bundle(tiny_bundle) as scorer:
         results = scorer.score(files)
-        threshold = scorer.threshold
-    assert threshold == read_manifest(tiny_bundle).threshold["value"]
-    scores = np.array([r.score for r in results])
+        threshold, operating = scorer.threshold, scorer.threshold_score
+    assert (threshold, operating) == tuple(read_manifest(tiny_bundle).threshold[k] for k in ("value", "score"))
+    scores = np.array([getattr(r, operating) for r in results])
     assert [r.label for r in results] == decide(scores, threshold).tolist()
-    assert all((r.label == 1) == (r.score > threshold) for r in results)
+    assert all((r.label == 1) == (getattr(r, operating) > threshold) for r in results)
 
 
 def test_arrays_and_files_go_through_the_same_preprocessing(tiny_bundle: Path, film_folder: Path) -> None:

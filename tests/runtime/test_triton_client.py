@@ -277,8 +277,8 @@ def test_the_repository_readme_example_runs(
     source = code.group(1).replace('"localhost:8000"', repr(url.removeprefix("http://"))).replace('"film.png"', repr(str(film)))
     exec(compile(source, "README.md", "exec"), {})  # noqa: S102 - the repository's own documentation
     with Scorer.from_bundle(tiny_bundle) as local:
-        want = local.score([film])[0]
-    assert capsys.readouterr().out.strip() == f"score {want.score:.4f}: {'abnormal' if want.label else 'normal'}"
+        want, operating = local.score([film])[0], local.threshold_score
+    assert capsys.readouterr().out.strip() == f"{operating} {getattr(want, operating):.4f}: {'abnormal' if want.label else 'normal'}"
 
 
 def score_on_triton(command: Any, bundle: Path, folder: Path, url: str, out: Path) -> dict[str, Any]:

@@ -29,7 +29,9 @@ def test_train_then_evaluate_beats_chance_clearly(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "eval.json").read_text())
-    assert metrics["n_normal"] == 40 and metrics["n_abnormal"] == 40 and metrics["score"] == "score"
+    operating = json.loads((run / "config.json").read_text())["train"]["score"]  # the CPU preset's choice
+    assert metrics["n_normal"] == 40 and metrics["n_abnormal"] == 40 and metrics["score"] == operating
+    assert set(metrics["outputs"]) == {"score", "knn_angle"} and metrics["outputs"][operating]["auc"] == metrics["auc"]
     # 40 normal vs 40 pneumonia films of patients never seen in training: chance is 0.5.
     assert metrics["auc"] >= 0.7, metrics
     assert metrics["auprc"] > 0.6, metrics
