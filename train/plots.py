@@ -38,7 +38,7 @@ def write_detection_plots(labels: np.ndarray, scores: np.ndarray, out: Path, thr
     fig.savefig(paths["pr"])
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
-    bins = np.linspace(float(scores.min()), float(scores.max()), 40)
+    bins = np.linspace(float(scores.min()), float(scores.max()), 40).tolist()
     ax.hist(scores[labels == 0], bins=bins, alpha=0.6, label="normal")
     ax.hist(scores[labels == 1], bins=bins, alpha=0.6, label="abnormal")
     if threshold is not None:
