@@ -710,7 +710,8 @@ class BenchReport:
             f"{h['data']['films']} decoded films from {h['data']['path']}; load average {_load(h['load_average_start'])} → "
             f"{_load(h['load_average_end'])}.",
             "",
-            f"Libraries: {', '.join(f'{k} {v}' for k, v in h['libraries'].items())}. Command: `{h['command']}`",
+            f"Libraries: {', '.join(f'{k} {v}' for k, v in h['libraries'].items())}."
+            + (f" Command: `{h['command']}`" if h["command"] else ""),
             "",
             "## Latency and throughput (end to end: preprocessing of decoded films + inference + score)",
             "",
