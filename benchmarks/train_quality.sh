@@ -25,3 +25,20 @@ print(json.dumps(d))
 PY
   done
 done
+# One table of every method's figures, from the JSON files above.
+python3 - "$out" <<'PY'
+import json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+rows = ["| method | operating score | AUC | AUPRC | AUC of `score` | AUC of `knn_angle` | normal / abnormal films | train wall |",
+        "|---|---|---:|---:|---:|---:|---:|---:|"]
+for f in sorted(out.glob("*.json")):
+    d = json.loads(f.read_text())
+    o = d.get("outputs", {})
+    rows.append(f"| {d['method']} | `{d['score']}` | {d['auc']:.4f} | {d['auprc']:.4f} | {o.get('score', {}).get('auc', float('nan')):.4f} "
+                f"| {o.get('knn_angle', {}).get('auc', float('nan')):.4f} | {d['n_normal']} / {d['n_abnormal']} | {d['train_wall_seconds'] / 60:.1f} min |")
+head = ("# Detector quality on held-out Kermany patients\n\nCPU preset, trained on the normal films of "
+        "`benchmarks/splits/kermany_train.csv`, evaluated on `benchmarks/splits/kermany_holdout.csv` "
+        "(patient-disjoint). Written by `bash benchmarks/train_quality.sh`.\n\n")
+(out / "summary.md").write_text(head + "\n".join(rows) + "\n")
+print("\n".join(rows))
+PY
