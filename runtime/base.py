@@ -215,7 +215,7 @@ class Runner(ABC):
 
     def _check_shape(self, kind: str, t: TensorSpec, shape: tuple[int, ...], symbols: dict[str, int]) -> None:
         """Check one shape against the spec; named axes must agree across tensors (batch with batch)."""
-        expected = format_shape(t.shape, symbols)
+        expected = _LazyShape(t.shape, symbols)  # formatted only into an error message: this runs every call
         if len(shape) != len(t.shape):
             raise SaladError(
                 f"{self._where()}: {kind} {t.name!r} received shape {tuple(shape)} ({len(shape)} axes), "
@@ -279,6 +279,16 @@ def importable(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
         return False
+
+
+class _LazyShape:
+    """format_shape(shape, symbols) when printed; symbols are copied as they are now."""
+
+    def __init__(self, shape: list[int | str], symbols: Mapping[str, int]) -> None:
+        self.shape, self.symbols = shape, dict(symbols)
+
+    def __str__(self) -> str:
+        return format_shape(self.shape, self.symbols)
 
 
 def format_shape(shape: list[int | str], symbols: Mapping[str, int] | None = None) -> str:

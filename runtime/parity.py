@@ -587,10 +587,16 @@ def compare(
     root = Path(bundle)
     manifest = read_manifest(root, verify=True)
     runtimes = list(dict.fromkeys([runtimes] if isinstance(runtimes, str) else runtimes))
+    explicit = bool(precisions)
     precisions = list(dict.fromkeys([precisions] if isinstance(precisions, str) else precisions or manifest.precisions()))
     if not runtimes or not precisions:
         raise SaladError("parity needs at least one runtime and one precision (e.g. --runtime onnxruntime --precision fp32).")
-    problems, only_unavailable = _request_problems(root, manifest, runtimes, precisions)
+    # Asked for by default (every precision of the bundle), the torch reference takes part in fp32 only.
+    pairs = [(r, p) for r in runtimes for p in precisions if explicit or r != REFERENCE_RUNTIME or p == "fp32"]
+    problems, only_unavailable = _request_problems(root, manifest, runtimes, precisions if explicit else ["fp32"])
+    if not explicit:
+        problems += _request_problems(root, manifest, [r for r in runtimes if r != REFERENCE_RUNTIME], precisions)[0]
+        problems = list(dict.fromkeys(problems))
     if problems:
         kind = BackendUnavailableError if only_unavailable else SaladError
         raise kind(f"cannot compare {root}:\n  " + "\n  ".join(problems))
@@ -615,12 +621,11 @@ def compare(
         notes.append(f"{no_torch}: compared against the PyTorch outputs stored in {REFERENCE_FILE}.")
 
     runs = _Runs(root, manifest, inputs, device=device, max_batch=max_batch)
-    first = runs.scorer(runtimes[0], precisions[0])  # reads and checks the bundle's threshold
+    first = runs.scorer(*pairs[0])  # reads and checks the bundle's threshold
     reference = runs.reference()
     rows = [
         _row(runtime, precision, *runs.outputs(runtime, precision), reference, inputs, first, tol[precision])
-        for runtime in runtimes
-        for precision in precisions
+        for runtime, precision in pairs
     ]
     counts = {"reference": inputs.n_reference}
     if len(inputs.images) > inputs.n_reference:

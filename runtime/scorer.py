@@ -269,9 +269,9 @@ def _check_array(image: np.ndarray, name: str | None) -> np.ndarray:
     if image.size == 0:
         raise DataError(f"{what}: empty image of shape {image.shape}.")
     values = image.astype(np.float32, copy=False)
-    if not np.all(np.isfinite(values)):
+    lo, hi = float(values.min()), float(values.max())  # NaN propagates into min/max: no separate isfinite pass
+    if not (np.isfinite(lo) and np.isfinite(hi)):
         raise DataError(f"{what}: contains NaN or infinite values.")
-    lo, hi = float(values.min()), float(values.max())
     if lo < -RANGE_SLACK or hi > 1 + RANGE_SLACK:
         raise DataError(
             f"{what}: values span [{lo:g}, {hi:g}]; expected a grey image in [0, 1] "

@@ -231,6 +231,13 @@ def test_a_nan_weight_fails_on_non_finite_outputs_and_still_writes_valid_json(pe
     assert payload["max_abs_score_diff"] is None and payload["passed"] is False
 
 
+def test_by_default_torch_takes_part_in_fp32_only(calibrated_bundle: Callable[[str], Path]) -> None:
+    bundle = calibrated_bundle("fp16")
+    report = compare(bundle, ["onnxruntime", "torch"])  # every precision of the bundle, both runtimes
+    assert [(r.runtime, r.precision) for r in report.rows] == [("onnxruntime", "fp32"), ("onnxruntime", "fp16"), ("torch", "fp32")]
+    assert report.passed, report.failures
+
+
 # -- request errors, raised before any film runs ------------------------------------------------------
 
 
