@@ -145,22 +145,25 @@ def run_demo(
 
     manifest = step("Export the bundle", f"salad-export {run} --out {bundle} --reference-images {n_ref}", do_export)
 
-    # With labelled films, int8 runs in accuracy-bounded mode: the most error-prone layers stay float
-    # until |ΔAUC| and every int8 tolerance hold on those films (the same films parity reports on).
+    # With labelled films, each variant is judged on them (the same films parity reports on), so a variant
+    # that would fail parity is rejected and left out of the bundle rather than shipped; int8 runs in
+    # accuracy-bounded mode: the most error-prone layers stay float until every int8 tolerance holds.
     int8_auc_bound = default_tolerances("int8")["delta_auc"]
-    bounded = {"max_auc_drop": int8_auc_bound, "data_labelled": eval_data} if eval_data is not None else {}
+    labelled = {"data_labelled": eval_data} if eval_data is not None else {}
+    bounded = {"max_auc_drop": int8_auc_bound, **labelled} if eval_data is not None else {}
 
     def do_calibrate() -> tuple[Any, str]:
         reports = {
-            "fp16": calibrate_bundle(bundle, "fp16", raise_on_failure=False),
+            "fp16": calibrate_bundle(bundle, "fp16", raise_on_failure=False, **labelled),
             "int8": calibrate_bundle(bundle, "int8", data=train_data, raise_on_failure=False, **bounded),
         }
-        parts = [f"{p}: {'accepted' if r.accepted else 'REJECTED'}" for p, r in reports.items()]
+        parts = [f"{p}: accepted" if r.accepted else f"{p}: REJECTED ({'; '.join(r.failures[:2])})" for p, r in reports.items()]
         kept = reports["int8"].layers_in_float
         return reports, ", ".join(parts) + f" (int8: {len(kept)} layer(s) left in float)"
 
     int8_flags = f" --max-auc-drop {int8_auc_bound} --data-labelled {eval_data}" if bounded else ""
-    step("Calibrate fp16 and int8", f"salad calibrate {bundle} --precision fp16 && "
+    fp16_flags = f" --data-labelled {eval_data}" if labelled else ""
+    step("Calibrate fp16 and int8", f"salad calibrate {bundle} --precision fp16{fp16_flags} && "
          f"salad calibrate {bundle} --precision int8 --data {train_data}{int8_flags}", do_calibrate)
 
     # Every deployable runtime × every precision in the bundle, each against the PyTorch reference
@@ -279,7 +282,7 @@ def write_report(
     md.append("\n## Example films\n\n| film | truth | score | knn_angle | label |\n|---|---|---|---|---|")
     for (path, truth), r in scored:
         if r.ok:
-            md.append(f"| {path.name} | {truth} | {r.score:.4f} | {r.knn_angle:.4f} | {'abnormal' if r.label else 'normal'} |")
+            md.append(f"| {path.name} | {truth} | {r.score:.4f} | {r.knn_angle:.4f} | {'abnormal' if r.label else 'normal'} ({thr['score']}) |")
         else:
             md.append(f"| {path.name} | {truth} | – | – | error: {r.error} |")
     md.append("\n## Figures\n")
@@ -359,7 +362,7 @@ def _html(result: DemoResult, metrics: dict[str, Any] | None, thr: dict[str, Any
     for (path, truth), r in scored:
         label = ("abnormal" if r.label else "normal") if r.ok else "error"
         caption = f"{html.escape(path.name)}<br>truth: {html.escape(truth)}<br>" + (
-            f"score {r.score:.4f} → <b>{label}</b>" if r.ok else f"<span class='fail'>{html.escape(str(r.error))}</span>")
+            f"{html.escape(thr['score'])} {getattr(r, thr['score']):.4f} → <b>{label}</b>" if r.ok else f"<span class='fail'>{html.escape(str(r.error))}</span>")
         films.append(f"<figure><img alt='{html.escape(path.name)}' src='data:image/png;base64,{_thumb_b64(path)}'><figcaption>{caption}</figcaption></figure>")
     parts.append("<h2>Example films</h2><div class='films'>" + "".join(films) + "</div>")
     parts.append("<h2>Repeat each step</h2><pre>" + html.escape("\n".join(s.command for s in result.steps)) + "</pre>")

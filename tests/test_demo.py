@@ -28,10 +28,15 @@ def test_demo_quick_runs_every_stage_and_writes_the_report(tmp_path: Path) -> No
     result = CliRunner().invoke(main, ["demo", "--quick", "--data", str(data), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "AUC " in result.output and "parity: onnxruntime/fp32 PASS" in result.output
-    assert "onnxruntime/int8 PASS" in result.output and "onnxruntime/fp16 PASS" in result.output
-    assert "int8 speed-up vs PyTorch eager fp32" in result.output
+    assert "FAIL" not in result.output
     manifest = (out / "bundle" / "manifest.json").read_text()
-    assert '"model.int8"' in manifest and '"model.fp16"' in manifest
+    for precision in ("fp16", "int8"):
+        # A variant is either in the bundle and passes parity, or was judged on the films and left out.
+        if f"{precision}: accepted" in result.output:
+            assert f"onnxruntime/{precision} PASS" in result.output and f'"model.{precision}"' in manifest
+        else:
+            assert f"{precision}: REJECTED" in result.output and f'"model.{precision}"' not in manifest
+    assert "int8 speed-up vs PyTorch eager fp32" in result.output
     html = (out / "report.html").read_text()
     for needle in ("ROC curve", "Parity against the PyTorch reference", "Latency on this machine", "Example films",
                    "Repeat each step", "data:image/png;base64,"):
