@@ -49,13 +49,19 @@ def _runtime_param(name: str) -> object:
 # -- every registered runtime × every precision (a new backend or precision is tested automatically) --
 
 
-@pytest.mark.parametrize("precision", PRECISIONS)
-@pytest.mark.parametrize("runtime", [_runtime_param(name) for name in runner_names()])
+@pytest.mark.parametrize(
+    ("runtime", "precision"),
+    # torch is the fp32 reference: precision variants live in the ONNX files and are compared with it.
+    [
+        pytest.param(name, p, marks=_runtime_param(name).marks, id=f"{name}-{p}")
+        for name in runner_names()
+        for p in PRECISIONS
+        if name != REFERENCE_RUNTIME or p == "fp32"
+    ],
+)
 def test_every_runtime_and_precision_makes_the_reference_decisions(
     runtime: str, precision: str, calibrated_bundle: Callable[[str], Path]
 ) -> None:
-    if runtime == REFERENCE_RUNTIME and precision != "fp32":
-        pytest.skip("torch is the fp32 reference: precision variants live in the ONNX files and are compared with it")
     reason = runner_class(runtime).unavailable_reason()
     if reason:
         pytest.skip(f"the {runtime} runtime cannot run here: {reason}")
