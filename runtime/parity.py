@@ -529,11 +529,12 @@ def run_images(runner: Runner, images: np.ndarray, static: Mapping[str, np.ndarr
     return {name: np.concatenate(values) for name, values in parts.items()}
 
 
-def _request_problems(root: Path, manifest: Manifest, runtimes: Sequence[str], precisions: Sequence[str]) -> tuple[list[str], bool]:
-    """Everything wrong with the request, found before any film is run; and whether all are missing backends."""
+def _request_problems(root: Path, manifest: Manifest, pairs: Sequence[tuple[str, str]]) -> tuple[list[str], bool]:
+    """Everything wrong with the requested runtime × precision pairs, found before any film is run;
+    and whether all are missing backends."""
     problems: list[str] = []
     only_unavailable = True
-    for runtime in runtimes:
+    for runtime in dict.fromkeys(r for r, _ in pairs):
         cls = runner_class(runtime)  # unknown names raise, listing the registered ones
         reason = cls.unavailable_reason()
         if reason:
@@ -544,7 +545,7 @@ def _request_problems(root: Path, manifest: Manifest, runtimes: Sequence[str], p
                 "compare the other runtimes with the outputs stored in reference.npz instead"
             )
             only_unavailable = False
-    for precision in precisions:
+    for precision in dict.fromkeys(p for _, p in pairs):
         if precision not in PRECISIONS:
             problems.append(f"precision {precision!r}: expected one of {list(PRECISIONS)}")
             only_unavailable = False
@@ -554,7 +555,7 @@ def _request_problems(root: Path, manifest: Manifest, runtimes: Sequence[str], p
         except BundleError as exc:
             problems.append(str(exc))
             only_unavailable = False
-        if precision != "fp32" and REFERENCE_RUNTIME in runtimes:
+        if precision != "fp32" and (REFERENCE_RUNTIME, precision) in pairs:
             problems.append(
                 f"the {REFERENCE_RUNTIME} runtime is the fp32 reference and has no {precision} variant; "
                 f"compare {precision} with --runtime onnxruntime or tensorrt"
@@ -593,10 +594,7 @@ def compare(
         raise SaladError("parity needs at least one runtime and one precision (e.g. --runtime onnxruntime --precision fp32).")
     # Asked for by default (every precision of the bundle), the torch reference takes part in fp32 only.
     pairs = [(r, p) for r in runtimes for p in precisions if explicit or r != REFERENCE_RUNTIME or p == "fp32"]
-    problems, only_unavailable = _request_problems(root, manifest, runtimes, precisions if explicit else ["fp32"])
-    if not explicit:
-        problems += _request_problems(root, manifest, [r for r in runtimes if r != REFERENCE_RUNTIME], precisions)[0]
-        problems = list(dict.fromkeys(problems))
+    problems, only_unavailable = _request_problems(root, manifest, pairs)
     if problems:
         kind = BackendUnavailableError if only_unavailable else SaladError
         raise kind(f"cannot compare {root}:\n  " + "\n  ".join(problems))

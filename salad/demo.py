@@ -150,7 +150,7 @@ def run_demo(
     # accuracy-bounded mode: the most error-prone layers stay float until every int8 tolerance holds.
     int8_auc_bound = default_tolerances("int8")["delta_auc"]
     labelled = {"data_labelled": eval_data} if eval_data is not None else {}
-    bounded = {"max_auc_drop": int8_auc_bound, **labelled} if eval_data is not None else {}
+    bounded = {"max_auc_drop": int8_auc_bound, **labelled} if labelled else {}
 
     def do_calibrate() -> tuple[Any, str]:
         reports = {

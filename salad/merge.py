@@ -9,11 +9,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import salad
+from salad.scoring import SCORE_NAMES
 
 if TYPE_CHECKING:
     import onnx
 
-MERGED_OUTPUTS = ("embedding", "score", "knn_angle")
+MERGED_OUTPUTS = ("embedding", *SCORE_NAMES)
 
 
 def merge_encoder_scorer(encoder: onnx.ModelProto, scorer: onnx.ModelProto) -> onnx.ModelProto:

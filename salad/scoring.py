@@ -32,6 +32,11 @@ def check_score_name(name: str) -> str:
     return name
 
 
+def by_name(outputs: tuple[Any, Any]) -> dict[str, Any]:
+    """A (score, knn_angle) pair from score_numpy / score_torch, keyed by output name."""
+    return dict(zip(SCORE_NAMES, outputs, strict=True))
+
+
 #: TensorRT's TopK handles K up to this value.
 MAX_K = 3840
 #: Epsilon of every L2 normalisation (encoder output, scorer input, memory bank).

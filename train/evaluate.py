@@ -13,7 +13,14 @@ import torch
 from salad.data import Sample, read_samples
 from salad.errors import DataError
 from salad.preprocess import PreprocessConfig
-from salad.scoring import DEFAULT_SCORE, SCORE_DEFINITIONS, SCORE_NAMES, check_score_name, score_torch
+from salad.scoring import (
+    DEFAULT_SCORE,
+    SCORE_DEFINITIONS,
+    SCORE_NAMES,
+    by_name,
+    check_score_name,
+    score_torch,
+)
 from salad.train.datasets import preload
 from salad.train.models import ModelConfig, SaladAutoencoder
 from salad.train.trainer import embed_all, load_checkpoint
@@ -57,8 +64,8 @@ def score_samples(run: LoadedRun, samples: list[Sample]) -> dict[str, np.ndarray
     """Embeddings, score and knn_angle of each sample under the run's model and bank."""
     images = preload(samples, run.preprocessing, "reading evaluation films")
     z = embed_all(run.model, images)
-    score, knn = score_torch(z, run.bank, run.score_k)
-    return {"embedding": z.numpy(), "score": score.numpy(), "knn_angle": knn.numpy()}
+    scores = by_name(score_torch(z, run.bank, run.score_k))
+    return {"embedding": z.numpy(), **{name: value.numpy() for name, value in scores.items()}}
 
 
 def detection_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
@@ -81,14 +88,15 @@ def evaluate_run(
         raise DataError(f"{data}: evaluation needs both normal and abnormal images; found labels {sorted(set(labels.tolist()))}.")
     out = score_samples(loaded, samples)
     name = loaded.score_name
-    result: dict[str, Any] = dict(detection_metrics(labels, out[name]))
+    # Every output of the bundle, so the operating score can be compared with the other.
+    outputs = {n: detection_metrics(labels, out[n]) for n in SCORE_NAMES}
+    result: dict[str, Any] = dict(outputs[name])
     result.update(
         n_normal=int((labels == 0).sum()),
         n_abnormal=int((labels == 1).sum()),
         score=name,
         score_definition=SCORE_DEFINITIONS[name],
-        # Every output of the bundle, so the operating score can be compared with the other.
-        outputs={n: detection_metrics(labels, out[n]) for n in SCORE_NAMES},
+        outputs=outputs,
     )
     if json_out:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)

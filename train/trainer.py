@@ -30,7 +30,7 @@ import salad
 from salad.data import Sample, read_samples, require_normals
 from salad.errors import DataError, SaladError
 from salad.preprocess import PreprocessConfig
-from salad.scoring import DEFAULT_SCORE, SCORE_NAMES, check_k, check_score_name, score_torch
+from salad.scoring import DEFAULT_SCORE, by_name, check_k, check_score_name, score_torch
 from salad.train.datasets import AugmentConfig, augment, preload
 from salad.train.losses import discrimination_terms, select_anchors
 from salad.train.memory_bank import MemoryBank
@@ -321,7 +321,7 @@ class Trainer:
 
     def _val_scores(self, val_images: torch.Tensor, bank_rows: torch.Tensor) -> np.ndarray:
         z = embed_all(self.model, val_images)
-        outputs = dict(zip(SCORE_NAMES, score_torch(z, bank_rows.cpu(), min(self.cfg.score_k, bank_rows.shape[0])), strict=True))
+        outputs = by_name(score_torch(z, bank_rows.cpu(), min(self.cfg.score_k, bank_rows.shape[0])))
         return outputs[self.cfg.score].numpy()
 
     def fit(self) -> dict[str, Any]:
@@ -408,13 +408,13 @@ class Trainer:
         summary: dict[str, Any] = {"epochs": cfg.epochs, "train_seconds": time.perf_counter() - t_run}
         if val_images is not None and len(val_images):
             z = embed_all(self.model, val_images)
-            score, knn = score_torch(z, self.bank.normal_rows().cpu(), cfg.score_k)
+            outputs = by_name(score_torch(z, self.bank.normal_rows().cpu(), cfg.score_k))
             np.savez(
                 self.out / "val_scores.npz",
-                score=score.numpy(), knn_angle=knn.numpy(), label=val_labels,
+                **{name: value.numpy() for name, value in outputs.items()}, label=val_labels,
                 path=np.array([str(Path(s.path).resolve()) for s in self.val_samples]),
             )
-            auc = _auc(val_labels, {"score": score, "knn_angle": knn}[cfg.score].numpy())
+            auc = _auc(val_labels, outputs[cfg.score].numpy())
             summary["val_auc"] = auc
         return summary
 
