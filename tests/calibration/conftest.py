@@ -13,6 +13,7 @@ pytest.importorskip("onnxruntime", reason="calibration needs onnxruntime")
 pytest.importorskip("onnxconverter_common", reason="fp16 needs onnxconverter-common (install salad-edge[train])")
 
 import salad  # noqa: E402
+from tests.conftest import use_fixture_tolerances  # noqa: E402
 
 SAMPLE = Path(salad.__file__).parent / "sample"
 SAMPLE_TRAIN = SAMPLE / "train" / "normal"
@@ -46,10 +47,13 @@ def bundle_copy(base_bundle: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def calibrated(base_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Calibrated:
-    """fp16, then int8 (on the 200 shipped normals), added to one copy, both measured on the labelled sample."""
+    """fp16, then int8 (on the 200 shipped normals), added to one copy, both measured on the labelled sample.
+
+    The copy carries the fixtures' tolerances (tests/conftest.py): a tiny model's int8 ΔAUC depends on the CPU.
+    """
     from salad.calibration import calibrate_bundle
 
-    path = Path(shutil.copytree(base_bundle, tmp_path_factory.mktemp("calibrated") / "both"))
+    path = use_fixture_tolerances(Path(shutil.copytree(base_bundle, tmp_path_factory.mktemp("calibrated") / "both")))
     reports = {
         "fp16": calibrate_bundle(path, "fp16", data_labelled=SAMPLE_EVAL, latency_runs=LATENCY_RUNS),
         "int8": calibrate_bundle(path, "int8", SAMPLE_TRAIN, data_labelled=SAMPLE_EVAL, latency_runs=LATENCY_RUNS),
