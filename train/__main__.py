@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import sys
+import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -20,8 +23,6 @@ from salad.errors import SaladError
 
 
 def _rank() -> int:
-    import os
-
     return int(os.environ.get("RANK", "0"))
 
 
@@ -38,13 +39,31 @@ def _run(data: Path, out: Path, preset: str, val: Path | None, resume: bool, for
     try:
         summary = train_distributed(data, out, cfg, val=val, resume=resume, force=force)
     except ReportedByMain:
-        return  # rank 0 reports the error and fails the job; this rank leaves quietly so the failure is rank 0's
+        _leave(0)  # rank 0 reports the error and fails the job; this rank leaves quietly so the failure is rank 0's
     except SaladError as exc:
-        if _rank() != 0:
-            raise SaladError(f"[rank {_rank()}] {exc}") from exc
-        raise
+        click.echo(f"error: {exc}" if _rank() == 0 else f"error: [rank {_rank()}] {exc}", err=True)
+        _leave(1)
+    except KeyboardInterrupt:
+        click.echo(f"[rank {_rank()}] interrupted; the run continues with --resume", err=True)
+        _leave(130)
+    except Exception:  # an unexpected failure: its traceback, then the same clean exit
+        traceback.print_exc()
+        _leave(1)
     if summary is not None:
         click.echo(json.dumps(summary))
+
+
+def _leave(code: int) -> NoReturn:
+    """Exit a worker now, with `code`, once its message is out.
+
+    A normal interpreter exit runs the collective library's C++ destructors while the other ranks
+    tear down their side: Gloo can then abort the process (exit -6 instead of the decided code), which
+    torchrun would report as a crash. The message is already printed and the run directory is
+    consistent (rank 0 writes it atomically), so nothing is lost by skipping interpreter teardown.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 main = click.Command(

@@ -271,18 +271,19 @@ def train_distributed(
     """One rank of `salad train` under torchrun; returns the run summary on rank 0, None on the others."""
     out = Path(out)
     init_process_group(cfg.device)
-    try:
-        check_batch_split(cfg.batch_size, dist.get_world_size())
-        lists: tuple[list[Sample], list[Sample], dict[str, Any]] = from_main(lambda: prepare_data(data, val, cfg))
-        trainer = Trainer(cfg, out, *lists, replicas=DistributedReplicas(sync_batchnorm=sync_batchnorm))
-        state = from_main(lambda: load_checkpoint(out / "checkpoint.pt") if claim_run_dir(out, resume, force) else None)
-        if state is not None:
-            trainer.load(state)
-        summary = trainer.fit()
-        dist.barrier()  # rank 0 finishes the run directory before anyone reports success
-        return summary if dist.get_rank() == 0 else None
-    finally:
-        dist.destroy_process_group()
+    # On an error the group is left to the process's exit (train/__main__.py leaves at once): destroying
+    # it while the other ranks are already leaving can make Gloo abort the process.
+    check_batch_split(cfg.batch_size, dist.get_world_size())
+    lists: tuple[list[Sample], list[Sample], dict[str, Any]] = from_main(lambda: prepare_data(data, val, cfg))
+    trainer = Trainer(cfg, out, *lists, replicas=DistributedReplicas(sync_batchnorm=sync_batchnorm))
+    state = from_main(lambda: load_checkpoint(out / "checkpoint.pt") if claim_run_dir(out, resume, force) else None)
+    if state is not None:
+        trainer.load(state)
+    summary = trainer.fit()
+    dist.barrier()  # rank 0 finishes the run directory before anyone reports success
+    rank = dist.get_rank()
+    dist.destroy_process_group()
+    return summary if rank == 0 else None
 
 
 # -- the launcher behind `salad train --nproc N` ---------------------------------------------------
