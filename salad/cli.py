@@ -6,9 +6,12 @@ torch or onnx. A SaladError becomes a one-line message and exit code 1, never a 
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,10 +26,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def friendly_errors(fn: F) -> F:
-    """Turn a SaladError (and Ctrl-C) into a clean one-line exit instead of a traceback."""
+    """Turn a SaladError, an OS-level failure, Ctrl-C or SIGTERM into a clean one-line exit, never a traceback.
+
+    SIGTERM (how a service manager stops a process) is handled like Ctrl-C, so the same cleanup runs:
+    temporaries are removed and nothing half-written is kept.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        previous = _terminate_as_interrupt()
         try:
             return fn(*args, **kwargs)
         except SaladError as exc:
@@ -35,8 +43,46 @@ def friendly_errors(fn: F) -> F:
         except KeyboardInterrupt:
             click.echo("interrupted; nothing half-written was kept (a training run continues with --resume)", err=True)
             sys.exit(130)
+        except MemoryError:
+            click.echo(
+                "error: out of memory. Lower --batch-size (training) or the batch of the command, score fewer or "
+                "smaller films per call, or use a machine with more memory.", err=True,
+            )
+            sys.exit(1)
+        except OSError as exc:  # PermissionError, a full disk, a vanished file: name the file and the fix
+            click.echo(f"error: {describe_os_error(exc)}", err=True)
+            sys.exit(1)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper  # type: ignore[return-value]
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for an OSError: the file, what the system said, and what usually fixes it."""
+    where = exc.filename if exc.filename is not None else "a file"
+    reason = exc.strerror or type(exc).__name__
+    fixes = {
+        PermissionError: "check the file's owner and mode (the command runs as this user)",
+        FileNotFoundError: "check the path",
+        IsADirectoryError: "pass a file, not a folder",
+    }
+    fix = next((text for kind, text in fixes.items() if isinstance(exc, kind)), "check the disk and the path")
+    if exc.errno is not None and exc.errno == errno.ENOSPC:
+        fix = "free space on that disk or write elsewhere"
+    return f"{where}: {reason}; {fix}."
+
+
+def _terminate_as_interrupt() -> Any:
+    """Make SIGTERM raise KeyboardInterrupt in the main thread; returns the previous handler (None elsewhere)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 class LazyChoice(click.Choice):

@@ -29,3 +29,7 @@ class CalibrationError(SaladError):
 
 class BackendUnavailableError(SaladError):
     """An optional backend (torch, onnxruntime, tensorrt, CUDA) is not installed or has no device."""
+
+
+class RunError(SaladError):
+    """A training or evaluation run that went wrong while running (non-finite loss, embeddings or scores)."""

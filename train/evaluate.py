@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from salad.data import Sample, read_samples
-from salad.errors import DataError
+from salad.errors import DataError, RunError
 from salad.preprocess import PreprocessConfig
 from salad.scoring import (
     DEFAULT_SCORE,
@@ -63,9 +63,18 @@ def load_run(run: str | Path) -> LoadedRun:
 def score_samples(run: LoadedRun, samples: list[Sample]) -> dict[str, np.ndarray]:
     """Embeddings, score and knn_angle of each sample under the run's model and bank."""
     images = preload(samples, run.preprocessing, "reading evaluation films")
+    if not bool(torch.isfinite(run.bank).all()):
+        raise RunError(f"{run.config.get('data', {}).get('train_source', 'the run')}: the run's memory bank holds "
+                       "non-finite values; the model is unusable. Retrain it (check the training films and --lr).")
     z = embed_all(run.model, images)
     scores = by_name(score_torch(z, run.bank, run.score_k))
-    return {"embedding": z.numpy(), **{name: value.numpy() for name, value in scores.items()}}
+    out = {"embedding": z.numpy(), **{name: value.numpy() for name, value in scores.items()}}
+    bad = sorted({i for values in out.values() for i in np.flatnonzero(~np.isfinite(values).reshape(len(samples), -1).all(axis=1))})
+    if bad:
+        shown = ", ".join(str(samples[i].path) for i in bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise RunError(f"non-finite embedding or score for {len(bad)} film(s): {shown}. The model or these films are "
+                       "unusable: check the films' pixel values and retrain a run whose loss stayed finite.")
+    return out
 
 
 def detection_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:

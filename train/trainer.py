@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 import salad
 from salad.data import Sample, read_samples, require_normals
-from salad.errors import DataError, SaladError
+from salad.errors import DataError, RunError, SaladError
 from salad.preprocess import PreprocessConfig
 from salad.scoring import DEFAULT_SCORE, by_name, check_k, check_score_name, score_torch
 from salad.train.datasets import AugmentConfig, augment, preload
@@ -375,6 +375,13 @@ class Trainer:
                 else:
                     disc = torch.zeros((), device=self.device)
                 loss = mse + cfg.lam * disc
+                if not math.isfinite(float(loss.detach())):
+                    raise RunError(
+                        f"{self.out}: the training loss became {float(loss.detach())} at epoch {epoch}, step {steps} "
+                        f"(reconstruction {float(mse.detach())}, discrimination {float(disc.detach())}). The run stops "
+                        "here; the last checkpoint is from the previous epoch. Check the films for non-finite pixels "
+                        "and lower --lr."
+                    )
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 self.opt.step()
@@ -483,9 +490,36 @@ def claim_run_dir(out: Path, resume: bool, force: bool, dry_run: bool = False) -
     """
     if (out / "checkpoint.pt").exists() and resume:
         return True
+    if out.exists() and not out.is_dir():
+        raise SaladError(f"{out}: exists and is not a directory; choose another --out.")
     if out.exists() and any(out.iterdir()):
         if not force:
             raise SaladError(f"{out}: run directory already exists. Pass --resume to continue it or --force to start again.")
+        if not is_run_dir(out):
+            raise SaladError(
+                f"{out}: --force replaces only a run directory (one with {' or '.join(RUN_MARKERS)}), and this folder "
+                "holds other files. Nothing was deleted; choose another --out or empty the folder yourself."
+            )
         if not dry_run:
             shutil.rmtree(out)
     return False
+
+
+#: Files that mark a folder as a run directory written by `salad train` (what --force may replace).
+RUN_MARKERS = ("config.json", "checkpoint.pt")
+#: Every file training writes into a run directory.
+RUN_FILES = frozenset({"config.json", "checkpoint.pt", "checkpoint.pt.tmp", "metrics.jsonl", "train.csv", "val.csv", "val_scores.npz"})
+
+
+def is_run_dir(path: Path) -> bool:
+    """True if `path` was written by `salad train`: a checkpoint, a run config, or nothing but training's own files."""
+    names = {p.name for p in path.iterdir()}
+    if "checkpoint.pt" in names:
+        return True
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        if isinstance(config, dict) and "train" in config and "schema_version" in config:
+            return True
+    except (OSError, ValueError):
+        pass
+    return bool(names & set(RUN_MARKERS)) and names <= RUN_FILES
