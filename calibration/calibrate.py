@@ -3,9 +3,10 @@
 Order: every cheap check (request, bundle sha256s, calibration films) runs before any graph is built.
 The variant is built in a staging copy of the bundle (hard links, a sibling directory) and measured
 there with the parity harness (salad.runtime.compare) exactly as `salad parity` will measure it
-later. Only a variant that meets its precision's tolerances is committed: its files first, then an
-atomically replaced manifest.json, so the bundle verifies at every instant. The report is written
-either way.
+later. Only a variant that meets its precision's tolerances is committed, in one atomic step (see
+`_Staging.commit`): a killed calibration leaves either the old bundle, whose accepted variants are
+all still there, or the new one. The whole run holds the bundle's writer lock, so two calibrations
+never interleave. The report is written either way (a rejected one as <precision>.rejected.*).
 """
 
 from __future__ import annotations
@@ -23,7 +24,17 @@ import numpy as np
 
 import salad
 from salad.errors import CalibrationError, SaladError
-from salad.manifest import MANIFEST, GraphSpec, Manifest, read_manifest
+from salad.fsutil import sigterm_as_interrupt, sweep_stale, temp_name, writer_lock
+from salad.manifest import (
+    GraphSpec,
+    Manifest,
+    commit_journal,
+    complete_journal,
+    confined,
+    is_bundle,
+    pending_name,
+    read_manifest,
+)
 
 from .graphs import CALIBRATION_METHODS, MIN_INT8_CHANNELS
 from .measure import LATENCY_BATCHES, LATENCY_RUNS, cpu_info, file_sizes, latency
@@ -73,87 +84,97 @@ def calibrate_bundle(
     """
     root = Path(bundle)
     _check_request(precision, method, images, min_images, max_auc_drop, data_labelled, min_channels, latency_runs)
-    manifest = read_manifest(root, verify=True)
-    existing = [k for k in (manifest.graph_key(g, precision) for g in VARIANT_GRAPHS) if k in manifest.graphs]
-    if existing and not force:
-        raise CalibrationError(
-            f"{root}: already has the {precision} variant ({', '.join(existing)}); pass --force to calibrate it again "
-            "(the current variant stays until the new one has passed its checks)."
-        )
-    for name in ("encoder", "scorer", "model"):
-        try:
-            manifest.graph(name, "fp32")
-        except SaladError as exc:
-            raise CalibrationError(f"{root}: cannot calibrate: {exc}") from exc
-    notes: list[str] = []
-    source = None
-    if precision == "int8":
-        source = CalibrationSource.from_data(data, manifest.preprocess_config, images=images, min_images=min_images)
-    elif data is not None:
-        notes.append(f"fp16 is a cast of the weights and needs no calibration films: --data {data} was not used.")
-    if max_auc_drop is not None:
-        _require_torch_reference(root, manifest)
-        _require_both_classes(data_labelled)
-    tolerances = dict(manifest.parity.get(precision) or default_tolerances(precision))
+    if not is_bundle(root):
+        read_manifest(root)  # the "not a bundle" error
+    with sigterm_as_interrupt(), writer_lock(root):  # one writer at a time; SIGTERM cleans up like Ctrl-C
+        complete_journal(root)  # a commit a killed writer left half-done is finished first
+        sweep_stale(root.resolve())  # staging copies and pending files of dead writers
+        manifest = read_manifest(root, verify=True)
+        existing = [k for k in (manifest.graph_key(g, precision) for g in VARIANT_GRAPHS) if k in manifest.graphs]
+        if existing and not force:
+            raise CalibrationError(
+                f"{root}: already has the {precision} variant ({', '.join(existing)}); pass --force to calibrate it again "
+                "(the current variant stays until the new one has passed its checks)."
+            )
+        for name in ("encoder", "scorer", "model"):
+            try:
+                manifest.graph(name, "fp32")
+            except SaladError as exc:
+                raise CalibrationError(f"{root}: cannot calibrate: {exc}") from exc
+        notes: list[str] = []
+        source = None
+        if precision == "int8":
+            source = CalibrationSource.from_data(data, manifest.preprocess_config, images=images, min_images=min_images)
+        elif data is not None:
+            notes.append(f"fp16 is a cast of the weights and needs no calibration films: --data {data} was not used.")
+        if max_auc_drop is not None:
+            _require_torch_reference(root, manifest)
+            _require_both_classes(data_labelled)
+        tolerances = dict(manifest.parity.get(precision) or default_tolerances(precision))
 
-    with _Staging(root, manifest, precision) as stage:
-        builder = _Fp16Builder(stage, precision) if precision == "fp16" else _Int8Builder(stage, source, method, per_channel, min_channels)
-        attempts: list[Attempt] = []
-        kept: list[str] = []
-        candidates = None
-        while True:
-            builder.build(kept)
-            stage.stage_variant(precision, builder, tolerances)
-            problems = builder.structure_problems()
-            if problems:
-                raise CalibrationError(f"the {precision} graphs built for {root} are not valid:\n  " + "\n  ".join(problems))
-            parity = _parity(stage.path, precision, data_labelled)
-            row = parity.rows[0]
-            fits = row.passed and (max_auc_drop is None or _auc_fits(row.metrics.get("delta_auc"), max_auc_drop))
-            attempts.append(Attempt(list(kept), dict(row.metrics), fits, _attempt_failures(row, max_auc_drop)))
-            if fits or max_auc_drop is None or precision == "fp16":
-                break
-            if candidates is None:
-                candidates = [e.name for e in builder.ranked_layers()]
-            remaining = [c for c in candidates if c not in kept]
-            if len(remaining) <= 1:  # keeping every layer float would not be an int8 variant any more
-                break
-            kept.append(remaining[0])
-
-        if max_auc_drop is not None and not fits and len(attempts) > 1:  # rebuild the best attempt for the report
-            best = min(attempts, key=_auc_distance)
-            if best is not attempts[-1]:
-                builder.build(best.kept_float)
+        with _Staging(root, manifest, precision) as stage:
+            builder = _Fp16Builder(stage, precision) if precision == "fp16" else _Int8Builder(stage, source, method, per_channel, min_channels)
+            attempts: list[Attempt] = []
+            kept: list[str] = []
+            candidates = None
+            while True:
+                builder.build(kept)
                 stage.stage_variant(precision, builder, tolerances)
+                problems = builder.structure_problems()
+                if problems:
+                    raise CalibrationError(f"the {precision} graphs built for {root} are not valid:\n  " + "\n  ".join(problems))
                 parity = _parity(stage.path, precision, data_labelled)
                 row = parity.rows[0]
-        reference_films = _reference_film_auc(stage.path, precision)
-        report = CalibrationReport(
-            bundle=str(root), precision=precision, accepted=fits,
-            graphs={manifest.graph_key(g, precision): f"{g}.{precision}.onnx" for g in VARIANT_GRAPHS},
-            settings=_settings(precision, data, method, per_channel, min_images, images, min_channels, max_auc_drop, data_labelled),
-            tolerances=tolerances, parity=parity.to_dict(), reference_films=reference_films,
-            calibration=builder.calibration_summary(), layers_in_float=builder.layers_in_float(),
-            layer_errors=builder.layer_errors(), attempts=attempts if max_auc_drop is not None else [],
-            search_order=list(candidates or []),
-            notes=notes + list(parity.notes) + builder.notes,
-        )
-        report.sizes = file_sizes(stage.path, [manifest.graphs["encoder"].file, f"encoder.{precision}.onnx",
-                                               manifest.graphs["model"].file, f"model.{precision}.onnx"])
-        report.environment = cpu_info()
-        report.latency = _latency(stage.path, stage.manifest(), precision, latency_runs)
-        if not fits:
-            report.failures = _rejection(row, max_auc_drop, attempts, precision)
-        target = Path(report_dir) if report_dir is not None else root / REPORT_DIR
-        report.write(target)
-        if not fits and raise_on_failure:
-            raise CalibrationError(
-                f"{root}: the {precision} variant was not added:\n  " + "\n  ".join(report.failures)
-                + f"\nThe bundle is unchanged. Full report: {report.files['markdown']}"
+                fits = row.passed and (max_auc_drop is None or _auc_fits(row.metrics.get("delta_auc"), max_auc_drop))
+                attempts.append(Attempt(list(kept), dict(row.metrics), fits, _attempt_failures(row, max_auc_drop)))
+                if fits or max_auc_drop is None or precision == "fp16":
+                    break
+                if candidates is None:
+                    candidates = [e.name for e in builder.ranked_layers()]
+                remaining = [c for c in candidates if c not in kept]
+                if len(remaining) <= 1:  # keeping every layer float would not be an int8 variant any more
+                    break
+                kept.append(remaining[0])
+
+            if max_auc_drop is not None and not fits and len(attempts) > 1:  # rebuild the best attempt for the report
+                best = min(attempts, key=_auc_distance)
+                if best is not attempts[-1]:
+                    builder.build(best.kept_float)
+                    stage.stage_variant(precision, builder, tolerances)
+                    parity = _parity(stage.path, precision, data_labelled)
+                    row = parity.rows[0]
+            reference_films = _reference_film_auc(stage.path, precision)
+            report = CalibrationReport(
+                bundle=str(root), precision=precision, accepted=fits,
+                graphs={manifest.graph_key(g, precision): f"{g}.{precision}.onnx" for g in VARIANT_GRAPHS},
+                settings=_settings(precision, data, method, per_channel, min_images, images, min_channels, max_auc_drop, data_labelled),
+                tolerances=tolerances, parity=parity.to_dict(), reference_films=reference_films,
+                calibration=builder.calibration_summary(), layers_in_float=builder.layers_in_float(),
+                layer_errors=builder.layer_errors(), attempts=attempts if max_auc_drop is not None else [],
+                search_order=list(candidates or []),
+                notes=notes + list(parity.notes) + builder.notes,
             )
-        if fits:
-            stage.commit(precision, report)
-    return report
+            report.sizes = file_sizes(stage.path, [manifest.graphs["encoder"].file, f"encoder.{precision}.onnx",
+                                                   manifest.graphs["model"].file, f"model.{precision}.onnx"])
+            report.environment = cpu_info()
+            report.latency = _latency(stage.path, stage.manifest(), precision, latency_runs)
+            if not fits:
+                report.failures = _rejection(row, max_auc_drop, attempts, precision)
+            _unstage(report, stage.path, root)
+            target = Path(report_dir) if report_dir is not None else root / REPORT_DIR
+            in_bundle = report_dir is None
+            if not fits or not in_bundle:
+                report.write(target)  # a rejected variant's report: <precision>.rejected.json/.md
+            if not fits and raise_on_failure:
+                stays = (f" (its {precision} variant and that variant's report {root / REPORT_DIR / (precision + '.md')} stay as they were)"
+                        if existing else "")
+                raise CalibrationError(
+                    f"{root}: the {precision} variant was not added:\n  " + "\n  ".join(report.failures)
+                    + f"\nThe bundle is unchanged{stays}. Report of this rejected attempt: {report.files['markdown']}"
+                )
+            if fits:
+                stage.commit(precision, report, in_bundle)
+        return report
 
 
 # -- request checks ------------------------------------------------------------------------------------
@@ -276,7 +297,7 @@ def _reference_film_auc(root: Path, precision: str) -> dict[str, Any]:
 
     manifest = read_manifest(root, verify=False)
     images, _, stored = read_reference(root, manifest)
-    with np.load(root / str(manifest.reference.get("file") or "reference.npz"), allow_pickle=False) as ref:
+    with np.load(manifest.path_of(root, str(manifest.reference.get("file") or "reference.npz")), allow_pickle=False) as ref:
         labels = np.asarray(ref["label"]) if "label" in ref.files else None
     out: dict[str, Any] = {"images": int(len(images))}
     if labels is None or len(np.unique(labels)) < 2:
@@ -287,7 +308,7 @@ def _reference_film_auc(root: Path, precision: str) -> dict[str, Any]:
     session = ort.InferenceSession(str(root / spec.file), options, providers=["CPUExecutionProvider"])
     feed: dict[str, np.ndarray] = {"image": images}
     if any(t.name == "bank" for t in spec.inputs):
-        feed["bank"] = np.load(root / str(manifest.bank.get("file") or "bank.npy"), allow_pickle=False).astype(np.float32)
+        feed["bank"] = np.load(manifest.path_of(root, str(manifest.bank.get("file") or "bank.npy")), allow_pickle=False).astype(np.float32)
     score_name = str(manifest.threshold.get("score", "score"))
     got = session.run([score_name], feed)[0]
     auc, ap = detection_metrics(labels, got)
@@ -309,7 +330,7 @@ def _latency(root: Path, manifest: Manifest, precision: str, runs: int) -> dict[
             graphs[label] = root / spec.file
             if any(t.name == "bank" for t in spec.inputs):
                 if bank is None:
-                    bank = np.load(root / str(manifest.bank.get("file") or "bank.npy"), allow_pickle=False).astype(np.float32)
+                    bank = np.load(manifest.path_of(root, str(manifest.bank.get("file") or "bank.npy")), allow_pickle=False).astype(np.float32)
                 static[label] = {"bank": bank}
     return latency(graphs, images[: max(LATENCY_BATCHES)], static=static, runs=runs)
 
@@ -492,10 +513,13 @@ class _Staging:
         keys = [manifest.graph_key(g, precision) for g in VARIANT_GRAPHS]
         self.replaced = {manifest.graphs[k].file for k in keys if k in manifest.graphs}
         self.external = {f for g in manifest.graphs.values() for f in g.external_data}
+        real = root.resolve()
         try:  # a sibling, so that hard links work and the variant files can be moved in with os.replace
-            self.path = Path(tempfile.mkdtemp(prefix=f".{root.name}.calibrate-", dir=root.resolve().parent))
+            self.path = real.parent / temp_name(f".{real.name}.calibrate-")  # the owner pid lets a later run sweep it
+            self.path.mkdir(mode=0o700)
         except OSError:  # a read-only parent: inside the bundle, which must be writable anyway
-            self.path = Path(tempfile.mkdtemp(prefix=".calibrate-", dir=root))
+            self.path = root / temp_name(".calibrate-")
+            self.path.mkdir(mode=0o700)
         self._manifest: Manifest | None = None
 
     def __enter__(self) -> _Staging:
@@ -576,29 +600,65 @@ class _Staging:
         if problems:
             raise CalibrationError(f"the {precision} graphs are not valid:\n  " + "\n  ".join(problems))
 
-    def commit(self, precision: str, report: CalibrationReport) -> None:
-        """Move the variant's files into the bundle, then atomically replace manifest.json (old variant entries first)."""
+    def commit(self, precision: str, report: CalibrationReport, report_in_bundle: bool) -> None:
+        """Commit the variant (and its report) to the bundle in one atomic step; call with the writer lock held.
+
+        1. the variant's files (and report) are moved into the bundle under pending names (.NAME.pending-PID),
+           which the current manifest does not list, so the bundle still verifies as before;
+        2. the journal (the renames + the complete new manifest) is written with one atomic rename —
+           the commit point;
+        3. the renames and manifest.json are applied and the journal removed (complete_journal, which
+           the next writer or reader repeats, idempotently, if this process is killed in step 3).
+        Killed before step 2: the old bundle with every accepted variant, plus pending files a later run sweeps.
+        """
         staged = self.manifest()
         keys = [staged.graph_key(g, precision) for g in VARIANT_GRAPHS]
         current = read_manifest(self.root, verify=False)
-        if any(k in current.graphs for k in keys):  # replacing: first a manifest that no longer vouches for the old files
+        moves: list[tuple[Path, str]] = [(self.path / staged.graphs[k].file, staged.graphs[k].file) for k in keys]
+        report_name = None
+        if report_in_bundle:
+            folder = self.path / REPORT_DIR
+            written = report.write(folder)
+            for kind, final in report.file_names().items():
+                moves.append((Path(written[kind]), f"{REPORT_DIR}/{final}"))
+            report_name = f"{REPORT_DIR}/{report.file_names()['json']}"
+        renames: list[tuple[str, str]] = []
+        try:
+            for source, final in moves:
+                pending = pending_name(final)
+                target = confined(self.root, pending)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(source, target)
+                renames.append((pending, final))
             for k in keys:
-                current.graphs.pop(k, None)
-            _write_manifest_atomic(self.root, current)
-        for k in keys:
-            os.replace(self.path / staged.graphs[k].file, self.root / staged.graphs[k].file)
-        for k in keys:
-            current.graphs[k] = staged.graphs[k]
-            current.graphs[k].details["parity"] = {m: report.parity.get(m) for m in ("images", "label_agreement", "delta_auc", "max_abs_score_diff", "embedding_cosine_min")}
-        current.parity[precision] = dict(report.tolerances)
-        current.calibration[precision] = {
-            **report.calibration,
-            "layers_in_float": list(report.layers_in_float),
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "report": _relative(report.files.get("json"), self.root),
-        }
-        _write_manifest_atomic(self.root, current)
+                current.graphs[k] = staged.graphs[k]
+                current.graphs[k].details["parity"] = {m: report.parity.get(m) for m in ("images", "label_agreement", "delta_auc", "max_abs_score_diff", "embedding_cosine_min")}
+            current.parity[precision] = dict(report.tolerances)
+            current.calibration[precision] = {
+                **report.calibration,
+                "layers_in_float": list(report.layers_in_float),
+                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "report": report_name or _relative(report.files.get("json"), self.root),
+            }
+            commit_journal(self.root, renames, current)
+        except BaseException:
+            if not (self.root / ".journal.json").exists():  # not committed: the pending files are litter
+                for pending, _ in renames:
+                    (self.root / pending).unlink(missing_ok=True)
+            raise
+        if report_in_bundle:
+            report.files = {kind: str(self.root / REPORT_DIR / name) for kind, name in report.file_names().items()}
         read_manifest(self.root, verify=True)
+
+
+def _unstage(report: CalibrationReport, staging: Path, root: Path) -> None:
+    """Name the bundle, never the staging copy (deleted when calibration ends), in the report's figures and messages."""
+    def fix(value: Any) -> Any:
+        return json.loads(json.dumps(value).replace(json.dumps(str(staging))[1:-1], json.dumps(str(root))[1:-1]))
+
+    report.parity = fix(report.parity)
+    report.notes = fix(report.notes)
+    report.failures = fix(report.failures)
 
 
 def _relative(path: str | None, root: Path) -> str | None:
@@ -608,18 +668,3 @@ def _relative(path: str | None, root: Path) -> str | None:
         return str(Path(path).resolve().relative_to(root.resolve()))
     except ValueError:
         return str(path)
-
-
-def _write_manifest_atomic(root: Path, manifest: Manifest) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", suffix=".tmp", dir=root)
-    try:
-        old = root / MANIFEST
-        os.chmod(tmp, old.stat().st_mode & 0o777 if old.exists() else 0o644)  # mkstemp's 0600 would hide it from other users
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(manifest.to_dict(), indent=2) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, root / MANIFEST)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

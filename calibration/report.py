@@ -1,7 +1,9 @@
 """The calibration report of one variant: accuracy against PyTorch, per-layer error, size and CPU latency.
 
 Written as JSON (for machines and CI) and markdown (for the person deciding whether to ship the
-variant) to --report-dir or BUNDLE/calibration/, whether or not the variant was accepted.
+variant) to --report-dir or BUNDLE/calibration/, whether or not the variant was accepted: an accepted
+variant's report is <precision>.json/.md, a rejected one's <precision>.rejected.json/.md, so a
+rejected attempt never overwrites the report of the variant the bundle keeps.
 """
 
 from __future__ import annotations
@@ -205,10 +207,19 @@ class CalibrationReport:
             return ", ".join(f"{n} {k} films" for k, n in images.items()) or "no films"
         return f"{images} films"
 
-    def write(self, directory: Path) -> dict[str, str]:
-        """Write <precision>.json and <precision>.md into `directory`; returns their paths."""
+    @property
+    def stem(self) -> str:
+        """The report's file name without extension: <precision>, or <precision>.rejected for a rejected variant."""
+        return self.precision if self.accepted else f"{self.precision}.rejected"
+
+    def file_names(self) -> dict[str, str]:
+        """"json"/"markdown" → the report's file names (no folder)."""
+        return {"json": f"{self.stem}.json", "markdown": f"{self.stem}.md"}
+
+    def write(self, directory: Path, names: dict[str, str] | None = None) -> dict[str, str]:
+        """Write the JSON and markdown report into `directory` (as `names`, default `file_names()`); returns their paths."""
         directory.mkdir(parents=True, exist_ok=True)
-        paths = {"json": directory / f"{self.precision}.json", "markdown": directory / f"{self.precision}.md"}
+        paths = {k: directory / v for k, v in (names or self.file_names()).items()}
         self.files = {k: str(v) for k, v in paths.items()}
         paths["json"].write_text(self.to_json() + "\n", encoding="utf-8")
         paths["markdown"].write_text(self.to_markdown(), encoding="utf-8")

@@ -222,7 +222,7 @@ def _encoder(root: Path, manifest: Manifest, precision: str) -> _Graph:
     """The encoder at `precision`: its own graph if the bundle has one, else the image → embedding part of model.<precision>."""
     key = manifest.graph_key("encoder", precision)
     if key in manifest.graphs:
-        return _Graph(manifest.graphs[key], source=root / manifest.graphs[key].file)
+        return _Graph(manifest.graphs[key], source=manifest.path_of(root, manifest.graphs[key].file))
     import onnx
     from onnx.utils import Extractor
 
@@ -230,7 +230,7 @@ def _encoder(root: Path, manifest: Manifest, precision: str) -> _Graph:
     plain = manifest.graph("encoder")
     inputs = [t for t in merged.inputs if t.name in {i.name for i in plain.inputs}]
     outputs = [t for t in merged.outputs if t.name in {o.name for o in plain.outputs}]
-    proto = onnx.load(str(root / merged.file), load_external_data=False)
+    proto = onnx.load(str(manifest.path_of(root, merged.file)), load_external_data=False)
     sub = Extractor(proto).extract_model([t.name for t in inputs], [t.name for t in outputs])
     if any(init.data_location == onnx.TensorProto.EXTERNAL for init in sub.graph.initializer):
         raise BundleError(f"{root / merged.file}: its encoder part keeps weights in external data; export the encoder as a graph of its own.")
@@ -246,15 +246,15 @@ def _scorer(root: Path, manifest: Manifest, precision: str) -> _Graph:
     key = manifest.graph_key("scorer", precision)
     spec = manifest.graphs[key] if key in manifest.graphs else manifest.graph("scorer")
     if not any(t.name == "bank" for t in spec.inputs):
-        return _Graph(spec, source=root / spec.file, external=tuple(root / f for f in spec.external_data))
+        return _Graph(spec, source=manifest.path_of(root, spec.file), external=tuple(manifest.path_of(root, f) for f in spec.external_data))
     # A --bank-as-input bundle: Triton batches every input, so bind bank.npy into the graph as export does.
     import onnx
 
     from salad.export.graphs import bank_tensor, bind_bank  # imports torch: only for this bundle form
 
-    bank_file = root / (manifest.bank.get("file") or "bank.npy")
+    bank_file = manifest.path_of(root, str(manifest.bank.get("file") or "bank.npy"))
     bank = np.load(bank_file, allow_pickle=False)
-    proto = bind_bank(onnx.load(str(root / spec.file)), bank_tensor(bank, None))
+    proto = bind_bank(onnx.load(str(manifest.path_of(root, spec.file))), bank_tensor(bank, None))
     bound = GraphSpec(
         file=spec.file, sha256="", precision=spec.precision, opset=spec.opset,
         inputs=[t for t in spec.inputs if t.name != "bank"], outputs=list(spec.outputs), details={"bank": f"bound from {bank_file.name}"},
@@ -292,12 +292,12 @@ def _check_chain(repo: Path, root: Path, manifest: Manifest, encoder: _Graph, sc
     enc = session(repo / names["encoder"] / VERSION / MODEL_FILE)
     sco = session(repo / names["scorer"] / VERSION / MODEL_FILE)
     merged_spec = manifest.graph("model", precision)
-    merged = session(root / merged_spec.file)
-    images = read_reference(root / (manifest.reference.get("file") or "reference.npz"))["image"]
+    merged = session(manifest.path_of(root, merged_spec.file))
+    images = read_reference(manifest.path_of(root, str(manifest.reference.get("file") or "reference.npz")))["image"]
     image_spec = encoder.spec.inputs[0]
     extra = {}
     if any(t.name == "bank" for t in merged_spec.inputs):
-        extra["bank"] = np.load(root / (manifest.bank.get("file") or "bank.npy"), allow_pickle=False).astype(np.float32)
+        extra["bank"] = np.load(manifest.path_of(root, str(manifest.bank.get("file") or "bank.npy")), allow_pickle=False).astype(np.float32)
     got: dict[str, list[np.ndarray]] = {}
     want: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(images), max_batch):
@@ -374,7 +374,7 @@ def export_triton(
         "salad.bundle_created": manifest.created,
     }
     preprocessing = json.dumps(manifest.preprocessing, sort_keys=True, ensure_ascii=False)
-    with atomic_directory(out, force=force) as tmp:
+    with atomic_directory(out, force=force, replaceable=is_triton_repository, what="Triton model repository") as tmp:
         digests = {
             "encoder": _write_graph(encoder, tmp / names["encoder"] / VERSION),
             "scorer": _write_graph(scorer, tmp / names["scorer"] / VERSION),
@@ -408,6 +408,11 @@ def export_triton(
             repository_readme(manifest, names, configs, precision, max_batch, tensorrt_accelerator, root, measured), encoding="utf-8",
         )
     return out
+
+
+def is_triton_repository(path: Path) -> bool:
+    """A directory `--force` may replace: a model repository (at least one MODEL/config.pbtxt), as export-triton writes."""
+    return any(path.glob("*/config.pbtxt"))
 
 
 def _check_wiring(encoder: GraphSpec, scorer: GraphSpec, manifest: Manifest) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from salad.errors import ExportValidationError
-from salad.manifest import GraphSpec, Manifest, read_manifest
+from salad.manifest import GraphSpec, Manifest, confined, read_manifest
 from salad.scoring import DEFAULT_SCORE, decide
 
 from .spec import BANK_INPUT, BATCH, MIN_OPSET, REFERENCE_FILE, VALIDATION_BATCH_SIZES
@@ -81,7 +81,7 @@ def check_structure(root: Path, key: str, spec: GraphSpec) -> list[str]:
 
     from .graphs import tensor_specs
 
-    path = root / spec.file
+    path = confined(root, spec.file)
     where = f"{key} ({spec.file})"
     try:
         onnx.checker.check_model(str(path), full_check=True)
@@ -137,7 +137,7 @@ def check_parity(
 
     from .reference import read_reference
 
-    ref = read_reference(root / REFERENCE_FILE)
+    ref = read_reference(manifest.path_of(root, str(manifest.reference.get("file") or REFERENCE_FILE)))
     n = len(ref["image"])
     threshold = float(manifest.threshold["value"])
     decided_by = str(manifest.threshold.get("score", DEFAULT_SCORE))
@@ -150,7 +150,7 @@ def check_parity(
         feeds: dict[str, np.ndarray] = {}
         for t in spec.inputs:
             if t.name == BANK_INPUT:
-                feeds[t.name] = np.load(root / str(manifest.bank["file"]), allow_pickle=False)
+                feeds[t.name] = np.load(manifest.path_of(root, str(manifest.bank["file"])), allow_pickle=False)
             elif t.name in ref:
                 feeds[t.name] = ref[t.name]
         unknown = [t.name for t in spec.inputs if t.name not in feeds]
@@ -161,7 +161,7 @@ def check_parity(
         try:
             opts = ort.SessionOptions()
             opts.log_severity_level = 3
-            session = ort.InferenceSession(str(root / spec.file), opts, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(str(manifest.path_of(root, spec.file)), opts, providers=["CPUExecutionProvider"])
             full = _run(session, feeds, batched, max(n, 1), n)
             runs = {b: _run(session, feeds, batched, b, n) for b in batch_sizes if b < n}
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types

@@ -59,7 +59,8 @@ class BundleGraph:
 
     @property
     def path(self) -> Path:
-        return self.root / self.spec.file
+        """The graph's file, confined to the bundle and listed with its sha256 (Manifest.path_of)."""
+        return self.manifest.path_of(self.root, self.spec.file)
 
     @property
     def content_sha256(self) -> str:

@@ -480,7 +480,7 @@ class _InputSet:
 
 def read_reference(root: Path, manifest: Manifest) -> tuple[np.ndarray, list[str], Outputs]:
     """reference.npz's images, film names ("reference.npz:NAME") and stored PyTorch outputs (never unpickling)."""
-    path = root / str(manifest.reference.get("file") or REFERENCE_FILE)
+    path = manifest.path_of(root, str(manifest.reference.get("file") or REFERENCE_FILE))
     if not path.is_file():
         raise BundleError(f"{path}: missing; parity needs the bundle's reference films. Re-copy or re-export the bundle.")
     wanted = ("image", "path", *COMPARED_OUTPUTS)
@@ -512,7 +512,7 @@ def _static_feed(root: Path, runner: Runner) -> dict[str, np.ndarray]:
     if not any(t.name == BANK_INPUT for t in runner.spec.inputs):
         return {}
     bank = runner.graph.manifest.bank.get("file") or BANK_FILE
-    path = root / str(bank)
+    path = runner.graph.manifest.path_of(root, str(bank))
     try:
         return {BANK_INPUT: np.ascontiguousarray(np.load(path, allow_pickle=False), dtype=np.float32)}
     except (OSError, ValueError) as exc:

@@ -50,7 +50,7 @@ class TorchRunner(Runner):
 
     def _activate(self) -> None:
         ckpt = self.graph.root / CHECKPOINT
-        if not ckpt.is_file():
+        if not ckpt.is_file() or CHECKPOINT not in self.graph.manifest.files:  # an unlisted checkpoint is unverified
             raise BundleError(
                 f"{self.graph.root}: bundle has no {CHECKPOINT} (exported with --slim?). The torch reference runtime "
                 "rebuilds the model from it: re-export without --slim, or use --runtime onnxruntime."
@@ -61,7 +61,7 @@ class TorchRunner(Runner):
 
         if self.threads:
             torch.set_num_threads(int(self.threads))
-        loaded = load_run(ckpt)
+        loaded = load_run(self.graph.manifest.path_of(self.graph.root, CHECKPOINT))
         manifest = self.graph.manifest
         rows = manifest.bank.get("rows")
         if rows is not None and int(rows) != int(loaded.bank.shape[0]):

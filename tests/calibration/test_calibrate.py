@@ -153,7 +153,8 @@ def test_a_variant_outside_its_tolerances_is_not_added(bundle_copy: Path, tmp_pa
     assert "fp16: max_abs_score_diff = " in str(info.value) and "> tolerance 1e-09" in str(info.value)
     assert "The bundle is unchanged" in str(info.value)
     assert (bundle_copy / "manifest.json").read_bytes() == before and not list(bundle_copy.glob("*.fp16.onnx"))
-    assert json.loads((tmp_path / "reports" / "fp16.json").read_text())["accepted"] is False
+    assert json.loads((tmp_path / "reports" / "fp16.rejected.json").read_text())["accepted"] is False  # never over an accepted report
+    assert not (tmp_path / "reports" / "fp16.json").exists()
     assert not [p for p in bundle_copy.parent.iterdir() if ".calibrate-" in p.name], "the staging copy was left behind"
     report = calibrate_bundle(bundle_copy, "fp16", raise_on_failure=False, latency_runs=1)  # e.g. for a demo's summary
     assert report.accepted is False and report.failures[0].startswith("fp16: max_abs_score_diff = ")
@@ -256,7 +257,7 @@ def test_bounded_loop_fails_with_the_best_figure_when_nothing_fits(bundle_copy: 
     assert "the int8 variant was not added" in text and f"no variant kept |ΔAUC| ≤ 0.005 and every tolerance after {eligible} attempt(s)" in text
     assert "the best reached ΔAUC +0.017 with 3 extra layer(s) in float" in text and "The bundle is unchanged" in text
     assert not list(bundle_copy.glob("*.int8.onnx"))
-    data = json.loads((bundle_copy / "calibration" / "int8.json").read_text())
+    data = json.loads((bundle_copy / "calibration" / "int8.rejected.json").read_text())
     assert data["accepted"] is False and [len(a["kept_float"]) for a in data["attempts"]] == list(range(eligible))
 
 
