@@ -141,7 +141,7 @@ def read_raster_header(data: bytes, path: Path) -> RasterHeader:
             (bits,) = struct.unpack_from("<H", data, 28)
             return RasterHeader("BMP", abs(w), abs(h), max(1, math.ceil(bits / 8)), 1)
     except (struct.error, ValueError, IndexError) as exc:
-        raise DataError(f"{path}: corrupt image header ({exc}); re-copy or re-export the image.") from None
+        raise DataError(f"{path}: cannot decode image (corrupt or truncated header: {exc}); re-copy or re-export the image.") from None
     raise DataError(
         f"{path}: the file does not start like a PNG, JPEG, TIFF or BMP (first bytes {data[:8]!r}); "
         f"it is not really a {path.suffix} file. Re-export it as PNG or DICOM."
