@@ -8,7 +8,7 @@ PNG with --plot): first/last/max RSS, the RSS slope over the second half in MB p
 the fd range, throughput, CPU model and library versions.
 
 It exports nothing unless no bundle is given; then it trains a tiny run on salad/sample/train/normal
-and exports it (salad.train.trainer.train_run + salad.export.export_bundle) into --out/bundle.
+and exports it (salad.train.trainer.train_run + salad.export.export_bundle) into --build-dir.
 Usage: python benchmarks/soak.py [BUNDLE] [--films 50000] [--batch 32] [--every 1000] [--out DIR] [--plot]
 """
 
@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -187,7 +188,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: soak a bundle (or a freshly built tiny one) and write soak.json / soak.md (/ soak.png)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("bundle", nargs="?", type=Path, help="bundle to score with (default: build a tiny one in --out/bundle)")
+    parser.add_argument("bundle", nargs="?", type=Path, help="bundle to score with (default: build a tiny one in --build-dir)")
     parser.add_argument("--films", type=int, default=50_000, help="films to score (cycling the shipped sample)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--every", type=int, default=1000, help="sample RSS and fds every this many films")
@@ -196,9 +197,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="runner threads (default: the runtime's)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/soak"))
     parser.add_argument("--plot", action="store_true", help="also write soak.png")
+    parser.add_argument("--build-dir", type=Path, default=None,
+                        help="where a tiny bundle is built when none is given (default: a temporary folder)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    bundle = args.bundle or build_tiny_bundle(args.out)
+    bundle = args.bundle or build_tiny_bundle(args.build_dir or Path(tempfile.mkdtemp(prefix="salad-soak-")))
     options = {"threads": args.threads} if args.threads else {}
     report = soak(bundle, sample_films(), args.films, batch=args.batch, every=args.every, runtime=args.runtime,
                   precision=args.precision, **options)
