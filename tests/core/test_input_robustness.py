@@ -29,6 +29,13 @@ from ..conftest import SAMPLE_EVAL, SAMPLE_TRAIN
 FILM = sorted(SAMPLE_TRAIN.glob("*.jpeg"))[0]
 
 
+def grey(path: Path) -> np.ndarray:
+    """A real film as 8-bit grey, read directly with OpenCV (the test's own oracle, not the reader under test)."""
+    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    assert img is not None, path
+    return img
+
+
 def dicom_data(name: str) -> Path:
     """A real DICOM from pydicom's own test files or the pydicom-data package (no download)."""
     pytest.importorskip("data_store", reason="pydicom-data is not installed (pip install pydicom-data)")
@@ -243,7 +250,7 @@ def test_empty_folder_is_an_entry_not_an_exception(tmp_path: Path) -> None:
 
 
 def test_multi_page_tiff_is_refused_naming_the_page_count(tmp_path: Path) -> None:
-    pages = [cv2.imread(str(f), cv2.IMREAD_GRAYSCALE) for f in sorted(SAMPLE_TRAIN.glob("*.jpeg"))[:3]]
+    pages = [grey(f) for f in sorted(SAMPLE_TRAIN.glob("*.jpeg"))[:3]]
     assert cv2.imwritemulti(str(tmp_path / "stack.tiff"), pages)
     with pytest.raises(DataError, match=r"stack\.tiff: multi-page TIFF with 3 pages; expected one radiograph per file"):
         read_image(tmp_path / "stack.tiff")
@@ -284,7 +291,7 @@ def test_sixteen_bit_png_bomb_is_refused_from_its_header(tmp_path: Path) -> None
 
 
 def test_a_real_sixteen_bit_png_still_reads(tmp_path: Path) -> None:
-    film = cv2.imread(str(FILM), cv2.IMREAD_GRAYSCALE).astype(np.uint16) * 257
+    film = grey(FILM).astype(np.uint16) * 257
     cv2.imwrite(str(tmp_path / "film16.png"), film)
     img = read_image(tmp_path / "film16.png")
     assert img.dtype == np.float32 and img.min() == 0.0 and img.max() == 1.0
