@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from salad.cli import LazyChoice, friendly_errors
-from salad.data import find_images
+from salad.data import Unreadable, scan_images
 from salad.manifest import PRECISIONS
 
 from .base import runner_names
@@ -49,18 +49,21 @@ def score_command(
 ) -> None:
     """Score X-ray files, folders (searched recursively) and DICOM with BUNDLE.
 
-    Unreadable files are reported one per line and do not stop the others; the exit code is 1 if
-    any file failed.
+    Every path that cannot be scored (missing, empty or unreadable folder, symlink loop, unreadable
+    or refused file, non-finite output) is its own error row and one line on stderr; the others are
+    still scored, and the exit code is 1 if anything failed.
     """
-    files = find_images(paths)
+    entries = scan_images(paths)
     if triton_url is not None:
         from .triton_client import triton_scorer
 
         scorer = triton_scorer(bundle, triton_url, model=triton_model, precision=precision, max_batch=batch)
     else:
         scorer = Scorer.from_bundle(bundle, runtime=runtime, precision=precision, device=device, max_batch=batch)
+    files = [e for e in entries if isinstance(e, Path)]
     with scorer:
-        results = scorer.score(files, on_error="record")
+        scored = iter(scorer.score(files, on_error="record") if files else [])
+    results = [Result.failure(str(e.path), e.error) if isinstance(e, Unreadable) else next(scored) for e in entries]
     failed = [r for r in results if not r.ok]
     if json_out is not None:
         payload = {
@@ -71,7 +74,7 @@ def score_command(
             "threshold": {"value": scorer.threshold, "score": scorer.threshold_score},
             "bundle": str(bundle),
         }
-        text = json.dumps(payload, indent=2)
+        text = json.dumps(payload, indent=2, allow_nan=False)  # strict JSON: a NaN never reaches a consumer
         if str(json_out) == "-":
             click.echo(text)
         else:

@@ -76,6 +76,11 @@ class Result:
             "ms": round(self.timings.total_ms, 3),
         }
 
+    @classmethod
+    def failure(cls, name: str | None, exc: BaseException, ms: float = 0.0) -> Result:
+        """The error row of a film that could not be scored: the message names the file, no scores, no label."""
+        return _failed(name, exc, ms)
+
 
 class Scorer:
     """Preprocessing + a Runner + thresholds. Build it with `Scorer.from_bundle`; use `score`."""
@@ -175,7 +180,9 @@ class Scorer:
                 t0 = time.perf_counter_ns()
                 try:
                     tensors.append(self._prepare(name, item))
-                except (SaladError, OSError, ValueError) as exc:
+                except Exception as exc:
+                    # "record" keeps one bad film from stopping the others, whatever its reader raised
+                    # (a decoder's own error type included): that film gets an error row instead.
                     if on_error == "raise":
                         raise
                     ms = (time.perf_counter_ns() - t0) / 1e6
@@ -187,7 +194,18 @@ class Scorer:
             out = self.runner.infer({IMAGE_INPUT: np.stack(tensors), **self._extra_feed})
             per_image = self.runner.last_inference_ms / len(tensors)
             labels = decide(out[self.threshold_score], self.threshold)
+            bad = _non_finite_rows(out)
             for j, (index, name, pre_ms) in enumerate(done):
+                if j in bad:
+                    error = DataError(
+                        f"{name or 'array input'}: the {self.runtime}/{self.precision} runtime returned non-finite "
+                        f"{bad[j]} for this film, so it is not labelled. Run `salad parity {self.bundle}` "
+                        "to check the bundle on this runtime."
+                    )
+                    if on_error == "raise":
+                        raise error
+                    results[index] = _failed(name, error, pre_ms)
+                    continue
                 results[index] = Result(
                     path=name,
                     score=float(out["score"][j]),
@@ -278,6 +296,19 @@ def _check_array(image: np.ndarray, name: str | None) -> np.ndarray:
             "(divide 8-bit images by 255, or read files with salad.imageio.read_image)."
         )
     return values
+
+
+def _non_finite_rows(out: dict[str, np.ndarray]) -> dict[int, str]:
+    """Row → what was non-finite in it (embedding, score, knn_angle): those films must not get a label."""
+    bad: dict[int, str] = {}
+    for key, values in out.items():
+        arr = np.asarray(values)
+        if arr.ndim == 0 or arr.dtype.kind != "f":
+            continue
+        finite = np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1)
+        for j in np.flatnonzero(~finite).tolist():
+            bad[j] = f"{bad[j]}, {key}" if j in bad else key
+    return bad
 
 
 def _failed(name: str | None, exc: BaseException, ms: float) -> Result:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,26 +27,113 @@ class Sample:
     patient: str | None = None
 
 
+@dataclass(frozen=True)
+class Unreadable:
+    """A path given or found that cannot be scored (missing, empty folder, unreadable folder, symlink loop) and why."""
+
+    path: Path
+    error: DataError
+
+
+def _unreadable(path: Path, why: str) -> Unreadable:
+    return Unreadable(path, DataError(f"{path}: {why}"))
+
+
+def _entry(path: Path) -> Path | Unreadable | None:
+    """One directory entry: an image file, an Unreadable (dangling link, symlink loop, no access), or None to ignore."""
+    try:
+        info = os.stat(path)  # follows links: ELOOP for a loop, ENOENT for a dangling link
+    except OSError as exc:
+        return _unreadable(path, f"cannot open ({exc.strerror or exc}); a broken or looping link, or no permission.")
+    if not stat.S_ISREG(info.st_mode):
+        return None
+    return path if is_image_path(path) else None
+
+
+def _walk(folder: Path, recursive: bool) -> tuple[list[Path], list[Unreadable]]:
+    """Image files under `folder` and every folder or entry that could not be read (never skipped silently).
+
+    os.walk follows symlinked folders; a folder reached twice (a symlink loop) is reported once and
+    not descended again, and os.walk's onerror reports folders whose listing fails.
+    """
+    files: list[Path] = []
+    problems: list[Unreadable] = []
+
+    def listing_failed(exc: OSError) -> None:
+        problems.append(_unreadable(Path(exc.filename or folder), f"cannot list this folder ({exc.strerror or exc})."))
+
+    seen: dict[tuple[int, int], str] = {}
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=listing_failed, followlinks=True):
+        try:
+            info = os.stat(dirpath)
+        except OSError as exc:
+            problems.append(_unreadable(Path(dirpath), f"cannot open this folder ({exc.strerror or exc})."))
+            dirnames.clear()
+            continue
+        key = (info.st_dev, info.st_ino)
+        if key in seen:
+            problems.append(_unreadable(Path(dirpath), f"symlink loop: this folder is {seen[key]} again; not searched twice."))
+            dirnames.clear()
+            continue
+        seen[key] = dirpath
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if not recursive:
+            dirnames.clear()
+        for name in filenames:
+            if name.startswith("."):
+                continue
+            found = _entry(Path(dirpath) / name)
+            if isinstance(found, Unreadable):
+                problems.append(found)
+            elif found is not None:
+                files.append(found)
+    return sorted(files), problems
+
+
 def _images_in(folder: Path, recursive: bool) -> list[Path]:
-    it = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in it if p.is_file() and not p.name.startswith(".") and is_image_path(p))
+    """Images in a folder for training and evaluation: any unreadable folder or link is an error, not a gap."""
+    files, problems = _walk(folder, recursive)
+    if problems:
+        shown = "; ".join(str(p.error) for p in problems[:3]) + (f" and {len(problems) - 3} more" if len(problems) > 3 else "")
+        raise DataError(f"{folder}: {len(problems)} path(s) could not be read, so the image list would be incomplete: {shown}")
+    return files
+
+
+def scan_images(paths: Sequence[str | Path]) -> list[Path | Unreadable]:
+    """Files as given and folders searched recursively, in order; what cannot be used is an Unreadable entry.
+
+    Nothing here raises for one bad path: a missing path, an empty or unreadable folder and a
+    symlink loop each become one Unreadable, so `salad score` still scores every good file.
+    """
+    found: list[Path | Unreadable] = []
+    for raw in paths:
+        p = Path(raw)
+        try:
+            info = os.stat(p)
+        except FileNotFoundError:
+            found.append(_unreadable(p, "no such file or folder."))
+            continue
+        except OSError as exc:
+            found.append(_unreadable(p, f"cannot open ({exc.strerror or exc}); a looping link, or no permission."))
+            continue
+        if not stat.S_ISDIR(info.st_mode):
+            found.append(p)
+            continue
+        files, problems = _walk(p, recursive=True)
+        found.extend(files)
+        found.extend(problems)
+        if not files and not problems:
+            found.append(_unreadable(p, "folder contains no images (looked recursively for PNG/JPEG/TIFF/DICOM)."))
+    return found
 
 
 def find_images(paths: Sequence[str | Path]) -> list[Path]:
-    """Files as given, folders searched recursively; an empty folder is an error naming it."""
-    found: list[Path] = []
-    for raw in paths:
-        p = Path(raw)
-        if p.is_dir():
-            imgs = _images_in(p, recursive=True)
-            if not imgs:
-                raise DataError(f"{p}: folder contains no images (looked recursively for PNG/JPEG/TIFF/DICOM).")
-            found.extend(imgs)
-        elif p.exists():
-            found.append(p)
-        else:
-            raise DataError(f"{p}: no such file or folder.")
-    return found
+    """Files as given, folders searched recursively; the first missing, empty or unreadable path is a DataError."""
+    found = scan_images(paths)
+    for item in found:
+        if isinstance(item, Unreadable):
+            raise item.error
+    return [p for p in found if isinstance(p, Path)]
 
 
 def read_samples(data: str | Path) -> list[Sample]:
@@ -77,13 +166,25 @@ def read_samples(data: str | Path) -> list[Sample]:
 
 
 def _read_csv(path: Path) -> list[Sample]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        cols = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in ("path", "label") if c not in cols]
-        if missing:
-            raise DataError(f"{path}: CSV is missing column(s) {missing}; found {cols}. Expected path,label[,patient_id].")
-        rows = list(reader)
+    # utf-8-sig: Excel writes "CSV UTF-8" with a byte-order mark that would otherwise become part of "path".
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            cols = [c.strip() for c in (reader.fieldnames or [])]
+            missing = [c for c in ("path", "label") if c not in cols]
+            if missing:
+                raise DataError(f"{path}: CSV is missing column(s) {missing}; found {cols}. Expected path,label[,patient_id].")
+            reader.fieldnames = cols  # " label" and "label" are the same column
+            rows = list(reader)
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path}: not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r} at offset {exc.start}); "
+            "expected a UTF-8 CSV. Re-save it as UTF-8 (Excel: 'CSV UTF-8'; iconv -f latin1 -t utf-8)."
+        ) from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the CSV ({exc.strerror or exc}).") from None
+    except csv.Error as exc:
+        raise DataError(f"{path}: malformed CSV ({exc}).") from None
     if not rows:
         raise DataError(f"{path}: CSV manifest has no rows.")
     samples, absent = [], []

@@ -6,8 +6,13 @@ radiologist sees the film. Preprocessing (salad.preprocess) then works on that o
 
 from __future__ import annotations
 
+import math
 import os
+import stat
+import struct
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -15,7 +20,23 @@ from salad.errors import DataError
 
 #: Decompression-bomb guard: no radiograph has more pixels than this (about 13k × 13k).
 MAX_PIXELS = 1 << 27
-# OpenCV reads this cap when it is first imported; it refuses larger images while decoding.
+#: Files larger than this are refused from their size alone, before a byte is read (a 4k × 5k
+#: 16-bit CR is about 40 MB uncompressed; a gigabyte is never one film).
+MAX_FILE_BYTES = 1 << 30
+#: Cap on the decoded raster, from the header (pixels × channels × bytes per sample) before
+#: decoding: 128 MiB holds a 16-bit 8k × 8k film, larger than any flat panel or CR plate.
+MAX_DECODED_BYTES = 1 << 27
+#: DICOM modalities that are projection radiographs (computed, digital, conventional film):
+#: what a chest detector was trained on. MR, CT, US, NM, MG, XA, PX (dental) … are refused.
+RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "RG"})
+#: A file without the (Type 1) Modality tag is accepted only when its SOP class is a radiograph's.
+RADIOGRAPH_SOP_CLASSES = frozenset({
+    "1.2.840.10008.5.1.4.1.1.1",  # Computed Radiography Image Storage
+    "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image Storage - For Presentation
+    "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray Image Storage - For Processing
+})
+# OpenCV reads this cap when it is first imported; it refuses larger images while decoding. The
+# header check below refuses them earlier; this stays as a second guard for what OpenCV sniffs.
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
 
 import cv2  # noqa: E402
@@ -23,6 +44,8 @@ import cv2  # noqa: E402
 RASTER_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic"})
 IMAGE_SUFFIXES = RASTER_SUFFIXES | DICOM_SUFFIXES
+#: DICOM tags that must hold finite numbers for the modality/VOI LUTs (DS values in the file).
+_NUMERIC_TAGS = ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth")
 
 
 def is_image_path(path: Path) -> bool:
@@ -42,8 +65,7 @@ def _has_dicom_preamble(path: Path) -> bool:
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Read one radiograph as float32 H×W in [0, 1], bone bright; raise DataError naming the file."""
     p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{p}: no such file. Check the path (relative paths are resolved from {Path.cwd()}).")
+    _check_file(p)
     if p.suffix.lower() in DICOM_SUFFIXES or (p.suffix.lower() not in RASTER_SUFFIXES and _has_dicom_preamble(p)):
         return read_dicom(p)
     if p.suffix.lower() in RASTER_SUFFIXES:
@@ -54,22 +76,145 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     )
 
 
-def read_raster(path: Path) -> np.ndarray:
-    """PNG/JPEG/TIFF/BMP through OpenCV: 8-bit scales by 1/255, 16-bit by its own min/max range."""
-    data = np.fromfile(path, dtype=np.uint8)
-    if data.size == 0:
-        raise DataError(f"{path}: the file is empty (0 bytes). Re-copy or re-export the image.")
-    if path.suffix.lower() in (".jpg", ".jpeg") and not _jpeg_is_complete(data):
-        # libjpeg only warns on a truncated stream and fills the rest with grey; refuse it instead.
-        raise DataError(f"{path}: truncated JPEG (no end-of-image marker). Re-copy or re-export the image.")
+def _check_file(path: Path) -> int:
+    """The file's size from stat, before anything is read: a missing, special or oversized file is refused here."""
     try:
-        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file. Check the path (relative paths are resolved from {Path.cwd()}).") from None
+    except OSError as exc:  # ELOOP (symlink loop), EACCES on a parent folder, ENAMETOOLONG …
+        raise DataError(f"{path}: cannot open ({exc.strerror or exc}). Check the path and its permissions.") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise DataError(f"{path}: not a regular file (a folder, device or pipe); expected one image file.")
+    if info.st_size > MAX_FILE_BYTES:
+        raise DataError(
+            f"{path}: {info.st_size:,} bytes is larger than the {MAX_FILE_BYTES:,}-byte cap for one film; "
+            "refusing to read it. Check that it is a single radiograph (not an archive or a video)."
+        )
+    return info.st_size
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The whole file, after the size check; OS errors (permissions, I/O) become a DataError naming the file."""
+    _check_file(path)
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc}). Check the file's permissions and the disk.") from None
+
+
+@dataclass(frozen=True)
+class RasterHeader:
+    """What a raster's header promises, read before decoding: format, size, channels, bytes per sample, pages."""
+
+    format: str
+    width: int
+    height: int
+    channels: int
+    bytes_per_sample: int
+    pages: int = 1
+
+    @property
+    def decoded_bytes(self) -> int:
+        return self.width * self.height * self.channels * self.bytes_per_sample
+
+
+def read_raster_header(data: bytes, path: Path) -> RasterHeader:
+    """Dimensions and bit depth from the first bytes of a PNG/JPEG/TIFF/BMP, without decoding any pixels.
+
+    OpenCV has no header-only API and Pillow is not a core dependency, so PNG, TIFF and BMP headers
+    are parsed here from their fixed, spec-defined layouts (a few struct reads each); JPEG uses
+    simplejpeg's (libjpeg-turbo's) own header reader.
+    """
+    try:
+        if data[:8] == b"\x89PNG\r\n\x1a\n":
+            return _png_header(data)
+        if data[:3] == b"\xff\xd8\xff":
+            import simplejpeg
+
+            h, w, colourspace, _ = simplejpeg.decode_jpeg_header(data)
+            return RasterHeader("JPEG", w, h, 1 if colourspace == "Gray" else 3, 1)
+        if data[:4] in (b"II*\x00", b"MM\x00*"):
+            return _tiff_header(data)
+        if data[:2] == b"BM":
+            w, h = struct.unpack_from("<ii", data, 18)
+            (bits,) = struct.unpack_from("<H", data, 28)
+            return RasterHeader("BMP", abs(w), abs(h), max(1, math.ceil(bits / 8)), 1)
+    except (struct.error, ValueError, IndexError) as exc:
+        raise DataError(f"{path}: cannot decode image (corrupt or truncated header: {exc}); re-copy or re-export the image.") from None
+    raise DataError(
+        f"{path}: the file does not start like a PNG, JPEG, TIFF or BMP (first bytes {data[:8]!r}); "
+        f"it is not really a {path.suffix} file. Re-export it as PNG or DICOM."
+    )
+
+
+def _png_header(data: bytes) -> RasterHeader:
+    """PNG IHDR (always the first chunk): width, height, bit depth, colour type → channels."""
+    width, height, depth, colour = struct.unpack_from(">IIBB", data, 16)
+    channels = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}.get(colour, 4)  # palette (3) decodes to BGR
+    return RasterHeader("PNG", width, height, channels, 2 if depth > 8 else 1)
+
+
+def _tiff_header(data: bytes) -> RasterHeader:
+    """First IFD of a TIFF (ImageWidth, ImageLength, BitsPerSample, SamplesPerPixel) and the number of pages (IFDs)."""
+    order = "<" if data[:2] == b"II" else ">"
+    (offset,) = struct.unpack_from(order + "I", data, 4)
+    tags: dict[int, int] = {}
+    pages, seen = 0, set()
+    while offset and offset not in seen and pages < 100_000:  # `seen` stops an IFD chain that loops
+        seen.add(offset)
+        (count,) = struct.unpack_from(order + "H", data, offset)
+        if pages == 0:
+            for i in range(count):
+                entry = offset + 2 + 12 * i
+                tag, kind, n = struct.unpack_from(order + "HHI", data, entry)
+                if tag in (256, 257, 258, 277) and kind in (3, 4):  # SHORT or LONG
+                    size, code = (2, "H") if kind == 3 else (4, "I")
+                    # BitsPerSample has one value per channel; values over 4 bytes live at an offset.
+                    where = entry + 8 if size * n <= 4 else struct.unpack_from(order + "I", data, entry + 8)[0]
+                    tags[tag] = struct.unpack_from(order + code, data, where)[0]
+        pages += 1
+        (offset,) = struct.unpack_from(order + "I", data, offset + 2 + 12 * count)
+    bits = tags.get(258, 8)
+    return RasterHeader("TIFF", tags.get(256, 0), tags.get(257, 0), tags.get(277, 1), max(1, math.ceil(bits / 8)), pages)
+
+
+def read_raster(path: Path) -> np.ndarray:
+    """PNG/JPEG/TIFF/BMP through OpenCV: 8-bit scales by 1/255, 16-bit by its own min/max range.
+
+    The header is read first: multi-page TIFFs and rasters whose decoded size exceeds
+    MAX_DECODED_BYTES or MAX_PIXELS are refused before a pixel is decoded; JPEG scan data is
+    checked strictly (see _check_jpeg_scan) because libjpeg only warns about damage.
+    """
+    data = _read_bytes(path)
+    if len(data) == 0:
+        raise DataError(f"{path}: the file is empty (0 bytes). Re-copy or re-export the image.")
+    header = read_raster_header(data, path)
+    if header.pages > 1:
+        raise DataError(
+            f"{path}: multi-page {header.format} with {header.pages} pages; expected one radiograph per file. "
+            "Split the pages into separate files."
+        )
+    pixels = header.width * header.height
+    if pixels <= 0 or pixels > MAX_PIXELS or header.decoded_bytes > MAX_DECODED_BYTES:
+        raise DataError(
+            f"{path}: the {header.format} header says {header.width}×{header.height} pixels × {header.channels} channel(s) × "
+            f"{8 * header.bytes_per_sample} bit = {header.decoded_bytes:,} bytes decoded; expected 1..{MAX_PIXELS:,} pixels "
+            f"and at most {MAX_DECODED_BYTES:,} bytes. Refused before decoding (decompression-bomb guard); "
+            "downsample the image if it is a real film."
+        )
+    if header.format == "JPEG":
+        if not _jpeg_is_complete(data):
+            # libjpeg only warns on a truncated stream and fills the rest with grey; refuse it instead.
+            raise DataError(f"{path}: truncated JPEG (no end-of-image marker). Re-copy or re-export the image.")
+        _check_jpeg_scan(data, path)
+    buf = np.frombuffer(data, dtype=np.uint8)
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:
         raise DataError(f"{path}: cannot decode image ({exc.err.strip() if exc.err else exc}).") from exc
     if img is None:
         raise DataError(f"{path}: cannot decode image (corrupt, truncated or not really a {path.suffix} file).")
-    if img.size > MAX_PIXELS:
-        raise DataError(f"{path}: {img.shape} has more than {MAX_PIXELS} pixels; refusing a decompression bomb.")
     if img.ndim == 3:
         # Many exports (e.g. the Kermany set) store grey films as RGB/RGBA: take the luminance.
         code = cv2.COLOR_BGRA2GRAY if img.shape[2] == 4 else cv2.COLOR_BGR2GRAY
@@ -77,16 +222,36 @@ def read_raster(path: Path) -> np.ndarray:
     return _to_unit_range(img, path)
 
 
-def _jpeg_is_complete(data: np.ndarray) -> bool:
-    tail = data[-64:].tobytes().rstrip(b"\x00\r\n ")
+def _jpeg_is_complete(data: bytes) -> bool:
+    tail = data[-64:].rstrip(b"\x00\r\n ")
     return tail.endswith(b"\xff\xd9")
+
+
+def _check_jpeg_scan(data: bytes, path: Path) -> None:
+    """Refuse a JPEG whose entropy-coded data is damaged, even when it still ends in an EOI marker.
+
+    libjpeg(-turbo) treats damaged scan data ("Corrupt JPEG data: premature end of data segment",
+    "bad Huffman code") as a warning and fills the missing blocks with grey: OpenCV prints the
+    warning to stderr and returns the image, Pillow ignores it, and pylibjpeg-libjpeg decodes a cut
+    scan without complaint. simplejpeg (libjpeg-turbo, wheels for every platform) raises on those
+    warnings with strict=True, so it is the check; OpenCV still decodes, so pixels are unchanged.
+    """
+    import simplejpeg
+
+    try:
+        simplejpeg.decode_jpeg(data, colorspace="GRAY", strict=True)
+    except ValueError as exc:
+        raise DataError(
+            f"{path}: damaged JPEG scan data ({exc}); a decoder would fill the damaged part with grey. "
+            "Re-copy or re-export the image."
+        ) from None
 
 
 def _to_unit_range(img: np.ndarray, path: Path) -> np.ndarray:
     if img.dtype == np.uint8:
         return img.astype(np.float32) / np.float32(255.0)
     if img.dtype in (np.uint16, np.int16, np.int32, np.uint32, np.float32, np.float64):
-        arr = img.astype(np.float64)
+        arr = img.astype(np.float32)  # float32, not float64: halves the working memory of a 16-bit film
         if not np.all(np.isfinite(arr)):
             raise DataError(f"{path}: image contains NaN or infinite values.")
         return _stretch(arr)
@@ -94,26 +259,40 @@ def _to_unit_range(img: np.ndarray, path: Path) -> np.ndarray:
 
 
 def _stretch(arr: np.ndarray) -> np.ndarray:
-    lo, hi = float(arr.min()), float(arr.max())
+    """Min/max to [0, 1] in float32 (one working copy, scaled in place): never float64."""
+    out = np.asarray(arr, dtype=np.float32)
+    lo, hi = float(out.min()), float(out.max())
     if hi <= lo:
-        return np.zeros(arr.shape, dtype=np.float32)
-    return ((arr - lo) / (hi - lo)).astype(np.float32)
+        return np.zeros(out.shape, dtype=np.float32)
+    out = out - np.float32(lo)
+    out /= np.float32(hi - lo)
+    np.clip(out, 0.0, 1.0, out=out)
+    return out
 
 
 def read_dicom(path: Path) -> np.ndarray:
     """DICOM: modality LUT/rescale → VOI LUT or window → MONOCHROME1 inversion → [0, 1] floats.
 
-    Colour, multi-frame and undecodable compressed data are rejected with a clear error.
+    Refused with a DataError naming the file: files over MAX_FILE_BYTES, modalities that are not
+    projection radiographs, colour, multi-frame, oversized and undecodable or truncated pixel data,
+    non-numeric or non-finite rescale/window tags, and non-finite values after the LUTs.
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+    size = _check_file(path)
     try:
         ds = pydicom.dcmread(path)
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
         raise DataError(f"{path}: not a readable DICOM file ({type(exc).__name__}: {exc}).") from exc
+    _check_modality(ds, path)
     if "PixelData" not in ds:
+        if "Rows" in ds and "Columns" in ds:
+            raise DataError(
+                f"{path}: DICOM declares a {ds.get('Rows')}×{ds.get('Columns')} image but the file ({size:,} bytes) ends "
+                "before its pixel data: it is truncated. Re-send it from the modality."
+            )
         raise DataError(f"{path}: DICOM has no pixel data (is it a structured report or presentation state?).")
     samples = int(ds.get("SamplesPerPixel", 1))
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
@@ -126,25 +305,100 @@ def read_dicom(path: Path) -> np.ndarray:
     if frames != 1:
         raise DataError(f"{path}: multi-frame DICOM ({frames} frames); expected a single radiograph.")
     rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
-    if rows * cols > MAX_PIXELS or rows <= 0 or cols <= 0:
-        raise DataError(f"{path}: {rows}×{cols} pixels is outside 1..{MAX_PIXELS}; refusing to decode.")
+    bits = int(ds.get("BitsAllocated", 16) or 16)
+    expected = rows * cols * math.ceil(bits / 8)
+    if rows * cols > MAX_PIXELS or rows <= 0 or cols <= 0 or expected > MAX_DECODED_BYTES:
+        raise DataError(
+            f"{path}: {rows}×{cols} pixels × {bits} bit = {expected:,} bytes; expected 1..{MAX_PIXELS:,} pixels and at most "
+            f"{MAX_DECODED_BYTES:,} bytes. Refusing to decode."
+        )
+    params = _numeric_tags(ds, path)
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    compressed = bool(getattr(syntax, "is_compressed", False))
+    if not compressed and bits % 8 == 0:
+        found = len(ds.PixelData)
+        if found < expected:
+            raise DataError(
+                f"{path}: truncated pixel data: expected {expected:,} bytes ({rows}×{cols} × {bits} bit), found {found:,}. "
+                "The file was cut short in transfer; re-send it from the modality."
+            )
     try:
         raw = ds.pixel_array
     except Exception as exc:  # pydicom raises many types for truncated or undecodable pixel data
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", syntax)
-        raise DataError(
-            f"{path}: cannot decode pixel data (transfer syntax {name}): {exc}. "
-            "If it is compressed, install pylibjpeg, pylibjpeg-openjpeg and pylibjpeg-libjpeg; "
-            "if it is truncated, re-send it from the modality."
-        ) from exc
+        hint = (
+            "If a decoder is missing, install pylibjpeg, pylibjpeg-openjpeg and pylibjpeg-libjpeg; otherwise the data is "
+            "damaged or truncated: re-send it from the modality."
+            if compressed else "The data does not match its Rows/Columns/BitsAllocated tags: re-send it from the modality."
+        )
+        raise DataError(f"{path}: cannot decode pixel data (transfer syntax {name}): {' '.join(str(exc).split())}. {hint}") from exc
     if raw.shape != (rows, cols):
         raise DataError(f"{path}: decoded shape {raw.shape} does not match Rows×Columns {rows}×{cols}.")
-    values = apply_modality_lut(raw, ds)
-    if "VOILUTSequence" in ds or "WindowCenter" in ds:
-        values = apply_voi_lut(values, ds, index=0, prefer_lut=True)
-    unit = _stretch(np.asarray(values, dtype=np.float64))
+    try:
+        values = apply_modality_lut(raw, ds)
+        if "VOILUTSequence" in ds or "WindowCenter" in ds:
+            values = apply_voi_lut(values, ds, index=0, prefer_lut=True)
+    except (TypeError, ValueError, IndexError, KeyError, AttributeError) as exc:  # a malformed LUT sequence
+        raise DataError(f"{path}: cannot apply the DICOM modality/VOI LUT ({type(exc).__name__}: {exc}); tags {params}.") from exc
+    values = np.asarray(values, dtype=np.float32)
+    if not np.all(np.isfinite(values)):
+        bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
+        raise DataError(
+            f"{path}: {bad:,} pixel(s) are NaN or infinite after the modality/VOI LUT (tags {params}); "
+            "expected finite values. Fix the rescale/window tags at the modality and re-send the film."
+        )
+    unit = _stretch(values)
     if photometric == "MONOCHROME1":
         # MONOCHROME1 shows its lowest value as white: invert so that bone is bright like MONOCHROME2.
         unit = np.float32(1.0) - unit
     return unit
+
+
+def _check_modality(ds: Any, path: Path) -> None:
+    """Accept projection radiographs only (RADIOGRAPH_MODALITIES); without a Modality tag, a radiograph's SOP class."""
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    if modality:
+        if modality not in RADIOGRAPH_MODALITIES:
+            raise DataError(
+                f"{path}: DICOM modality {modality!r} is not a projection radiograph; expected one of "
+                f"{sorted(RADIOGRAPH_MODALITIES)}. This detector was trained on chest X-rays: score CR/DX films only."
+            )
+        return
+    sop = str(ds.get("SOPClassUID", "") or "")
+    if sop not in RADIOGRAPH_SOP_CLASSES:
+        raise DataError(
+            f"{path}: DICOM has no Modality tag and its SOP class {sop or 'is missing'} is not CR or DX image storage; "
+            f"expected a radiograph (Modality one of {sorted(RADIOGRAPH_MODALITIES)}). Fix the export at the modality."
+        )
+
+
+def _numeric_tags(ds: Any, path: Path) -> dict[str, list[float]]:
+    """The rescale/window tags as finite floats; a text or NaN/Inf value is a DataError naming the tag and value."""
+    found: dict[str, list[float]] = {}
+    for keyword in _NUMERIC_TAGS:
+        if keyword not in ds:
+            continue
+        try:
+            raw = ds[keyword].value
+        except Exception as exc:  # pydicom converts DS lazily and raises ValueError/TypeError on bad text
+            raise DataError(f"{path}: DICOM {keyword} cannot be read ({exc}); expected a decimal number.") from None
+        items = list(raw) if isinstance(raw, list | tuple) or type(raw).__name__ == "MultiValue" else [raw]
+        numbers: list[float] = []
+        for item in items:
+            try:
+                number = float(item)
+            except (TypeError, ValueError):
+                number = math.nan
+                finite = False
+            else:
+                finite = math.isfinite(number)
+            if not finite:
+                raise DataError(
+                    f"{path}: DICOM {keyword} = {str(raw)!r} is not a finite number; expected a decimal such as 1.0. "
+                    "Fix the tag at the modality (or its export settings) and re-send the film."
+                )
+            numbers.append(number)
+        found[keyword] = numbers
+    if "RescaleSlope" in found and any(v == 0 for v in found["RescaleSlope"]):
+        raise DataError(f"{path}: DICOM RescaleSlope = 0 maps every pixel to one value; expected a non-zero slope.")
+    return found

@@ -94,7 +94,14 @@ def test_non_image_and_colour_dicom_are_refused(tmp_path: Path) -> None:
         read_image(txt)
     fake = tmp_path / "fake.png"
     fake.write_text("not a png")
-    with pytest.raises(DataError, match=r"fake\.png: cannot decode"):
+    with pytest.raises(DataError, match=r"fake\.png: the file does not start like a PNG, JPEG, TIFF or BMP"):
         read_image(fake)
-    with pytest.raises(DataError, match="colour DICOM"):
+    import pydicom
+
+    colour = pydicom.dcmread(get_testdata_file("US1_UNCR.dcm"))
+    colour.Modality = "CR"  # an RGB secondary capture labelled CR: refused for its colour, not its modality
+    colour.save_as(tmp_path / "colour.dcm", enforce_file_format=True)
+    with pytest.raises(DataError, match=r"colour\.dcm: colour DICOM \(RGB, 3 samples per pixel\)"):
+        read_image(tmp_path / "colour.dcm")
+    with pytest.raises(DataError, match=r"US1_UNCR\.dcm: DICOM modality 'US' is not a projection radiograph"):
         read_image(get_testdata_file("US1_UNCR.dcm"))

@@ -145,7 +145,7 @@ def test_truncated_dicom_is_one_line_naming_the_file(tiny_bundle: Path, dicom_fi
     truncated = tmp_path / "truncated.dcm"
     truncated.write_bytes(data[: len(data) // 2])
     proc = salad_score(tiny_bundle, truncated)
-    assert_one_line_error(proc, str(truncated), "cannot decode pixel data", "truncated")
+    assert_one_line_error(proc, str(truncated), "truncated pixel data: expected 7,198,310 bytes")
     assert proc.returncode == 1
 
 
@@ -162,7 +162,8 @@ def test_empty_folder_is_one_line_naming_it(tiny_bundle: Path, tmp_path: Path) -
     (empty / "readme.txt").write_text("no films here")
     proc = salad_score(tiny_bundle, empty)
     assert_one_line_error(proc, str(empty), "folder contains no images")
-    assert proc.stdout == ""
+    assert proc.returncode == 1
+    assert proc.stdout.splitlines()[1].split() == [str(empty), "-", "-", "FAILED", "-"]  # its own row in the table
 
 
 def test_a_bad_file_does_not_stop_the_others(tiny_bundle: Path, film_folder: Path, tmp_path: Path) -> None:
