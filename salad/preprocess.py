@@ -18,7 +18,20 @@ from salad.errors import DataError
 from salad.imageio import cv2, read_image
 
 RESIZE_MODES = ("stretch", "letterbox")
-INTENSITY_MODES = ("display", "minmax")
+#: display: the reader's [0, 1] as it is; minmax: per-film stretch; the others normalise each film's intensity
+#: after resizing, so exposure and window differences between sites and machines matter less:
+#: zscore (mean 0, ±3 sd → ±1), equalize (histogram equalisation), clahe (contrast-limited, local).
+INTENSITY_MODES = ("display", "minmax", "zscore", "equalize", "clahe")
+#: keep: the film as it is; trim: cut uniform bands at the edges (collimation, a black margin from a zoomed-out or
+#: shifted acquisition, a letterboxed export) before anything else, so framing does not read as disease.
+BORDER_MODES = ("keep", "trim")
+#: A row or column whose grey values vary less than this (sd on the [0, 1] film) is a uniform band, not anatomy.
+BORDER_SD = 0.02
+#: At most this fraction of each side is trimmed: a film that is mostly "border" is left for the reader to judge.
+BORDER_MAX = 0.25
+#: CLAHE's tile grid and clip limit (OpenCV's defaults are 8×8 and 40; 2.0 is the usual radiography setting).
+CLAHE_TILES = 8
+CLAHE_CLIP = 2.0
 
 
 @dataclass(frozen=True)
@@ -28,8 +41,13 @@ class PreprocessConfig:
     size: int = 256
     channels: int = 1
     resize_mode: str = "stretch"  # "stretch" (as the Kermany films were made) or "letterbox" (keep aspect)
-    intensity_mode: str = "display"  # "display": reader's [0,1] → [-1,1]; "minmax": per-image stretch first
+    intensity_mode: str = "display"  # see INTENSITY_MODES
     dicom: str = "modality-lut, voi-lut/window, monochrome1-invert"
+    #: Central fraction of each side kept before resizing (1.0 = the whole film): drops collimation
+    #: borders, burned-in text and markers, which differ between sites and say nothing about the lungs.
+    crop: float = 1.0
+    #: Border handling before the crop (see BORDER_MODES).
+    border: str = "keep"
 
     def __post_init__(self) -> None:
         if self.size < 32:
@@ -40,13 +58,17 @@ class PreprocessConfig:
             raise DataError(f"resize mode {self.resize_mode!r}; expected one of {RESIZE_MODES}.")
         if self.intensity_mode not in INTENSITY_MODES:
             raise DataError(f"intensity mode {self.intensity_mode!r}; expected one of {INTENSITY_MODES}.")
+        if self.border not in BORDER_MODES:
+            raise DataError(f"border mode {self.border!r}; expected one of {BORDER_MODES}.")
+        if not isinstance(self.crop, int | float) or isinstance(self.crop, bool) or not 0.5 <= float(self.crop) <= 1.0:
+            raise DataError(f"preprocessing crop {self.crop!r}; expected the kept central fraction, a number in [0.5, 1].")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreprocessConfig:
-        known = {k: data[k] for k in ("size", "channels", "resize_mode", "intensity_mode", "dicom") if k in data}
+        known = {k: data[k] for k in ("size", "channels", "resize_mode", "intensity_mode", "dicom", "crop", "border") if k in data}
         return cls(**known)
 
 
@@ -57,6 +79,10 @@ def preprocess(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
         img = img[0]
     if img.ndim != 2:
         raise DataError(f"expected a grey H×W image, received shape {img.shape}.")
+    if config.border == "trim":
+        img = trim_uniform_border(img)
+    if config.crop < 1.0:
+        img = central_crop(img, config.crop)
     if config.intensity_mode == "minmax":
         lo, hi = float(img.min()), float(img.max())
         img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
@@ -70,8 +96,51 @@ def preprocess(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
         out = np.zeros((s, s), dtype=np.float32)
         top, left = (s - nh) // 2, (s - nw) // 2
         out[top : top + nh, left : left + nw] = _resize(img, nh, nw)
+    if config.intensity_mode in ("zscore", "equalize", "clahe"):
+        out = normalise_intensity(out, config.intensity_mode)
     out = np.clip(out, 0.0, 1.0) * np.float32(2.0) - np.float32(1.0)
     return out[None].astype(np.float32, copy=False)
+
+
+def trim_uniform_border(img: np.ndarray) -> np.ndarray:
+    """Cut the uniform bands at each edge of an H×W film (rows/columns with sd < BORDER_SD), at most BORDER_MAX a side."""
+    h, w = img.shape
+    rows, cols = img.std(axis=1) >= BORDER_SD, img.std(axis=0) >= BORDER_SD
+
+    def span(content: np.ndarray, n: int) -> tuple[int, int]:
+        limit = int(n * BORDER_MAX)
+        first = int(np.argmax(content)) if content.any() else 0
+        last = n - int(np.argmax(content[::-1])) if content.any() else n
+        return min(first, limit), max(last, n - limit)
+
+    top, bottom = span(rows, h)
+    left, right = span(cols, w)
+    return img[top:bottom, left:right]
+
+
+def central_crop(img: np.ndarray, fraction: float) -> np.ndarray:
+    """The central `fraction` of each side of an H×W image."""
+    h, w = img.shape
+    ch, cw = max(1, round(h * fraction)), max(1, round(w * fraction))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return img[top : top + ch, left : left + cw]
+
+
+def normalise_intensity(img: np.ndarray, mode: str) -> np.ndarray:
+    """Per-film intensity normalisation of a [0, 1] S×S image into [0, 1] (see INTENSITY_MODES)."""
+    if mode == "zscore":
+        mean, std = float(img.mean()), float(img.std())
+        if std < 1e-6:
+            return np.full_like(img, 0.5)
+        return ((img - mean) / (6.0 * std) + 0.5).astype(np.float32)
+    # OpenCV's equalisation and CLAHE work on integer images: 16 bits keep the films' grey levels.
+    grey = np.round(np.clip(img, 0.0, 1.0) * 65535.0).astype(np.uint16)
+    if mode == "equalize":
+        hist = np.bincount(grey.ravel(), minlength=65536).cumsum()
+        lut = (hist - hist[0]) / max(1, hist[-1] - hist[0])
+        return lut[grey].astype(np.float32)
+    clahe = cv2.createCLAHE(clipLimit=CLAHE_CLIP, tileGridSize=(CLAHE_TILES, CLAHE_TILES))
+    return (clahe.apply(grey).astype(np.float32) / np.float32(65535.0)).astype(np.float32)
 
 
 def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
