@@ -36,14 +36,18 @@ def preload(samples: Sequence[Sample], cfg: PreprocessConfig, desc: str = "readi
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Anatomy-preserving jitter: horizontal flip, small affine, brightness/contrast (input range [-1,1])."""
+    """Views for instance discrimination: horizontal flips (the reference's), optional affine and photometric jitter.
+
+    The jitter is off by default: brightness/contrast as large as the disease effect teaches the encoder
+    to ignore lung density, and affine jitter to ignore framing only partly (docs/quality.md).
+    """
 
     flip: bool = True
-    rotate_deg: float = 7.0
-    scale: float = 0.08
-    translate: float = 0.05
-    brightness: float = 0.1
-    contrast: float = 0.15
+    rotate_deg: float = 0.0
+    scale: float = 0.0
+    translate: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

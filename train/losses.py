@@ -65,13 +65,26 @@ def bank_entropy_and_neighbours(bank: torch.Tensor, tau: float, k: int, chunk: i
     return entropy, neighbours
 
 
+def anchor_count(n: int, round_idx: int) -> int:
+    """Anchors of round r: min(N, int(N·0.1·r)), the reference code's rule (R = 10 reaches the whole bank)."""
+    return min(n, n * round_idx // ANCHOR_ROUNDS_TO_ALL)  # integer arithmetic: 0.1 has no exact float
+
+
+#: Rounds after which every bank row is an anchor (a tenth of the bank joins per round).
+ANCHOR_ROUNDS_TO_ALL = 10
+
+
 @torch.no_grad()
-def select_anchors(bank: torch.Tensor, tau: float, k: int, round_idx: int, rounds: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Round r of R: the int(N·r/R) lowest-entropy rows become anchors; returns (is_anchor [N], neighbours [N,k])."""
-    n = bank.shape[0]
-    entropy, neighbours = bank_entropy_and_neighbours(bank, tau, k)
-    count = int(n * round_idx / rounds)
-    is_anchor = torch.zeros(n, dtype=torch.bool, device=bank.device)
+def select_anchors(rows: torch.Tensor, tau: float, k: int, round_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Round r: the anchor_count lowest-entropy rows become anchors; returns (is_anchor [N], neighbours [N,k]).
+
+    `rows` are the training films' embeddings the round starts from (the trainer passes clean,
+    un-augmented eval-mode embeddings: the momentum bank mixes augmented views of several epochs).
+    """
+    n = rows.shape[0]
+    entropy, neighbours = bank_entropy_and_neighbours(rows, tau, k)
+    count = anchor_count(n, round_idx)
+    is_anchor = torch.zeros(n, dtype=torch.bool, device=rows.device)
     if count > 0:
         is_anchor[torch.argsort(entropy)[:count]] = True
     return is_anchor, neighbours

@@ -1,11 +1,12 @@
 """Encoder/decoder pairs of SALAD, registered by name (timm-style) so configs and CLIs can list them.
 
-`cxr` is the paper's chest auto-encoder (DESIGN §2); `resnet18` the musculoskeletal one. A width
+`cxr` is the paper's chest auto-encoder (docs/architecture.md §2); `resnet18` the musculoskeletal one. A width
 multiplier scales every channel count (0.25 makes CPU-sized models); the embedding stays 200-d.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -28,13 +29,25 @@ class ModelConfig:
     size: int = 256
     width: float = 1.0
     embedding_dim: int = EMBEDDING_DIM
+    #: Side of the `cxr` encoder's last feature map, which the projection convolves to 200 values. The paper's
+    #: 256² network ends at 4×4; keeping 4×4 at every input size keeps the film's spatial layout in the
+    #: embedding (a 64² input through six pooling stages would end at 1×1 and lose it).
+    head: int = 4
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        return cls(**{k: data[k] for k in ("encoder", "size", "width", "embedding_dim") if k in data})
+        known = {k: data[k] for k in ("encoder", "size", "width", "embedding_dim", "head") if k in data}
+        if "head" not in known and known.get("encoder", "cxr") == "cxr":  # runs from before `head`: six stages always
+            known["head"] = max(1, int(known.get("size", 256)) // 64)
+        return cls(**known)
+
+    @property
+    def stages(self) -> int:
+        """Pooling stages of the `cxr` encoder: size / 2**stages == head."""
+        return int(math.log2(self.size // self.head))
 
 
 Builder = Callable[[ModelConfig], tuple[nn.Module, nn.Module]]
@@ -66,32 +79,41 @@ def _double_conv(cin: int, cout: int) -> nn.Sequential:
 CXR_WIDTHS = (16, 32, 64, 128, 256, 512, 1024)
 
 
+def _check_cxr(cfg: ModelConfig) -> list[int]:
+    """The channel widths of the `cxr` stages for this config; an error if size is not head·2^n (1 ≤ n ≤ 6)."""
+    ratio = cfg.size // cfg.head if cfg.head > 0 else 0
+    if cfg.head < 1 or cfg.size % cfg.head or ratio & (ratio - 1) or not 2 <= ratio <= 2 ** (len(CXR_WIDTHS) - 1):
+        raise SaladError(
+            f"the cxr encoder needs an input size of head·2^n with 1 ≤ n ≤ 6 (head {cfg.head}): received {cfg.size}; "
+            f"try {', '.join(str(cfg.head * 2**n) for n in (4, 5, 6))}."
+        )
+    return [_ch(c, cfg.width) for c in CXR_WIDTHS[: cfg.stages + 1]]
+
+
 class CxrEncoder(nn.Module):
-    """Stem double conv at full resolution, six (max-pool, double conv) stages, a S/64 conv to 200."""
+    """Stem double conv at full resolution, (max-pool, double conv) stages down to head×head, a head×head conv to 200."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        if cfg.size % 64 != 0:
-            raise SaladError(f"the cxr encoder needs an input size divisible by 64, received {cfg.size} (try 128 or 256).")
-        w = [_ch(c, cfg.width) for c in CXR_WIDTHS]
+        w = _check_cxr(cfg)
         layers: list[nn.Module] = [_double_conv(1, w[0])]
         for cin, cout in zip(w[:-1], w[1:], strict=True):
             layers.append(nn.Sequential(nn.MaxPool2d(2), _double_conv(cin, cout)))
         self.features = nn.Sequential(*layers)
-        self.project = nn.Conv2d(w[-1], cfg.embedding_dim, cfg.size // 64, bias=False)
+        self.project = nn.Conv2d(w[-1], cfg.embedding_dim, cfg.head, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.project(self.features(x)).flatten(1)
 
 
 class CxrDecoder(nn.Module):
-    """Transposed conv 200 → C×(S/64)², six (bilinear ×2, conv) stages, 1×1 conv to 1 channel, tanh."""
+    """The encoder mirrored: transposed conv 200 → C×head², (bilinear ×2, conv) stages, 1×1 conv to 1 channel, tanh."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        w = [_ch(c, cfg.width) for c in reversed(CXR_WIDTHS)]
+        w = list(reversed(_check_cxr(cfg)))
         self.expand = nn.Sequential(
-            nn.ConvTranspose2d(cfg.embedding_dim, w[0], cfg.size // 64, bias=False),
+            nn.ConvTranspose2d(cfg.embedding_dim, w[0], cfg.head, bias=False),
             nn.BatchNorm2d(w[0]),
             nn.LeakyReLU(0.1, inplace=True),
         )

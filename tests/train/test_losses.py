@@ -1,4 +1,4 @@
-"""Losses, bank update and anchors against direct small-N computations of DESIGN §2's formulas."""
+"""Losses, bank update and anchors against direct small-N computations of the formulas in docs/architecture.md §2."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 
-from salad.train.losses import bank_entropy_and_neighbours, discrimination_terms, select_anchors  # noqa: E402
+from salad.train.losses import anchor_count, bank_entropy_and_neighbours, discrimination_terms, select_anchors  # noqa: E402
 from salad.train.memory_bank import MemoryBank  # noqa: E402
 
 
@@ -96,9 +96,27 @@ def test_anchor_count_grows_with_rounds_and_takes_lowest_entropy() -> None:
     pairs = F.normalize(centres + 0.01 * torch.randn(4, 16, generator=g, dtype=torch.float64), dim=1)
     bank = torch.cat([pairs, _unit(8, 16, seed=7)])
     counts = []
-    for r in range(0, 4):
-        is_anchor, _ = select_anchors(bank, 0.1, 2, r, 3)
+    for r in range(0, 12):
+        is_anchor, _ = select_anchors(bank, 0.1, 2, r)
         counts.append(int(is_anchor.sum()))
-    assert counts == [0, 4, 8, 12]
-    first, _ = select_anchors(bank, 0.1, 2, 1, 3)
-    assert set(torch.nonzero(first).flatten().tolist()) == {0, 1, 2, 3}
+    assert counts == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10, 12, 12]  # min(N, int(N·0.1·r)) with N = 12: all rows from r = 10
+    assert [anchor_count(1341, r) for r in (1, 2, 5, 10, 11)] == [134, 268, 670, 1341, 1341]
+    fourth, _ = select_anchors(bank, 0.1, 2, 4)
+    assert set(torch.nonzero(fourth).flatten().tolist()) == {0, 1, 2, 3}  # the four lowest-entropy rows
+
+
+def test_the_cxr_encoder_ends_at_4x4_at_every_size_and_old_runs_keep_theirs() -> None:
+    from salad.errors import SaladError
+    from salad.train.models import ModelConfig, SaladAutoencoder
+
+    for size, stages in ((64, 4), (128, 5), (256, 6)):
+        cfg = ModelConfig(size=size, width=0.125)
+        model = SaladAutoencoder(cfg).eval()
+        with torch.no_grad():
+            features = model.encoder.features(torch.zeros(1, 1, size, size))
+            z, recon = model(torch.zeros(2, 1, size, size))
+        assert cfg.stages == stages and features.shape[-2:] == (4, 4) and z.shape == (2, 200) and recon.shape == (2, 1, size, size)
+    legacy = ModelConfig.from_dict({"encoder": "cxr", "size": 64, "width": 0.25})  # a run written before `head`
+    assert legacy.head == 1 and legacy.stages == 6
+    with pytest.raises(SaladError, match=r"input size of head·2\^n .* received 96"):
+        SaladAutoencoder(ModelConfig(size=96))

@@ -26,7 +26,7 @@ def test_run_directory_holds_everything_needed(tiny_run: Path) -> None:
     lines = [json.loads(x) for x in (tiny_run / "metrics.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in lines] == [0, 1, 2]
     assert [x["round"] for x in lines] == [0, 1, 2]
-    assert [x["anchors"] for x in lines] == [0, 100, 200]  # int(N·r/R) with N = 200, R = 2
+    assert [x["anchors"] for x in lines] == [0, 20, 40]  # min(N, int(N·0.1·r)) with N = 200
     assert all("val_auc" in x and "seconds" in x for x in lines)
     state = load_checkpoint(tiny_run / "checkpoint.pt")  # weights_only=True inside
     assert state["finished"] is True and state["bank"].shape == (200, 200)
