@@ -1,4 +1,4 @@
-"""export_bundle: a trained run directory → the self-verifying bundle of DESIGN §3–4.
+"""export_bundle: a trained run directory → the self-verifying bundle of docs/architecture.md §4–5.
 
 Order matters: every cheap check (options, run schema, bank, K, threshold inputs) runs before any
 graph is traced, and the bundle is written into a temporary sibling that becomes `out` only after
@@ -155,8 +155,13 @@ def export_bundle(
     operating_point: str = "specificity:0.95",
     opset: int = 17,
     external_data_threshold: int = PROTOBUF_LIMIT,
+    allow_below_floors: bool = False,
 ) -> Path:
     """Export run directory `run` to the bundle `out` and validate it; return `out`.
+
+    A run whose labelled validation (≥ FLOOR_CHECK_MIN films of each class) shows it does not beat its own
+    training-free floors is refused unless allow_below_floors: such a model has learned nothing a pixel
+    statistic does not already know, and would ship anyway (docs/quality.md).
 
     bank_as_input: the scorer takes the bank as input "bank" [N, 200] (stored once as bank.npy)
     instead of holding it; slim: leave checkpoint.pt out (its sha256 stays in the manifest);
@@ -171,6 +176,7 @@ def export_bundle(
     check_opset(opset)
     parse_operating_point(operating_point)
     run_config = read_run_config(run)
+    validation = check_floors(run, allow_below_floors)
     if out.resolve() == run.resolve() or out.resolve() in run.resolve().parents:
         raise SaladError(f"--out {out} would replace the run directory {run} it is exported from; choose another --out.")
     with atomic_directory(out, force=force) as tmp:
@@ -232,7 +238,7 @@ def export_bundle(
         manifest = Manifest(
             toolkit_version=salad.__version__,
             created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            source={"checkpoint_sha256": checkpoint_sha, "run_config": run_config, "slim": slim},
+            source={"checkpoint_sha256": checkpoint_sha, "run_config": run_config, "slim": slim, "validation": validation},
             preprocessing=loaded.preprocessing.to_dict(),
             embedding_dim=dim,
             bank={
@@ -269,3 +275,35 @@ def export_bundle(
             manifest.graphs[key].details["parity"] = values
         manifest.write(tmp)
     return out
+
+
+#: Films of each class a run's labelled validation needs before export holds it to its floors: with fewer,
+#: the AUC's standard error (about 0.05 at 40 + 40) is as large as the margin being judged.
+FLOOR_CHECK_MIN = 100
+
+
+def check_floors(run: Path, allow_below_floors: bool) -> dict[str, Any]:
+    """The run's validation.json, checked: an ExportValidationError if the run does not beat its floors."""
+    from salad.errors import ExportValidationError
+
+    path = run / "validation.json"
+    if not path.is_file():
+        return {"checked": False, "reason": "no labelled validation films (normal and abnormal) in the run"}
+    try:
+        validation = json.loads(path.read_text(encoding="utf-8"))
+        n_normal, n_abnormal = int(validation["n_normal"]), int(validation["n_abnormal"])
+        auc, floors, needed = float(validation["auc"]), dict(validation["floors"]), dict(validation["needed"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SaladError(f"{path}: unreadable ({type(exc).__name__}: {exc}); it is written when training finishes.") from exc
+    if min(n_normal, n_abnormal) < FLOOR_CHECK_MIN:
+        return {**validation, "checked": False,
+                "reason": f"{n_normal} normal / {n_abnormal} abnormal validation films: fewer than {FLOOR_CHECK_MIN} of a class"}
+    short = {name: floors[name] for name, need in needed.items() if auc < float(need)}
+    if short and not allow_below_floors:
+        shown = ", ".join(f"{name} {floors[name]:.3f} (needs ≥ {float(needed[name]):.3f})" for name in short)
+        raise ExportValidationError(
+            f"{run}: validation AUC {auc:.3f} ({n_normal} normal / {n_abnormal} abnormal films) does not beat its "
+            f"training-free floors: {shown}. The model adds nothing a pixel statistic does not already know. "
+            "Retrain (see docs/quality.md), or pass --allow-below-floors to export it anyway (for testing a deployment)."
+        )
+    return {**validation, "checked": True, "exported_below_floors": bool(short)}

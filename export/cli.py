@@ -25,17 +25,18 @@ from salad.cli import friendly_errors
 @click.option("--operating-point", default="specificity:0.95", show_default=True,
               help="Where the threshold sits on the run's validation scores: specificity:X or sensitivity:X.")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (17..20).")
+@click.option("--allow-below-floors", is_flag=True,
+              help="Export a run whose labelled validation AUC does not beat its training-free floors (for testing).")
 @friendly_errors
 def export_command(run: Path, out: Path, force: bool, bank_as_input: bool, slim: bool, reference_images: int,
-                   operating_point: str, opset: int) -> None:
+                   operating_point: str, opset: int, allow_below_floors: bool) -> None:
     """Export training run RUN to a verified ONNX bundle (encoder, scorer, merged model, manifest)."""
     from salad.export import export_bundle
     from salad.manifest import read_manifest
 
     bundle = export_bundle(
         run, out, force=force, bank_as_input=bank_as_input, slim=slim, reference_images=reference_images,
-        operating_point=operating_point, opset=opset,
-    )
+        operating_point=operating_point, opset=opset, allow_below_floors=allow_below_floors)
     m = read_manifest(bundle, verify=False)
     t = m.threshold
     achieved = ", ".join(f"{k} {v:.3f}" for k, v in t["achieved"].items() if v is not None)

@@ -99,3 +99,26 @@ def test_an_unreadable_file_is_one_line_naming_it(tiny_run: Path, tmp_path: Path
     assert done.returncode == 1, done.stderr
     assert f"error: {locked}: Permission denied" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_abnormal_films_in_the_training_folder_label_the_validation_set(tmp_path: Path) -> None:
+    """Class folders as --data: normals of training patients train; validation gets held-out normals *and* abnormals."""
+    from salad.train.trainer import prepare_data
+
+    data = tmp_path / "data"
+    for cls, src in (("normal", SAMPLE_TRAIN), ("pneumonia", SAMPLE_EVAL / "pneumonia")):
+        (data / cls).mkdir(parents=True)
+        for f in sorted(src.glob("*.jpeg"))[:60]:
+            shutil.copy(f, data / cls / f.name)
+    train, val, desc = prepare_data(data, None, tiny_config())
+    assert {s.label for s in train} == {0} and {s.label for s in val} == {0, 1}
+    assert not {s.path for s in train} & {s.path for s in val}
+    assert "abnormal films of 10% of the abnormal patients" in desc["val_source"]
+
+
+def test_a_run_records_its_validation_auc_beside_its_floors(tiny_run: Path) -> None:
+    validation = json.loads((tiny_run / "validation.json").read_text())
+    assert set(validation["floors"]) == {"untrained-weights", "thumbnail8-knn", "thumbnail16-knn", "raw-pixel-knn", "centre-minus-mean"}
+    assert validation["n_normal"] == 40 and validation["n_abnormal"] == 40
+    need = {k: min(v + 0.05, v + (1 - v) / 2) for k, v in validation["floors"].items()}
+    assert validation["beats_floors"] == all(validation["auc"] >= round(n, 4) for n in need.values())
