@@ -1,4 +1,4 @@
-"""The precision variants as ONNX graphs (DESIGN §4): fp16 encoder, int8 Q/DQ encoder, merged with the fp32 scorer.
+"""The precision variants as ONNX graphs (docs/architecture.md §5): fp16 encoder, int8 Q/DQ encoder, merged with the fp32 scorer.
 
 Precision lives in the graph, never in runtime flags, so both variants run on ONNX Runtime CPU and
 TensorRT builds them as strongly typed networks. Only the encoder changes; the scoring graph

@@ -1,4 +1,4 @@
-"""Calibration images: real normal films only, checked before any graph sees them (DESIGN §4, §9).
+"""Calibration images: real normal films only, checked before any graph sees them (docs/architecture.md §5).
 
 A `CalibrationSource` is built from file paths and nothing else: there is no constructor that takes
 arrays, shapes or a seed, so no code path can calibrate on synthetic data. Every film goes through

@@ -1,4 +1,4 @@
-"""salad.export: a trained run → a self-verifying ONNX bundle (DESIGN §3–4).
+"""salad.export: a trained run → a self-verifying ONNX bundle (docs/architecture.md §4–5).
 
 `export_bundle(run, out)` writes encoder.onnx, scorer.onnx (the fused kNN-arccos score with the
 normal memory bank), model.onnx (both merged), reference.npz, checkpoint.pt and manifest.json, and

@@ -13,7 +13,7 @@ from salad.manifest import TensorSpec
 
 #: Name of the one dynamic axis in every graph (TensorSpec shapes use this string).
 BATCH = "batch"
-#: ONNX opsets the exporter writes: ≥ 17 (DESIGN §4), ≤ what torch's TorchScript exporter emits.
+#: ONNX opsets the exporter writes: ≥ 17 (docs/architecture.md §5), ≤ what torch's TorchScript exporter emits.
 MIN_OPSET = 17
 MAX_OPSET = 20
 #: Protobuf cannot serialise a message of 2 GiB or more; banks that would push a file past it go external.
@@ -70,6 +70,6 @@ def check_opset(opset: int) -> None:
     """Refuse opsets the design (≥ 17) or torch's exporter (≤ 20) does not allow, naming the range."""
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise SaladError(
-            f"--opset {opset}: expected {MIN_OPSET}..{MAX_OPSET} (DESIGN §4 needs ≥ {MIN_OPSET}; torch's "
+            f"--opset {opset}: expected {MIN_OPSET}..{MAX_OPSET} (docs/architecture.md §5 needs ≥ {MIN_OPSET}; torch's "
             f"TorchScript exporter writes at most {MAX_OPSET}). Use --opset {MIN_OPSET}."
         )

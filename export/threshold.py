@@ -1,6 +1,6 @@
 """The bundle threshold: chosen on the run's validation scores at a stated operating point.
 
-Never on test data (DESIGN §2). The threshold is put half-way between the validation score that
+Never on test data (docs/architecture.md §2). The threshold is put half-way between the validation score that
 fixes the operating point and its nearest neighbour on the other side, so a reference image never
 sits exactly on it and float32 rounding in another runtime cannot flip a validation decision.
 """

@@ -4,7 +4,7 @@
 REPO/README.md                        how to start the server and send a film
 REPO/<name>_encoder/config.pbtxt      onnxruntime_onnx, dynamic batching, preprocessing in parameters
 REPO/<name>_encoder/1/model.onnx      image [b,1,S,S] → embedding [b,D]   (the bundle's encoder at the precision)
-REPO/<name>_scorer/config.pbtxt       onnxruntime_onnx, dynamic batching, always float32 (DESIGN §4)
+REPO/<name>_scorer/config.pbtxt       onnxruntime_onnx, dynamic batching, always float32 (docs/architecture.md §5)
 REPO/<name>_scorer/1/model.onnx       embedding → score, knn_angle        (bank inside; bank.data beside it if external)
 REPO/<name>/config.pbtxt              ensemble: image → encoder → scorer → embedding, score, knn_angle;
 REPO/<name>/1/                        preprocessing, threshold and bundle identity in its parameters

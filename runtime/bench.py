@@ -1,6 +1,6 @@
 """`salad bench`: latency a console vendor can trust, every runtime × precision × batch against PyTorch eager.
 
-How it measures (DESIGN §7), and why:
+How it measures (docs/architecture.md §10), and why:
 - Films are decoded once, up front, by this process and handed to the workers as grey float arrays,
   so no timed loop reads or decodes a file. End to end is `Scorer.score` on those decoded arrays:
   input checks, the shared preprocessing, the runner, the threshold, the Result objects. Inference
@@ -532,8 +532,8 @@ def measure_floor(bundle: str | Path, threads: int, precisions: Sequence[str], d
     manifest = read_manifest(bundle, verify=False)
     floor: dict[str, Any] = {}
     try:
-        enc = count_macs(Path(bundle) / manifest.graph("encoder").file)
-        sco = count_macs(Path(bundle) / manifest.graph("scorer").file)
+        enc = count_macs(manifest.path_of(bundle, manifest.graph("encoder").file))
+        sco = count_macs(manifest.path_of(bundle, manifest.graph("scorer").file))
         floor["macs_per_image"] = {"encoder": enc["total"], "scorer": sco["total"], "model": enc["total"] + sco["total"]}
     except ImportError as exc:
         floor["macs_per_image"] = None

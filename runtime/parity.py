@@ -1,4 +1,4 @@
-"""Parity (DESIGN §6): does every runtime × precision make the PyTorch reference's decisions?
+"""Parity (docs/architecture.md §9): does every runtime × precision make the PyTorch reference's decisions?
 
 `compare` replays one input set through the PyTorch reference and each requested runtime ×
 precision, measures tensor-level (embedding cosine, |Δscore|, |Δknn_angle|) and decision-level

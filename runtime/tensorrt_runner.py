@@ -1,6 +1,6 @@
 """Native TensorRT backend (TensorRT 10/11 Python API, CUDA through cuda-python's `cuda.bindings`).
 
-Precision lives in the ONNX file (DESIGN §4), so the engine is built from the bundle's graph for the
+Precision lives in the ONNX file (docs/architecture.md §5), so the engine is built from the bundle's graph for the
 requested precision as a strongly typed network: no FP16/INT8 builder flags, which TensorRT 11
 removed. One optimisation profile covers batch 1..max_batch. Builds are slow, so the engine is cached
 on disk keyed by GPU name, compute capability, TensorRT version, graph sha256 and the profile, and a

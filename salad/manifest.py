@@ -1,4 +1,4 @@
-"""The bundle manifest (DESIGN §3): the one schema that export writes and every runtime reads.
+"""The bundle manifest (docs/architecture.md §4): the one schema that export writes and every runtime reads.
 
 A bundle is a directory a console can verify and run without the training code. Loading checks the
 schema version first, then every field's type and range, that every path stays inside the bundle
@@ -47,7 +47,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 PROTECTED_FIELDS = ("threshold", "scores", "k", "preprocessing", "bank", "embedding_dim")
 _HEX = frozenset("0123456789abcdef")
 
-#: Default parity tolerances per precision (DESIGN §6). fp16/int8 are set from measurements by calibration.
+#: Default parity tolerances per precision (docs/architecture.md §9). fp16/int8 are set from measurements by calibration.
 DEFAULT_TOLERANCES: dict[str, dict[str, float]] = {
     "fp32": {
         "max_abs_score_diff": 1e-5,

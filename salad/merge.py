@@ -1,4 +1,4 @@
-"""How a bundle's end-to-end graph is made from its encoder and scorer graphs (DESIGN §3).
+"""How a bundle's end-to-end graph is made from its encoder and scorer graphs (docs/architecture.md §4).
 
 One merge for export (fp32) and calibration (fp16/int8 variants), so every model*.onnx has the same
 names and outputs. onnx is imported when a merge runs: the core itself does not need it.

@@ -20,7 +20,7 @@ def test_ruff_is_clean() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-#: DESIGN §1: which stages each package may import (the core imports none). The CLI and the demo
+#: docs/architecture.md §1: which stages each package may import (the core imports none). The CLI and the demo
 #: are the core's entry points and may reach every stage; the torch reference runner imports
 #: salad.train lazily, inside its activation.
 ALLOWED_STAGES = {
@@ -62,4 +62,4 @@ def test_imports_follow_the_design_tree() -> None:
             extra = _stage_imports(path, package) - allowed - {package}
             if extra:
                 wrong.append(f"{rel} imports salad.{', salad.'.join(sorted(extra))}")
-    assert not wrong, "imports outside DESIGN §1's tree:\n" + "\n".join(wrong)
+    assert not wrong, "imports outside the tree of docs/architecture.md §1:\n" + "\n".join(wrong)

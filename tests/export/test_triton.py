@@ -138,7 +138,7 @@ def test_a_precision_variant_with_the_tensorrt_accelerator(fp16_bundle: Path, tm
         return dict(accel.parameters)
 
     enc, sco = accelerator(encoder), accelerator(scorer)
-    assert enc["precision_mode"] == "FP16" and sco["precision_mode"] == "FP32"  # the scorer stays float32 (DESIGN §4)
+    assert enc["precision_mode"] == "FP16" and sco["precision_mode"] == "FP32"  # the scorer stays float32 (docs/architecture.md §5)
     assert enc["trt_profile_min_shapes"] == "image:1x1x64x64" and enc["trt_profile_max_shapes"] == "image:8x1x64x64"
     assert sco["trt_profile_max_shapes"] == "embedding:8x200"
     assert params(ensemble)["salad.precision"] == "fp16"
