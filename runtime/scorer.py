@@ -114,7 +114,9 @@ class Scorer:
         if precision not in PRECISIONS:
             raise SaladError(f"precision {precision!r}; expected one of {list(PRECISIONS)}.")
         root = Path(path)
-        manifest = read_manifest(root, verify=True)
+        # Verify what this scorer reads, every time, and nothing else: the ONNX runtimes read the chosen graph
+        # (and its external data or bank); the torch reference reads the checkpoint too, so it verifies all.
+        manifest = read_manifest(root, verify=True, graphs=None if runtime == "torch" else [("model", precision)])
         graph = BundleGraph.from_manifest(root, manifest, "model", precision)
         runner = create_runner(runtime, graph, max_batch=max_batch, device=device, **runner_options)
         return cls(root, manifest, runner)
@@ -240,7 +242,7 @@ class Scorer:
             )
 
     def _load_bank(self) -> np.ndarray:
-        path = self.bundle / BANK_FILE
+        path = self.manifest.path_of(self.bundle, str(self.manifest.bank.get("file") or BANK_FILE))
         if not path.is_file():
             raise BundleError(f"{path}: missing; the graph takes the bank as an input. Re-copy or re-export the bundle.")
         try:

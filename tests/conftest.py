@@ -81,4 +81,4 @@ def dicom_files() -> dict[str, Path]:
     pytest.importorskip("data_store", reason="pydicom-data is not installed (pip install pydicom-data)")
     from pydicom.data import get_testdata_file
 
-    return {name: Path(get_testdata_file(name)) for name in ("RG1_UNCR.dcm", "RG1_J2KR.dcm")}
+    return {name: Path(str(get_testdata_file(name))) for name in ("RG1_UNCR.dcm", "RG1_J2KR.dcm")}
