@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The deployment checks on a real CPU-preset bundle: export the quality run of train_quality.sh,
+# The deployment checks on a real CPU-preset bundle: export a held-out quality run of train_quality.sh,
 # add the fp16 and int8 variants (int8 calibrated on the training patients' normal films), and
 # measure every variant against the PyTorch reference on the held-out patients (normal + pneumonia).
-# Usage: bash benchmarks/deploy_quality.sh [RUN] [BUNDLE]   (defaults: runs/quality-salad runs/bundle-kermany)
+# Usage: bash benchmarks/deploy_quality.sh [RUN] [BUNDLE]   (defaults: runs/quality/cpu-holdout-s0 runs/bundle-kermany)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-run=${1:-runs/quality-salad}
+run=${1:-runs/quality/cpu-holdout-s0}
 bundle=${2:-runs/bundle-kermany}
 out=benchmarks/results/deploy
 holdout=benchmarks/splits/kermany_holdout.csv

@@ -52,7 +52,10 @@ def recipe_config(recipe: str, overrides: list[str], seed: int, threads: int) ->
     changes: dict[str, Any] = {}
     for item in overrides:
         key, _, text = item.partition("=")
-        value: Any = json.loads(text) if text[:1] in "[{0123456789-tfn" and text not in ("nan",) else text
+        try:
+            value: Any = json.loads(text)  # numbers, true/false, lists
+        except json.JSONDecodeError:
+            value = text  # a plain word: a mode name
         if key.startswith("augment."):
             augment[key.split(".", 1)[1]] = value
         elif key in fields:

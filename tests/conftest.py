@@ -44,11 +44,15 @@ def use_fixture_tolerances(bundle: Path, precisions: tuple[str, ...] = ("fp16", 
 
 
 def tiny_config(**overrides):  # type: ignore[no-untyped-def]
-    """A CPU-second-sized SALAD config (64 px, width 0.125, 3 epochs) for tests."""
+    """A CPU-second-sized SALAD config (64 px, width 0.125, 3 epochs) for tests.
+
+    method "salad" (not the CPU preset's memdae), so the tests exercise the discrimination and aggregation code.
+    """
     from salad.train.trainer import CPU
 
     base = dataclasses.replace(
-        CPU, size=64, width=0.125, pretrain_epochs=1, rounds=2, round_epochs=1, batch_size=16, score_k=20, threads=2
+        CPU, method="salad", size=64, width=0.125, pretrain_epochs=1, rounds=2, round_epochs=1, batch_size=16, score_k=20,
+        threads=2,
     )
     return dataclasses.replace(base, **overrides)
 

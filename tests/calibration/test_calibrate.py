@@ -247,12 +247,12 @@ def test_bounded_loop_fails_with_the_best_figure_when_nothing_fits(bundle_copy: 
     import salad.calibration.calibrate as cal
     from salad.calibration.graphs import weighted_layers
 
-    by_channels = _float_by_channels(bundle_copy, 64)
+    by_channels = _float_by_channels(bundle_copy, MIN_INT8_CHANNELS)  # the 4 widest layers stay eligible
     eligible = len(weighted_layers(onnx.load(str(bundle_copy / "encoder.onnx")))) - len(by_channels)
     assert eligible >= 4
     monkeypatch.setattr(cal, "_parity", _fake_parity(lambda kept: 0.02 - 0.001 * min(kept, 3), by_channels))
     with pytest.raises(CalibrationError) as info:
-        calibrate_bundle(bundle_copy, "int8", SAMPLE_TRAIN, data_labelled=SAMPLE_EVAL, max_auc_drop=0.005, min_channels=64, latency_runs=1)
+        calibrate_bundle(bundle_copy, "int8", SAMPLE_TRAIN, data_labelled=SAMPLE_EVAL, max_auc_drop=0.005, min_channels=MIN_INT8_CHANNELS, latency_runs=1)
     text = str(info.value)
     assert "the int8 variant was not added" in text and f"no variant kept |ΔAUC| ≤ 0.005 and every tolerance after {eligible} attempt(s)" in text
     assert "the best reached ΔAUC +0.017 with 3 extra layer(s) in float" in text and "The bundle is unchanged" in text

@@ -122,7 +122,7 @@ def test_int8_encoder_is_symmetric_qdq_that_tensorrt_can_build(calibrated: Calib
         assert act.op_type == "DequantizeLinear" and numpy_helper.to_array(inits[act.input[1]]).size == 1
         if len(node.input) > 2:
             assert node.input[2] in inits and inits[node.input[2]].data_type == FLOAT, "biases stay float32 (TensorRT has no int32 DQ)"
-    assert len(quantized) >= 5
+    assert set(quantized) == {n for n, layer in layers.items() if layer.channels >= MIN_INT8_CHANNELS} and len(quantized) >= 4
     projection = [n for n in encoder.graph.node if n.op_type == "Conv"][-1]
     assert not [n for n in encoder.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == projection.output[0]], \
         "the embedding must leave the encoder unquantized"

@@ -283,7 +283,10 @@ def test_sixteen_bit_png_bomb_is_refused_from_its_header(tmp_path: Path) -> None
     code = (
         "import resource, sys\nfrom salad.imageio import read_image\n"
         f"try:\n    read_image({str(bomb)!r})\nexcept Exception as e:\n    print(type(e).__name__)\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        # VmHWM is this process's own peak (ru_maxrss would carry over the forking pytest's peak across exec)
+        "status = open('/proc/self/status').read() if sys.platform == 'linux' else ''\n"
+        "hwm = [line.split()[1] for line in status.splitlines() if line.startswith('VmHWM:')]\n"
+        "print(hwm[0] if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     kind, peak_kib = proc.stdout.split()

@@ -42,14 +42,15 @@ def test_bank_of_200k_rows(make_run: Callable[..., Path], tmp_path: Path) -> Non
 def test_known_anomalies_are_dropped_from_the_bank(sample_train: Path, sample_eval: Path, tmp_path: Path) -> None:
     """A real (one-epoch) run trained with --known-anomaly-ratio exports only its normal rows."""
     from salad.train.trainer import train_run
-    from tests.conftest import tiny_config
+    from tests.conftest import KERMANY, tiny_config
 
     data = tmp_path / "mixed.csv"
     with open(data, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "label"])
         w.writerows([str(p), 0] for p in sorted(sample_train.iterdir()))
-        w.writerows([str(p), 1] for p in sorted((sample_eval / "pneumonia").iterdir()))
+        # Abnormal films other than the validation ones: training never sees a validation film.
+        w.writerows([str(p), 1] for p in sorted((KERMANY / "train" / "pneumonia").glob("*.jpeg"))[:40])
     run = tmp_path / "ar"
     # One pre-training epoch keeps the test at ~10 s; without --bank-refresh the bank rows stay well apart
     # from the embeddings (a refreshed bank after one epoch is collapsed onto them: see test_errors).

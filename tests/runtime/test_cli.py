@@ -181,11 +181,12 @@ def test_a_bad_file_does_not_stop_the_others(tiny_bundle: Path, film_folder: Pat
 
 
 def test_modified_bundle_is_refused_naming_the_file(bundle_copy: Path, film_folder: Path) -> None:
-    with open(bundle_copy / "scorer.onnx", "ab") as fh:
+    """`salad score` verifies what it loads (the merged graph) every time; a modified one is refused, named."""
+    with open(bundle_copy / "model.onnx", "ab") as fh:
         fh.write(b"\x00")
     proc = salad_score(bundle_copy, film_folder)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert f"{bundle_copy / 'scorer.onnx'}: sha256 mismatch" in proc.stderr
+    assert f"{bundle_copy / 'model.onnx'}: sha256 mismatch" in proc.stderr
     assert proc.stdout == ""
 
 

@@ -33,9 +33,19 @@ def test_loading_refuses_a_modified_file_and_names_it(bundle_copy: Path) -> None
 
 
 def test_loading_refuses_a_missing_file(bundle_copy: Path) -> None:
-    (bundle_copy / "reference.npz").unlink()
-    with pytest.raises(BundleError, match=r"reference.npz: missing"):
+    (bundle_copy / "model.onnx").unlink()
+    with pytest.raises(BundleError, match=r"model.onnx: missing"):
         Scorer.from_bundle(bundle_copy)
+
+
+def test_loading_verifies_what_it_reads_and_only_that(bundle_copy: Path) -> None:
+    """Cold start: ONNX Runtime reads model.onnx alone, so only it is hashed; the torch reference checks everything."""
+    (bundle_copy / "reference.npz").unlink()  # not read when scoring with ONNX Runtime
+    with Scorer.from_bundle(bundle_copy) as scorer:
+        film = sorted((Path(salad.__file__).parent / "sample" / "eval" / "normal").glob("*.jpeg"))[0]
+        assert scorer.score([film])[0].label in (0, 1)
+    with pytest.raises(BundleError, match=r"reference.npz: missing"):
+        Scorer.from_bundle(bundle_copy, runtime="torch")
 
 
 def test_a_precision_the_bundle_lacks_is_named(tiny_bundle: Path) -> None:

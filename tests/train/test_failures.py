@@ -97,7 +97,7 @@ def test_an_unreadable_file_is_one_line_naming_it(tiny_run: Path, tmp_path: Path
     done = subprocess.run([*prefix, sys.executable, "-m", "salad.cli", "evaluate", str(tiny_run), "--data", str(labels)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done.stderr
-    assert f"error: {locked}: Permission denied" in done.stderr
+    assert f"error: {locked}: cannot read (Permission denied)" in done.stderr
     assert "Traceback" not in done.stderr
 
 

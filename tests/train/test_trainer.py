@@ -89,7 +89,7 @@ def test_bad_training_inputs_give_one_line_errors(tmp_path: Path) -> None:
     victim = sorted(broken.iterdir())[5]
     victim.write_bytes(victim.read_bytes()[:500])
     out = _cli_error(["train", "--data", str(broken), "--out", str(tmp_path / "r2"), "--size", "64", "--width", "0.125"])
-    assert victim.name in out and "truncated JPEG" in out
+    assert victim.name in out and "truncated" in out and "re-copy or re-export" in out
 
     csv = tmp_path / "cols.csv"
     csv.write_text("image,label\nx.png,0\n")
