@@ -37,6 +37,8 @@ SPLIT_FILES = {
     "dev": ("dev_train.csv", "dev_val.csv"),
     "holdout": ("kermany_train.csv", "kermany_holdout.csv"),
     "nih": ("nih_train.csv", "nih_holdout.csv"),
+    # The paper's known-anomaly setting on dev: dev_train's normals + pneumonia films of other patients to draw from.
+    "dev-ar": ("dev_train_ar.csv", "dev_val.csv"),
 }
 SPECIFICITY = 0.95
 
