@@ -120,6 +120,7 @@ def run_one(name: str, recipe: str, overrides: list[str], split: str, seed: int,
     from salad.data import read_samples
     from salad.imageio import read_image
     from salad.preprocess import preprocess
+    from salad.runtime.bench import machine_info
     from salad.train.evaluate import load_run
     from salad.train.trainer import train_run
 
@@ -151,7 +152,7 @@ def run_one(name: str, recipe: str, overrides: list[str], split: str, seed: int,
         "n_train": len(bank_samples), "n_normal": int((labels == 0).sum()), "n_abnormal": int((labels == 1).sum()),
         "config": cfg.to_dict(), "operating_score": loaded.score_name, "train_seconds": train_seconds,
         "val_auc": summary.get("val_auc"), "threshold": threshold,
-        "machine": {"cpu": _cpu(), "python": platform.python_version(), "torch": torch.__version__},
+        "machine": {"cpu": machine_info()["cpu"], "python": platform.python_version(), "torch": torch.__version__},
     }
     record["clean"] = evaluate_set(run_dir, loaded, train_raw, films, labels, threshold, seed, cfg.score_k)
     if split == "nih":
@@ -174,27 +175,19 @@ def run_one(name: str, recipe: str, overrides: list[str], split: str, seed: int,
     return record
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def margin(floor: float) -> float:
-    """How much a learned figure must beat a floor by: 0.05 AUC or half the floor's distance to 1.0, the smaller."""
-    return min(0.05, (1.0 - floor) / 2.0)
-
-
 def _ms(values: list[float]) -> str:
     if not values:
         return "–"
     if len(values) == 1:
         return f"{values[0]:.3f}"
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def margin(floor: float) -> float:
+    """The acceptance margin over a floor (the one export applies: salad.train.trainer.floor_margin)."""
+    from salad.train.trainer import floor_margin
+
+    return floor_margin(floor)
 
 
 def summarise(folder: Path) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.metadata
 import itertools
 import json
 import os
@@ -34,6 +33,7 @@ from tqdm import tqdm
 
 import salad
 from salad.runtime import Scorer
+from salad.runtime.bench import library_versions, machine_info
 
 SAMPLE = Path(salad.__file__).parent / "sample"
 LIBRARIES = ("salad-edge", "numpy", "opencv-python-headless", "pydicom", "onnxruntime", "simplejpeg", "psutil", "torch")
@@ -109,34 +109,11 @@ def summarise(samples: list[dict[str, float]], **info: Any) -> dict[str, Any]:
         "fds": {"first": fds[0], "last": fds[-1], "min": min(fds), "max": max(fds)},
         "films_per_s": n / elapsed if elapsed > 0 else None,
         "samples": samples,
-        "machine": {"cpu": cpu_model(), "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "machine": {"cpu": machine_info()["cpu"], "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
                     "platform": platform.platform(), "python": platform.python_version()},
-        "libraries": library_versions(),
+        "libraries": library_versions(LIBRARIES),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo, else what platform knows."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def library_versions() -> dict[str, str]:
-    """Installed versions of the libraries on the scoring path."""
-    versions = {}
-    for name in LIBRARIES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return versions
 
 
 def to_markdown(report: dict[str, Any]) -> str:

@@ -872,9 +872,10 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def library_versions() -> dict[str, str]:
+def library_versions(names: Sequence[str] = LIBRARIES) -> dict[str, str]:
+    """Installed versions of `names` (the distributions a figure depends on); absent ones are left out."""
     versions = {}
-    for name in LIBRARIES:
+    for name in names:
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:

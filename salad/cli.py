@@ -9,9 +9,7 @@ from __future__ import annotations
 import errno
 import functools
 import json
-import signal
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,6 +18,7 @@ import click
 
 import salad
 from salad.errors import SaladError
+from salad.fsutil import sigterm_as_interrupt
 from salad.scoring import SCORE_NAMES
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -34,9 +33,9 @@ def friendly_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        previous = _terminate_as_interrupt()
         try:
-            return fn(*args, **kwargs)
+            with sigterm_as_interrupt():
+                return fn(*args, **kwargs)
         except SaladError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
@@ -52,9 +51,6 @@ def friendly_errors(fn: F) -> F:
         except OSError as exc:  # PermissionError, a full disk, a vanished file: name the file and the fix
             click.echo(f"error: {describe_os_error(exc)}", err=True)
             sys.exit(1)
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
 
     return wrapper  # type: ignore[return-value]
 
@@ -72,17 +68,6 @@ def describe_os_error(exc: OSError) -> str:
     if exc.errno is not None and exc.errno == errno.ENOSPC:
         fix = "free space on that disk or write elsewhere"
     return f"{where}: {reason}; {fix}."
-
-
-def _terminate_as_interrupt() -> Any:
-    """Make SIGTERM raise KeyboardInterrupt in the main thread; returns the previous handler (None elsewhere)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    return signal.signal(signal.SIGTERM, interrupt)
 
 
 class LazyChoice(click.Choice):
