@@ -31,7 +31,7 @@ from salad.data import Sample, read_samples, require_normals
 from salad.errors import DataError, RunError, SaladError
 from salad.preprocess import PreprocessConfig
 from salad.scoring import DEFAULT_SCORE, by_name, check_k, check_score_name, score_torch
-from salad.train.datasets import AugmentConfig, augment, preload
+from salad.train.datasets import AugmentConfig, preload, training_pair
 from salad.train.losses import discrimination_terms, select_anchors
 from salad.train.memory_bank import MemoryBank
 from salad.train.models import ModelConfig, SaladAutoencoder
@@ -373,10 +373,11 @@ class Trainer:
                 idx = perm[s : s + cfg.batch_size]
                 # Every process draws the whole global batch's augmentation from the shared generator, then
                 # keeps its share: the global batch is the single-process batch, whatever the process count.
-                x = self.replicas.local(augment(images[idx], cfg.augment, self.gen)).to(self.device)
+                view, target = training_pair(images[idx], cfg.augment, self.gen)
+                x = self.replicas.local(view).to(self.device)
                 idx_d = self.replicas.local(idx).to(self.device)
                 z, recon = self.net(x)
-                mse = F.mse_loss(recon, x) if use_mse else torch.zeros((), device=self.device)
+                mse = F.mse_loss(recon, self.replicas.local(target).to(self.device)) if use_mse else torch.zeros((), device=self.device)
                 if use_disc:
                     terms = discrimination_terms(
                         z, idx_d, self.bank.rows, cfg.tau,
