@@ -7,11 +7,13 @@ silently lacks a presentation context.
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
+import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     JPEG2000,
@@ -82,15 +84,15 @@ def start_scp(ae_title: str, host: str, port: int, receive: Receiver) -> tuple[A
         sop_class = str(event.context.abstract_syntax)
         syntax = str(event.context.transfer_syntax)
         try:
-            header: Dataset | None = event.dataset
-        except Exception as exc:  # pydicom raises many types on a dataset it cannot parse
-            log.error("from %s: cannot decode the dataset of a %s C-STORE (%s)", who, sop_class_name(sop_class), exc)
-            header = None
-        try:
             data = event.encoded_dataset(include_meta=True)
         except Exception as exc:
             log.error("from %s: cannot read the received bytes (%s)", who, exc)
             return CANNOT_UNDERSTAND
+        try:  # the header only: the pixel data is stored as received and decoded once, by the scorer
+            header: Dataset | None = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        except Exception as exc:  # pydicom raises many types on a dataset it cannot parse
+            log.error("from %s: cannot decode the dataset of a %s C-STORE (%s)", who, sop_class_name(sop_class), exc)
+            header = None
         return receive(sop_class, header, data, syntax, who)
 
     def on_echo(event: Any) -> int:
