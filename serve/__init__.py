@@ -3,7 +3,7 @@
 Films arrive over the DICOM network (C-STORE) or in an export folder, are acknowledged once they are
 safely on disk, and are scored from that disk queue by one activated `salad.runtime.Scorer`, so a
 score here equals `salad score` on the same file. Needs `salad-edge[runtime,dicom]`; never torch or onnx.
-docs/architecture.md §9 describes the queue, the ledger and the failure cases.
+docs/architecture.md §11 describes the queue, the ledger and the failure cases.
 """
 
 from __future__ import annotations

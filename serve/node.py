@@ -3,7 +3,7 @@
 Threads: pynetdicom's association threads and the watcher only store and acknowledge; one worker
 owns the activated Scorer and scores whatever waits in inbox/ in batches of up to `max_batch`; the
 forwarder empties outbox/. The main thread supervises and, on SIGTERM or Ctrl-C, drains: it stops
-taking new films, scores the queue, forwards once more, then returns. docs/architecture.md §9.
+taking new films, scores the queue, forwards once more, then returns. docs/architecture.md §11.
 """
 
 from __future__ import annotations
@@ -343,11 +343,11 @@ class Node:
             watcher = Watcher(c.watch, self.store, self.take_file, settle_s=c.settle_s)
             watcher_thread = threading.Thread(target=watcher.run, args=(self._stop_intake,), name="salad-watch", daemon=True)
             threads.append(watcher_thread)
+        ae = server = None
+        if c.port is not None:  # first: a port in use fails before any thread starts
+            ae, server = start_scp(c.ae_title, c.host, c.port, self.receive)
         for t in threads:
             t.start()
-        ae = server = None
-        if c.port is not None:
-            ae, server = start_scp(c.ae_title, c.host, c.port, self.receive)
         where = [f"AE {c.ae_title} on {c.host}:{c.port}"] if c.port is not None else []
         where += [f"watching {c.watch}"] if c.watch is not None else []
         log.info(

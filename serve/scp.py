@@ -44,7 +44,7 @@ TRANSFER_SYNTAXES: tuple[str, ...] = (
     JPEG2000Lossless, JPEG2000, JPEGLosslessSV1, JPEGLossless, RLELossless,
 )
 #: SOP classes stored and scored: projection radiographs (CR, DX for presentation, DX for processing), the
-#: core's own list. Secondary capture is refused (docs/architecture.md §9: no acquisition geometry, often
+#: core's own list. Secondary capture is refused (docs/architecture.md §11: no acquisition geometry, often
 #: burned-in text and an unknown display transform, so its scores are not the detector's validated input).
 ACCEPTED_SOP_CLASSES = RADIOGRAPH_SOP_CLASSES
 #: DIMSE statuses (PS3.7 Annex C, PS3.4 Table B.2-1) the handler answers with.

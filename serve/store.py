@@ -3,7 +3,7 @@
 Everything that must survive `kill -9` is a file written atomically (salad.fsutil.write_atomic) or one
 appended, fsynced line. scores.jsonl is the one record of what was processed: an instance whose row is
 there is never scored again, and an instance still in inbox/ without a row is scored after a restart.
-docs/architecture.md §9 walks through each crash window.
+docs/architecture.md §11 walks through each crash window.
 """
 
 from __future__ import annotations
