@@ -8,9 +8,10 @@ Films: pydicom-data's CR films (raw RG3_UNCR, JPEG 2000 RG3_J2KI and RG1_J2KI) a
 relabelled CR, cycled, each copy a new instance (new SOP Instance UID). Senders: pynetdicom's own storescu
 application, one process per association. The node: `salad serve` as a subprocess, sampled for RSS.
 
-Phases: `steady` (the load, measured), `kill` (the load again into a fresh results folder; kill -9 after
+Phases: `steady` (the load, measured: a burst, so latency there is mostly the backlog), `kill` (the load again into a fresh results folder; kill -9 after
 --kill-after rows, restart, then each sender re-sends what it was not acknowledged, as a modality does),
-`watch` (--watch-files copied into a watch folder, kill -9 half way, the rest copied while it is down).
+`watch` (--watch-files copied into a watch folder, kill -9 half way, the rest copied while it is down),
+`paced` (one association, one film every --paced-interval s: the latency a console sees below capacity).
 Usage: python benchmarks/dicom_load.py BUNDLE [--n 1000] [--associations 4] [--out benchmarks/results/dicom]
 """
 
@@ -36,12 +37,12 @@ import numpy as np
 import psutil
 import pydicom
 from pydicom.data import get_testdata_file
-from pydicom.uid import generate_uid
+from pydicom.uid import UID, generate_uid
 
 from salad.runtime.bench import library_versions, machine_info
 
 FILMS = ("RG3_UNCR.dcm", "RG3_J2KI.dcm", "RG1_J2KI.dcm", "JPEG-LL.dcm")
-CR = "1.2.840.10008.5.1.4.1.1.1"
+CR = UID("1.2.840.10008.5.1.4.1.1.1")
 LIBRARIES = ("salad-edge", "numpy", "pydicom", "pynetdicom", "highdicom", "onnxruntime", "pylibjpeg-openjpeg", "psutil")
 
 
@@ -49,7 +50,7 @@ def make_films(folder: Path, n: int, senders: int) -> list[list[Path]]:
     """n real CR films (cycled, each a new instance), dealt round-robin into one folder per sender."""
     sources = []
     for name in FILMS:
-        ds = pydicom.dcmread(get_testdata_file(name))
+        ds = pydicom.dcmread(str(get_testdata_file(name)))
         if ds.get("Modality") != "CR":  # JPEG-LL.dcm (NM): the pydicom-data JPEG Lossless film, sent as a CR plate sends it
             ds.Modality = "CR"
             ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = CR
@@ -265,13 +266,54 @@ def watch_fault(bundle: Path, work: Path, files: list[Path]) -> dict[str, Any]:
     return {"files": len(files), "killed_after_rows": rows_at_kill, **check(rows(out), {uid_of(p) for p in files})}
 
 
+def paced(bundle: Path, work: Path, files: list[Path], interval_s: float) -> dict[str, Any]:
+    """One association sending a film every `interval_s` (a console's pace, below capacity): ack-to-score latency."""
+    from pynetdicom import AE
+
+    out, port = work / "paced", free_port()
+    node = Node(bundle, out, work / "paced.log", "--host", "127.0.0.1", "--port", str(port))
+    ae = AE(ae_title="PACED")
+    for ds in {(str(h.SOPClassUID), str(h.file_meta.TransferSyntaxUID)) for h in map(_header, files)}:
+        ae.add_requested_context(*ds)
+    assoc = ae.associate("127.0.0.1", port, ae_title="SALAD")
+    if not assoc.is_established:
+        raise SystemExit("paced: no association")
+    ack_ms = []
+    start = time.monotonic()
+    for i, path in enumerate(files):
+        time.sleep(max(0.0, start + i * interval_s - time.monotonic()))
+        t = time.perf_counter()
+        status = assoc.send_c_store(path)
+        ack_ms.append((time.perf_counter() - t) * 1000)
+        if not status or status.Status != 0:
+            raise SystemExit(f"paced: {path} not stored ({status})")
+    assoc.release()
+    wait_rows(out, len(files))
+    node.stop()
+    got = rows(out)
+    lat = np.array([r["timings"]["latency_ms"] for r in got])
+    return {
+        "sent": len(files), "interval_s": interval_s, **check(got, {uid_of(p) for p in files}),
+        "c_store_round_trip_ms": {"p50": round(float(np.percentile(ack_ms, 50)), 1), "p95": round(float(np.percentile(ack_ms, 95)), 1)},
+        "latency_ms": {"p50": round(float(np.percentile(lat, 50)), 1), "p95": round(float(np.percentile(lat, 95)), 1),
+                       "max": round(float(lat.max()), 1)},
+        "batch_sizes": {str(k): v for k, v in sorted(Counter(r["timings"]["batch_size"] for r in got).items())},
+        "memory": memory(node.rss),
+    }
+
+
+def _header(path: Path) -> pydicom.Dataset:
+    return pydicom.dcmread(path, stop_before_pixels=True)
+
+
 def write_markdown(path: Path, result: dict[str, Any]) -> None:
-    s, k, w = result["steady"], result["kill"], result["watch"]
+    s, k, w, p = result["steady"], result["kill"], result["watch"], result.get("paced")
     m = s["memory"]
     lines = [
         "# DICOM node load (benchmarks/dicom_load.py)",
         "",
-        f"{result['machine'].get('cpu', '?')}, {result['machine'].get('cpus_usable', '?')} usable CPUs, run niced beside other work; "
+        f"{result['machine'].get('cpu', '?')}, {result['machine'].get('cpus_usable', '?')} usable CPUs, run niced beside other work "
+        f"(load average {result.get('load_average_at_start', '?')} at start, {result.get('load_average_at_end', '?')} at the end); "
         f"bundle {result['bundle']} ({result['runtime']}). {s['sent']} C-STOREs over {result['associations']} concurrent "
         "associations (pynetdicom storescu processes), pydicom-data CR films cycled as new instances.",
         "",
@@ -284,6 +326,14 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
         f"{k['acknowledged_scored_exactly_once']} of {k['acknowledged_before_kill']} acknowledged before the kill scored exactly once |",
         f"| watch folder, kill -9, files copied while down | {w['files']} | {w['rows']} | {w['lost']} | {w['duplicates']} | "
         f"{w['errors']} | killed after {w['killed_after_rows']} rows |",
+    ]
+    if p:
+        lines.append(
+            f"| paced, one film every {p['interval_s']} s | {p['sent']} | {p['rows']} | {p['lost']} | {p['duplicates']} | "
+            f"{p['errors']} | latency p50 {p['latency_ms']['p50']} ms, p95 {p['latency_ms']['p95']} ms; "
+            f"C-STORE round trip p50 {p['c_store_round_trip_ms']['p50']} ms |"
+        )
+    lines += [
         "",
         f"Steady phase: all sent in {s['seconds_to_send']} s (acknowledged on disk), last row after "
         f"{s['seconds_to_last_row']} s; decode + preprocessing median {s['preprocess_ms_median']} ms per film; "
@@ -302,29 +352,45 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--associations", type=int, default=4)
     ap.add_argument("--kill-after", type=int, default=300, help="rows before the kill -9 of the fault phase")
     ap.add_argument("--watch-files", type=int, default=200)
+    ap.add_argument("--paced-files", type=int, default=120)
+    ap.add_argument("--paced-interval", type=float, default=1.0, help="seconds between films in the paced phase")
+    ap.add_argument("--phases", default="steady,kill,watch,paced",
+                    help="comma-separated; phases not run keep their figures from an existing OUT/load.json")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "dicom")
     args = ap.parse_args(argv)
+    phases = args.phases.split(",")
     with tempfile.TemporaryDirectory(prefix="dicom-load-") as tmp:
         work = Path(tmp)
-        groups = make_films(work / "films", args.n, args.associations)
-        result: dict[str, Any] = {
+        previous = args.out / "load.json"
+        result: dict[str, Any] = json.loads(previous.read_text()) if previous.exists() else {}
+        result.update({
             "bundle": str(args.bundle), "runtime": "onnxruntime/fp32", "associations": args.associations,
             "films": list(FILMS), "machine": machine_info(), "libraries": library_versions(LIBRARIES),
-        }
-        result["steady"] = steady(args.bundle, work, groups)
-        print(json.dumps(result["steady"], indent=2), flush=True)
-        result["kill"] = kill_restart(args.bundle, work, groups, args.kill_after)
-        print(json.dumps(result["kill"], indent=2), flush=True)
-        watch_files = make_films(work / "watch-films", args.watch_files, 1)[0]
-        result["watch"] = watch_fault(args.bundle, work, watch_files)
-        print(json.dumps(result["watch"], indent=2), flush=True)
+            "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        })
+        groups = make_films(work / "films", args.n, args.associations) if {"steady", "kill"} & set(phases) else []
+        if "steady" in phases:
+            result["steady"] = steady(args.bundle, work, groups)
+            print(json.dumps(result["steady"], indent=2), flush=True)
+        if "kill" in phases:
+            result["kill"] = kill_restart(args.bundle, work, groups, args.kill_after)
+            print(json.dumps(result["kill"], indent=2), flush=True)
+        if "watch" in phases:
+            watch_files = make_films(work / "watch-films", args.watch_files, 1)[0]
+            result["watch"] = watch_fault(args.bundle, work, watch_files)
+            print(json.dumps(result["watch"], indent=2), flush=True)
+        if "paced" in phases:
+            paced_files = make_films(work / "paced-films", args.paced_files, 1)[0]
+            result["paced"] = paced(args.bundle, work, paced_files, args.paced_interval)
+            print(json.dumps(result["paced"], indent=2), flush=True)
+        result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "load.json").write_text(json.dumps(result, indent=2) + "\n")
         write_markdown(args.out / "load.md", result)
         for log in sorted(work.glob("*.log")):  # the node's own logs (status lines) travel with the results
             if not log.name.startswith(("steady-sender", "kill-sender", "kill-resend")):
                 shutil.copy(log, args.out / log.name)
-    failed = [p for p in ("steady", "kill", "watch") if result[p]["lost"] or result[p]["duplicates"] or result[p]["unexpected"]]
+    failed = [p for p in phases if result[p]["lost"] or result[p]["duplicates"] or result[p]["unexpected"]]
     return 1 if failed else 0
 
 

@@ -27,7 +27,8 @@ def _configure_logging(verbose: bool) -> None:
     log.handlers[:] = [handler]
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
     log.propagate = False
-    logging.getLogger("pynetdicom").setLevel(logging.INFO if verbose else logging.WARNING)
+    # pynetdicom logs each failed association itself; the node's own lines say what failed and what happens next
+    logging.getLogger("pynetdicom").setLevel(logging.INFO if verbose else logging.CRITICAL)
 
 
 def _need_dicom_extra() -> None:

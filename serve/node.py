@@ -314,6 +314,7 @@ class Node:
     def run(self, ready: Callable[[Node], None] | None = None) -> Stats:
         """Serve until SIGTERM/Ctrl-C (KeyboardInterrupt), then drain; a second one stops at once (the queue stays)."""
         c = self.config
+        c.out.parent.mkdir(parents=True, exist_ok=True)  # the lock file lives beside RESULTS
         with writer_lock(c.out, timeout=0, what="results folder"):
             self.store = Store(c.out)
             try:

@@ -233,3 +233,16 @@ def test_forward_destination_is_parsed_or_refused_with_the_expected_form() -> No
 
     with pytest.raises(SaladError, match=r"--forward 'PACS@host': expected AE@HOST:PORT, e\.g\. PACS@10\.0\.0\.5:104"):
         parse_forward("PACS@host")
+
+
+def test_command_line_errors_are_one_line(tmp_path: Path) -> None:
+    from salad.cli import main
+
+    result = CliRunner().invoke(main, ["serve", str(tmp_path)])
+    assert result.exit_code == 1 and result.output.strip() == (
+        "error: salad serve needs BUNDLE and --out RESULTS (or --check to test a running node)."
+    )
+    port = free_port()  # nothing listens there
+    result = CliRunner().invoke(main, ["serve", "--check", "--port", str(port)])
+    assert result.exit_code == 1
+    assert f"error: no DICOM node answered at SALAD@127.0.0.1:{port}" in result.output and "Traceback" not in result.output
