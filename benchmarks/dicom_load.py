@@ -223,14 +223,21 @@ def kill_restart(bundle: Path, work: Path, groups: list[list[Path]], kill_after:
     acked_before = set().union(*(acknowledged(log) for log in logs))
     queued_at_kill = len(list((out / "inbox").glob("*.dcm")))
     node = Node(bundle, out, work / "kill-restart.log", "--host", "127.0.0.1", "--port", str(port))
-    # a modality re-sends what it was not acknowledged
-    resend = [[p for p in g if p.name not in acked_before] for g in groups]
-    logs2 = [work / f"kill-resend{i}.log" for i in range(len(groups))]
-    senders = [storescu(port, g, log) for g, log in zip(resend, logs2, strict=True) if g]
-    for s in senders:
-        s.wait(600)
+    # a modality re-sends what was not acknowledged, until it is (a failed C-STORE is retried, as on a console)
+    pending = [p for g in groups for p in g if p.name not in acked_before]
+    rounds, resent = 0, 0
+    while pending and rounds < 5:
+        chunks = [pending[i :: len(groups)] for i in range(len(groups))]
+        logs2 = [work / f"kill-resend{rounds}-{i}.log" for i in range(len(groups))]
+        senders = [storescu(port, c, log) for c, log in zip(chunks, logs2, strict=True) if c]
+        for s in senders:
+            s.wait(600)
+        resent += len(pending)
+        acked_now = set().union(*(acknowledged(log) for log in logs2 if log.exists()))
+        pending = [p for p in pending if p.name not in acked_now]
+        rounds += 1
     n = sum(len(g) for g in groups)
-    wait_rows(out, n)
+    wait_rows(out, n - len(pending))
     node.stop()
     got = rows(out)
     counts = Counter(r["sop_instance_uid"] for r in got)
@@ -240,7 +247,8 @@ def kill_restart(bundle: Path, work: Path, groups: list[list[Path]], kill_after:
         "killed_after_rows": rows_at_kill,
         "acknowledged_before_kill": len(acked_before),
         "queued_on_disk_at_kill": queued_at_kill,
-        "resent_after_restart": sum(len(g) for g in resend),
+        "resent_after_restart": resent,
+        "resend_rounds": rounds,
         **check(got, {uid_of(p) for g in groups for p in g}),
         "acknowledged_scored_exactly_once": sum(1 for u in acked_uids if counts[u] == 1),
     }
@@ -322,7 +330,9 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
         f"| steady | {s['sent']} | {s['rows']} | {s['lost']} | {s['duplicates']} | {s['errors']} | "
         f"{s['throughput_films_per_s']} films/s; latency p50 {s['latency_ms']['p50']} ms, p95 {s['latency_ms']['p95']} ms |",
         f"| kill -9 + restart | {k['sent']} | {k['rows']} | {k['lost']} | {k['duplicates']} | {k['errors']} | killed after "
-        f"{k['killed_after_rows']} rows with {k['queued_on_disk_at_kill']} queued on disk; "
+        f"{k['killed_after_rows']} rows with {k['queued_on_disk_at_kill']} queued on disk and "
+        f"{k['sent'] - k['acknowledged_before_kill']} not yet acknowledged (re-sent after the restart, "
+        f"{k.get('resend_rounds', 1)} round(s)); "
         f"{k['acknowledged_scored_exactly_once']} of {k['acknowledged_before_kill']} acknowledged before the kill scored exactly once |",
         f"| watch folder, kill -9, files copied while down | {w['files']} | {w['rows']} | {w['lost']} | {w['duplicates']} | "
         f"{w['errors']} | killed after {w['killed_after_rows']} rows |",

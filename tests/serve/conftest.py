@@ -143,10 +143,20 @@ def nodes() -> Iterator[list[Served]]:
 
 
 def storescu(port: int, *files: Path, called: str = "SALAD") -> dict[str, str]:
-    """Send `files` with pynetdicom's own storescu application (a separate process); file → status it received."""
-    cmd = [sys.executable, "-m", "pynetdicom", "storescu", "127.0.0.1", str(port), *map(str, files), "-aec", called, "-cx", "-v"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    return store_statuses(done.stdout + done.stderr)
+    """Send `files` with pynetdicom's own storescu application (a separate process); file → status it received.
+
+    A file that got no response at all is sent once more, as a modality retries: on a loaded machine
+    pynetdicom's SCU can lose a response to its own reactor thread (pydicom/pynetdicom#875) and abort.
+    """
+    statuses: dict[str, str] = {}
+    for _attempt in range(2):
+        todo = [f for f in files if statuses.get(str(Path(f).resolve()), "none") == "none"]
+        if not todo:
+            break
+        cmd = [sys.executable, "-m", "pynetdicom", "storescu", "127.0.0.1", str(port), *map(str, todo), "-aec", called, "-cx", "-v"]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        statuses.update(store_statuses(done.stdout + done.stderr))
+    return statuses
 
 
 def store_statuses(log: str) -> dict[str, str]:
