@@ -246,3 +246,24 @@ def test_command_line_errors_are_one_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["serve", "--check", "--port", str(port)])
     assert result.exit_code == 1
     assert f"error: no DICOM node answered at SALAD@127.0.0.1:{port}" in result.output and "Traceback" not in result.output
+
+
+def test_without_the_dicom_extra_help_works_and_serve_names_the_extra(tmp_path: Path) -> None:
+    blocker = (
+        "import importlib.abc, sys\n"
+        "class B(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('pynetdicom', 'highdicom', 'torch', 'onnx'):\n"
+        "            raise ModuleNotFoundError(f'{name} is blocked', name=name.split('.')[0])\n"
+        "sys.meta_path.insert(0, B())\n"
+        "from salad.cli import main\n"
+        "main(args=sys.argv[1:], prog_name='salad')\n"
+    )
+    listed = subprocess.run([sys.executable, "-c", blocker, "--help"], capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0 and "  serve " in listed.stdout, listed.stderr
+    refused = subprocess.run([sys.executable, "-c", blocker, "serve", str(tmp_path), "--out", str(tmp_path / "out")],
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines() == [
+        "error: `salad serve` needs pynetdicom and highdicom (highdicom is not installed): pip install 'salad-edge[dicom]'."
+    ]
