@@ -362,7 +362,8 @@ class Node:
             while self._worker_error is None:
                 time.sleep(0.2)
         except KeyboardInterrupt:
-            log.info("stopping: no new films; scoring the %d queued, then forwarding", len(self.store.queued()))
+            log.info("stopping: no new films; scoring the %d queued%s", len(self.store.queued()),
+                     ", then forwarding" if self.forwarder is not None else "")
         finally:
             if server is not None and ae is not None:
                 server.shutdown()
