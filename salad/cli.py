@@ -106,6 +106,7 @@ class StageGroup(click.Group):
         "calibrate": "salad.calibration.cli:calibrate_command",
         "bench": "salad.runtime.bench:bench_command",
         "export-triton": "salad.export.triton_cli:export_triton_command",
+        "serve": "salad.serve.cli:serve_command",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

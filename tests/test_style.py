@@ -29,6 +29,7 @@ ALLOWED_STAGES = {
     "runtime": set(),
     "export": {"train"},
     "calibration": {"runtime"},
+    "serve": {"runtime"},
 }
 ENTRY_POINTS = {"salad/cli.py", "salad/demo.py", "runtime/torch_runner.py"}
 
