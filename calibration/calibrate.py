@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 import salad
-from salad.errors import CalibrationError, SaladError
+from salad.bundle import Bundle
+from salad.errors import BundleError, CalibrationError, SaladError
 from salad.fsutil import sigterm_as_interrupt, sweep_stale, temp_name, writer_lock
 from salad.manifest import (
     GraphSpec,
@@ -291,47 +292,35 @@ def _parity(root: Path, precision: str, data_labelled: Any) -> Any:
 
 def _reference_film_auc(root: Path, precision: str) -> dict[str, Any]:
     """ΔAUC/ΔAUPRC on reference.npz's labelled films: ONNX Runtime on the variant vs the stored PyTorch scores."""
-    import onnxruntime as ort
+    from salad.runtime.parity import detection_metrics
 
-    from salad.runtime.parity import detection_metrics, read_reference
-
-    manifest = read_manifest(root, verify=False)
-    images, _, stored = read_reference(root, manifest)
-    with np.load(manifest.path_of(root, str(manifest.reference.get("file") or "reference.npz")), allow_pickle=False) as ref:
-        labels = np.asarray(ref["label"]) if "label" in ref.files else None
-    out: dict[str, Any] = {"images": int(len(images))}
-    if labels is None or len(np.unique(labels)) < 2:
+    bundle = Bundle.open(root, verify=False)
+    score_name = bundle.threshold.score
+    ref = bundle.load_reference(["image", score_name])
+    out: dict[str, Any] = {"images": int(len(ref["image"]))}
+    try:
+        labels = bundle.load_reference(["label"])["label"]
+    except BundleError:  # a reference set without labels: no AUC to compare
         return out
-    spec = manifest.graph("model", precision)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(root / spec.file), options, providers=["CPUExecutionProvider"])
-    feed: dict[str, np.ndarray] = {"image": images}
-    if any(t.name == "bank" for t in spec.inputs):
-        feed["bank"] = np.load(manifest.path_of(root, str(manifest.bank.get("file") or "bank.npy")), allow_pickle=False).astype(np.float32)
-    score_name = str(manifest.threshold.get("score", "score"))
-    got = session.run([score_name], feed)[0]
+    if len(np.unique(labels)) < 2:
+        return out
+    feed = {"image": ref["image"], **bundle.static_feed("model", precision)}
+    got = bundle.session("model", precision).run([score_name], feed)[0]
     auc, ap = detection_metrics(labels, got)
-    ref_auc, ref_ap = detection_metrics(labels, np.asarray(stored[score_name]))
+    ref_auc, ref_ap = detection_metrics(labels, np.asarray(ref[score_name]))
     out.update(auc=auc, auprc=ap, reference_auc=ref_auc, reference_auprc=ref_ap, delta_auc=auc - ref_auc, delta_auprc=ap - ref_ap)
     return out
 
 
 def _latency(root: Path, manifest: Manifest, precision: str, runs: int) -> dict[str, Any]:
-    from salad.runtime.parity import read_reference
-
-    images, _, _ = read_reference(root, manifest)
+    bundle = Bundle(root, manifest)
+    images = bundle.load_reference(["image"])["image"]
     graphs, static = {}, {}
-    bank = None
     for name in VARIANT_GRAPHS:
         for p in ("fp32", precision):
-            spec = manifest.graph(name, p)
             label = f"{name}.{p}"
-            graphs[label] = root / spec.file
-            if any(t.name == "bank" for t in spec.inputs):
-                if bank is None:
-                    bank = np.load(manifest.path_of(root, str(manifest.bank.get("file") or "bank.npy")), allow_pickle=False).astype(np.float32)
-                static[label] = {"bank": bank}
+            graphs[label] = bundle.graph_path(name, p)
+            static[label] = bundle.static_feed(name, p)
     return latency(graphs, images[: max(LATENCY_BATCHES)], static=static, runs=runs)
 
 

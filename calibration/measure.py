@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from salad.bundle import quiet_session
+
 #: Timed calls per graph and batch size (the issue asks for a median of at least 50).
 LATENCY_RUNS = 50
 WARMUP_RUNS = 5
@@ -81,16 +83,7 @@ def latency(
     static: per label, inputs other than "image" (the bank of a bank-as-input graph).
     threads: ONNX Runtime intra-op threads (default: its own choice, as a console runs it).
     """
-    import onnxruntime as ort
-
-    sessions = {}
-    for label, path in graphs.items():
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = int(threads)
-        sessions[label] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    sessions = {label: quiet_session(path, threads=threads, optimize=True) for label, path in graphs.items()}
     out: dict[str, dict[int, Timed]] = {label: {} for label in graphs}
     for batch in batches:
         x = np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:])), dtype=np.float32)

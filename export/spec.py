@@ -8,6 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from salad.bundle import (  # noqa: F401 - the bundle's file and input names, re-exported for export's modules
+    BANK_DATA_FILE,
+    BANK_FILE,
+    BANK_INPUT,
+    CHECKPOINT_FILE,
+    ENCODER_FILE,
+    MODEL_FILE,
+    REFERENCE_FILE,
+    SCORER_FILE,
+)
 from salad.errors import SaladError
 from salad.manifest import TensorSpec
 
@@ -19,16 +29,7 @@ MAX_OPSET = 20
 #: Protobuf cannot serialise a message of 2 GiB or more; banks that would push a file past it go external.
 PROTOBUF_LIMIT = 2**31 - 1
 
-ENCODER_FILE = "encoder.onnx"
-SCORER_FILE = "scorer.onnx"
-MODEL_FILE = "model.onnx"
-REFERENCE_FILE = "reference.npz"
-CHECKPOINT_FILE = "checkpoint.pt"
-BANK_FILE = "bank.npy"
-#: External data of the bank initializer, shared by scorer.onnx and model.onnx (the bank is stored once).
-BANK_DATA_FILE = "bank.data"
-#: Name of the bank in the graphs: an input [N, D] ("input" form) or a transposed initializer [D, N].
-BANK_INPUT = "bank"
+#: Name of the transposed bank initializer [D, N] (the bank as an input [N, D] is salad.bundle.BANK_INPUT).
 BANK_INITIALIZER = "bank_t"
 
 #: The batch sizes validation re-runs the reference images at, besides all of them in one batch.

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 import salad
+from salad.bundle import Bundle, quiet_session
 from salad.errors import BackendUnavailableError, BundleError, ExportValidationError, SaladError
 from salad.manifest import (
     PRECISIONS,
@@ -245,15 +246,15 @@ def _scorer(root: Path, manifest: Manifest, precision: str) -> _Graph:
     """The scorer (float32 in every precision unless the bundle has its own variant), with the bank inside it."""
     key = manifest.graph_key("scorer", precision)
     spec = manifest.graphs[key] if key in manifest.graphs else manifest.graph("scorer")
-    if not any(t.name == "bank" for t in spec.inputs):
+    bundle = Bundle(root, manifest)
+    if not bundle.takes_bank("scorer", spec.precision):
         return _Graph(spec, source=manifest.path_of(root, spec.file), external=tuple(manifest.path_of(root, f) for f in spec.external_data))
     # A --bank-as-input bundle: Triton batches every input, so bind bank.npy into the graph as export does.
     import onnx
 
     from salad.export.graphs import bank_tensor, bind_bank  # imports torch: only for this bundle form
 
-    bank_file = manifest.path_of(root, str(manifest.bank.get("file") or "bank.npy"))
-    bank = np.load(bank_file, allow_pickle=False)
+    bank_file, bank = bundle.bank_path, bundle.load_bank()
     proto = bind_bank(onnx.load(str(manifest.path_of(root, spec.file))), bank_tensor(bank, None))
     bound = GraphSpec(
         file=spec.file, sha256="", precision=spec.precision, opset=spec.opset,
@@ -279,25 +280,14 @@ def _write_graph(graph: _Graph, folder: Path) -> str:
 def _check_chain(repo: Path, root: Path, manifest: Manifest, encoder: _Graph, scorer: _Graph, names: dict[str, str],
                  precision: str, max_batch: int) -> dict[str, float]:
     """Run the written encoder → scorer with ONNX Runtime as the ensemble does; they must reproduce model.<precision>."""
-    import onnxruntime as ort
-
-    from salad.export.reference import read_reference
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-
-    def session(path: Path) -> Any:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-    enc = session(repo / names["encoder"] / VERSION / MODEL_FILE)
-    sco = session(repo / names["scorer"] / VERSION / MODEL_FILE)
+    bundle = Bundle(root, manifest)
+    enc = quiet_session(repo / names["encoder"] / VERSION / MODEL_FILE)
+    sco = quiet_session(repo / names["scorer"] / VERSION / MODEL_FILE)
     merged_spec = manifest.graph("model", precision)
-    merged = session(manifest.path_of(root, merged_spec.file))
-    images = read_reference(manifest.path_of(root, str(manifest.reference.get("file") or "reference.npz")))["image"]
+    merged = bundle.session("model", precision)
+    images = bundle.load_reference(["image"])["image"]
     image_spec = encoder.spec.inputs[0]
-    extra = {}
-    if any(t.name == "bank" for t in merged_spec.inputs):
-        extra["bank"] = np.load(manifest.path_of(root, str(manifest.bank.get("file") or "bank.npy")), allow_pickle=False).astype(np.float32)
+    extra = bundle.static_feed("model", precision)
     got: dict[str, list[np.ndarray]] = {}
     want: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(images), max_batch):

@@ -21,6 +21,7 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
+from salad.bundle import BANK_INPUT, Bundle
 from salad.errors import BackendUnavailableError, BundleError, SaladError
 from salad.manifest import GraphSpec, Manifest, TensorSpec
 
@@ -47,6 +48,15 @@ class BundleGraph:
         """The graph `name` at `precision`; a BundleError listing the bundle's graphs if it has no such graph."""
         manifest.graph(name, precision)  # raises with the list of graphs the bundle has
         return cls(Path(root), manifest, name, precision)
+
+    @property
+    def bundle(self) -> Bundle:
+        """The bundle this graph belongs to (its paths, bank, reference films and threshold)."""
+        return Bundle(self.root, self.manifest)
+
+    def static_feed(self) -> dict[str, np.ndarray]:
+        """Inputs other than the films: the memory bank of a --bank-as-input graph (read once per call), else {}."""
+        return self.bundle.static_feed(self.name, self.precision)
 
     @property
     def key(self) -> str:
@@ -79,7 +89,7 @@ class BundleGraph:
         rows = self.manifest.bank.get("rows")
         dims: dict[str, int] = {}
         for t in self.spec.inputs:
-            if t.name == "bank" and t.shape and isinstance(t.shape[0], str) and t.shape[0] != BATCH and rows:
+            if t.name == BANK_INPUT and t.shape and isinstance(t.shape[0], str) and t.shape[0] != BATCH and rows:
                 dims[t.shape[0]] = int(rows)
         return dims
 

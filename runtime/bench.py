@@ -44,6 +44,7 @@ import click
 import numpy as np
 
 import salad
+from salad.bundle import CHECKPOINT_FILE, quiet_session
 from salad.cli import LazyChoice, friendly_errors
 from salad.data import find_images, read_samples
 from salad.errors import BackendUnavailableError, DataError, SaladError
@@ -51,8 +52,7 @@ from salad.imageio import read_image
 from salad.manifest import PRECISIONS, read_manifest
 
 from .base import runner_class, runner_names
-from .scorer import BANK_FILE, BANK_INPUT, IMAGE_INPUT, Scorer
-from .torch_runner import CHECKPOINT
+from .scorer import IMAGE_INPUT, Scorer
 
 SCHEMA = "salad-bench/1"
 #: The baseline every row is compared with: PyTorch eager at fp32.
@@ -305,9 +305,7 @@ def _runtime_info(scorer: Scorer) -> dict[str, Any]:
 
 def _bank_feed(scorer: Scorer) -> dict[str, np.ndarray]:
     """The bank input of a bundle exported with --bank-as-input (the same array the Scorer feeds)."""
-    if not any(t.name == BANK_INPUT for t in scorer.runner.spec.inputs):
-        return {}
-    return {BANK_INPUT: np.ascontiguousarray(np.load(scorer.bundle / BANK_FILE, allow_pickle=False), dtype=np.float32)}
+    return scorer.runner.graph.static_feed()
 
 
 def measure_configuration(job: Job, films: Sequence[np.ndarray]) -> dict[str, Any]:
@@ -509,7 +507,6 @@ def gemm_peaks(threads: int, precisions: Iterable[str], device: str | None = Non
 
 
 def _ort_matmul_integer(size: int, threads: int) -> Callable[[], Any]:
-    import onnxruntime as ort
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
@@ -519,9 +516,7 @@ def _ort_matmul_integer(size: int, threads: int) -> Callable[[], Any]:
     )
     # IR 8 (opset 17's): the newest onnx writes an IR version that older ONNX Runtime builds refuse.
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = quiet_session(model.SerializeToString(), threads=threads)
     rng = np.random.default_rng(0)
     feed = {"a": rng.integers(0, 255, (size, size), dtype=np.uint8), "b": rng.integers(-127, 127, (size, size), dtype=np.int8)}
     return lambda: session.run(None, feed)
@@ -930,9 +925,9 @@ def _check_runnable(root: Path, pairs: Sequence[tuple[str, str]]) -> None:
         reason = runner_class(name).unavailable_reason()
         if reason:
             problems.append(f"the {name} runtime is unavailable: {reason}")
-    if not (root / CHECKPOINT).is_file():
+    if not (root / CHECKPOINT_FILE).is_file():
         problems.append(
-            f"{root} has no {CHECKPOINT} (exported with --slim?); the PyTorch eager baseline that every row is "
+            f"{root} has no {CHECKPOINT_FILE} (exported with --slim?); the PyTorch eager baseline that every row is "
             "compared with rebuilds the model from it. Benchmark the full bundle (export without --slim)."
         )
     if problems:

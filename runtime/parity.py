@@ -24,6 +24,7 @@ from typing import Any, Literal, TypeAlias
 
 import numpy as np
 
+from salad.bundle import CHECKPOINT_FILE, EMBEDDING, IMAGE_INPUT, REFERENCE_FILE, Bundle
 from salad.data import read_samples
 from salad.errors import BackendUnavailableError, BundleError, ParityError, SaladError
 from salad.manifest import PRECISIONS, Manifest, read_manifest
@@ -31,16 +32,14 @@ from salad.preprocess import load_batch
 from salad.scoring import SCORE_NAMES, decide
 
 from .base import BundleGraph, Runner, create_runner, importable, runner_class
-from .scorer import BANK_FILE, BANK_INPUT, IMAGE_INPUT, Scorer
-from .torch_runner import CHECKPOINT, TorchRunner
+from .scorer import Scorer
+from .torch_runner import TorchRunner
 
 Outputs: TypeAlias = "dict[str, np.ndarray]"
 Bound: TypeAlias = Literal["max", "min", "abs"]
 
 #: The runtime whose fp32 outputs every other runtime and precision is held to.
 REFERENCE_RUNTIME = "torch"
-REFERENCE_FILE = "reference.npz"
-EMBEDDING = "embedding"
 #: Outputs every compared graph must produce (the bundle's merged "model" graph).
 COMPARED_OUTPUTS = (EMBEDDING, *SCORE_NAMES)
 
@@ -480,21 +479,10 @@ class _InputSet:
 
 def read_reference(root: Path, manifest: Manifest) -> tuple[np.ndarray, list[str], Outputs]:
     """reference.npz's images, film names ("reference.npz:NAME") and stored PyTorch outputs (never unpickling)."""
-    path = manifest.path_of(root, str(manifest.reference.get("file") or REFERENCE_FILE))
-    if not path.is_file():
-        raise BundleError(f"{path}: missing; parity needs the bundle's reference films. Re-copy or re-export the bundle.")
-    wanted = ("image", "path", *COMPARED_OUTPUTS)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            missing = [k for k in wanted if k not in data.files]
-            if missing:
-                raise BundleError(f"{path}: has no array(s) {missing}; expected {list(wanted)}. Re-export the bundle.")
-            arrays = {k: data[k] for k in wanted}
-    except (OSError, ValueError) as exc:
-        raise BundleError(f"{path}: cannot read the reference films ({exc}).") from exc
-    names = [f"{path.name}:{p}" for p in arrays.pop("path")]  # told apart from the same film in --data
-    images = np.ascontiguousarray(arrays.pop("image"), dtype=np.float32)
-    return images, names, arrays
+    bundle = Bundle(root, manifest)
+    arrays = bundle.load_reference(("image", "path", *COMPARED_OUTPUTS))
+    names = [f"{bundle.reference_path.name}:{p}" for p in arrays.pop("path")]  # told apart from the same film in --data
+    return arrays.pop("image"), names, arrays
 
 
 def torch_reference_reason(root: Path) -> str | None:
@@ -502,21 +490,9 @@ def torch_reference_reason(root: Path) -> str | None:
     reason = TorchRunner.unavailable_reason()
     if reason:
         return "PyTorch is not installed here"
-    if not (root / CHECKPOINT).is_file():
-        return f"the bundle has no {CHECKPOINT} (exported with --slim)"
+    if not (root / CHECKPOINT_FILE).is_file():
+        return f"the bundle has no {CHECKPOINT_FILE} (exported with --slim)"
     return None
-
-
-def _static_feed(root: Path, runner: Runner) -> dict[str, np.ndarray]:
-    """Inputs other than the image: the memory bank of a bank-as-input bundle, read once per runner."""
-    if not any(t.name == BANK_INPUT for t in runner.spec.inputs):
-        return {}
-    bank = runner.graph.manifest.bank.get("file") or BANK_FILE
-    path = runner.graph.manifest.path_of(root, str(bank))
-    try:
-        return {BANK_INPUT: np.ascontiguousarray(np.load(path, allow_pickle=False), dtype=np.float32)}
-    except (OSError, ValueError) as exc:
-        raise BundleError(f"{path}: cannot read the memory bank the graph takes as input ({exc}).") from exc
 
 
 def run_images(runner: Runner, images: np.ndarray, static: Mapping[str, np.ndarray] | None = None) -> Outputs:
@@ -539,9 +515,9 @@ def _request_problems(root: Path, manifest: Manifest, pairs: Sequence[tuple[str,
         reason = cls.unavailable_reason()
         if reason:
             problems.append(f"the {runtime} runtime is unavailable: {reason}")
-        elif runtime == REFERENCE_RUNTIME and not (root / CHECKPOINT).is_file():
+        elif runtime == REFERENCE_RUNTIME and not (root / CHECKPOINT_FILE).is_file():
             problems.append(
-                f"the {runtime} runtime needs {CHECKPOINT}, which this bundle does not have (exported with --slim); "
+                f"the {runtime} runtime needs {CHECKPOINT_FILE}, which this bundle does not have (exported with --slim); "
                 "compare the other runtimes with the outputs stored in reference.npz instead"
             )
             only_unavailable = False
@@ -680,7 +656,7 @@ class _Runs:
         key = (runtime, precision, runner.device)
         if key not in self._cache:
             with runner:
-                out = run_images(runner, self.inputs.images, _static_feed(self.root, runner))
+                out = run_images(runner, self.inputs.images, runner.graph.static_feed())
             missing = [k for k in COMPARED_OUTPUTS if k not in out]
             if missing:
                 raise BundleError(f"{runner.graph.path}: graph has no output(s) {missing}; parity compares {list(COMPARED_OUTPUTS)}.")

@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from salad.bundle import CHECKPOINT_FILE
 from salad.errors import BundleError, SaladError
 
 from .base import BundleGraph, Runner, importable, register_runner
 
-CHECKPOINT = "checkpoint.pt"
 GRAPHS = ("model", "encoder", "scorer")
 
 
@@ -49,10 +49,11 @@ class TorchRunner(Runner):
         return None
 
     def _activate(self) -> None:
-        ckpt = self.graph.root / CHECKPOINT
-        if not ckpt.is_file() or CHECKPOINT not in self.graph.manifest.files:  # an unlisted checkpoint is unverified
+        bundle = self.graph.bundle
+        ckpt = self.graph.root / CHECKPOINT_FILE
+        if not bundle.has_checkpoint:  # an unlisted checkpoint is unverified
             raise BundleError(
-                f"{self.graph.root}: bundle has no {CHECKPOINT} (exported with --slim?). The torch reference runtime "
+                f"{self.graph.root}: bundle has no {CHECKPOINT_FILE} (exported with --slim?). The torch reference runtime "
                 "rebuilds the model from it: re-export without --slim, or use --runtime onnxruntime."
             )
         import torch
@@ -61,7 +62,7 @@ class TorchRunner(Runner):
 
         if self.threads:
             torch.set_num_threads(int(self.threads))
-        loaded = load_run(self.graph.manifest.path_of(self.graph.root, CHECKPOINT))
+        loaded = load_run(bundle.checkpoint_path)
         manifest = self.graph.manifest
         rows = manifest.bank.get("rows")
         if rows is not None and int(rows) != int(loaded.bank.shape[0]):
