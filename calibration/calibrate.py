@@ -36,6 +36,7 @@ from salad.manifest import (
     pending_name,
     read_manifest,
 )
+from salad.metrics import detection_metrics, has_both_classes
 
 from .graphs import CALIBRATION_METHODS, MIN_INT8_CHANNELS
 from .measure import LATENCY_BATCHES, LATENCY_RUNS, cpu_info, file_sizes, latency
@@ -292,8 +293,6 @@ def _parity(root: Path, precision: str, data_labelled: Any) -> Any:
 
 def _reference_film_auc(root: Path, precision: str) -> dict[str, Any]:
     """ΔAUC/ΔAUPRC on reference.npz's labelled films: ONNX Runtime on the variant vs the stored PyTorch scores."""
-    from salad.runtime.parity import detection_metrics
-
     bundle = Bundle.open(root, verify=False)
     score_name = bundle.threshold.score
     ref = bundle.load_reference(["image", score_name])
@@ -302,7 +301,7 @@ def _reference_film_auc(root: Path, precision: str) -> dict[str, Any]:
         labels = bundle.load_reference(["label"])["label"]
     except BundleError:  # a reference set without labels: no AUC to compare
         return out
-    if len(np.unique(labels)) < 2:
+    if not has_both_classes(labels):
         return out
     feed = {"image": ref["image"], **bundle.static_feed("model", precision)}
     got = bundle.session("model", precision).run([score_name], feed)[0]

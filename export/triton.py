@@ -42,6 +42,8 @@ from salad.manifest import (
     read_manifest,
     sha256_file,
 )
+from salad.metrics import cosines, row_abs_diff
+from salad.scoring import SCORE_NAMES
 
 BATCH = "batch"
 ONNX_PLATFORM = "onnxruntime_onnx"
@@ -301,14 +303,13 @@ def _check_chain(repo: Path, root: Path, manifest: Manifest, encoder: _Graph, sc
             want.setdefault(k, []).append(v)
     tol = manifest.tolerances(precision)
     problems, measured = [], {}
-    for name in ("score", "knn_angle"):
-        diff = float(np.abs(np.concatenate(got[name]).astype(np.float64) - np.concatenate(want[name])).max(initial=0.0))
+    for name in SCORE_NAMES:
+        diff = float(row_abs_diff(np.concatenate(got[name]), np.concatenate(want[name])).max(initial=0.0))
         measured[f"max_abs_{name}_diff"] = diff
         limit = tol.get(f"max_abs_{name}_diff", 1e-5)
         if not diff <= limit:
             problems.append(f"{name}: max |Δ| {diff:.3g} > {limit:g}")
-    g, w = np.concatenate(got["embedding"]).astype(np.float64), np.concatenate(want["embedding"]).astype(np.float64)
-    cosine = float(((g * w).sum(1) / np.maximum(np.linalg.norm(g, axis=1) * np.linalg.norm(w, axis=1), 1e-30)).min(initial=1.0))
+    cosine = float(cosines(np.concatenate(got["embedding"]), np.concatenate(want["embedding"])).min(initial=1.0))
     measured["embedding_cosine_min"] = cosine
     if not cosine >= tol.get("embedding_cosine_min", 0.99999):
         problems.append(f"embedding: min cosine {cosine:.7f} < {tol.get('embedding_cosine_min', 0.99999)}")

@@ -17,7 +17,7 @@ import numpy as np
 from salad.bundle import Bundle
 from salad.errors import ExportValidationError
 from salad.manifest import GraphSpec, Manifest, confined, read_manifest
-from salad.scoring import decide
+from salad.metrics import agreeing, cosines, row_abs_diff
 
 from .spec import BATCH, MIN_OPSET, REFERENCE_FILE, VALIDATION_BATCH_SIZES
 
@@ -41,17 +41,16 @@ class _Comparison:
 
 
 def _compare(name: str, got: np.ndarray, want: np.ndarray, threshold: float, decided_by: str) -> _Comparison:
-    diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
-    rel = diff / np.maximum(np.abs(want.astype(np.float64)), _REL_EPS)
-    per_image = diff.reshape(len(diff), -1).max(axis=1) if diff.size else np.zeros(0)
-    cmp = _Comparison(float(diff.max(initial=0.0)), float(rel.max(initial=0.0)), int(per_image.argmax()) if per_image.size else 0)
+    per_image = row_abs_diff(got, want)
+    want64 = want.astype(np.float64)
+    rel = np.abs(got.astype(np.float64) - want64) / np.maximum(np.abs(want64), _REL_EPS)  # relative Δ: validation's own
+    cmp = _Comparison(float(per_image.max(initial=0.0)), float(rel.max(initial=0.0)), int(per_image.argmax()) if per_image.size else 0)
     if name == "embedding":
-        g, w = got.astype(np.float64), want.astype(np.float64)
-        cos = (g * w).sum(1) / np.maximum(np.linalg.norm(g, axis=1) * np.linalg.norm(w, axis=1), 1e-30)
+        cos = cosines(got, want)
         cmp.cosine_min = float(cos.min(initial=1.0))
         cmp.worst = int(cos.argmin()) if cos.size else 0
     if name == decided_by:
-        same = decide(got, threshold) == decide(want, threshold)
+        same = agreeing(got, want, threshold)
         cmp.agreement = float(same.mean()) if same.size else 1.0
         cmp.disagree = np.flatnonzero(~same).tolist()
     return cmp

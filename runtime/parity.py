@@ -28,10 +28,22 @@ from salad.bundle import CHECKPOINT_FILE, EMBEDDING, IMAGE_INPUT, REFERENCE_FILE
 from salad.data import read_samples
 from salad.errors import BackendUnavailableError, BundleError, ParityError, SaladError
 from salad.manifest import PRECISIONS, Manifest, read_manifest
+from salad.metrics import (  # noqa: F401 - spearman, require_sklearn: parity's public names before salad.metrics
+    agreeing,
+    cosines,
+    detection_metrics,
+    has_both_classes,
+    label_agreement,
+    max_p99,
+    min_mean,
+    require_sklearn,
+    row_abs_diff,
+    spearman,
+)
 from salad.preprocess import load_batch
-from salad.scoring import SCORE_NAMES, decide
+from salad.scoring import SCORE_NAMES
 
-from .base import BundleGraph, Runner, create_runner, importable, runner_class
+from .base import BundleGraph, Runner, create_runner, runner_class
 from .scorer import Scorer
 from .torch_runner import TorchRunner
 
@@ -62,7 +74,6 @@ METRICS: dict[str, Bound] = {
 FIXED_TOLERANCES = {"nonfinite": 0.0}
 #: Metrics measured on the labelled --data films only.
 LABELLED_METRICS = ("auc", "auprc", "reference_auc", "reference_auprc", "delta_auc", "delta_auprc")
-_COSINE_EPS = 1e-30
 
 
 # -- the report ------------------------------------------------------------------------------------
@@ -273,73 +284,6 @@ def _json_number(value: float | None) -> float | None:
 # -- metrics -----------------------------------------------------------------------------------------
 
 
-def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
-    """Spearman rank correlation of two score vectors; None when undefined (< 2 films or a constant vector).
-
-    The Pearson correlation of tie-averaged ranks, in numpy: the same statistic as
-    scipy.stats.spearmanr (the tests hold it to scipy), without scipy, which a console
-    (salad-edge[runtime]) does not have and whose import costs seconds, more than a comparison.
-    """
-    x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if len(x) < 2:
-        return None
-    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
-        return float("nan")
-    if np.ptp(x) == 0 or np.ptp(y) == 0:
-        return None
-    return float(np.corrcoef(_average_ranks(x), _average_ranks(y))[0, 1])
-
-
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks with ties sharing their mean rank (scipy.stats.rankdata(method="average"))."""
-    ranks = np.empty(len(x), np.float64)
-    ranks[np.argsort(x, kind="stable")] = np.arange(1, len(x) + 1)
-    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
-    return (np.bincount(inverse, weights=ranks) / counts)[inverse]
-
-
-def require_sklearn() -> None:
-    """BackendUnavailableError naming the package when scikit-learn (AUC, AUPRC) is not installed."""
-    if not importable("sklearn"):
-        raise BackendUnavailableError(
-            "AUC and AUPRC of --data need scikit-learn, which is not installed: `pip install 'salad-edge[train]'` "
-            "(or scikit-learn), or run parity without --data."
-        )
-
-
-def detection_metrics(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
-    """(AUC, AUPRC) with abnormal (label 1) as the positive class, via scikit-learn."""
-    require_sklearn()
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
-    return float(roc_auc_score(labels, scores)), float(average_precision_score(labels, scores))
-
-
-def _abs_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.abs(np.asarray(a, np.float64).reshape(len(a), -1) - np.asarray(b, np.float64).reshape(len(b), -1)).max(axis=1)
-
-
-def _max_p99(diff: np.ndarray) -> tuple[float, float]:
-    if not diff.size:
-        return 0.0, 0.0
-    if not np.all(np.isfinite(diff)):
-        return float("nan"), float("nan")
-    return float(diff.max()), float(np.percentile(diff, 99))
-
-
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    with np.errstate(invalid="ignore", over="ignore"):
-        return (a * b).sum(axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), _COSINE_EPS)
-
-
-def _min_mean(values: np.ndarray) -> tuple[float | None, float | None]:
-    if not values.size:
-        return None, None
-    if not np.all(np.isfinite(values)):
-        return float("nan"), float("nan")
-    return float(values.min()), float(values.mean())
-
-
 def measure(
     reference: Mapping[str, np.ndarray],
     candidate: Mapping[str, np.ndarray],
@@ -358,18 +302,17 @@ def measure(
     got = {k: np.asarray(candidate[k], np.float64) for k in COMPARED_OUTPUTS}
     m: dict[str, float | None] = dict.fromkeys(METRICS)
     m.update(dict.fromkeys(LABELLED_METRICS))
-    m["embedding_cosine_min"], m["embedding_cosine_mean"] = _min_mean(_cosines(got[EMBEDDING], ref[EMBEDDING]))
-    m["max_abs_score_diff"], m["p99_abs_score_diff"] = _max_p99(_abs_diff(got["score"], ref["score"]))
-    m["max_abs_knn_angle_diff"], m["p99_abs_knn_angle_diff"] = _max_p99(_abs_diff(got["knn_angle"], ref["knn_angle"]))
+    m["embedding_cosine_min"], m["embedding_cosine_mean"] = min_mean(cosines(got[EMBEDDING], ref[EMBEDDING]))
+    m["max_abs_score_diff"], m["p99_abs_score_diff"] = max_p99(row_abs_diff(got["score"], ref["score"]))
+    m["max_abs_knn_angle_diff"], m["p99_abs_knn_angle_diff"] = max_p99(row_abs_diff(got["knn_angle"], ref["knn_angle"]))
     decided = got[threshold_score]
-    # A NaN score is no decision, so it never counts as agreeing (decide would call it normal).
-    same = (decide(decided, threshold) == decide(ref[threshold_score], threshold)) & np.isfinite(decided)
-    m["label_agreement"] = float(same.mean()) if same.size else None
+    same = agreeing(decided, ref[threshold_score], threshold)
+    m["label_agreement"] = label_agreement(decided, ref[threshold_score], threshold)
     m["spearman"] = spearman(decided, ref[threshold_score])
     if labels is not None:
         known = np.asarray(labels) >= 0
         y = np.asarray(labels)[known]
-        if len(np.unique(y)) == 2:
+        if has_both_classes(y):
             ref_auc, ref_ap = detection_metrics(y, ref[threshold_score][known])
             if np.all(np.isfinite(decided[known])):
                 auc, ap = detection_metrics(y, decided[known])
@@ -619,7 +562,7 @@ def _row(
     decider: Scorer, tolerances: Mapping[str, float],
 ) -> ParityRow:
     metrics, disagree = measure(reference, candidate, decider.threshold, decider.threshold_score, inputs.labels)
-    diff = _abs_diff(candidate["score"], reference["score"])
+    diff = row_abs_diff(candidate["score"], reference["score"])
     worst = None if not diff.size or np.all(np.isnan(diff)) else int(np.nanargmax(diff))
     return ParityRow(
         runtime=runtime, precision=precision, device=device, images=len(inputs.images), metrics=metrics,

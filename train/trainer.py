@@ -29,6 +29,7 @@ from tqdm import tqdm
 import salad
 from salad.data import Sample, read_samples, require_normals
 from salad.errors import DataError, RunError, SaladError
+from salad.metrics import auc as _auc  # None unless both classes are present
 from salad.preprocess import PreprocessConfig
 from salad.scoring import DEFAULT_SCORE, by_name, check_k, check_score_name, score_torch
 from salad.train.datasets import AugmentConfig, augment, preload
@@ -225,12 +226,6 @@ class Replicas:
     def describe(self) -> dict[str, Any]:
         """Extra entries for config.json (none for one process)."""
         return {}
-
-
-def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(labels, scores)) if len(set(labels.tolist())) == 2 else None
 
 
 class Trainer:
