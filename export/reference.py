@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -92,4 +92,5 @@ def reference_outputs(loaded: LoadedRun, samples: list[Sample], batch: int = 64)
 
 def write_reference(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Uncompressed .npz (loads with allow_pickle=False on any console)."""
-    np.savez(path, **{k: arrays[k] for k in REFERENCE_KEYS})
+    kept: dict[str, Any] = {k: arrays[k] for k in REFERENCE_KEYS}
+    np.savez(path, **kept)
