@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
 
@@ -94,6 +94,18 @@ class BundleGraph:
         return dims
 
 
+class DeviceTimer(Protocol):
+    """Times work on a GPU stream with the GPU's own clock (CUDA events), for benchmarks."""
+
+    def start(self) -> None: ...
+    def stop_ms(self) -> float: ...
+    def close(self) -> None: ...
+
+
+#: Options every runner takes (the base class's); a backend declares its own in `Runner.options`.
+BASE_OPTIONS = {"max_batch": "largest batch the runner is built for", "device": "cpu, cuda or cuda:N"}
+
+
 class Runner(ABC):
     """Template method: `activate()` → `infer(feed)` … → `deactivate()`, or use it as a context manager.
 
@@ -107,6 +119,9 @@ class Runner(ABC):
     extra: ClassVar[str] = "runtime"
     #: Device kinds the backend runs on; the first is the default.
     devices: ClassVar[tuple[str, ...]] = ("cpu",)
+    #: The backend's own constructor options (keyword → what it does), beyond BASE_OPTIONS: commands and
+    #: benchmarks read these instead of testing runner names.
+    options: ClassVar[dict[str, str]] = {}
 
     def __init__(self, graph: BundleGraph, *, max_batch: int = 32, device: str | None = None) -> None:
         if max_batch < 1:
@@ -176,6 +191,14 @@ class Runner(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.graph.path.name}, device={self.device!r}, max_batch={self.max_batch})"
+
+    def info(self) -> dict[str, Any]:
+        """What the backend runs with (library version, threads, providers, engine): for benchmark reports."""
+        return {"runner": repr(self)}
+
+    def device_timer(self) -> DeviceTimer | None:
+        """CUDA events on the stream this runner works on, when it runs on a GPU and exposes one; else None."""
+        return None
 
     # -- what a backend implements ---------------------------------------------------------------
 
@@ -354,5 +377,14 @@ def available_runners() -> dict[str, str | None]:
 
 
 def create_runner(name: str, graph: BundleGraph, **options: Any) -> Runner:
-    """Build (not activate) the runner `name` for `graph`; options go to the backend's constructor."""
-    return runner_class(name)(graph, **options)
+    """Build (not activate) the runner `name` for `graph`; options go to the backend's constructor.
+
+    An option the backend does not declare (Runner.options) is a SaladError listing the ones it takes.
+    """
+    cls = runner_class(name)
+    unknown = sorted(set(options) - set(BASE_OPTIONS) - set(cls.options))
+    if unknown:
+        raise SaladError(
+            f"the {name} runtime takes no option(s) {unknown}; it takes {sorted({**BASE_OPTIONS, **cls.options})}."
+        )
+    return cls(graph, **options)

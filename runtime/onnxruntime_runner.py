@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -32,6 +32,13 @@ class OnnxRuntimeRunner(Runner):
     execution-provider list, overriding the device default), `use_tensorrt` (on cuda, use the
     TensorRT provider when available; default True), `cache_dir` (TensorRT provider caches).
     """
+
+    options: ClassVar[dict[str, str]] = {
+        "threads": "intra-op threads (default: ONNX Runtime's choice)",
+        "providers": "explicit execution-provider list, overriding the device default",
+        "use_tensorrt": "on cuda, use the TensorRT provider when available",
+        "cache_dir": "TensorRT provider caches",
+    }
 
     def __init__(
         self,
@@ -153,3 +160,15 @@ class OnnxRuntimeRunner(Runner):
     def _deactivate(self) -> None:
         self.session = None
         self.providers = []
+
+    def info(self) -> dict[str, Any]:
+        import onnxruntime as ort
+
+        options = self.session.get_session_options() if self.session is not None else None
+        return {
+            **super().info(), "library": f"onnxruntime {ort.__version__}", "providers": list(self.providers),
+            "intra_op_threads": int(options.intra_op_num_threads) if options is not None else None,
+            "inter_op_threads": int(options.inter_op_num_threads) if options is not None else None,
+            "graph_optimization_level": str(options.graph_optimization_level) if options is not None else None,
+            "execution_mode": str(options.execution_mode) if options is not None else None,
+        }

@@ -18,13 +18,13 @@ import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from salad.errors import BackendUnavailableError, BundleError, SaladError
 
-from .base import BATCH, BundleGraph, Runner, importable, register_runner
+from .base import BATCH, BundleGraph, DeviceTimer, Runner, importable, register_runner
 from .cache import cache_root, slug, write_atomic
 
 if TYPE_CHECKING:
@@ -135,6 +135,15 @@ class TensorRTRunner(Runner):
     matrix products use TF32 tensor cores; off by default because TF32's 10-bit mantissa breaks the
     fp32 parity tolerance of 1e-5 — the fp32 graph should give fp32 answers).
     """
+
+    options: ClassVar[dict[str, str]] = {
+        "opt_batch": "the optimisation profile's optimum batch (default max_batch)",
+        "cache_dir": "engine and timing caches (salad.runtime.cache)",
+        "workspace_mb": "builder workspace limit in MiB",
+        "rebuild": "ignore a cached engine and build anew",
+        "verbose": "TensorRT INFO logging",
+        "allow_tf32": "let float32 convolutions and matrix products use TF32 (breaks fp32 parity; off)",
+    }
 
     def __init__(
         self,
@@ -392,3 +401,32 @@ class TensorRTRunner(Runner):
     def describe(self) -> dict[str, Any]:
         """What was run where: for benchmark and parity reports."""
         return {"gpu": asdict(self.gpu) if self.gpu else None, "engine": str(self.engine_path) if self.engine_path else None, "built": self.built}
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), **self.describe(), "engine_built_now": bool(self.built)}
+
+    def device_timer(self) -> DeviceTimer | None:
+        if self.device_kind != "cuda" or self._stream is None or self._cudart is None:
+            return None
+        return _CudaRuntimeEvents(self._cudart, self._stream)
+
+
+class _CudaRuntimeEvents:
+    """CUDA events (cuda.bindings) on the TensorRT runner's stream."""
+
+    def __init__(self, cudart: Any, stream: Any) -> None:
+        self._cudart, self._stream = cudart, stream
+        self._start = cuda_check(cudart.cudaEventCreate(), "cudaEventCreate")
+        self._end = cuda_check(cudart.cudaEventCreate(), "cudaEventCreate")
+
+    def start(self) -> None:
+        cuda_check(self._cudart.cudaEventRecord(self._start, self._stream), "cudaEventRecord")
+
+    def stop_ms(self) -> float:
+        cuda_check(self._cudart.cudaEventRecord(self._end, self._stream), "cudaEventRecord")
+        cuda_check(self._cudart.cudaEventSynchronize(self._end), "cudaEventSynchronize")
+        return float(cuda_check(self._cudart.cudaEventElapsedTime(self._start, self._end), "cudaEventElapsedTime"))
+
+    def close(self) -> None:
+        for event in (self._start, self._end):
+            self._cudart.cudaEventDestroy(event)

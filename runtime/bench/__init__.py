@@ -18,7 +18,7 @@ How it measures (docs/architecture.md §10), and why:
 Only click and the core are imported at module level: torch, onnx, onnxruntime and matplotlib are
 imported by the worker or the function that needs them.
 
-Modules: settings (defaults), stats (timed-loop statistics, memory), timers (device clocks), worker (one
+Modules: settings (defaults), stats (timed-loop statistics, memory), worker (one
 configuration in its own process), floor (MACs and GEMM peaks), report (rows, table, markdown, plot),
 machine (CPU, GPU, library versions), command (orchestration and the CLI).
 """
@@ -40,13 +40,12 @@ from .settings import (
     SCHEMA,
 )
 from .stats import Stats, current_rss_mb, peak_rss_mb, reset_peak_rss
-from .timers import DeviceTimer, device_timer
 from .worker import Job, measure_configuration
 
 __all__ = [
     "BASELINE_PRECISION", "BASELINE_RUNTIME", "DEFAULT_BATCHES", "DEFAULT_DATA", "DEFAULT_FILMS", "DEFAULT_ITERS",
-    "DEFAULT_WARMUP", "SCHEMA", "BenchReport", "BenchRow", "DeviceTimer", "Job", "Stats", "configurations",
-    "bench_command", "count_macs", "current_rss_mb", "device_timer", "gemm_peaks", "library_versions",
+    "DEFAULT_WARMUP", "SCHEMA", "BenchReport", "BenchRow", "Job", "Stats", "configurations",
+    "bench_command", "count_macs", "current_rss_mb", "gemm_peaks", "library_versions",
     "machine_info", "measure_configuration", "measure_floor", "parse_batches", "peak_rss_mb", "reset_peak_rss",
     "run_bench", "write_outputs",
 ]

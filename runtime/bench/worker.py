@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import subprocess
 import sys
@@ -21,7 +20,6 @@ from ..base import runner_class
 from ..scorer import IMAGE_INPUT, Scorer
 from .floor import measure_floor
 from .stats import Stats, current_rss_mb, peak_rss_mb, reset_peak_rss
-from .timers import device_timer
 
 # -- the job a worker runs ------------------------------------------------------------------------
 
@@ -54,40 +52,13 @@ def _load_films(path: str | Path) -> list[np.ndarray]:
 
 
 def _runner_options(runtime: str, threads: int) -> dict[str, Any]:
-    """`threads=` for backends that take it (torch: torch.set_num_threads; onnxruntime: intra-op threads)."""
-    params = inspect.signature(runner_class(runtime).__init__).parameters
-    return {"threads": threads} if "threads" in params else {}
+    """`threads=` for backends that declare it (torch: torch.set_num_threads; onnxruntime: intra-op threads)."""
+    return {"threads": threads} if "threads" in runner_class(runtime).options else {}
 
 
 def _runtime_info(scorer: Scorer) -> dict[str, Any]:
-    """What the backend actually runs with: library version, threads, providers, optimisation level."""
-    runner = scorer.runner
-    info: dict[str, Any] = {"runner": repr(runner)}
-    if runner.name == "torch":
-        import torch
-
-        info.update(
-            library=f"torch {torch.__version__}", intra_op_threads=torch.get_num_threads(),
-            inter_op_threads=torch.get_num_interop_threads(), mkldnn=bool(torch.backends.mkldnn.is_available()),
-            mode="eager, inference_mode",
-        )
-    elif runner.name == "onnxruntime":
-        import onnxruntime as ort
-
-        session = getattr(runner, "session", None)
-        options = session.get_session_options() if session is not None else None
-        info.update(
-            library=f"onnxruntime {ort.__version__}", providers=list(getattr(runner, "providers", [])),
-            intra_op_threads=int(options.intra_op_num_threads) if options is not None else None,
-            inter_op_threads=int(options.inter_op_num_threads) if options is not None else None,
-            graph_optimization_level=str(options.graph_optimization_level) if options is not None else None,
-            execution_mode=str(options.execution_mode) if options is not None else None,
-        )
-    elif runner.name == "tensorrt":
-        describe = getattr(runner, "describe", None)
-        if callable(describe):
-            info.update(describe())
-        info["engine_built_now"] = bool(getattr(runner, "built", False))
+    """What the backend actually runs with (Runner.info: library, threads, providers, engine), and OpenCV's threads."""
+    info = scorer.runner.info()
     try:
         import cv2
 
@@ -154,7 +125,7 @@ def measure_configuration(job: Job, films: Sequence[np.ndarray]) -> dict[str, An
             {IMAGE_INPUT: np.stack([tensors[(k * b + j) % len(tensors)] for j in range(b)]), **extra} for k in range(n_feeds)
         ]
         runner = scorer.runner
-        timer = device_timer(scorer)
+        timer = runner.device_timer()  # CUDA events where the backend exposes its stream; None on a CPU
         for i in range(job.warmup):
             runner.infer(feeds[i % n_feeds])
         inf, dev = [], []
