@@ -1,6 +1,6 @@
 """Rendering of a ParityReport for people: a fixed-width terminal table and a markdown document.
 
-Kept apart from the measurements (parity.py) so that the numbers have one source and the two
+Kept apart from the measurements (checks.py, measure.py) so that the numbers have one source and the two
 renderings only format them.
 """
 
@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .parity import REFERENCE_FILE, format_value
+from salad.bundle import REFERENCE_FILE
+
+from .checks import format_value
 
 if TYPE_CHECKING:
-    from .parity import ParityReport, ParityRow
+    from .model import ParityReport, ParityRow
 
 #: The columns of both renderings: (heading, metric key). Further metrics are in the JSON.
 COLUMNS = (
