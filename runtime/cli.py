@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from salad.cli import LazyChoice, friendly_errors
+from salad.clitools import LazyChoice, friendly_errors
 from salad.data import Unreadable, scan_images
 from salad.manifest import PRECISIONS
 

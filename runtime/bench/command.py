@@ -16,7 +16,7 @@ import click
 import numpy as np
 
 from salad.bundle import CHECKPOINT_FILE
-from salad.cli import LazyChoice, friendly_errors
+from salad.clitools import LazyChoice, friendly_errors
 from salad.data import find_images, read_samples
 from salad.errors import BackendUnavailableError, DataError, SaladError
 from salad.imageio import read_image
