@@ -20,6 +20,7 @@ from salad.bundle import (  # noqa: F401 - the bundle's file and input names, re
 )
 from salad.errors import SaladError
 from salad.manifest import TensorSpec
+from salad.scoring import SCORE_NAMES
 
 #: Name of the one dynamic axis in every graph (TensorSpec shapes use this string).
 BATCH = "batch"
@@ -58,7 +59,7 @@ def graph_contracts(size: int, dim: int, bank_rows: int, bank_as_input: bool) ->
     """The three fp32 graphs of a bundle with input size S, embedding dim D and N bank rows."""
     image = TensorSpec("image", "float32", [BATCH, 1, size, size])
     embedding = TensorSpec("embedding", "float32", [BATCH, dim])
-    scores = (TensorSpec("score", "float32", [BATCH]), TensorSpec("knn_angle", "float32", [BATCH]))
+    scores = tuple(TensorSpec(name, "float32", [BATCH]) for name in SCORE_NAMES)  # salad.scoring.SCORES
     bank = (TensorSpec(BANK_INPUT, "float32", [bank_rows, dim]),) if bank_as_input else ()
     return {
         "encoder": GraphContract("encoder", ENCODER_FILE, (image,), (embedding,)),

@@ -18,11 +18,12 @@ from salad.bundle import Bundle
 from salad.errors import ExportValidationError
 from salad.manifest import GraphSpec, Manifest, confined, read_manifest
 from salad.metrics import agreeing, cosines, row_abs_diff
+from salad.scoring import SCORE_NAMES, SCORES
 
 from .spec import BATCH, MIN_OPSET, REFERENCE_FILE, VALIDATION_BATCH_SIZES
 
 #: The tolerance (manifest parity key) on each scalar output's max |Δ|; embeddings are held to a cosine.
-_TOLERANCE_OF = {"score": "max_abs_score_diff", "knn_angle": "max_abs_knn_angle_diff"}
+_TOLERANCE_OF = {name: score.diff_metric("max") for name, score in SCORES.items()}
 _REL_EPS = 1e-8
 #: Mean kNN angles (rad) below this are too close to cos = 1 for float32 arccos to give stable scores.
 _WELL_CONDITIONED_ANGLE = 1e-2
@@ -197,7 +198,7 @@ def validate_bundle(
     report, parity_failures = check_parity(root, manifest, tol, batch_sizes)
     failures += parity_failures
     if failures:
-        hint = _conditioning_hint(root) if any("'score'" in f or "'knn_angle'" in f for f in parity_failures) else ""
+        hint = _conditioning_hint(root) if any(f"'{n}'" in f for f in parity_failures for n in SCORE_NAMES) else ""
         raise ExportValidationError(
             f"{root}: {len(failures)} check(s) failed (ONNX Runtime CPU against the PyTorch outputs in "
             f"{REFERENCE_FILE}; fp32 tolerances {tol}):\n  " + "\n  ".join(failures) + hint

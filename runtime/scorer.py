@@ -62,17 +62,16 @@ class Result:
     def ok(self) -> bool:
         return self.error is None
 
+    @property
+    def scores(self) -> dict[str, float]:
+        """Every score of the bundle's registry (salad.scoring.SCORES) by name."""
+        return {name: getattr(self, name) for name in SCORE_NAMES}
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON row of `salad score --json`: path, score, knn_angle, label, ms (or path, error)."""
         if self.error is not None:
             return {"path": self.path, "error": self.error}
-        return {
-            "path": self.path,
-            "score": self.score,
-            "knn_angle": self.knn_angle,
-            "label": self.label,
-            "ms": round(self.timings.total_ms, 3),
-        }
+        return {"path": self.path, **self.scores, "label": self.label, "ms": round(self.timings.total_ms, 3)}
 
     @classmethod
     def failure(cls, name: str | None, exc: BaseException, ms: float = 0.0) -> Result:

@@ -13,6 +13,7 @@ from typing import Any, TypeGuard
 
 from salad.errors import BundleError
 from salad.preprocess import INTENSITY_MODES, RESIZE_MODES
+from salad.scoring import SCORES
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -26,9 +27,7 @@ _HEX = frozenset("0123456789abcdef")
 #: Default parity tolerances per precision (docs/architecture.md §9). fp16/int8 are set from measurements by calibration.
 DEFAULT_TOLERANCES: dict[str, dict[str, float]] = {
     "fp32": {
-        "max_abs_score_diff": 1e-5,
-        "p99_abs_score_diff": 1e-5,
-        "max_abs_knn_angle_diff": 1e-5,
+        **{s.diff_metric(stat): 1e-5 for s in SCORES.values() for stat in s.toleranced},  # salad.scoring.SCORES
         "embedding_cosine_min": 0.99999,
         "label_agreement": 1.0,
         "spearman": 0.9999,

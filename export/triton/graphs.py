@@ -18,7 +18,7 @@ from salad.manifest import (
     sha256_file,
 )
 from salad.metrics import cosines, row_abs_diff
-from salad.scoring import SCORE_NAMES
+from salad.scoring import SCORES
 
 from .config import MODEL_FILE, VERSION
 
@@ -127,10 +127,10 @@ def check_chain(repo: Path, root: Path, manifest: Manifest, encoder: _Graph, sco
             want.setdefault(k, []).append(v)
     tol = manifest.tolerances(precision)
     problems, measured = [], {}
-    for name in SCORE_NAMES:
+    for name, score in SCORES.items():
         diff = float(row_abs_diff(np.concatenate(got[name]), np.concatenate(want[name])).max(initial=0.0))
-        measured[f"max_abs_{name}_diff"] = diff
-        limit = tol.get(f"max_abs_{name}_diff", 1e-5)
+        measured[score.diff_metric("max")] = diff
+        limit = tol.get(score.diff_metric("max"), 1e-5)
         if not diff <= limit:
             problems.append(f"{name}: max |Δ| {diff:.3g} > {limit:g}")
     cosine = float(cosines(np.concatenate(got["embedding"]), np.concatenate(want["embedding"])).min(initial=1.0))

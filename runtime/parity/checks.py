@@ -9,7 +9,7 @@ from typing import Any, Literal, TypeAlias
 import numpy as np
 
 from salad.bundle import EMBEDDING
-from salad.scoring import SCORE_NAMES
+from salad.scoring import DIFF_STATISTICS, SCORE_NAMES, SCORES
 
 Outputs: TypeAlias = "dict[str, np.ndarray]"
 Bound: TypeAlias = Literal["max", "min", "abs"]
@@ -24,10 +24,7 @@ COMPARED_OUTPUTS = (EMBEDDING, *SCORE_NAMES)
 METRICS: dict[str, Bound] = {
     "embedding_cosine_min": "min",
     "embedding_cosine_mean": "min",
-    "max_abs_score_diff": "max",
-    "p99_abs_score_diff": "max",
-    "max_abs_knn_angle_diff": "max",
-    "p99_abs_knn_angle_diff": "max",
+    **{score.diff_metric(stat): "max" for score in SCORES.values() for stat in DIFF_STATISTICS},  # salad.scoring.SCORES
     "label_agreement": "min",
     "spearman": "min",
     "delta_auc": "abs",

@@ -18,6 +18,7 @@ from salad.metrics import (
     row_abs_diff,
     spearman,
 )
+from salad.scoring import SCORES
 
 from .checks import COMPARED_OUTPUTS, LABELLED_METRICS, METRICS
 
@@ -43,8 +44,8 @@ def measure(
     m: dict[str, float | None] = dict.fromkeys(METRICS)
     m.update(dict.fromkeys(LABELLED_METRICS))
     m["embedding_cosine_min"], m["embedding_cosine_mean"] = min_mean(cosines(got[EMBEDDING], ref[EMBEDDING]))
-    m["max_abs_score_diff"], m["p99_abs_score_diff"] = max_p99(row_abs_diff(got["score"], ref["score"]))
-    m["max_abs_knn_angle_diff"], m["p99_abs_knn_angle_diff"] = max_p99(row_abs_diff(got["knn_angle"], ref["knn_angle"]))
+    for name, score in SCORES.items():
+        m[score.diff_metric("max")], m[score.diff_metric("p99")] = max_p99(row_abs_diff(got[name], ref[name]))
     decided = got[threshold_score]
     same = agreeing(decided, ref[threshold_score], threshold)
     m["label_agreement"] = label_agreement(decided, ref[threshold_score], threshold)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from salad.bundle import REFERENCE_FILE
+from salad.scoring import SCORES
 
 from .checks import format_value
 
@@ -18,9 +19,7 @@ if TYPE_CHECKING:
 #: The columns of both renderings: (heading, metric key). Further metrics are in the JSON.
 COLUMNS = (
     ("label agreement", "label_agreement"),
-    ("max |Δscore|", "max_abs_score_diff"),
-    ("p99 |Δscore|", "p99_abs_score_diff"),
-    ("max |Δknn_angle|", "max_abs_knn_angle_diff"),
+    *((f"{stat} |Δ{name}|", score.diff_metric(stat)) for name, score in SCORES.items() for stat in score.columns),
     ("min cosine", "embedding_cosine_min"),
     ("Spearman", "spearman"),
     ("ΔAUC", "delta_auc"),
