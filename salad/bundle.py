@@ -193,3 +193,30 @@ class Bundle:
     @property
     def manifest_path(self) -> Path:
         return self.root / MANIFEST
+
+    # -- inspection ------------------------------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        """What `salad inspect` shows: graphs, precisions, threshold, bank, tolerances, calibration (JSON-ready)."""
+        m = self.manifest
+        graphs = {}
+        for key, spec in m.graphs.items():
+            path = self.root / spec.file
+            graphs[key] = {
+                "file": spec.file, "precision": spec.precision, "opset": spec.opset,
+                "bytes": path.stat().st_size if path.is_file() else None,
+                "inputs": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in spec.inputs],
+                "outputs": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in spec.outputs],
+                "external_data": list(spec.external_data),
+            }
+        bank = {k: m.bank.get(k) for k in ("rows", "dim", "form", "file", "sha256", "dropped_anomalous") if k in m.bank}
+        threshold = {k: v for k, v in m.threshold.items() if k in ("value", "score", "operating_point", "achieved")}
+        return {
+            "schema": "salad-inspect/1", "bundle": str(self.root), "schema_version": m.schema_version,
+            "toolkit_version": m.toolkit_version, "created": m.created, "preprocessing": dict(m.preprocessing),
+            "embedding_dim": m.embedding_dim, "k": m.k, "scores": dict(m.scores), "threshold": threshold,
+            "bank": bank, "precisions": m.precisions(), "graphs": graphs,
+            "tolerances": {p: m.tolerances(p) for p in m.precisions()},
+            "calibration": dict(m.calibration), "reference": dict(m.reference),
+            "files": sorted(m.listed_files()),
+        }

@@ -38,6 +38,9 @@ class StageGroup(click.Group):
         "calibrate": "salad.calibration.cli:calibrate_command",
         "bench": "salad.runtime.bench:bench_command",
         "export-triton": "salad.export.triton_cli:export_triton_command",
+        "inspect": "salad.runtime.cli:inspect_command",
+        "validate": "salad.export.cli:validate_command",
+        "build-engine": "salad.runtime.cli:build_engine_command",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
