@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 import numpy as np
 
 from salad.bundle import BANK_INPUT, Bundle
-from salad.errors import BackendUnavailableError, BundleError, SaladError
+from salad.errors import BackendUnavailableError, BundleError, ConfigError, DataError, SaladError
 from salad.manifest import GraphSpec, Manifest, TensorSpec
 
 #: The name the manifest gives the dynamic batch axis of every graph input and output.
@@ -125,7 +125,7 @@ class Runner(ABC):
 
     def __init__(self, graph: BundleGraph, *, max_batch: int = 32, device: str | None = None) -> None:
         if max_batch < 1:
-            raise SaladError(f"max_batch={max_batch}; expected a positive batch size (e.g. 32).")
+            raise ConfigError(f"max_batch={max_batch}; expected a positive batch size (e.g. 32).")
         self.graph = graph
         self.max_batch = int(max_batch)
         self.device_kind, self.device_index = parse_device(device or self.devices[0])
@@ -182,7 +182,7 @@ class Runner(ABC):
     def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the graph on `feed` (input name → array); returns output name → array, in manifest order."""
         if not self.is_active:
-            raise SaladError(f"{self!r} is not active; call activate() first or use it in a `with` block.")
+            raise ConfigError(f"{self!r} is not active; call activate() first or use it in a `with` block.")
         arrays = self._check_feed(feed)
         start = time.perf_counter_ns()
         raw = self._infer(arrays)
@@ -222,11 +222,11 @@ class Runner(ABC):
     def _check_feed(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         expected = [t.name for t in self.spec.inputs]
         if not isinstance(feed, Mapping):
-            raise SaladError(f"{self._where()}: feed must map input names {expected} to arrays; received {type(feed).__name__}.")
+            raise DataError(f"{self._where()}: feed must map input names {expected} to arrays; received {type(feed).__name__}.")
         missing = [n for n in expected if n not in feed]
         unexpected = [n for n in feed if n not in expected]
         if missing or unexpected:
-            raise SaladError(
+            raise DataError(
                 f"{self._where()}: received inputs {sorted(feed)}, expected {expected}"
                 + (f"; missing {missing}" if missing else "")
                 + (f"; unexpected {unexpected}" if unexpected else "")
@@ -237,9 +237,9 @@ class Runner(ABC):
         for t in self.spec.inputs:
             arr = feed[t.name]
             if not isinstance(arr, np.ndarray):
-                raise SaladError(f"{self._where()}: input {t.name!r} is a {type(arr).__name__}; expected a numpy array.")
+                raise DataError(f"{self._where()}: input {t.name!r} is a {type(arr).__name__}; expected a numpy array.")
             if arr.dtype != np.dtype(t.dtype):
-                raise SaladError(
+                raise DataError(
                     f"{self._where()}: input {t.name!r} received dtype {arr.dtype}, expected {t.dtype} "
                     f"(convert with array.astype(np.{t.dtype}))."
                 )
@@ -251,25 +251,25 @@ class Runner(ABC):
         """Check one shape against the spec; named axes must agree across tensors (batch with batch)."""
         expected = _LazyShape(t.shape, symbols)  # formatted only into an error message: this runs every call
         if len(shape) != len(t.shape):
-            raise SaladError(
+            raise DataError(
                 f"{self._where()}: {kind} {t.name!r} received shape {tuple(shape)} ({len(shape)} axes), "
                 f"expected {expected} ({len(t.shape)} axes)."
             )
         for axis, (got, want) in enumerate(zip(shape, t.shape, strict=True)):
             if isinstance(want, int):
                 if got != want:
-                    raise SaladError(
+                    raise DataError(
                         f"{self._where()}: {kind} {t.name!r} received shape {tuple(shape)}, expected {expected} "
                         f"(axis {axis} must be {want})."
                     )
                 continue
             if want == BATCH and kind == "input" and not 1 <= got <= self.max_batch:
-                raise SaladError(
+                raise DataError(
                     f"{self._where()}: {kind} {t.name!r} received batch {got}, expected 1..{self.max_batch}. "
                     f"Split the batch or create the runner with max_batch={max(got, 1)}."
                 )
             if want in symbols and symbols[want] != got:
-                raise SaladError(
+                raise DataError(
                     f"{self._where()}: {kind} {t.name!r} received shape {tuple(shape)}, expected {expected} "
                     f"(axis {axis} {want!r} must be {symbols[want]} like the other tensors)."
                 )
@@ -337,7 +337,7 @@ def parse_device(device: str) -> tuple[str, int]:
     text = str(device).strip().lower()
     kind, _, index = text.partition(":")
     if kind not in DEVICE_KINDS or (index and not index.isdigit()) or (kind == "cpu" and index):
-        raise SaladError(f"device {device!r}; expected 'cpu', 'cuda' or 'cuda:N' (N = GPU index).")
+        raise ConfigError(f"device {device!r}; expected 'cpu', 'cuda' or 'cuda:N' (N = GPU index).")
     return kind, int(index or 0)
 
 
@@ -351,7 +351,7 @@ def register_runner(name: str, *, extra: str = "runtime", devices: tuple[str, ..
 
     def decorate(cls: type[R]) -> type[R]:
         if name in RUNNERS and RUNNERS[name] is not cls:
-            raise SaladError(f"runtime {name!r} is already registered by {RUNNERS[name].__qualname__}.")
+            raise ConfigError(f"runtime {name!r} is already registered by {RUNNERS[name].__qualname__}.")
         cls.name, cls.extra, cls.devices = name, extra, devices
         RUNNERS[name] = cls
         return cls
@@ -367,7 +367,7 @@ def runner_names() -> list[str]:
 def runner_class(name: str) -> type[Runner]:
     """The Runner class registered as `name`, or an error listing the registered names."""
     if name not in RUNNERS:
-        raise SaladError(f"unknown runtime {name!r}; expected one of {runner_names()}.")
+        raise ConfigError(f"unknown runtime {name!r}; expected one of {runner_names()}.")
     return RUNNERS[name]
 
 

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from salad.errors import BackendUnavailableError, BundleError, SaladError
+from salad.errors import BackendError, BackendUnavailableError, BundleError
 
 from .base import BATCH, BundleGraph, Runner, importable, register_runner
 from .cache import cache_root
@@ -154,7 +154,7 @@ class OnnxRuntimeRunner(Runner):
         try:
             values = self.session.run(names, feed)
         except Exception as exc:
-            raise SaladError(f"{self.graph.path.name}: onnxruntime failed ({type(exc).__name__}: {exc}).") from exc
+            raise BackendError(f"{self.graph.path.name}: onnxruntime failed ({type(exc).__name__}: {exc}).") from exc
         return dict(zip(names, values, strict=True))
 
     def _deactivate(self) -> None:

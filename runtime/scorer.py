@@ -19,7 +19,7 @@ from typing import Any, Literal, TypeAlias
 import numpy as np
 
 from salad.bundle import BANK_INPUT, IMAGE_INPUT, Bundle
-from salad.errors import BundleError, DataError, SaladError
+from salad.errors import BundleError, ConfigError, DataError
 from salad.manifest import PRECISIONS, Manifest, read_manifest
 from salad.preprocess import PreprocessConfig, load_image, preprocess
 from salad.scoring import SCORE_NAMES, decide
@@ -110,7 +110,7 @@ class Scorer:
         tensorrt); `runner_options` go to the backend (e.g. threads=2, cache_dir=…).
         """
         if precision not in PRECISIONS:
-            raise SaladError(f"precision {precision!r}; expected one of {list(PRECISIONS)}.")
+            raise ConfigError(f"precision {precision!r}; expected one of {list(PRECISIONS)}.")
         root = Path(path)
         # Verify what this scorer reads, every time, and nothing else: the ONNX runtimes read the chosen graph
         # (and its external data or bank); the torch reference reads the checkpoint too, so it verifies all.
@@ -167,7 +167,7 @@ class Scorer:
         `error` set and the others are still scored; with "raise" (default) its DataError propagates.
         """
         if on_error not in ("raise", "record"):
-            raise SaladError(f"on_error={on_error!r}; expected 'raise' or 'record'.")
+            raise ConfigError(f"on_error={on_error!r}; expected 'raise' or 'record'.")
         items = _expand(inputs)
         self.activate()
         results: list[Result | None] = [None] * len(items)
@@ -253,7 +253,7 @@ def _expand(inputs: ImageInput | Sequence[ImageInput]) -> list[tuple[str | None,
         elif isinstance(item, str | os.PathLike):
             items.append((str(item), item))
         else:
-            raise SaladError(f"cannot score a {type(item).__name__}; expected a file path or a numpy array (H×W grey in [0, 1]).")
+            raise DataError(f"cannot score a {type(item).__name__}; expected a file path or a numpy array (H×W grey in [0, 1]).")
     return items
 
 

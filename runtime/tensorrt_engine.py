@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from salad.errors import BackendUnavailableError, BundleError, SaladError
+from salad.errors import BackendError, BackendUnavailableError, BundleError, ConfigError, SaladError
 
 from .base import BATCH, BundleGraph, importable, parse_device
 from .cache import cache_root, slug, write_atomic
@@ -66,7 +66,7 @@ def cuda_check(result: Any, what: str) -> Any:
     """cuda.bindings calls return (error, *values): raise on an error, return the value(s)."""
     err, *values = result if isinstance(result, tuple) else (result,)
     if int(err) != 0:
-        raise SaladError(f"CUDA call {what} failed: {getattr(err, 'name', err)} ({int(err)}).")
+        raise BackendError(f"CUDA call {what} failed: {getattr(err, 'name', err)} ({int(err)}).")
     if not values:
         return None
     return values[0] if len(values) == 1 else tuple(values)
@@ -118,12 +118,12 @@ class EngineLoader:
         workspace_mb: int | None = None, rebuild: bool = False, verbose: bool = False, allow_tf32: bool = False,
     ) -> None:
         if max_batch < 1:
-            raise SaladError(f"max_batch={max_batch}; expected a positive batch size (e.g. 32).")
+            raise ConfigError(f"max_batch={max_batch}; expected a positive batch size (e.g. 32).")
         self.graph, self.max_batch = graph, int(max_batch)
         self.spec = graph.spec
         self.opt_batch = int(opt_batch or max_batch)
         if not 1 <= self.opt_batch <= self.max_batch:
-            raise SaladError(f"opt_batch={opt_batch}; expected 1..max_batch ({self.max_batch}).")
+            raise ConfigError(f"opt_batch={opt_batch}; expected 1..max_batch ({self.max_batch}).")
         self.cache_dir, self.workspace_mb, self.rebuild = cache_dir, workspace_mb, rebuild
         self.verbose, self.allow_tf32 = verbose, allow_tf32
         self.gpu: GpuInfo | None = None
@@ -151,7 +151,7 @@ class EngineLoader:
             write_atomic(path.with_suffix(".json"), json.dumps(self.engine_key(version, gpu), indent=2).encode())
             runtime, engine = self._deserialize(trt_mod, logger, plan)
             if engine is None:
-                raise SaladError(f"{self.graph.path}: TensorRT built an engine it cannot deserialize (see the TensorRT log above).")
+                raise BackendError(f"{self.graph.path}: TensorRT built an engine it cannot deserialize (see the TensorRT log above).")
         self._check_engine(trt_mod, engine)
         return runtime, engine
 
@@ -223,7 +223,7 @@ class EngineLoader:
         timing = self._timing_cache(config, timing_path)
         plan = builder.build_serialized_network(network, config)
         if plan is None:
-            raise SaladError(
+            raise BackendError(
                 f"{self.graph.path}: TensorRT could not build an engine for {self.gpu.name if self.gpu else 'this GPU'} "
                 "(see the TensorRT log above; a smaller --batch or a larger workspace may help)."
             )

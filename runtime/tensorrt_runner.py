@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from salad.errors import SaladError
+from salad.errors import BackendError, SaladError
 
 from .base import BundleGraph, DeviceTimer, Runner, register_runner
 from .tensorrt_engine import (  # noqa: F401 - INSTALL_HINT, import_tensorrt: this module's names before the split
@@ -148,7 +148,7 @@ class TensorRTRunner(Runner):
             self._runtime, self._engine = self.loader.load(trt_mod, self.loader.logger(trt_mod), gpu)
             self._context = self._engine.create_execution_context()
             if self._context is None:
-                raise SaladError(f"{self.graph.path}: TensorRT could not create an execution context (out of GPU memory?).")
+                raise BackendError(f"{self.graph.path}: TensorRT could not create an execution context (out of GPU memory?).")
             self._stream = cuda_check(cudart.cudaStreamCreate(), "cudaStreamCreate")
             self._allocate(trt_mod)
         except BaseException:
@@ -161,16 +161,16 @@ class TensorRTRunner(Runner):
         for t in self.spec.inputs:
             hi = tuple(engine.get_tensor_profile_shape(t.name, 0)[2])
             if not context.set_input_shape(t.name, hi):
-                raise SaladError(f"{self.graph.path}: TensorRT refused input {t.name!r} shape {hi}.")
+                raise BackendError(f"{self.graph.path}: TensorRT refused input {t.name!r} shape {hi}.")
             self._buffers[t.name] = _Buffer.allocate(cudart, t.name, True, np.dtype(t.dtype), hi)
         for t in self.spec.outputs:
             shape = tuple(context.get_tensor_shape(t.name))
             if any(d < 0 for d in shape):
-                raise SaladError(f"{self.graph.path}: TensorRT cannot infer the shape of output {t.name!r} ({shape}).")
+                raise BackendError(f"{self.graph.path}: TensorRT cannot infer the shape of output {t.name!r} ({shape}).")
             self._buffers[t.name] = _Buffer.allocate(cudart, t.name, False, np.dtype(t.dtype), shape)
         for name, buf in self._buffers.items():
             if not context.set_tensor_address(name, buf.device_ptr):
-                raise SaladError(f"{self.graph.path}: TensorRT refused the device address of {name!r}.")
+                raise BackendError(f"{self.graph.path}: TensorRT refused the device address of {name!r}.")
 
     def _infer(self, feed: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
         cudart, context, stream = self._cudart, self._context, self._stream
@@ -180,10 +180,10 @@ class TensorRTRunner(Runner):
             buf = self._buffers[name]
             np.copyto(buf.host[: arr.size], arr.reshape(-1))
             if not context.set_input_shape(name, arr.shape):
-                raise SaladError(f"{self.graph.path.name}: TensorRT refused input {name!r} shape {arr.shape}.")
+                raise BackendError(f"{self.graph.path.name}: TensorRT refused input {name!r} shape {arr.shape}.")
             cuda_check(cudart.cudaMemcpyAsync(buf.device_ptr, buf.host_ptr, arr.nbytes, h2d, stream), "cudaMemcpyAsync(H2D)")
         if not context.execute_async_v3(int(stream)):
-            raise SaladError(f"{self.graph.path.name}: TensorRT execute_async_v3 failed (see the TensorRT log above).")
+            raise BackendError(f"{self.graph.path.name}: TensorRT execute_async_v3 failed (see the TensorRT log above).")
         shapes: dict[str, tuple[int, ...]] = {}
         for t in self.spec.outputs:
             buf = self._buffers[t.name]

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import salad
-from salad.errors import SaladError
+from salad.errors import ConfigError, SaladError
 from salad.manifest import (
     PRECISIONS,
     Manifest,
@@ -65,17 +65,17 @@ def export_triton(
     scorer chain on the bundle's reference films and matched the bundle's merged graph.
     """
     if precision not in PRECISIONS:
-        raise SaladError(f"--precision {precision!r}; expected one of {list(PRECISIONS)}.")
+        raise ConfigError(f"--precision {precision!r}; expected one of {list(PRECISIONS)}.")
     if max_batch < 1:
-        raise SaladError(f"--max-batch {max_batch}; expected a positive batch size (e.g. 32).")
+        raise ConfigError(f"--max-batch {max_batch}; expected a positive batch size (e.g. 32).")
     if queue_delay_us < 0:
-        raise SaladError(f"--max-queue-delay-us {queue_delay_us}; expected ≥ 0 microseconds.")
+        raise ConfigError(f"--max-queue-delay-us {queue_delay_us}; expected ≥ 0 microseconds.")
     if not NAME_PATTERN.match(name):
         raise SaladError(f"--name {name!r}; a Triton model name here is letters, digits, '_', '.' and '-' (e.g. 'salad').")
     root, out = Path(bundle), Path(out)
     manifest = read_manifest(root, verify=True)
     if out.resolve() == root.resolve() or root.resolve() in out.resolve().parents or out.resolve() in root.resolve().parents:
-        raise SaladError(f"--out {out} overlaps the bundle {root}; choose a directory outside it.")
+        raise ConfigError(f"--out {out} overlaps the bundle {root}; choose a directory outside it.")
     require_onnx()
     require_model_config()
     encoder, scorer = encoder_graph(root, manifest, precision), scorer_graph(root, manifest, precision)

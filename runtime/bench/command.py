@@ -18,7 +18,7 @@ import numpy as np
 from salad.bundle import CHECKPOINT_FILE
 from salad.clitools import LazyChoice, friendly_errors
 from salad.data import find_images, read_samples
-from salad.errors import BackendUnavailableError, DataError, SaladError
+from salad.errors import BackendUnavailableError, ConfigError, DataError, SaladError
 from salad.imageio import read_image
 from salad.manifest import PRECISIONS, read_manifest
 
@@ -118,16 +118,16 @@ def run_bench(
     say = progress or (lambda _msg: None)
     root = Path(bundle)
     if iters < 1 or warmup < 0:
-        raise SaladError(f"--iters {iters} / --warmup {warmup}: expected iters ≥ 1 and warmup ≥ 0.")
+        raise ConfigError(f"--iters {iters} / --warmup {warmup}: expected iters ≥ 1 and warmup ≥ 0.")
     if not batches or any(b < 1 for b in batches):
-        raise SaladError(f"--batch {list(batches)}: expected positive batch sizes, e.g. 1,8,32.")
+        raise ConfigError(f"--batch {list(batches)}: expected positive batch sizes, e.g. 1,8,32.")
     for name in runtimes:
         runner_class(name)  # unknown names fail here, listing the registered ones
     manifest = read_manifest(root, verify=True)
     chosen = list(precisions) if precisions else manifest.precisions()
     for p in chosen:
         if p not in PRECISIONS:
-            raise SaladError(f"precision {p!r}; expected one of {list(PRECISIONS)}.")
+            raise ConfigError(f"precision {p!r}; expected one of {list(PRECISIONS)}.")
         manifest.graph("model", p)  # names the graphs the bundle has
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     n_threads = int(threads or usable)

@@ -6,7 +6,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from salad.errors import SaladError
+from salad.errors import ConfigError
 from salad.manifest import PRECISIONS, Manifest
 
 from .checks import FIXED_TOLERANCES, METRICS
@@ -49,22 +49,22 @@ def _split_overrides(overrides: Mapping[str, Any] | None) -> dict[str, dict[str,
     out: dict[str, dict[str, float]] = {}
     for precision, values in groups.items():
         if precision != "*" and precision not in PRECISIONS:
-            raise SaladError(f"tolerance override for precision {precision!r}; expected one of {list(PRECISIONS)}.")
+            raise ConfigError(f"tolerance override for precision {precision!r}; expected one of {list(PRECISIONS)}.")
         for metric, value in values.items():
             if metric in FIXED_TOLERANCES:
-                raise SaladError(f"tolerance {metric!r} is fixed at {FIXED_TOLERANCES[metric]:g}: NaN or infinite outputs never pass.")
+                raise ConfigError(f"tolerance {metric!r} is fixed at {FIXED_TOLERANCES[metric]:g}: NaN or infinite outputs never pass.")
             if metric not in METRICS:
-                raise SaladError(f"unknown parity metric {metric!r} in tolerance overrides; expected one of {sorted(set(METRICS) - set(FIXED_TOLERANCES))}.")
+                raise ConfigError(f"unknown parity metric {metric!r} in tolerance overrides; expected one of {sorted(set(METRICS) - set(FIXED_TOLERANCES))}.")
             try:
                 number = float(value)
             except (TypeError, ValueError):
-                raise SaladError(f"tolerance {metric}={value!r} is not a number.") from None
+                raise ConfigError(f"tolerance {metric}={value!r} is not a number.") from None
             if not math.isfinite(number):
-                raise SaladError(f"tolerance {metric}={value!r}: expected a finite number.")
+                raise ConfigError(f"tolerance {metric}={value!r}: expected a finite number.")
             if METRICS[metric] == "min" and number > 1:
-                raise SaladError(f"tolerance {metric}={number:g} can never pass: {metric} is at most 1.")
+                raise ConfigError(f"tolerance {metric}={number:g} can never pass: {metric} is at most 1.")
             if METRICS[metric] != "min" and number < 0:
-                raise SaladError(f"tolerance {metric}={number:g} can never pass: it bounds a magnitude, so use a value ≥ 0.")
+                raise ConfigError(f"tolerance {metric}={number:g} can never pass: it bounds a magnitude, so use a value ≥ 0.")
             out.setdefault(precision, {})[metric] = number
     return out
 
@@ -76,11 +76,11 @@ def parse_tolerance_options(options: Sequence[str]) -> dict[str, dict[str, float
         lhs, sep, value = text.partition("=")
         precision, _, metric = lhs.rpartition(":")
         if not sep or not metric.strip():
-            raise SaladError(f"--tolerance {text!r}: expected [PRECISION:]METRIC=VALUE, e.g. max_abs_score_diff=1e-4 or int8:label_agreement=0.98.")
+            raise ConfigError(f"--tolerance {text!r}: expected [PRECISION:]METRIC=VALUE, e.g. max_abs_score_diff=1e-4 or int8:label_agreement=0.98.")
         try:
             number = float(value)
         except ValueError:
-            raise SaladError(f"--tolerance {text!r}: {value!r} is not a number.") from None
+            raise ConfigError(f"--tolerance {text!r}: {value!r} is not a number.") from None
         out.setdefault(precision.strip() or "*", {})[metric.strip()] = number
     _split_overrides(out)  # validate names and values now, with the option's wording
     return out
