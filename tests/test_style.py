@@ -157,3 +157,8 @@ def test_no_import_cycles_counting_imports_inside_functions() -> None:
             visit(v)
     assert not cycles, "modules that import each other (directly or through others):\n" + "\n".join(map(str, cycles))
 
+
+
+def test_no_module_is_longer_than_the_limit() -> None:
+    long = {str(p.relative_to(REPO)): n for p in _modules().values() if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert not long, f"modules over {MAX_MODULE_LINES} lines (split them by idea): {long}"
