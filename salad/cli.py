@@ -74,7 +74,8 @@ def main() -> None:
               help="Labelled validation data for thresholds and monitoring (default: 10% of the training normals, by patient).")
 @click.option("--method", type=click.Choice(["salad", "memdae", "salad-no-agg", "salad-no-mse"]), default=None,
               help="salad, or a baseline from the same code.")
-@click.option("--encoder", type=LazyChoice(_encoder_names), default=None, help="Encoder/decoder pair.")
+@click.option("--encoder", type=LazyChoice(_encoder_names, metavar="NAME"), default=None,
+              help="Encoder/decoder pair registered in train/models.py (e.g. cxr, resnet18; another name lists them).")
 @click.option("--size", type=int, default=None, help="Input size S (pixels).")
 @click.option("--width", type=float, default=None, help="Channel width multiplier.")
 @click.option("--pretrain-epochs", type=int, default=None, help="Epochs of round 0 (no anchors).")

@@ -67,11 +67,21 @@ def describe_os_error(exc: OSError) -> str:
 
 
 class LazyChoice(click.Choice):
-    """A click.Choice whose values come from a registry that is imported only when needed."""
+    """A click.Choice whose values come from a registry that is imported only when needed.
 
-    def __init__(self, loader: Callable[[], Sequence[str]]) -> None:
+    metavar: shown in --help instead of the list, so that --help does not load the registry (the
+    encoders' registry imports torch); a value outside the registry is still refused, listing it.
+    """
+
+    def __init__(self, loader: Callable[[], Sequence[str]], metavar: str | None = None) -> None:
         self._loader = loader
+        self._metavar = metavar
         super().__init__([], case_sensitive=True)
+
+    def get_metavar(self, *args: Any, **kwargs: Any) -> str | None:
+        if self._metavar is not None:
+            return self._metavar
+        return super().get_metavar(*args, **kwargs)
 
     @property  # type: ignore[override]
     def choices(self) -> Sequence[str]:
