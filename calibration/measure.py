@@ -10,7 +10,6 @@ sets and the load average are recorded with the numbers, because they decide wha
 from __future__ import annotations
 
 import os
-import platform
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from salad.bundle import quiet_session
+from salad.machine import cpu_model_and_flags
 
 #: Timed calls per graph and batch size (the issue asks for a median of at least 50).
 LATENCY_RUNS = 50
@@ -44,17 +44,7 @@ class Timed:
 
 def cpu_info() -> dict[str, Any]:
     """CPU model, cores, the int8/fp16 instruction sets ONNX Runtime can use, ORT version, load average."""
-    model: str = platform.processor() or platform.machine()
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
+    model, flags = cpu_model_and_flags()
     info: dict[str, Any] = {"cpu": model, "cores": os.cpu_count(), "int8_flags": [f for f in INT8_FLAGS if f in flags]}
     try:
         import onnxruntime as ort

@@ -20,14 +20,15 @@ imported by the worker or the function that needs them.
 
 Modules: settings (defaults), stats (timed-loop statistics, memory), worker (one
 configuration in its own process), floor (MACs and GEMM peaks), report (rows, table, markdown, plot),
-machine (CPU, GPU, library versions), command (orchestration and the CLI).
+command (orchestration and the CLI).
 """
 
 from __future__ import annotations
 
+from salad.machine import library_versions, machine_info
+
 from .command import bench_command, configurations, parse_batches, run_bench, write_outputs
 from .floor import count_macs, gemm_peaks, measure_floor
-from .machine import library_versions, machine_info
 from .report import BenchReport, BenchRow
 from .settings import (
     BASELINE_PRECISION,

@@ -20,10 +20,10 @@ from salad.clitools import LazyChoice, friendly_errors
 from salad.data import find_images, read_samples
 from salad.errors import BackendUnavailableError, ConfigError, DataError, SaladError
 from salad.imageio import read_image
+from salad.machine import library_versions, machine_info
 from salad.manifest import PRECISIONS, read_manifest
 
 from ..base import runner_class, runner_names
-from .machine import library_versions, machine_info
 from .report import BenchReport, BenchRow
 from .settings import (
     BASELINE_PRECISION,

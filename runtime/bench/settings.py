@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import salad
+from salad import machine
 
 SCHEMA = "salad-bench/1"
 #: The baseline every row is compared with: PyTorch eager at fp32.
@@ -20,9 +21,6 @@ DEFAULT_DATA = Path(salad.__file__).parent / "sample" / "eval"
 #: Square matrix size of the measured GEMM peaks (large enough to leave every cache).
 GEMM_SIZE = 2048
 #: Distributions whose versions go into the header (absent ones are left out).
-LIBRARIES = (
-    "salad-edge", "numpy", "opencv-python-headless", "opencv-python", "onnxruntime", "onnxruntime-gpu", "torch",
-    "onnx", "tensorrt", "cuda-python", "faiss-cpu", "matplotlib",
-)
+LIBRARIES = machine.LIBRARIES
 #: Thread-count variables set in every worker, so numpy/BLAS/OpenMP use the same count as the runtimes.
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")

@@ -1,4 +1,7 @@
-"""The machine and library versions every figure is recorded with, read without importing a runtime."""
+"""The machine a figure was measured on and the library versions it depends on, read without importing a runtime.
+
+One implementation for `salad bench`, calibration's latency report and the benchmark harnesses.
+"""
 
 from __future__ import annotations
 
@@ -10,20 +13,35 @@ import subprocess
 from collections.abc import Sequence
 from typing import Any
 
-from .settings import LIBRARIES
+#: Distributions whose versions go into a benchmark's header (absent ones are left out).
+LIBRARIES = (
+    "salad-edge", "numpy", "opencv-python-headless", "opencv-python", "onnxruntime", "onnxruntime-gpu", "torch",
+    "onnx", "tensorrt", "cuda-python", "faiss-cpu", "matplotlib",
+)
+
+
+def cpu_model_and_flags() -> tuple[str, set[str]]:
+    """The CPU's model name and instruction-set flags from /proc/cpuinfo (platform's names where it is absent)."""
+    model: str = platform.processor() or platform.machine()
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
+                    model = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+                if flags and model not in ("", platform.machine(), platform.processor()):
+                    break
+    except OSError:
+        pass
+    return model, flags
 
 
 def machine_info() -> dict[str, Any]:
     """CPU and GPU model and core counts, read without importing any runtime library."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu, _ = cpu_model_and_flags()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     physical = None
     try:
