@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from salad.bundle import REFERENCE_KEYS
-from salad.data import Sample, read_samples
+from salad.data import Sample, evenly_spaced, read_samples
 from salad.errors import SaladError
 from salad.preprocess import load_batch
 
@@ -34,11 +34,7 @@ def _read_list(path: Path) -> list[Sample]:
 
 def _spread(samples: list[Sample], n: int) -> list[Sample]:
     """n samples evenly spaced through the name-sorted list (deterministic, covers the whole range)."""
-    ordered = sorted(samples, key=lambda s: (s.path.name, str(s.path)))
-    if n >= len(ordered):
-        return ordered
-    idx = np.unique(np.linspace(0, len(ordered) - 1, n).round().astype(int))
-    return [ordered[i] for i in idx]
+    return evenly_spaced(sorted(samples, key=lambda s: (s.path.name, str(s.path))), n)
 
 
 def _balanced(samples: list[Sample], n: int) -> list[Sample]:
