@@ -17,6 +17,7 @@ import click
 from salad.clitools import LazyChoice, friendly_errors
 from salad.data import Unreadable, scan_images
 from salad.manifest import PRECISIONS
+from salad.tables import fixed_width
 
 from .base import runner_names
 from .parity import compare, parse_tolerance_options
@@ -97,9 +98,7 @@ def format_table(results: Sequence[Result], decided_by: str = "score") -> str:
             rows.append((str(r.path), f"{r.score:.6f}", f"{r.knn_angle:.6f}", LABELS.get(r.label, str(r.label)), f"{r.timings.total_ms:.1f}"))
         else:
             rows.append((str(r.path), "-", "-", "FAILED", "-"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))) for row in rows]
-    return "\n".join(lines)
+    return fixed_width(rows, left=1)
 
 
 @click.command("parity")

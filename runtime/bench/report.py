@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from salad.errors import SaladError
+from salad.tables import fixed_width
 
 from .settings import BASELINE_PRECISION, BASELINE_RUNTIME, SCHEMA
 from .stats import Stats
@@ -132,8 +133,7 @@ class BenchReport:
              _num(r.memory.get("peak_rss_mb"), 0), f"{r.cold_start['total_ms']:.0f}")
             for r in self.rows
         ]
-        widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
-        text = "\n".join("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))) for row in lines)
+        text = fixed_width(lines, left=2)
         return text + "".join(f"\nnote: {n}" for n in self.notes)
 
     def to_markdown(self) -> str:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from salad.bundle import REFERENCE_FILE
 from salad.scoring import SCORES
+from salad.tables import fixed_width
 
 from .checks import format_value
 
@@ -54,8 +55,7 @@ def render_table(report: ParityReport) -> str:
     rows = [header] + [
         (r.runtime, r.precision, r.device, *(_cell(r, k) for _, k in COLUMNS), _status(r)) for r in report.rows
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) if i < 3 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))) for row in rows]
+    lines = fixed_width(rows, left=3).split("\n")
     lines += [
         "",
         f"reference: {describe_reference(report)}",
