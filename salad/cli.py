@@ -24,6 +24,18 @@ def _encoder_names() -> list[str]:
     return sorted(ENCODERS)
 
 
+def _preset_names() -> list[str]:
+    from salad.train.config import PRESETS
+
+    return list(PRESETS)
+
+
+def _method_names() -> list[str]:
+    from salad.train.config import METHODS
+
+    return list(METHODS)
+
+
 class StageGroup(click.Group):
     """A click group whose stage commands are imported only when listed or run.
 
@@ -68,12 +80,12 @@ def main() -> None:
 @click.option("--data", required=True, type=click.Path(exists=True, path_type=Path),
               help="Training data: a folder of normal images, a folder of class folders, or a CSV (path,label[,patient_id]).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory to create.")
-@click.option("--preset", type=click.Choice(["cpu", "paper"]), default="cpu", show_default=True,
-              help="cpu: fits 2 CPU cores in ≤ 20 min; paper: the MICCAI 2020 chest settings (GPU).")
+@click.option("--preset", type=LazyChoice(_preset_names, metavar="NAME"), default="cpu", show_default=True,
+              help="A preset of train/config.py: cpu fits 2 CPU cores in ≤ 20 min; paper: the MICCAI 2020 chest settings (GPU).")
 @click.option("--val", type=click.Path(exists=True, path_type=Path), default=None,
               help="Labelled validation data for thresholds and monitoring (default: 10% of the training normals, by patient).")
-@click.option("--method", type=click.Choice(["salad", "memdae", "salad-no-agg", "salad-no-mse"]), default=None,
-              help="salad, or a baseline from the same code.")
+@click.option("--method", type=LazyChoice(_method_names, metavar="NAME"), default=None,
+              help="salad, or a baseline from the same code (train/config.py METHODS: memdae, salad-no-agg, salad-no-mse).")
 @click.option("--encoder", type=LazyChoice(_encoder_names, metavar="NAME"), default=None,
               help="Encoder/decoder pair registered in train/models.py (e.g. cxr, resnet18; another name lists them).")
 @click.option("--size", type=int, default=None, help="Input size S (pixels).")
