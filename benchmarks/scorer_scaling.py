@@ -135,21 +135,16 @@ def unit_rows(rng: Any, n: int, dim: int) -> Any:
 
 def build_scorer_session(bank: Any, k: int, threads: int) -> Any:
     """scorer.onnx for this bank exactly as export builds it, in a session configured like OnnxRuntimeRunner."""
-    import onnxruntime as ort
-
+    from salad.bundle import quiet_session
     from salad.export.graphs import bank_tensor, bind_bank, export_scorer
     from salad.export.spec import graph_contracts
 
     n, dim = bank.shape
     contract = graph_contracts(64, dim, n, bank_as_input=False)["scorer"]
     proto = bind_bank(export_scorer(k, dim, n, contract, OPSET), bank_tensor(bank, None))
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
     payload = proto.SerializeToString()
     del proto
-    return ort.InferenceSession(payload, sess_options=options, providers=["CPUExecutionProvider"])
+    return quiet_session(payload, threads=threads, optimize=True)
 
 
 def scorers(bank: Any, k: int, threads: int, methods: Sequence[str]) -> dict[str, Callable[[Any], tuple[Any, Any]]]:

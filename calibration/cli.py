@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from salad.cli import friendly_errors
+from salad.clitools import friendly_errors
 
 # Literal copies of the defaults in salad.calibration (importing them would load numpy, onnx, …):
 # tests/calibration/test_cli.py checks they agree.

@@ -10,7 +10,6 @@ sets and the load average are recorded with the numbers, because they decide wha
 from __future__ import annotations
 
 import os
-import platform
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from salad.bundle import quiet_session
+from salad.machine import cpu_model_and_flags
 
 #: Timed calls per graph and batch size (the issue asks for a median of at least 50).
 LATENCY_RUNS = 50
@@ -42,17 +44,7 @@ class Timed:
 
 def cpu_info() -> dict[str, Any]:
     """CPU model, cores, the int8/fp16 instruction sets ONNX Runtime can use, ORT version, load average."""
-    model: str = platform.processor() or platform.machine()
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
+    model, flags = cpu_model_and_flags()
     info: dict[str, Any] = {"cpu": model, "cores": os.cpu_count(), "int8_flags": [f for f in INT8_FLAGS if f in flags]}
     try:
         import onnxruntime as ort
@@ -81,16 +73,7 @@ def latency(
     static: per label, inputs other than "image" (the bank of a bank-as-input graph).
     threads: ONNX Runtime intra-op threads (default: its own choice, as a console runs it).
     """
-    import onnxruntime as ort
-
-    sessions = {}
-    for label, path in graphs.items():
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = int(threads)
-        sessions[label] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    sessions = {label: quiet_session(path, threads=threads, optimize=True) for label, path in graphs.items()}
     out: dict[str, dict[int, Timed]] = {label: {} for label in graphs}
     for batch in batches:
         x = np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:])), dtype=np.float32)

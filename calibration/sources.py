@@ -13,13 +13,13 @@ quantize_static's strided calibration uses to keep only one batch of activations
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from salad.data import Sample, list_hash, read_samples
+from salad.data import evenly_spaced, list_hash, read_samples
 from salad.errors import CalibrationError, DataError
 from salad.imageio import read_image
 from salad.preprocess import PreprocessConfig, preprocess
@@ -98,7 +98,7 @@ class CalibrationSource:
         if images is not None and images < min_images:
             raise CalibrationError(f"--images {images} is below the minimum of {min_images} calibration films; use --images ≥ {min_images}.")
         wanted = min(len(normals), images if images is not None else DEFAULT_MAX_IMAGES)
-        chosen = _spread(normals, wanted)
+        chosen = evenly_spaced(normals, wanted)  # patients and sources mixed
         arrays, problems = [], []
         for s in chosen:
             try:
@@ -112,14 +112,6 @@ class CalibrationSource:
                 "Remove them from the calibration folder: calibration must see what the console will score."
             )
         return cls([s.path for s in chosen], np.stack(arrays).astype(np.float32, copy=False), str(data), len(normals))
-
-
-def _spread(samples: Sequence[Sample], n: int) -> list[Sample]:
-    """n samples evenly spaced over the sorted list (patients and sources mixed, deterministic)."""
-    if n >= len(samples):
-        return list(samples)
-    idx = np.linspace(0, len(samples) - 1, n).round().astype(int)
-    return [samples[i] for i in idx]
 
 
 def _checked(path: Path, config: PreprocessConfig) -> np.ndarray:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from salad.cli import friendly_errors
+from salad.clitools import friendly_errors
 
 
 @click.command("export", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -50,3 +50,22 @@ def export_command(run: Path, out: Path, force: bool, bank_as_input: bool, slim:
         f"{parity.get('max_abs_diff', {}).get('score', float('nan')):.2g}, min embedding cosine "
         f"{parity.get('embedding_cosine_min', float('nan')):.7f}"
     )
+
+
+@click.command("validate", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@friendly_errors
+def validate_command(bundle: Path) -> None:
+    """Check BUNDLE as export does: every sha256, onnx.checker and the graph contract, ONNX Runtime vs PyTorch.
+
+    Exits with 1, listing every failing check, when any fails. Precision variants are judged by
+    `salad parity BUNDLE`.
+    """
+    from salad.export.validate import validate_bundle
+
+    report = validate_bundle(bundle)
+    for key, worst in report.items():
+        diffs = ", ".join(f"|Δ{k}| {v:.2g}" for k, v in worst.get("max_abs_diff", {}).items())
+        cosine = f", min embedding cosine {worst['embedding_cosine_min']:.7f}" if "embedding_cosine_min" in worst else ""
+        click.echo(f"{key}: ok at batch sizes {worst.get('batch_sizes')} ({diffs}{cosine})")
+    click.echo(f"{bundle}: valid")

@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from salad.data import Sample, read_samples
+from salad.bundle import REFERENCE_KEYS
+from salad.data import Sample, evenly_spaced, read_samples
 from salad.errors import SaladError
 from salad.preprocess import load_batch
 
 if TYPE_CHECKING:
     from salad.train.evaluate import LoadedRun
-
-REFERENCE_KEYS = ("image", "embedding", "score", "knn_angle", "label", "path")
 
 
 def _read_list(path: Path) -> list[Sample]:
@@ -35,11 +34,7 @@ def _read_list(path: Path) -> list[Sample]:
 
 def _spread(samples: list[Sample], n: int) -> list[Sample]:
     """n samples evenly spaced through the name-sorted list (deterministic, covers the whole range)."""
-    ordered = sorted(samples, key=lambda s: (s.path.name, str(s.path)))
-    if n >= len(ordered):
-        return ordered
-    idx = np.unique(np.linspace(0, len(ordered) - 1, n).round().astype(int))
-    return [ordered[i] for i in idx]
+    return evenly_spaced(sorted(samples, key=lambda s: (s.path.name, str(s.path))), n)
 
 
 def _balanced(samples: list[Sample], n: int) -> list[Sample]:
@@ -93,15 +88,5 @@ def reference_outputs(loaded: LoadedRun, samples: list[Sample], batch: int = 64)
 
 def write_reference(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Uncompressed .npz (loads with allow_pickle=False on any console)."""
-    a = arrays
-    np.savez(path, image=a["image"], embedding=a["embedding"], score=a["score"], knn_angle=a["knn_angle"],
-             label=a["label"], path=a["path"])
-
-
-def read_reference(path: Path) -> dict[str, np.ndarray]:
-    """reference.npz as arrays, never unpickling; an error naming missing keys."""
-    with np.load(path, allow_pickle=False) as data:
-        missing = [k for k in REFERENCE_KEYS if k not in data.files]
-        if missing:
-            raise SaladError(f"{path}: missing arrays {missing}; expected {list(REFERENCE_KEYS)}. Re-export the bundle.")
-        return {k: data[k] for k in REFERENCE_KEYS}
+    kept: dict[str, Any] = {k: arrays[k] for k in REFERENCE_KEYS}
+    np.savez(path, **kept)

@@ -8,8 +8,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from salad.bundle import (  # noqa: F401 - the bundle's file and input names, re-exported for export's modules
+    BANK_DATA_FILE,
+    BANK_FILE,
+    BANK_INPUT,
+    CHECKPOINT_FILE,
+    ENCODER_FILE,
+    MODEL_FILE,
+    REFERENCE_FILE,
+    SCORER_FILE,
+)
 from salad.errors import SaladError
 from salad.manifest import TensorSpec
+from salad.scoring import SCORE_NAMES
 
 #: Name of the one dynamic axis in every graph (TensorSpec shapes use this string).
 BATCH = "batch"
@@ -19,16 +30,7 @@ MAX_OPSET = 20
 #: Protobuf cannot serialise a message of 2 GiB or more; banks that would push a file past it go external.
 PROTOBUF_LIMIT = 2**31 - 1
 
-ENCODER_FILE = "encoder.onnx"
-SCORER_FILE = "scorer.onnx"
-MODEL_FILE = "model.onnx"
-REFERENCE_FILE = "reference.npz"
-CHECKPOINT_FILE = "checkpoint.pt"
-BANK_FILE = "bank.npy"
-#: External data of the bank initializer, shared by scorer.onnx and model.onnx (the bank is stored once).
-BANK_DATA_FILE = "bank.data"
-#: Name of the bank in the graphs: an input [N, D] ("input" form) or a transposed initializer [D, N].
-BANK_INPUT = "bank"
+#: Name of the transposed bank initializer [D, N] (the bank as an input [N, D] is salad.bundle.BANK_INPUT).
 BANK_INITIALIZER = "bank_t"
 
 #: The batch sizes validation re-runs the reference images at, besides all of them in one batch.
@@ -57,7 +59,7 @@ def graph_contracts(size: int, dim: int, bank_rows: int, bank_as_input: bool) ->
     """The three fp32 graphs of a bundle with input size S, embedding dim D and N bank rows."""
     image = TensorSpec("image", "float32", [BATCH, 1, size, size])
     embedding = TensorSpec("embedding", "float32", [BATCH, dim])
-    scores = (TensorSpec("score", "float32", [BATCH]), TensorSpec("knn_angle", "float32", [BATCH]))
+    scores = tuple(TensorSpec(name, "float32", [BATCH]) for name in SCORE_NAMES)  # salad.scoring.SCORES
     bank = (TensorSpec(BANK_INPUT, "float32", [bank_rows, dim]),) if bank_as_input else ()
     return {
         "encoder": GraphContract("encoder", ENCODER_FILE, (image,), (embedding,)),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from salad.cli import friendly_errors
+from salad.clitools import friendly_errors
 from salad.manifest import PRECISIONS
 
 

@@ -14,14 +14,16 @@ from typing import Any
 
 import numpy as np
 
+from salad.bundle import Bundle
 from salad.errors import ExportValidationError
 from salad.manifest import GraphSpec, Manifest, confined, read_manifest
-from salad.scoring import DEFAULT_SCORE, decide
+from salad.metrics import agreeing, cosines, row_abs_diff
+from salad.scoring import SCORE_NAMES, SCORES
 
-from .spec import BANK_INPUT, BATCH, MIN_OPSET, REFERENCE_FILE, VALIDATION_BATCH_SIZES
+from .spec import BATCH, MIN_OPSET, REFERENCE_FILE, VALIDATION_BATCH_SIZES
 
 #: The tolerance (manifest parity key) on each scalar output's max |Δ|; embeddings are held to a cosine.
-_TOLERANCE_OF = {"score": "max_abs_score_diff", "knn_angle": "max_abs_knn_angle_diff"}
+_TOLERANCE_OF = {name: score.diff_metric("max") for name, score in SCORES.items()}
 _REL_EPS = 1e-8
 #: Mean kNN angles (rad) below this are too close to cos = 1 for float32 arccos to give stable scores.
 _WELL_CONDITIONED_ANGLE = 1e-2
@@ -40,17 +42,16 @@ class _Comparison:
 
 
 def _compare(name: str, got: np.ndarray, want: np.ndarray, threshold: float, decided_by: str) -> _Comparison:
-    diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
-    rel = diff / np.maximum(np.abs(want.astype(np.float64)), _REL_EPS)
-    per_image = diff.reshape(len(diff), -1).max(axis=1) if diff.size else np.zeros(0)
-    cmp = _Comparison(float(diff.max(initial=0.0)), float(rel.max(initial=0.0)), int(per_image.argmax()) if per_image.size else 0)
+    per_image = row_abs_diff(got, want)
+    want64 = want.astype(np.float64)
+    rel = np.abs(got.astype(np.float64) - want64) / np.maximum(np.abs(want64), _REL_EPS)  # relative Δ: validation's own
+    cmp = _Comparison(float(per_image.max(initial=0.0)), float(rel.max(initial=0.0)), int(per_image.argmax()) if per_image.size else 0)
     if name == "embedding":
-        g, w = got.astype(np.float64), want.astype(np.float64)
-        cos = (g * w).sum(1) / np.maximum(np.linalg.norm(g, axis=1) * np.linalg.norm(w, axis=1), 1e-30)
+        cos = cosines(got, want)
         cmp.cosine_min = float(cos.min(initial=1.0))
         cmp.worst = int(cos.argmin()) if cos.size else 0
     if name == decided_by:
-        same = decide(got, threshold) == decide(want, threshold)
+        same = agreeing(got, want, threshold)
         cmp.agreement = float(same.mean()) if same.size else 1.0
         cmp.disagree = np.flatnonzero(~same).tolist()
     return cmp
@@ -133,35 +134,25 @@ def check_parity(
     Each run is compared with the PyTorch outputs, and each batch size with the all-at-once run.
     Returns the measured worst values per graph and the list of failures.
     """
-    import onnxruntime as ort
-
-    from .reference import read_reference
-
-    ref = read_reference(manifest.path_of(root, str(manifest.reference.get("file") or REFERENCE_FILE)))
+    bundle = Bundle(root, manifest)
+    ref = bundle.load_reference()
     n = len(ref["image"])
-    threshold = float(manifest.threshold["value"])
-    decided_by = str(manifest.threshold.get("score", DEFAULT_SCORE))
+    threshold, decided_by = bundle.threshold.value, bundle.threshold.score
     paths = ref["path"]
     report: dict[str, Any] = {}
     failures: list[str] = []
     for key in ("encoder", "scorer", "model"):
         spec = manifest.graph(key)
         where = f"{key} ({spec.file})"
-        feeds: dict[str, np.ndarray] = {}
-        for t in spec.inputs:
-            if t.name == BANK_INPUT:
-                feeds[t.name] = np.load(manifest.path_of(root, str(manifest.bank["file"])), allow_pickle=False)
-            elif t.name in ref:
-                feeds[t.name] = ref[t.name]
+        feeds: dict[str, np.ndarray] = {t.name: ref[t.name] for t in spec.inputs if t.name in ref}
+        feeds.update(bundle.static_feed(key))
         unknown = [t.name for t in spec.inputs if t.name not in feeds]
         if unknown:
             failures.append(f"{where}: manifest inputs {unknown} have no data in {REFERENCE_FILE} (expected image/embedding/bank)")
             continue
         batched = [t.name for t in spec.inputs if t.shape and t.shape[0] == BATCH]
         try:
-            opts = ort.SessionOptions()
-            opts.log_severity_level = 3
-            session = ort.InferenceSession(str(manifest.path_of(root, spec.file)), opts, providers=["CPUExecutionProvider"])
+            session = bundle.session(key)
             full = _run(session, feeds, batched, max(n, 1), n)
             runs = {b: _run(session, feeds, batched, b, n) for b in batch_sizes if b < n}
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
@@ -207,7 +198,7 @@ def validate_bundle(
     report, parity_failures = check_parity(root, manifest, tol, batch_sizes)
     failures += parity_failures
     if failures:
-        hint = _conditioning_hint(root) if any("'score'" in f or "'knn_angle'" in f for f in parity_failures) else ""
+        hint = _conditioning_hint(root) if any(f"'{n}'" in f for f in parity_failures for n in SCORE_NAMES) else ""
         raise ExportValidationError(
             f"{root}: {len(failures)} check(s) failed (ONNX Runtime CPU against the PyTorch outputs in "
             f"{REFERENCE_FILE}; fp32 tolerances {tol}):\n  " + "\n  ".join(failures) + hint
@@ -217,9 +208,7 @@ def validate_bundle(
 
 def _conditioning_hint(root: Path) -> str:
     """Explain score failures caused by float32 arccos near cos = 1 rather than by the graphs."""
-    from .reference import read_reference
-
-    angles = read_reference(root / REFERENCE_FILE)["knn_angle"].astype(np.float64) * np.pi
+    angles = Bundle.open(root, verify=False).load_reference(["knn_angle"])["knn_angle"].astype(np.float64) * np.pi
     tiny = int((angles < _WELL_CONDITIONED_ANGLE).sum())
     if not tiny:
         return ""

@@ -17,11 +17,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
 
-from salad.errors import BackendUnavailableError, BundleError, SaladError
+from salad.bundle import BANK_INPUT, Bundle
+from salad.errors import BackendUnavailableError, BundleError, ConfigError, DataError, SaladError
 from salad.manifest import GraphSpec, Manifest, TensorSpec
 
 #: The name the manifest gives the dynamic batch axis of every graph input and output.
@@ -47,6 +48,15 @@ class BundleGraph:
         """The graph `name` at `precision`; a BundleError listing the bundle's graphs if it has no such graph."""
         manifest.graph(name, precision)  # raises with the list of graphs the bundle has
         return cls(Path(root), manifest, name, precision)
+
+    @property
+    def bundle(self) -> Bundle:
+        """The bundle this graph belongs to (its paths, bank, reference films and threshold)."""
+        return Bundle(self.root, self.manifest)
+
+    def static_feed(self) -> dict[str, np.ndarray]:
+        """Inputs other than the films: the memory bank of a --bank-as-input graph (read once per call), else {}."""
+        return self.bundle.static_feed(self.name, self.precision)
 
     @property
     def key(self) -> str:
@@ -79,9 +89,21 @@ class BundleGraph:
         rows = self.manifest.bank.get("rows")
         dims: dict[str, int] = {}
         for t in self.spec.inputs:
-            if t.name == "bank" and t.shape and isinstance(t.shape[0], str) and t.shape[0] != BATCH and rows:
+            if t.name == BANK_INPUT and t.shape and isinstance(t.shape[0], str) and t.shape[0] != BATCH and rows:
                 dims[t.shape[0]] = int(rows)
         return dims
+
+
+class DeviceTimer(Protocol):
+    """Times work on a GPU stream with the GPU's own clock (CUDA events), for benchmarks."""
+
+    def start(self) -> None: ...
+    def stop_ms(self) -> float: ...
+    def close(self) -> None: ...
+
+
+#: Options every runner takes (the base class's); a backend declares its own in `Runner.options`.
+BASE_OPTIONS = {"max_batch": "largest batch the runner is built for", "device": "cpu, cuda or cuda:N"}
 
 
 class Runner(ABC):
@@ -97,10 +119,13 @@ class Runner(ABC):
     extra: ClassVar[str] = "runtime"
     #: Device kinds the backend runs on; the first is the default.
     devices: ClassVar[tuple[str, ...]] = ("cpu",)
+    #: The backend's own constructor options (keyword → what it does), beyond BASE_OPTIONS: commands and
+    #: benchmarks read these instead of testing runner names.
+    options: ClassVar[dict[str, str]] = {}
 
     def __init__(self, graph: BundleGraph, *, max_batch: int = 32, device: str | None = None) -> None:
         if max_batch < 1:
-            raise SaladError(f"max_batch={max_batch}; expected a positive batch size (e.g. 32).")
+            raise ConfigError(f"max_batch={max_batch}; expected a positive batch size (e.g. 32).")
         self.graph = graph
         self.max_batch = int(max_batch)
         self.device_kind, self.device_index = parse_device(device or self.devices[0])
@@ -157,7 +182,7 @@ class Runner(ABC):
     def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the graph on `feed` (input name → array); returns output name → array, in manifest order."""
         if not self.is_active:
-            raise SaladError(f"{self!r} is not active; call activate() first or use it in a `with` block.")
+            raise ConfigError(f"{self!r} is not active; call activate() first or use it in a `with` block.")
         arrays = self._check_feed(feed)
         start = time.perf_counter_ns()
         raw = self._infer(arrays)
@@ -166,6 +191,14 @@ class Runner(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.graph.path.name}, device={self.device!r}, max_batch={self.max_batch})"
+
+    def info(self) -> dict[str, Any]:
+        """What the backend runs with (library version, threads, providers, engine): for benchmark reports."""
+        return {"runner": repr(self)}
+
+    def device_timer(self) -> DeviceTimer | None:
+        """CUDA events on the stream this runner works on, when it runs on a GPU and exposes one; else None."""
+        return None
 
     # -- what a backend implements ---------------------------------------------------------------
 
@@ -189,11 +222,11 @@ class Runner(ABC):
     def _check_feed(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         expected = [t.name for t in self.spec.inputs]
         if not isinstance(feed, Mapping):
-            raise SaladError(f"{self._where()}: feed must map input names {expected} to arrays; received {type(feed).__name__}.")
+            raise DataError(f"{self._where()}: feed must map input names {expected} to arrays; received {type(feed).__name__}.")
         missing = [n for n in expected if n not in feed]
         unexpected = [n for n in feed if n not in expected]
         if missing or unexpected:
-            raise SaladError(
+            raise DataError(
                 f"{self._where()}: received inputs {sorted(feed)}, expected {expected}"
                 + (f"; missing {missing}" if missing else "")
                 + (f"; unexpected {unexpected}" if unexpected else "")
@@ -204,9 +237,9 @@ class Runner(ABC):
         for t in self.spec.inputs:
             arr = feed[t.name]
             if not isinstance(arr, np.ndarray):
-                raise SaladError(f"{self._where()}: input {t.name!r} is a {type(arr).__name__}; expected a numpy array.")
+                raise DataError(f"{self._where()}: input {t.name!r} is a {type(arr).__name__}; expected a numpy array.")
             if arr.dtype != np.dtype(t.dtype):
-                raise SaladError(
+                raise DataError(
                     f"{self._where()}: input {t.name!r} received dtype {arr.dtype}, expected {t.dtype} "
                     f"(convert with array.astype(np.{t.dtype}))."
                 )
@@ -218,25 +251,25 @@ class Runner(ABC):
         """Check one shape against the spec; named axes must agree across tensors (batch with batch)."""
         expected = _LazyShape(t.shape, symbols)  # formatted only into an error message: this runs every call
         if len(shape) != len(t.shape):
-            raise SaladError(
+            raise DataError(
                 f"{self._where()}: {kind} {t.name!r} received shape {tuple(shape)} ({len(shape)} axes), "
                 f"expected {expected} ({len(t.shape)} axes)."
             )
         for axis, (got, want) in enumerate(zip(shape, t.shape, strict=True)):
             if isinstance(want, int):
                 if got != want:
-                    raise SaladError(
+                    raise DataError(
                         f"{self._where()}: {kind} {t.name!r} received shape {tuple(shape)}, expected {expected} "
                         f"(axis {axis} must be {want})."
                     )
                 continue
             if want == BATCH and kind == "input" and not 1 <= got <= self.max_batch:
-                raise SaladError(
+                raise DataError(
                     f"{self._where()}: {kind} {t.name!r} received batch {got}, expected 1..{self.max_batch}. "
                     f"Split the batch or create the runner with max_batch={max(got, 1)}."
                 )
             if want in symbols and symbols[want] != got:
-                raise SaladError(
+                raise DataError(
                     f"{self._where()}: {kind} {t.name!r} received shape {tuple(shape)}, expected {expected} "
                     f"(axis {axis} {want!r} must be {symbols[want]} like the other tensors)."
                 )
@@ -304,7 +337,7 @@ def parse_device(device: str) -> tuple[str, int]:
     text = str(device).strip().lower()
     kind, _, index = text.partition(":")
     if kind not in DEVICE_KINDS or (index and not index.isdigit()) or (kind == "cpu" and index):
-        raise SaladError(f"device {device!r}; expected 'cpu', 'cuda' or 'cuda:N' (N = GPU index).")
+        raise ConfigError(f"device {device!r}; expected 'cpu', 'cuda' or 'cuda:N' (N = GPU index).")
     return kind, int(index or 0)
 
 
@@ -318,7 +351,7 @@ def register_runner(name: str, *, extra: str = "runtime", devices: tuple[str, ..
 
     def decorate(cls: type[R]) -> type[R]:
         if name in RUNNERS and RUNNERS[name] is not cls:
-            raise SaladError(f"runtime {name!r} is already registered by {RUNNERS[name].__qualname__}.")
+            raise ConfigError(f"runtime {name!r} is already registered by {RUNNERS[name].__qualname__}.")
         cls.name, cls.extra, cls.devices = name, extra, devices
         RUNNERS[name] = cls
         return cls
@@ -334,7 +367,7 @@ def runner_names() -> list[str]:
 def runner_class(name: str) -> type[Runner]:
     """The Runner class registered as `name`, or an error listing the registered names."""
     if name not in RUNNERS:
-        raise SaladError(f"unknown runtime {name!r}; expected one of {runner_names()}.")
+        raise ConfigError(f"unknown runtime {name!r}; expected one of {runner_names()}.")
     return RUNNERS[name]
 
 
@@ -344,5 +377,14 @@ def available_runners() -> dict[str, str | None]:
 
 
 def create_runner(name: str, graph: BundleGraph, **options: Any) -> Runner:
-    """Build (not activate) the runner `name` for `graph`; options go to the backend's constructor."""
-    return runner_class(name)(graph, **options)
+    """Build (not activate) the runner `name` for `graph`; options go to the backend's constructor.
+
+    An option the backend does not declare (Runner.options) is a SaladError listing the ones it takes.
+    """
+    cls = runner_class(name)
+    unknown = sorted(set(options) - set(BASE_OPTIONS) - set(cls.options))
+    if unknown:
+        raise SaladError(
+            f"the {name} runtime takes no option(s) {unknown}; it takes {sorted({**BASE_OPTIONS, **cls.options})}."
+        )
+    return cls(graph, **options)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 
+from salad import fsutil
 from salad.errors import SaladError
 
 ENV_VAR = "SALAD_CACHE_DIR"
@@ -39,13 +39,6 @@ def slug(text: str) -> str:
 
 
 def write_atomic(path: Path, data: bytes | bytearray | memoryview) -> None:
-    """Write `data` to `path` via a temporary sibling and a rename."""
+    """Write `data` to `path` in the cache (its folder made first) with salad.fsutil.write_atomic: old or new, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    fsutil.write_atomic(path, bytes(data))

@@ -1,4 +1,4 @@
-"""`salad score BUNDLE PATH...` and `salad parity BUNDLE`: thin click commands over Scorer and compare.
+"""`salad score`, `parity`, `inspect` and `build-engine`: thin click commands over Scorer, compare, Bundle, EngineLoader.
 
 Registered in the `salad` group by salad/cli.py; importing this module pulls in neither torch nor
 onnx, so both run on a console with only salad-edge[runtime].
@@ -14,9 +14,10 @@ from pathlib import Path
 
 import click
 
-from salad.cli import LazyChoice, friendly_errors
+from salad.clitools import LazyChoice, friendly_errors
 from salad.data import Unreadable, scan_images
 from salad.manifest import PRECISIONS
+from salad.tables import fixed_width
 
 from .base import runner_names
 from .parity import compare, parse_tolerance_options
@@ -97,9 +98,7 @@ def format_table(results: Sequence[Result], decided_by: str = "score") -> str:
             rows.append((str(r.path), f"{r.score:.6f}", f"{r.knn_angle:.6f}", LABELS.get(r.label, str(r.label)), f"{r.timings.total_ms:.1f}"))
         else:
             rows.append((str(r.path), "-", "-", "FAILED", "-"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))) for row in rows]
-    return "\n".join(lines)
+    return fixed_width(rows, left=1)
 
 
 @click.command("parity")
@@ -146,3 +145,68 @@ def parity_command(
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(text, encoding="utf-8")
     report.raise_if_failed()
+
+
+@click.command("inspect")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the description as JSON (schema salad-inspect/1).")
+@click.option("--no-verify", is_flag=True, help="Skip the sha256 of the bundle's files (the manifest is still checked).")
+@friendly_errors
+def inspect_command(bundle: Path, as_json: bool, no_verify: bool) -> None:
+    """Show what BUNDLE holds: graphs, precisions, threshold, bank, tolerances and calibration."""
+    from salad.bundle import Bundle
+
+    info = Bundle.open(bundle, verify=not no_verify).describe()
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    t, b = info["threshold"], info["bank"]
+    lines = [
+        f"bundle {info['bundle']} (schema {info['schema_version']}, salad-edge {info['toolkit_version']}, created {info['created']})"
+        + ("" if no_verify else "; every file matches its sha256"),
+        f"precisions: {', '.join(info['precisions'])}",
+        f"threshold: {t['score']} > {t['value']:.6g}"
+        + (f" at {', '.join(f'{k} {v}' for k, v in t['operating_point'].items())}" if isinstance(t.get("operating_point"), dict) else ""),
+        f"bank: {b.get('rows')} rows × {info['embedding_dim']}, {b.get('form', '?')}, K = {info['k']}, sha256 {str(b.get('sha256'))[:12]}…",
+        f"preprocessing: {', '.join(f'{k}={v}' for k, v in info['preprocessing'].items())}",
+        "graphs:",
+    ]
+    for key, g in info["graphs"].items():
+        ios = " → ".join(", ".join(f"{t['name']}{t['shape']}" for t in g[side]) for side in ("inputs", "outputs"))
+        size = f"{g['bytes'] / 1e6:.2f} MB" if g["bytes"] is not None else "missing"
+        lines.append(f"  {key:<14} {g['file']:<20} {g['precision']:<5} opset {g['opset']}  {size:>9}  {ios}")
+    lines.append("tolerances:")
+    for precision, tol in info["tolerances"].items():
+        lines.append(f"  {precision}: " + ", ".join(f"{k}={v:g}" for k, v in tol.items()))
+    for precision, cal in info["calibration"].items():
+        lines.append(f"calibration {precision}: " + ", ".join(f"{k}={v}" for k, v in cal.items() if not isinstance(v, list | dict)))
+    click.echo("\n".join(lines))
+
+
+@click.command("build-engine")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--precision", type=click.Choice(list(PRECISIONS)), default="fp32", show_default=True,
+              help="Graph variant to build the engine of.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Largest batch of the engine's optimisation profile (what `salad score --batch` may use).")
+@click.option("--opt-batch", type=click.IntRange(min=1), default=None, help="The profile's optimum batch.  [default: --max-batch]")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Engine cache folder the runtime reads.  [default: salad.runtime.cache's]")
+@click.option("--workspace-mb", type=click.IntRange(min=1), default=None, help="TensorRT builder workspace limit.")
+@click.option("--device", default="cuda:0", show_default=True, help="The GPU to build for (cuda or cuda:N).")
+@click.option("--rebuild", is_flag=True, help="Build even if the cache holds the engine.")
+@click.option("--allow-tf32", is_flag=True, help="Let float32 layers use TF32 (breaks the fp32 parity tolerance).")
+@friendly_errors
+def build_engine_command(
+    bundle: Path, precision: str, max_batch: int, opt_batch: int | None, cache_dir: Path | None, workspace_mb: int | None,
+    device: str, rebuild: bool, allow_tf32: bool,
+) -> None:
+    """Build BUNDLE's TensorRT engine now (e.g. when a console installs it), so the first score loads it from the cache."""
+    from .tensorrt_engine import build_engine
+
+    done = build_engine(
+        bundle, precision, device=device, max_batch=max_batch, opt_batch=opt_batch, cache_dir=cache_dir,
+        workspace_mb=workspace_mb, rebuild=rebuild, allow_tf32=allow_tf32,
+    )
+    verb = "built" if done["built"] else "found in the cache"
+    click.echo(f"{done['graph']} engine for {done['gpu']['name']} {verb}: {done['engine']}")

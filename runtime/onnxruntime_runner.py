@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from salad.errors import BackendUnavailableError, BundleError, SaladError
+from salad.errors import BackendError, BackendUnavailableError, BundleError
 
 from .base import BATCH, BundleGraph, Runner, importable, register_runner
 from .cache import cache_root
@@ -32,6 +32,13 @@ class OnnxRuntimeRunner(Runner):
     execution-provider list, overriding the device default), `use_tensorrt` (on cuda, use the
     TensorRT provider when available; default True), `cache_dir` (TensorRT provider caches).
     """
+
+    options: ClassVar[dict[str, str]] = {
+        "threads": "intra-op threads (default: ONNX Runtime's choice)",
+        "providers": "explicit execution-provider list, overriding the device default",
+        "use_tensorrt": "on cuda, use the TensorRT provider when available",
+        "cache_dir": "TensorRT provider caches",
+    }
 
     def __init__(
         self,
@@ -147,9 +154,21 @@ class OnnxRuntimeRunner(Runner):
         try:
             values = self.session.run(names, feed)
         except Exception as exc:
-            raise SaladError(f"{self.graph.path.name}: onnxruntime failed ({type(exc).__name__}: {exc}).") from exc
+            raise BackendError(f"{self.graph.path.name}: onnxruntime failed ({type(exc).__name__}: {exc}).") from exc
         return dict(zip(names, values, strict=True))
 
     def _deactivate(self) -> None:
         self.session = None
         self.providers = []
+
+    def info(self) -> dict[str, Any]:
+        import onnxruntime as ort
+
+        options = self.session.get_session_options() if self.session is not None else None
+        return {
+            **super().info(), "library": f"onnxruntime {ort.__version__}", "providers": list(self.providers),
+            "intra_op_threads": int(options.intra_op_num_threads) if options is not None else None,
+            "inter_op_threads": int(options.inter_op_num_threads) if options is not None else None,
+            "graph_optimization_level": str(options.graph_optimization_level) if options is not None else None,
+            "execution_mode": str(options.execution_mode) if options is not None else None,
+        }

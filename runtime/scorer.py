@@ -18,17 +18,15 @@ from typing import Any, Literal, TypeAlias
 
 import numpy as np
 
-from salad.errors import BundleError, DataError, SaladError
+from salad.bundle import BANK_INPUT, IMAGE_INPUT, Bundle
+from salad.errors import BundleError, ConfigError, DataError
 from salad.manifest import PRECISIONS, Manifest, read_manifest
 from salad.preprocess import PreprocessConfig, load_image, preprocess
-from salad.scoring import DEFAULT_SCORE, SCORE_NAMES, decide
+from salad.scoring import SCORE_NAMES, decide
 
 from .base import BundleGraph, Runner, create_runner
 
 ImageInput: TypeAlias = "str | os.PathLike[str] | np.ndarray"
-IMAGE_INPUT = "image"
-BANK_INPUT = "bank"
-BANK_FILE = "bank.npy"
 #: Arrays may exceed [0, 1] by this much (rounding in a caller's own scaling) before they are refused.
 RANGE_SLACK = 1e-3
 
@@ -64,17 +62,16 @@ class Result:
     def ok(self) -> bool:
         return self.error is None
 
+    @property
+    def scores(self) -> dict[str, float]:
+        """Every score of the bundle's registry (salad.scoring.SCORES) by name."""
+        return {name: getattr(self, name) for name in SCORE_NAMES}
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON row of `salad score --json`: path, score, knn_angle, label, ms (or path, error)."""
         if self.error is not None:
             return {"path": self.path, "error": self.error}
-        return {
-            "path": self.path,
-            "score": self.score,
-            "knn_angle": self.knn_angle,
-            "label": self.label,
-            "ms": round(self.timings.total_ms, 3),
-        }
+        return {"path": self.path, **self.scores, "label": self.label, "ms": round(self.timings.total_ms, 3)}
 
     @classmethod
     def failure(cls, name: str | None, exc: BaseException, ms: float = 0.0) -> Result:
@@ -90,7 +87,8 @@ class Scorer:
         self.manifest = manifest
         self.runner = runner
         self.preprocess_config: PreprocessConfig = manifest.preprocess_config
-        self.threshold, self.threshold_score = _threshold(manifest, self.bundle)
+        threshold = Bundle(self.bundle, manifest).threshold
+        self.threshold, self.threshold_score = threshold.value, threshold.score
         self._check_graph()
         self._extra_feed: dict[str, np.ndarray] = {}
         #: Milliseconds the last `activate()` took (engine load or build): the cold-start cost.
@@ -112,7 +110,7 @@ class Scorer:
         tensorrt); `runner_options` go to the backend (e.g. threads=2, cache_dir=…).
         """
         if precision not in PRECISIONS:
-            raise SaladError(f"precision {precision!r}; expected one of {list(PRECISIONS)}.")
+            raise ConfigError(f"precision {precision!r}; expected one of {list(PRECISIONS)}.")
         root = Path(path)
         # Verify what this scorer reads, every time, and nothing else: the ONNX runtimes read the chosen graph
         # (and its external data or bank); the torch reference reads the checkpoint too, so it verifies all.
@@ -140,8 +138,7 @@ class Scorer:
         if self.runner.is_active:
             return
         start = time.perf_counter_ns()
-        if any(t.name == BANK_INPUT for t in self.runner.spec.inputs):
-            self._extra_feed[BANK_INPUT] = self._load_bank()
+        self._extra_feed.update(self.runner.graph.static_feed())
         self.runner.activate()
         self.activation_ms = (time.perf_counter_ns() - start) / 1e6
 
@@ -170,7 +167,7 @@ class Scorer:
         `error` set and the others are still scored; with "raise" (default) its DataError propagates.
         """
         if on_error not in ("raise", "record"):
-            raise SaladError(f"on_error={on_error!r}; expected 'raise' or 'record'.")
+            raise ConfigError(f"on_error={on_error!r}; expected 'raise' or 'record'.")
         items = _expand(inputs)
         self.activate()
         results: list[Result | None] = [None] * len(items)
@@ -241,26 +238,6 @@ class Scorer:
                 "The manifest is inconsistent; re-export the bundle."
             )
 
-    def _load_bank(self) -> np.ndarray:
-        path = self.manifest.path_of(self.bundle, str(self.manifest.bank.get("file") or BANK_FILE))
-        if not path.is_file():
-            raise BundleError(f"{path}: missing; the graph takes the bank as an input. Re-copy or re-export the bundle.")
-        try:
-            bank = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise BundleError(f"{path}: cannot read the memory bank ({exc}).") from exc
-        return np.ascontiguousarray(bank, dtype=np.float32)
-
-
-def _threshold(manifest: Manifest, bundle: Path) -> tuple[float, str]:
-    value = manifest.threshold.get("value") if isinstance(manifest.threshold, dict) else None
-    score = manifest.threshold.get("score", DEFAULT_SCORE) if isinstance(manifest.threshold, dict) else DEFAULT_SCORE
-    if not isinstance(value, int | float) or not np.isfinite(value):
-        raise BundleError(f"{bundle}: manifest threshold {manifest.threshold!r} has no numeric 'value'; re-export the bundle.")
-    if score not in SCORE_NAMES:
-        raise BundleError(f"{bundle}: manifest threshold is for score {score!r}; expected one of {list(SCORE_NAMES)}.")
-    return float(value), str(score)
-
 
 def _expand(inputs: ImageInput | Sequence[ImageInput]) -> list[tuple[str | None, str | os.PathLike[str] | np.ndarray]]:
     """Inputs as (name, item) pairs: a path or 2-D array is one image, a 3-D array a stack of images."""
@@ -276,7 +253,7 @@ def _expand(inputs: ImageInput | Sequence[ImageInput]) -> list[tuple[str | None,
         elif isinstance(item, str | os.PathLike):
             items.append((str(item), item))
         else:
-            raise SaladError(f"cannot score a {type(item).__name__}; expected a file path or a numpy array (H×W grey in [0, 1]).")
+            raise DataError(f"cannot score a {type(item).__name__}; expected a file path or a numpy array (H×W grey in [0, 1]).")
     return items
 
 

@@ -8,15 +8,15 @@ with the same shared maths (salad.scoring) that export traced into scorer.onnx, 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
+from salad.bundle import CHECKPOINT_FILE
 from salad.errors import BundleError, SaladError
 
-from .base import BundleGraph, Runner, importable, register_runner
+from .base import BundleGraph, DeviceTimer, Runner, importable, register_runner
 
-CHECKPOINT = "checkpoint.pt"
 GRAPHS = ("model", "encoder", "scorer")
 
 
@@ -27,6 +27,8 @@ class TorchRunner(Runner):
     Only the fp32 reference exists in PyTorch; precision variants are compared against it.
     Option `threads` sets torch's intra-op threads (a process-wide torch setting).
     """
+
+    options: ClassVar[dict[str, str]] = {"threads": "torch intra-op threads (torch.set_num_threads, process-wide)"}
 
     def __init__(self, graph: BundleGraph, *, max_batch: int = 32, device: str | None = None, threads: int | None = None) -> None:
         super().__init__(graph, max_batch=max_batch, device=device)
@@ -49,10 +51,11 @@ class TorchRunner(Runner):
         return None
 
     def _activate(self) -> None:
-        ckpt = self.graph.root / CHECKPOINT
-        if not ckpt.is_file() or CHECKPOINT not in self.graph.manifest.files:  # an unlisted checkpoint is unverified
+        bundle = self.graph.bundle
+        ckpt = self.graph.root / CHECKPOINT_FILE
+        if not bundle.has_checkpoint:  # an unlisted checkpoint is unverified
             raise BundleError(
-                f"{self.graph.root}: bundle has no {CHECKPOINT} (exported with --slim?). The torch reference runtime "
+                f"{self.graph.root}: bundle has no {CHECKPOINT_FILE} (exported with --slim?). The torch reference runtime "
                 "rebuilds the model from it: re-export without --slim, or use --runtime onnxruntime."
             )
         import torch
@@ -61,7 +64,7 @@ class TorchRunner(Runner):
 
         if self.threads:
             torch.set_num_threads(int(self.threads))
-        loaded = load_run(self.graph.manifest.path_of(self.graph.root, CHECKPOINT))
+        loaded = load_run(bundle.checkpoint_path)
         manifest = self.graph.manifest
         rows = manifest.bank.get("rows")
         if rows is not None and int(rows) != int(loaded.bank.shape[0]):
@@ -100,3 +103,38 @@ class TorchRunner(Runner):
     def _deactivate(self) -> None:
         self.model = None
         self.bank = None
+
+    def info(self) -> dict[str, Any]:
+        import torch
+
+        return {
+            **super().info(), "library": f"torch {torch.__version__}", "intra_op_threads": torch.get_num_threads(),
+            "inter_op_threads": torch.get_num_interop_threads(), "mkldnn": bool(torch.backends.mkldnn.is_available()),
+            "mode": "eager, inference_mode",
+        }
+
+    def device_timer(self) -> DeviceTimer | None:
+        return _TorchCudaEvents(self.device) if self.device_kind == "cuda" else None
+
+
+class _TorchCudaEvents:
+    """torch.cuda events on the current stream (the torch runner's)."""
+
+    def __init__(self, device: str) -> None:
+        import torch
+
+        self._torch = torch
+        self._device = device
+        self._start = torch.cuda.Event(enable_timing=True)
+        self._end = torch.cuda.Event(enable_timing=True)
+
+    def start(self) -> None:
+        self._start.record(self._torch.cuda.current_stream(self._device))
+
+    def stop_ms(self) -> float:
+        self._end.record(self._torch.cuda.current_stream(self._device))
+        self._end.synchronize()
+        return float(self._start.elapsed_time(self._end))
+
+    def close(self) -> None:
+        pass

@@ -15,7 +15,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -66,6 +66,10 @@ class TritonRunner(Runner):
     name = "triton"
     extra = "tritonclient[http]"
     devices = ("cpu",)
+    options: ClassVar[dict[str, str]] = {
+        "url": "the server: http://host:8000 or grpc://host:8001", "model": "the served ensemble's name",
+        "timeout_s": "seconds to wait for the server",
+    }
 
     def __init__(self, graph: BundleGraph, *, url: str, model: str = DEFAULT_MODEL, max_batch: int = 32,
                  timeout_s: float = 60.0) -> None:

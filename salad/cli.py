@@ -6,90 +6,34 @@ torch or onnx. A SaladError becomes a one-line message and exit code 1, never a 
 
 from __future__ import annotations
 
-import errno
-import functools
 import json
 import sys
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 import salad
-from salad.errors import SaladError
-from salad.fsutil import sigterm_as_interrupt
+from salad.clitools import LazyChoice, describe_os_error, friendly_errors  # noqa: F401 - stage CLIs' old import path
 from salad.scoring import SCORE_NAMES
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def friendly_errors(fn: F) -> F:
-    """Turn a SaladError, an OS-level failure, Ctrl-C or SIGTERM into a clean one-line exit, never a traceback.
-
-    SIGTERM (how a service manager stops a process) is handled like Ctrl-C, so the same cleanup runs:
-    temporaries are removed and nothing half-written is kept.
-    """
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            with sigterm_as_interrupt():
-                return fn(*args, **kwargs)
-        except SaladError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("interrupted; nothing half-written was kept (a training run continues with --resume)", err=True)
-            sys.exit(130)
-        except MemoryError:
-            click.echo(
-                "error: out of memory. Lower --batch-size (training) or the batch of the command, score fewer or "
-                "smaller films per call, or use a machine with more memory.", err=True,
-            )
-            sys.exit(1)
-        except OSError as exc:  # PermissionError, a full disk, a vanished file: name the file and the fix
-            click.echo(f"error: {describe_os_error(exc)}", err=True)
-            sys.exit(1)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def describe_os_error(exc: OSError) -> str:
-    """One line for an OSError: the file, what the system said, and what usually fixes it."""
-    where = exc.filename if exc.filename is not None else "a file"
-    reason = exc.strerror or type(exc).__name__
-    fixes = {
-        PermissionError: "check the file's owner and mode (the command runs as this user)",
-        FileNotFoundError: "check the path",
-        IsADirectoryError: "pass a file, not a folder",
-    }
-    fix = next((text for kind, text in fixes.items() if isinstance(exc, kind)), "check the disk and the path")
-    if exc.errno is not None and exc.errno == errno.ENOSPC:
-        fix = "free space on that disk or write elsewhere"
-    return f"{where}: {reason}; {fix}."
-
-
-class LazyChoice(click.Choice):
-    """A click.Choice whose values come from a registry that is imported only when needed."""
-
-    def __init__(self, loader: Callable[[], Sequence[str]]) -> None:
-        self._loader = loader
-        super().__init__([], case_sensitive=True)
-
-    @property  # type: ignore[override]
-    def choices(self) -> Sequence[str]:
-        return tuple(self._loader())
-
-    @choices.setter
-    def choices(self, _value: Sequence[str]) -> None:
-        pass
 
 
 def _encoder_names() -> list[str]:
     from salad.train.models import ENCODERS
 
     return sorted(ENCODERS)
+
+
+def _preset_names() -> list[str]:
+    from salad.train.config import PRESETS
+
+    return list(PRESETS)
+
+
+def _method_names() -> list[str]:
+    from salad.train.config import METHODS
+
+    return list(METHODS)
 
 
 class StageGroup(click.Group):
@@ -107,6 +51,9 @@ class StageGroup(click.Group):
         "bench": "salad.runtime.bench:bench_command",
         "export-triton": "salad.export.triton_cli:export_triton_command",
         "serve": "salad.serve.cli:serve_command",
+        "inspect": "salad.runtime.cli:inspect_command",
+        "validate": "salad.export.cli:validate_command",
+        "build-engine": "salad.runtime.cli:build_engine_command",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -134,13 +81,14 @@ def main() -> None:
 @click.option("--data", required=True, type=click.Path(exists=True, path_type=Path),
               help="Training data: a folder of normal images, a folder of class folders, or a CSV (path,label[,patient_id]).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory to create.")
-@click.option("--preset", type=click.Choice(["cpu", "paper"]), default="cpu", show_default=True,
-              help="cpu: fits 2 CPU cores in ≤ 20 min; paper: the MICCAI 2020 chest settings (GPU).")
+@click.option("--preset", type=LazyChoice(_preset_names, metavar="NAME"), default="cpu", show_default=True,
+              help="A preset of train/config.py: cpu fits 2 CPU cores in ≤ 20 min; paper: the MICCAI 2020 chest settings (GPU).")
 @click.option("--val", type=click.Path(exists=True, path_type=Path), default=None,
               help="Labelled validation data for thresholds and monitoring (default: 10% of the training normals, by patient).")
-@click.option("--method", type=click.Choice(["salad", "memdae", "salad-no-agg", "salad-no-mse"]), default=None,
-              help="salad, or a baseline from the same code.")
-@click.option("--encoder", type=LazyChoice(_encoder_names), default=None, help="Encoder/decoder pair.")
+@click.option("--method", type=LazyChoice(_method_names, metavar="NAME"), default=None,
+              help="salad, or a baseline from the same code (train/config.py METHODS: memdae, salad-no-agg, salad-no-mse).")
+@click.option("--encoder", type=LazyChoice(_encoder_names, metavar="NAME"), default=None,
+              help="Encoder/decoder pair registered in train/models.py (e.g. cxr, resnet18; another name lists them).")
 @click.option("--size", type=int, default=None, help="Input size S (pixels).")
 @click.option("--width", type=float, default=None, help="Channel width multiplier.")
 @click.option("--pretrain-epochs", type=int, default=None, help="Epochs of round 0 (no anchors).")

@@ -13,9 +13,14 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
 
 from salad.errors import DataError
 from salad.imageio import is_image_path
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -219,3 +224,11 @@ def list_hash(samples: Sequence[Sample] | Sequence[Path]) -> str:
     """sha256 of the sorted file names: identifies an image list without storing absolute paths."""
     names = sorted((s.path if isinstance(s, Sample) else Path(s)).name for s in samples)
     return hashlib.sha256("\n".join(names).encode()).hexdigest()
+
+
+def evenly_spaced(items: Sequence[T], n: int) -> list[T]:
+    """n items evenly spaced through `items` in their order (all of them when n ≥ len): deterministic, covers the range."""
+    if n >= len(items):
+        return list(items)
+    idx = np.linspace(0, len(items) - 1, n).round().astype(int)
+    return [items[i] for i in idx]

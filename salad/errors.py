@@ -11,6 +11,18 @@ class DataError(SaladError):
     """Input images, folders or manifests that cannot be used (empty, unreadable, mislabelled)."""
 
 
+#: The name docs/architecture.md §8 uses for DataError: an input (film, folder, array, feed) that cannot be used.
+InputError = DataError
+
+
+class ConfigError(SaladError):
+    """A request that cannot run as asked: an option out of range, an unknown name, a wrong combination."""
+
+
+class BackendError(SaladError):
+    """A backend failed while running: a CUDA call, a TensorRT build or execution, an ONNX Runtime run."""
+
+
 class BundleError(SaladError):
     """A bundle that is missing files, fails a checksum or comes from an unknown schema."""
 

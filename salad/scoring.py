@@ -11,18 +11,48 @@ same lines; the exported scorer.onnx is a trace of the torch entry point.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
 from salad.errors import SaladError
 
-SCORE_NAMES = ("score", "knn_angle")
-DEFAULT_SCORE = "score"
-SCORE_DEFINITIONS = {
-    "score": "mean of the K smallest arccos(z·m_j) / mean over all N bank rows of arccos(z·m_j)",
-    "knn_angle": "mean of the K smallest arccos(z·m_j) / pi",
+
+@dataclass(frozen=True)
+class ScoreDef:
+    """One score every bundle outputs: its name, its definition, and the parity figures kept on it.
+
+    The registry `SCORES` is the one list of scores: graph contracts (export/spec.py), default
+    tolerances (salad/schema.py), parity metrics and report columns (runtime/parity), export
+    validation and Result rows derive from it. Adding a score is an entry here plus its maths in
+    `knn_arccos_scores` (docs/architecture.md §7).
+    """
+
+    name: str
+    definition: str
+    #: Parity statistics of |Δ| on this score that are checked against a tolerance by default (fp32).
+    toleranced: tuple[str, ...] = ("max",)
+    #: Parity statistics of |Δ| on this score shown as columns of the parity table.
+    columns: tuple[str, ...] = ("max",)
+
+    def diff_metric(self, statistic: str) -> str:
+        """The parity metric of |Δ| on this score: "max" → "max_abs_score_diff", "p99" → "p99_abs_score_diff"."""
+        return f"{statistic}_abs_{self.name}_diff"
+
+
+#: Statistics of |Δ| parity measures on every score, in report order.
+DIFF_STATISTICS = ("max", "p99")
+SCORES: dict[str, ScoreDef] = {
+    "score": ScoreDef(
+        "score", "mean of the K smallest arccos(z·m_j) / mean over all N bank rows of arccos(z·m_j)",
+        toleranced=("max", "p99"), columns=("max", "p99"),
+    ),
+    "knn_angle": ScoreDef("knn_angle", "mean of the K smallest arccos(z·m_j) / pi"),
 }
+SCORE_NAMES = tuple(SCORES)
+DEFAULT_SCORE = "score"
+SCORE_DEFINITIONS = {name: s.definition for name, s in SCORES.items()}
 
 
 def check_score_name(name: str) -> str:

@@ -45,3 +45,16 @@ def test_the_previous_sigterm_handler_is_restored(signal_name: str) -> None:
     before = signal.getsignal(getattr(signal, signal_name))
     CliRunner().invoke(_command(lambda: None))
     assert signal.getsignal(getattr(signal, signal_name)) == before
+
+
+def test_train_help_does_not_import_torch() -> None:
+    """`salad train --help` lists its options without loading the encoders' registry (torch takes seconds)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom click.testing import CliRunner\nfrom salad.cli import main\n"
+        "r = CliRunner().invoke(main, ['train', '--help'])\nprint(r.exit_code, '--encoder NAME' in r.output, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["0", "True", "False"], out.stdout + out.stderr

@@ -64,3 +64,102 @@ def test_imports_follow_the_design_tree() -> None:
             if extra:
                 wrong.append(f"{rel} imports salad.{', salad.'.join(sorted(extra))}")
     assert not wrong, "imports outside the tree of docs/architecture.md §1:\n" + "\n".join(wrong)
+
+
+#: Stage folders → their names under the salad namespace (pyproject.toml's package-dir).
+PACKAGES = {"salad": "salad", "train": "salad.train", "export": "salad.export", "calibration": "salad.calibration",
+            "runtime": "salad.runtime"}
+#: docs/architecture.md §1: no module in these folders is longer than this many lines.
+MAX_MODULE_LINES = 450
+
+
+def _modules() -> dict[str, Path]:
+    """Every module of the package, by its dotted name (a package by its __init__)."""
+    out = {}
+    for folder, name in PACKAGES.items():
+        for path in (REPO / folder).rglob("*.py"):
+            parts = list(path.relative_to(REPO / folder).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join([name, *parts])] = path
+    return out
+
+
+def _type_checking_only(tree: object) -> set[int]:
+    """ids of import nodes inside `if TYPE_CHECKING:` blocks, which never run."""
+    import ast
+
+    skip: set[int] = set()
+    for node in ast.walk(tree):  # type: ignore[arg-type]
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skip |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+    return skip
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """module → the package modules it imports anywhere (top level or inside a function), TYPE_CHECKING aside."""
+    import ast
+
+    modules = _modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text())
+        skip = _type_checking_only(tree)
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges: set[str] = set()
+        for node in ast.walk(tree):
+            if id(node) in skip:
+                continue
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1] if node.level else []
+                module = ".".join([*base, *(node.module.split(".") if node.module else [])])
+                targets = [f"{module}.{a.name}" if f"{module}.{a.name}" in modules else module for a in node.names]
+            for target in targets:
+                while target and target not in modules:
+                    target = target.rpartition(".")[0]
+                if target and target != name:
+                    edges.add(target)
+        graph[name] = edges
+    return graph
+
+
+def test_no_import_cycles_counting_imports_inside_functions() -> None:
+    graph = _import_graph()
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    assert not cycles, "modules that import each other (directly or through others):\n" + "\n".join(map(str, cycles))
+
+
+
+def test_no_module_is_longer_than_the_limit() -> None:
+    long = {str(p.relative_to(REPO)): n for p in _modules().values() if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert not long, f"modules over {MAX_MODULE_LINES} lines (split them by idea): {long}"

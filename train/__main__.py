@@ -17,8 +17,8 @@ from typing import Any, NoReturn
 
 import click
 
-from salad.cli import friendly_errors
 from salad.cli import train as train_command
+from salad.clitools import friendly_errors
 from salad.errors import SaladError
 
 

@@ -10,8 +10,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from salad import metrics
 from salad.data import Sample, read_samples
 from salad.errors import DataError, RunError
+from salad.metrics import has_both_classes
 from salad.preprocess import PreprocessConfig
 from salad.scoring import (
     DEFAULT_SCORE,
@@ -79,11 +81,10 @@ def score_samples(run: LoadedRun, samples: list[Sample]) -> dict[str, np.ndarray
 
 def detection_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     """AUC and AUPRC with abnormal (label 1) as the positive class."""
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
-    if len(np.unique(labels)) != 2:
+    if not has_both_classes(labels):
         raise DataError("evaluation needs both normal (label 0) and abnormal (label 1) images.")
-    return {"auc": float(roc_auc_score(labels, scores)), "auprc": float(average_precision_score(labels, scores))}
+    auc, auprc = metrics.detection_metrics(labels, scores)
+    return {"auc": auc, "auprc": auprc}
 
 
 def evaluate_run(

@@ -8,16 +8,12 @@ last completed epoch of checkpoint.pt.
 
 from __future__ import annotations
 
-import csv
-import dataclasses
 import json
 import math
 import os
 import random
-import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,149 +25,29 @@ from tqdm import tqdm
 import salad
 from salad.data import Sample, read_samples, require_normals
 from salad.errors import DataError, RunError, SaladError
-from salad.preprocess import PreprocessConfig
-from salad.scoring import DEFAULT_SCORE, by_name, check_k, check_score_name, score_torch
-from salad.train.datasets import AugmentConfig, preload, training_pair
+from salad.metrics import auc as _auc  # None unless both classes are present
+from salad.scoring import by_name, check_k, score_torch
+from salad.train.config import (  # noqa: F401 - moved to train/config.py; importable from here as before
+    CPU,
+    METHODS,
+    PAPER,
+    PRESETS,
+    RUN_SCHEMA,
+    TrainConfig,
+    round_of,
+)
+from salad.train.datasets import preload, training_pair
 from salad.train.losses import discrimination_terms, select_anchors
 from salad.train.memory_bank import MemoryBank
-from salad.train.models import ModelConfig, SaladAutoencoder
-
-RUN_SCHEMA = 1
-METHODS = ("salad", "memdae", "salad-no-agg", "salad-no-mse")
-
-
-@dataclass
-class TrainConfig:
-    """Every hyper-parameter of a run; presets fill it, the CLI overrides single fields."""
-
-    method: str = "salad"
-    encoder: str = "cxr"
-    size: int = 256
-    width: float = 1.0
-    head: int = 4  # side of the cxr encoder's last feature map (ModelConfig.head)
-    resize_mode: str = "stretch"
-    intensity_mode: str = "display"
-    crop: float = 1.0  # central fraction of each side kept before resizing (PreprocessConfig.crop)
-    border: str = "keep"  # "trim" cuts uniform edge bands first (PreprocessConfig.border)
-    pretrain_epochs: int = 50
-    rounds: int = 10
-    round_epochs: int = 50
-    batch_size: int = 16
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.5, 0.999)
-    lr_schedule: str = "constant"  # "constant" (paper) or "cosine" (decay to 5% over the whole run)
-    tau: float = 0.1
-    bank_momentum: float = 0.5
-    neighbours: int = 10
-    lam: float = 0.25
-    score_k: int = 100
-    #: The operating score: the output that thresholds, evaluation and decisions use (docs/architecture.md §2: both
-    #: are outputs of every bundle, `score` by default).
-    score: str = DEFAULT_SCORE
-    bank_refresh: bool = False  # after training, replace the bank by clean embeddings of the training films
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    val_fraction: float = 0.1
-    known_anomaly_ratio: float = 0.0
-    seed: int = 0
-    device: str = "cpu"
-    threads: int = 0  # 0 = torch default (all cores)
-    weights: str | None = None  # optional local pretrained encoder weights (resnet18)
-
-    @property
-    def epochs(self) -> int:
-        return self.pretrain_epochs + self.rounds * self.round_epochs
-
-    def model_config(self) -> ModelConfig:
-        return ModelConfig(encoder=self.encoder, size=self.size, width=self.width, head=self.head)
-
-    def preprocess_config(self) -> PreprocessConfig:
-        return PreprocessConfig(size=self.size, resize_mode=self.resize_mode, intensity_mode=self.intensity_mode, crop=self.crop,
-                                border=self.border)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["betas"] = list(self.betas)
-        return d
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        d = {k: v for k, v in data.items() if k in names}
-        if "augment" in d and isinstance(d["augment"], dict):
-            d["augment"] = AugmentConfig(**d["augment"])
-        if "betas" in d:
-            d["betas"] = tuple(d["betas"])
-        if "head" not in d and d.get("encoder", "cxr") == "cxr":  # runs from before `head`: six pooling stages
-            d["head"] = max(1, int(d.get("size", 256)) // 64)
-        return cls(**d)
-
-    def validate(self) -> None:
-        if self.method not in METHODS:
-            raise SaladError(f"method {self.method!r}; expected one of {METHODS}.")
-        if self.batch_size < 2:
-            raise SaladError(f"batch size {self.batch_size}; expected ≥ 2 (BatchNorm needs a batch).")
-        if not 0.0 <= self.known_anomaly_ratio < 1.0:
-            raise SaladError(f"--known-anomaly-ratio {self.known_anomaly_ratio}; expected a fraction in [0, 1).")
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise SaladError(f"lr schedule {self.lr_schedule!r}; expected 'constant' or 'cosine'.")
-        check_score_name(self.score)
-        self.model_config()
-        self.preprocess_config()
-
-
-#: The paper's chest preset (docs/architecture.md §2): a GPU job.
-PAPER = TrainConfig()
-#: Fits 2 CPU cores: 1,341 normal films in a few minutes. Chosen on the development split with the quality
-#: protocol (docs/quality.md): at this size the instance-discrimination term costs AUC instead of adding it
-#: (dev 0.53-0.87 with it, 0.90 without, against floors of 0.83), so the CPU preset trains the reconstruction
-#: objective alone (`memdae`: the same auto-encoder, scored with the same kNN-arccos over a refreshed bank).
-CPU = dataclasses.replace(
-    PAPER,
-    method="memdae",
-    size=64,
-    width=0.25,
-    # Uniform edge bands (collimation, a zoomed-out or shifted acquisition's black margin) are cut before
-    # resizing: with them kept, shifted normals were flagged at a false-positive rate of 0.6-1.0 (dev).
-    border="trim",
-    pretrain_epochs=80,
-    rounds=0,
-    round_epochs=16,
-    batch_size=32,
-    lr=1e-3,
-    lr_schedule="cosine",
-    bank_refresh=True,
-    # knn_angle: the mean angle to the K nearest normals. The ratio `score` also divides by the mean angle to
-    # the whole bank, which abnormal films raise too (dev: 0.85 vs 0.90 for the same run).
-    score="knn_angle",
+from salad.train.models import SaladAutoencoder
+from salad.train.rundir import (  # noqa: F401 - moved to train/rundir.py; importable from here as before
+    RUN_FILES,
+    RUN_MARKERS,
+    claim_run_dir,
+    is_run_dir,
+    split_by_patient,
+    write_list,
 )
-PRESETS: dict[str, TrainConfig] = {"paper": PAPER, "cpu": CPU}
-
-
-def round_of(cfg: TrainConfig, epoch: int) -> int:
-    """Round 0 is pre-training; rounds 1..R follow, each `round_epochs` long."""
-    if epoch < cfg.pretrain_epochs:
-        return 0
-    return min(cfg.rounds, 1 + (epoch - cfg.pretrain_epochs) // max(1, cfg.round_epochs))
-
-
-def split_by_patient(samples: Sequence[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-    """Hold out about `fraction` of the images, whole patients at a time (each image its own patient if unknown)."""
-    from sklearn.model_selection import GroupShuffleSplit
-
-    if fraction <= 0 or len(samples) < 10:
-        return list(samples), []
-    groups = [s.patient or str(s.path) for s in samples]
-    splitter = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
-    train_idx, val_idx = next(splitter.split(np.zeros(len(samples)), groups=groups))
-    return [samples[i] for i in sorted(train_idx)], [samples[i] for i in sorted(val_idx)]
-
-
-def write_list(path: Path, samples: Sequence[Sample]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["path", "label", "patient_id"])
-        for s in samples:
-            w.writerow([str(Path(s.path).resolve()), s.label, s.patient or ""])
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -225,12 +101,6 @@ class Replicas:
     def describe(self) -> dict[str, Any]:
         """Extra entries for config.json (none for one process)."""
         return {}
-
-
-def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(labels, scores)) if len(set(labels.tolist())) == 2 else None
 
 
 class Trainer:
@@ -535,47 +405,3 @@ def train_run(
     if claim_run_dir(out, resume, force):
         trainer.load()
     return trainer.fit()
-
-
-def claim_run_dir(out: Path, resume: bool, force: bool, dry_run: bool = False) -> bool:
-    """True if `out` holds a checkpoint to resume; an existing run is deleted under `force`, refused otherwise.
-
-    dry_run only checks (a launcher does this before starting worker processes).
-    """
-    if (out / "checkpoint.pt").exists() and resume:
-        return True
-    if out.exists() and not out.is_dir():
-        raise SaladError(f"{out}: exists and is not a directory; choose another --out.")
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise SaladError(f"{out}: run directory already exists. Pass --resume to continue it or --force to start again.")
-        if not is_run_dir(out):
-            raise SaladError(
-                f"{out}: --force replaces only a run directory (one with {' or '.join(RUN_MARKERS)}), and this folder "
-                "holds other files. Nothing was deleted; choose another --out or empty the folder yourself."
-            )
-        if not dry_run:
-            shutil.rmtree(out)
-    return False
-
-
-#: Files that mark a folder as a run directory written by `salad train` (what --force may replace).
-RUN_MARKERS = ("config.json", "checkpoint.pt")
-#: Every file training writes into a run directory.
-RUN_FILES = frozenset({
-    "config.json", "checkpoint.pt", "checkpoint.pt.tmp", "metrics.jsonl", "train.csv", "val.csv", "val_scores.npz", "validation.json",
-})
-
-
-def is_run_dir(path: Path) -> bool:
-    """True if `path` was written by `salad train`: a checkpoint, a run config, or nothing but training's own files."""
-    names = {p.name for p in path.iterdir()}
-    if "checkpoint.pt" in names:
-        return True
-    try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        if isinstance(config, dict) and "train" in config and "schema_version" in config:
-            return True
-    except (OSError, ValueError):
-        pass
-    return bool(names & set(RUN_MARKERS)) and names <= RUN_FILES

@@ -226,7 +226,7 @@ def _fake_parity(delta_auc_for: Any, by_channels: set[str]) -> Any:
 
 
 def test_bounded_loop_keeps_noisiest_layers_float_until_the_bound_holds(bundle_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import salad.calibration.calibrate as cal
+    import salad.calibration.search as cal
 
     by_channels = _float_by_channels(bundle_copy, MIN_INT8_CHANNELS)
     monkeypatch.setattr(cal, "_parity", _fake_parity(lambda kept: -0.010 + 0.004 * kept, by_channels))  # fits from 2 layers on
@@ -244,7 +244,7 @@ def test_bounded_loop_keeps_noisiest_layers_float_until_the_bound_holds(bundle_c
 def test_bounded_loop_fails_with_the_best_figure_when_nothing_fits(bundle_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import onnx
 
-    import salad.calibration.calibrate as cal
+    import salad.calibration.search as cal
     from salad.calibration.graphs import weighted_layers
 
     by_channels = _float_by_channels(bundle_copy, MIN_INT8_CHANNELS)  # the 4 widest layers stay eligible

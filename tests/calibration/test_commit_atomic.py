@@ -22,9 +22,10 @@ _CRASH = textwrap.dedent(
     """
     import os, sys
     import salad.calibration.calibrate as cal
+    import salad.calibration.staging as staging
 
     bundle, at = sys.argv[1], int(sys.argv[2])
-    real_replace, real_commit, count = os.replace, cal._Staging.commit, [0]
+    real_replace, real_commit, count = os.replace, staging.Staging.commit, [0]
 
     def replace(src, dst, **kw):
         count[0] += 1
@@ -39,7 +40,7 @@ _CRASH = textwrap.dedent(
         finally:
             os.replace = real_replace
 
-    cal._Staging.commit = commit
+    staging.Staging.commit = commit
     cal.calibrate_bundle(bundle, "fp16", force=True, latency_runs=1)
     """
 )

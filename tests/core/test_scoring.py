@@ -77,3 +77,16 @@ def test_bad_k_is_refused(k: int, rows: int, message: str) -> None:
 
 def test_decide_is_strictly_above_threshold() -> None:
     assert decide(np.array([0.1, 0.5, 0.50001]), 0.5).tolist() == [0, 0, 1]
+
+
+def test_the_score_registry_is_the_one_list_of_scores() -> None:
+    from salad.runtime.parity import METRICS
+    from salad.runtime.parity.render import COLUMNS
+    from salad.schema import DEFAULT_TOLERANCES
+    from salad.scoring import SCORE_NAMES, SCORES
+
+    assert SCORE_NAMES == tuple(SCORES) == ("score", "knn_angle")
+    for name, score in SCORES.items():
+        assert {score.diff_metric("max"), score.diff_metric("p99")} <= set(METRICS)
+        assert all(score.diff_metric(stat) in DEFAULT_TOLERANCES["fp32"] for stat in score.toleranced)
+        assert all((f"{stat} |Δ{name}|", score.diff_metric(stat)) in COLUMNS for stat in score.columns)

@@ -20,10 +20,9 @@ SAMPLE_TRAIN = SAMPLE / "train" / "normal"
 
 
 def _export(run: Path, out: Path, **options: object) -> Path:
-    export = pytest.importorskip("salad.export", reason="salad.export is not available")
-    if not hasattr(export, "export_bundle"):
-        pytest.skip("salad.export.export_bundle does not exist yet (issue #3)")
-    return Path(export.export_bundle(run, out, **options))
+    from salad.export import export_bundle
+
+    return Path(export_bundle(run, out, **options))
 
 
 @pytest.fixture(scope="session")

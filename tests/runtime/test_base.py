@@ -177,3 +177,18 @@ def test_bank_input_profile_fixes_the_bank_rows(bank_input_bundle: Path, tmp_pat
     runner = OnnxRuntimeRunner(model_graph(bank_input_bundle), max_batch=2, device="cuda", cache_dir=tmp_path)
     rows = read_manifest(bank_input_bundle).bank["rows"]
     assert runner._profile_shapes(2) == f"image:2x1x64x64,bank:{rows}x200"
+
+
+def test_runners_declare_their_options_and_refuse_others(tiny_bundle: Path) -> None:
+    from salad.manifest import read_manifest
+    from salad.runtime.base import BundleGraph, create_runner, runner_class
+
+    assert "threads" in runner_class("onnxruntime").options and "threads" in runner_class("torch").options
+    assert "threads" not in runner_class("tensorrt").options and "cache_dir" in runner_class("tensorrt").options
+    graph = BundleGraph.from_manifest(tiny_bundle, read_manifest(tiny_bundle))
+    with pytest.raises(SaladError, match=r"the onnxruntime runtime takes no option\(s\) \['thread'\]; it takes \[.*'threads'"):
+        create_runner("onnxruntime", graph, thread=2)
+    with create_runner("onnxruntime", graph, threads=1) as runner:
+        info = runner.info()
+    assert info["library"].startswith("onnxruntime ") and info["intra_op_threads"] == 1
+    assert runner.device_timer() is None  # a CPU runner has no device clock

@@ -231,3 +231,35 @@ def test_torch_runtime_on_a_console_names_the_extra(tiny_bundle: Path, film_fold
 def test_console_without_onnxruntime_names_the_extra(tiny_bundle: Path, film_folder: Path) -> None:
     proc = salad_score(tiny_bundle, film_folder, blocked=("torch", "onnx", "onnxruntime"))
     assert_one_line_error(proc, "onnxruntime is not installed", "pip install 'salad-edge[runtime]'")
+
+
+# -- salad inspect / salad validate ---------------------------------------------------------------------
+
+
+def test_inspect_shows_graphs_threshold_bank_and_tolerances(tiny_bundle: Path) -> None:
+    from salad.cli import main
+
+    m = read_manifest(tiny_bundle)
+    text = CliRunner().invoke(main, ["inspect", str(tiny_bundle)])
+    assert text.exit_code == 0, text.output
+    assert "every file matches its sha256" in text.output and f"{m.threshold['score']} > " in text.output
+    assert f"bank: {m.bank['rows']} rows" in text.output and "model.onnx" in text.output and "max_abs_score_diff=1e-05" in text.output
+    raw = CliRunner().invoke(main, ["inspect", str(tiny_bundle), "--json"])
+    info = json.loads(raw.output)
+    assert info["schema"] == "salad-inspect/1" and info["precisions"] == m.precisions()
+    assert info["threshold"]["value"] == m.threshold["value"] and set(info["graphs"]) == set(m.graphs)
+    assert info["graphs"]["model"]["outputs"][1:] == [{"name": n, "dtype": "float32", "shape": ["batch"]} for n in ("score", "knn_angle")]
+
+
+def test_inspect_and_validate_refuse_a_modified_bundle(tiny_bundle: Path, tmp_path: Path) -> None:
+    from salad.cli import main
+
+    copy = Path(shutil.copytree(tiny_bundle, tmp_path / "b"))
+    ok = CliRunner().invoke(main, ["validate", str(copy)])
+    assert ok.exit_code == 0 and ok.output.strip().endswith(f"{copy}: valid"), ok.output
+    with open(copy / "scorer.onnx", "ab") as fh:
+        fh.write(b"\0")
+    for command in (["inspect", str(copy)], ["validate", str(copy)]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 1 and "scorer.onnx: sha256 mismatch" in result.output, result.output
+    assert CliRunner().invoke(main, ["inspect", str(copy), "--no-verify"]).exit_code == 0

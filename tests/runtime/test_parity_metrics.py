@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -108,7 +109,7 @@ def test_spearman_is_undefined_or_nan_where_it_should_be() -> None:
 
 
 def test_missing_sklearn_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(parity, "importable", lambda name: name != "sklearn")
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # what importlib finds when it is not installed
     with pytest.raises(BackendUnavailableError, match=r"need scikit-learn.*salad-edge\[train\].*without --data"):
         parity.detection_metrics(np.array([0, 1]), np.array([0.1, 0.9]))
 

@@ -144,3 +144,36 @@ def test_scorer_on_tensorrt_agrees_with_onnxruntime(tiny_bundle: Path, film_fold
     assert [r.path for r in got] == [r.path for r in expected]
     assert max(abs(a.score - b.score) for a, b in zip(got, expected, strict=True)) <= 1e-5
     assert [r.label for r in got] == [r.label for r in expected]
+
+
+# -- salad build-engine ---------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(TRT_REASON is None, reason="TensorRT and a GPU are here: the error path cannot happen")
+def test_build_engine_without_tensorrt_names_what_to_install(tiny_bundle: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from salad.cli import main
+
+    result = CliRunner().invoke(main, ["build-engine", str(tiny_bundle), "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 1, result.output
+    assert "error: cannot build a TensorRT engine here" in result.output and "salad-edge[gpu]" in result.output
+    assert not (tmp_path / "cache").exists()  # nothing half-built
+
+
+@pytest.mark.gpu
+@gpu
+def test_build_engine_ahead_of_time_is_the_engine_the_runner_loads(tiny_bundle: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from salad.cli import main
+
+    cache = tmp_path / "cache"
+    result = CliRunner().invoke(main, ["build-engine", str(tiny_bundle), "--max-batch", "8", "--cache-dir", str(cache)])
+    assert result.exit_code == 0 and " built: " in result.output, result.output
+    again = CliRunner().invoke(main, ["build-engine", str(tiny_bundle), "--max-batch", "8", "--cache-dir", str(cache)])
+    assert again.exit_code == 0 and "found in the cache" in again.output, again.output
+    runner = create_runner("tensorrt", BundleGraph.from_manifest(tiny_bundle, read_manifest(tiny_bundle)), max_batch=8,
+                           cache_dir=cache)
+    with runner:
+        assert not runner.built and runner.engine_path is not None and str(runner.engine_path) in result.output

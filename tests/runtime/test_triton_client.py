@@ -293,8 +293,6 @@ def score_on_triton(command: Any, bundle: Path, folder: Path, url: str, out: Pat
 def test_salad_score_triton(tiny_bundle: Path, server: tuple[FakeTriton, str, str], film_folder: Path, tmp_path: Path) -> None:
     from salad.runtime.cli import score_command
 
-    if "triton_url" not in {p.name for p in score_command.params}:
-        pytest.skip("`salad score` has no --triton option yet (runtime/cli.py)")
     _, url, _ = server
     payload = score_on_triton(score_command, tiny_bundle, film_folder, url, tmp_path / "scores.json")
     assert payload["runtime"] == "triton" and payload["device"].startswith("triton http://127.0.0.1:")

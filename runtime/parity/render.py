@@ -1,6 +1,6 @@
 """Rendering of a ParityReport for people: a fixed-width terminal table and a markdown document.
 
-Kept apart from the measurements (parity.py) so that the numbers have one source and the two
+Kept apart from the measurements (checks.py, measure.py) so that the numbers have one source and the two
 renderings only format them.
 """
 
@@ -8,17 +8,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .parity import REFERENCE_FILE, format_value
+from salad.bundle import REFERENCE_FILE
+from salad.scoring import SCORES
+from salad.tables import fixed_width
+
+from .checks import format_value
 
 if TYPE_CHECKING:
-    from .parity import ParityReport, ParityRow
+    from .model import ParityReport, ParityRow
 
 #: The columns of both renderings: (heading, metric key). Further metrics are in the JSON.
 COLUMNS = (
     ("label agreement", "label_agreement"),
-    ("max |Δscore|", "max_abs_score_diff"),
-    ("p99 |Δscore|", "p99_abs_score_diff"),
-    ("max |Δknn_angle|", "max_abs_knn_angle_diff"),
+    *((f"{stat} |Δ{name}|", score.diff_metric(stat)) for name, score in SCORES.items() for stat in score.columns),
     ("min cosine", "embedding_cosine_min"),
     ("Spearman", "spearman"),
     ("ΔAUC", "delta_auc"),
@@ -53,8 +55,7 @@ def render_table(report: ParityReport) -> str:
     rows = [header] + [
         (r.runtime, r.precision, r.device, *(_cell(r, k) for _, k in COLUMNS), _status(r)) for r in report.rows
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) if i < 3 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))) for row in rows]
+    lines = fixed_width(rows, left=3).split("\n")
     lines += [
         "",
         f"reference: {describe_reference(report)}",

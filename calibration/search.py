@@ -1,0 +1,112 @@
+"""The accuracy-bounded search: keep the noisiest layers in float until |ΔAUC| and every tolerance fit.
+
+Each attempt builds the variant with the builder, stages it, and measures it with the parity harness
+(salad.runtime.parity.compare, as `salad parity` will later). Without --max-auc-drop there is one
+attempt. With it, the builder's `ranked_layers` (noisiest first) are kept float one more at a time
+until the variant fits or only one layer would be left quantized; the best attempt is rebuilt for the
+report when the last one is not it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from salad.errors import CalibrationError
+
+from .builders import VariantBuilder
+from .report import Attempt
+from .staging import Staging
+
+
+@dataclass
+class SearchResult:
+    """What the search ends with: whether the variant fits, every attempt, the search order, the last parity."""
+
+    fits: bool
+    parity: Any  # salad.runtime.parity.ParityReport of the variant left staged
+    row: Any  # its one row
+    attempts: list[Attempt] = field(default_factory=list)
+    candidates: list[str] | None = None
+
+
+def search(
+    builder: VariantBuilder, stage: Staging, tolerances: dict[str, float], max_auc_drop: float | None,
+    data_labelled: str | os.PathLike[str] | None,
+) -> SearchResult:
+    """Build, stage and measure the variant, keeping layers float while --max-auc-drop asks for it (see module)."""
+    precision = builder.precision
+    attempts: list[Attempt] = []
+    kept: list[str] = []
+    candidates = None
+    while True:
+        builder.build(kept)
+        stage.stage_variant(precision, builder, tolerances)
+        problems = builder.structure_problems()
+        if problems:
+            raise CalibrationError(f"the {precision} graphs built for {stage.root} are not valid:\n  " + "\n  ".join(problems))
+        parity = _parity(stage.path, precision, data_labelled)
+        row = parity.rows[0]
+        fits = row.passed and (max_auc_drop is None or _auc_fits(row.metrics.get("delta_auc"), max_auc_drop))
+        attempts.append(Attempt(list(kept), dict(row.metrics), fits, _attempt_failures(row, max_auc_drop)))
+        if fits or max_auc_drop is None or not builder.searchable:
+            break
+        if candidates is None:
+            candidates = [e.name for e in builder.ranked_layers()]
+        remaining = [c for c in candidates if c not in kept]
+        if len(remaining) <= 1:  # keeping every layer float would not be an int8 variant any more
+            break
+        kept.append(remaining[0])
+
+    if max_auc_drop is not None and not fits and len(attempts) > 1:  # rebuild the best attempt for the report
+        best = min(attempts, key=_auc_distance)
+        if best is not attempts[-1]:
+            builder.build(best.kept_float)
+            stage.stage_variant(precision, builder, tolerances)
+            parity = _parity(stage.path, precision, data_labelled)
+            row = parity.rows[0]
+    return SearchResult(fits, parity, row, attempts, candidates)
+
+
+def _auc_fits(delta: float | None, bound: float) -> bool:
+    """|ΔAUC| within the bound: a rise is the same size of noise as a fall would be (parity also checks |ΔAUC|)."""
+    return delta is not None and np.isfinite(delta) and abs(delta) <= bound
+
+
+def _auc_distance(attempt: Attempt) -> float:
+    delta = attempt.metrics.get("delta_auc")
+    return abs(delta) if delta is not None and np.isfinite(delta) else float("inf")
+
+
+def _attempt_failures(row: Any, max_auc_drop: float | None) -> list[str]:
+    out = [c.describe() for c in row.failed_checks]
+    delta = row.metrics.get("delta_auc")
+    if max_auc_drop is not None and not _auc_fits(delta, max_auc_drop):
+        out.append(f"|ΔAUC| = {'not measured' if delta is None else f'{abs(delta):.4g}'} > --max-auc-drop {max_auc_drop:g}")
+    return out
+
+
+def rejection(row: Any, max_auc_drop: float | None, attempts: list[Attempt], precision: str) -> list[str]:
+    lines = [f"{precision}: {c.describe()}" for c in row.failed_checks]
+    if max_auc_drop is not None:
+        best = min(attempts, key=_auc_distance)
+        kept = len(best.kept_float)
+        delta = best.metrics.get("delta_auc")
+        lines.append(
+            f"no variant kept |ΔAUC| ≤ {max_auc_drop:g} and every tolerance after {len(attempts)} attempt(s); the best reached "
+            f"ΔAUC {'not measured' if delta is None else f'{delta:+.4g}'} with {kept} extra layer(s) in float"
+        )
+    elif precision == "int8":
+        lines.append("retry with --max-auc-drop D --data-labelled LABELLED to keep the most error-prone layers in float, "
+                     "or with --method entropy/percentile or more calibration films")
+    return lines
+
+
+def _parity(root: Path, precision: str, data_labelled: Any) -> Any:
+    from salad.runtime.parity import compare
+
+    return compare(root, ["onnxruntime"], [precision], data=data_labelled, device="cpu")

@@ -1,0 +1,293 @@
+"""`salad bench`: the configurations, the worker processes, the baseline ratios and the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from salad.bundle import CHECKPOINT_FILE
+from salad.clitools import LazyChoice, friendly_errors
+from salad.data import find_images, read_samples
+from salad.errors import BackendUnavailableError, ConfigError, DataError, SaladError
+from salad.imageio import read_image
+from salad.machine import library_versions, machine_info
+from salad.manifest import PRECISIONS, read_manifest
+
+from ..base import runner_class, runner_names
+from .report import BenchReport, BenchRow
+from .settings import (
+    BASELINE_PRECISION,
+    BASELINE_RUNTIME,
+    DEFAULT_BATCHES,
+    DEFAULT_DATA,
+    DEFAULT_FILMS,
+    DEFAULT_ITERS,
+    DEFAULT_WARMUP,
+    MIN_RUNS,
+    THREAD_ENV,
+)
+from .worker import Job, run_worker
+
+
+def _film_paths(data: Path, limit: int) -> list[Path]:
+    """Up to `limit` image files from a folder, a file or a CSV (path,label), evenly spread and in a fixed order."""
+    if data.is_file() and data.suffix.lower() == ".csv":
+        paths = [s.path for s in read_samples(data)]
+    else:
+        paths = sorted(find_images([data]))
+    if not paths:
+        raise DataError(f"{data}: no films to benchmark with.")
+    if len(paths) > limit:
+        step = len(paths) / limit
+        paths = [paths[int(i * step)] for i in range(limit)]
+    return paths
+
+
+def _decode(paths: Sequence[Path]) -> list[np.ndarray]:
+    films, failed = [], []
+    for p in paths:
+        try:
+            films.append(read_image(p))
+        except DataError as exc:
+            failed.append(str(exc))
+    if failed:
+        raise DataError(f"{len(failed)} film(s) could not be decoded; bench needs readable films:\n  " + "\n  ".join(failed[:10]))
+    return films
+
+
+def configurations(runtimes: Sequence[str], precisions: Sequence[str]) -> tuple[list[tuple[str, str]], list[str]]:
+    """(runtime, precision) pairs, the torch fp32 baseline first; torch at fp16/int8 is skipped with a note."""
+    pairs = [(BASELINE_RUNTIME, BASELINE_PRECISION)]
+    notes = []
+    for runtime in runtimes:
+        for precision in precisions:
+            if runtime == BASELINE_RUNTIME and precision != BASELINE_PRECISION:
+                notes.append(f"torch runs only the fp32 reference; torch/{precision} was not measured.")
+                continue
+            if (runtime, precision) not in pairs:
+                pairs.append((runtime, precision))
+    return pairs, notes
+
+
+def _check_runnable(root: Path, pairs: Sequence[tuple[str, str]]) -> None:
+    """Fail before any measurement if a runtime cannot run here, or the torch baseline has no checkpoint."""
+    problems = []
+    for name in dict.fromkeys(runtime for runtime, _ in pairs):
+        reason = runner_class(name).unavailable_reason()
+        if reason:
+            problems.append(f"the {name} runtime is unavailable: {reason}")
+    if not (root / CHECKPOINT_FILE).is_file():
+        problems.append(
+            f"{root} has no {CHECKPOINT_FILE} (exported with --slim?); the PyTorch eager baseline that every row is "
+            "compared with rebuilds the model from it. Benchmark the full bundle (export without --slim)."
+        )
+    if problems:
+        raise BackendUnavailableError("cannot benchmark: " + "; ".join(problems))
+
+
+def run_bench(
+    bundle: str | Path,
+    runtimes: Sequence[str] = ("onnxruntime",),
+    precisions: Sequence[str] | None = None,
+    batches: Sequence[int] = DEFAULT_BATCHES,
+    *,
+    iters: int = DEFAULT_ITERS,
+    warmup: int = DEFAULT_WARMUP,
+    data: str | Path = DEFAULT_DATA,
+    films: int = DEFAULT_FILMS,
+    threads: int | None = None,
+    device: str | None = None,
+    command: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> BenchReport:
+    """Benchmark `bundle` for every runtime × precision × batch, plus PyTorch eager fp32 as the baseline.
+
+    precisions default to every precision the bundle has; threads to every CPU this process may use.
+    Each configuration runs in its own worker process (see the module docstring).
+    """
+    say = progress or (lambda _msg: None)
+    root = Path(bundle)
+    if iters < 1 or warmup < 0:
+        raise ConfigError(f"--iters {iters} / --warmup {warmup}: expected iters ≥ 1 and warmup ≥ 0.")
+    if not batches or any(b < 1 for b in batches):
+        raise ConfigError(f"--batch {list(batches)}: expected positive batch sizes, e.g. 1,8,32.")
+    for name in runtimes:
+        runner_class(name)  # unknown names fail here, listing the registered ones
+    manifest = read_manifest(root, verify=True)
+    chosen = list(precisions) if precisions else manifest.precisions()
+    for p in chosen:
+        if p not in PRECISIONS:
+            raise ConfigError(f"precision {p!r}; expected one of {list(PRECISIONS)}.")
+        manifest.graph("model", p)  # names the graphs the bundle has
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n_threads = int(threads or usable)
+    pairs, notes = configurations(runtimes, chosen)
+    _check_runnable(root, pairs)
+    if iters < MIN_RUNS:
+        notes.append(f"only {iters} timed runs per figure (< {MIN_RUNS}): a smoke run, not a measurement to quote.")
+
+    load_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    paths = _film_paths(Path(data), films)
+    say(f"decoding {len(paths)} films from {data} (once, before any timing)")
+    decoded = _decode(paths)
+    env = {**os.environ, **{k: str(n_threads) for k in THREAD_ENV}}
+    rows: list[BenchRow] = []
+    with tempfile.TemporaryDirectory(prefix="salad-bench-") as tmp:
+        workdir = Path(tmp)
+        # The floor first: it is quick, and a failure there should not cost the timed runs.
+        say("measuring the hardware floor (MAC count, GEMM peaks)")
+        floor_job = json.dumps({"bundle": str(root.resolve()), "threads": n_threads, "precisions": chosen, "device": device})
+        try:
+            floor = run_worker("--floor", floor_job, workdir, env, "floor measurement")
+        except SaladError as exc:
+            floor = {"error": str(exc)}
+            notes.append(f"no GFLOP/s figures: {exc}")
+        films_file = workdir / "films.npz"
+        np.savez(films_file, *decoded)
+        del decoded
+        for runtime, precision in pairs:
+            for b in batches:
+                job = Job(str(root.resolve()), runtime, precision, int(b), iters, warmup, n_threads, device, str(films_file))
+                say(f"measuring {job.label} ({warmup} warm-up + {iters} timed runs, fresh process)")
+                row = BenchRow.from_worker(run_worker("--worker", job.to_json(), workdir, env, job.label))
+                say(f"  end to end p50 {row.end_to_end.p50_ms:.3f} ms, inference p50 {row.inference.p50_ms:.3f} ms")
+                rows.append(row)
+    load_end = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+    _attach_ratios(rows, floor)
+    base_devices = {r.device for r in rows if r.is_baseline}
+    other = sorted({f"{r.runtime} on {r.device}" for r in rows if not r.is_baseline and r.device not in base_devices})
+    if other:
+        notes.append(
+            f"{', '.join(other)} compared with the torch baseline on {', '.join(sorted(base_devices))}: "
+            "pass --device cuda to compare GPU with GPU."
+        )
+    if load_start and load_start[0] > 0.5 * usable:
+        notes.append(
+            f"the machine was busy (1-minute load average {load_start[0]:.1f} on {usable} CPUs at the start): "
+            "absolute figures are noisy; re-run on a quiet machine before quoting them."
+        )
+    header = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": command,
+        "machine": machine_info(), "libraries": library_versions(), "threads": n_threads,
+        "thread_env": {k: env[k] for k in THREAD_ENV}, "iters": iters, "warmup": warmup, "batches": list(batches),
+        "load_average_start": load_start, "load_average_end": load_end,
+        "bundle": {
+            "path": str(root), "toolkit_version": manifest.toolkit_version, "image_size": manifest.preprocess_config.size,
+            "bank_rows": manifest.bank.get("rows"), "k": manifest.k,
+            "graphs": {p: manifest.graph("model", p).sha256 for p in chosen},
+        },
+        "data": {"path": str(data), "films": len(paths), "decoded": "once, before timing (grey float32 arrays)"},
+        "method": {
+            "end_to_end": "Scorer.score on decoded films: input checks, preprocessing, inference, threshold",
+            "inference": "runner.infer on preprocessed batches",
+            "clock": "time.perf_counter_ns" + ("; CUDA events on GPU" if any(r.device_inference for r in rows) else ""),
+            "isolation": "one fresh process per configuration",
+            "peak_rss": rows[0].memory.get("method") if rows else None,
+            "throughput": "batch / end-to-end p50",
+        },
+    }
+    return BenchReport(header=header, rows=rows, floor=floor, notes=notes)
+
+
+def _attach_ratios(rows: list[BenchRow], floor: dict[str, Any]) -> None:
+    """speedup_vs_torch = torch fp32 p50 / row p50 at the same batch; GFLOP/s against the measured peak."""
+    base = {r.batch: r for r in rows if r.is_baseline}
+    macs = (floor.get("macs_per_image") or {}).get("model")
+    peaks = floor.get("peaks") or {}
+    for r in rows:
+        ref = base.get(r.batch)
+        if ref is not None:
+            r.speedup_vs_torch = ref.end_to_end.p50_ms / r.end_to_end.p50_ms
+            r.inference_speedup_vs_torch = ref.inference.p50_ms / r.inference.p50_ms
+        if macs:
+            r.gflops = 2.0 * macs * r.batch / (r.inference.p50_ms / 1e3) / 1e9
+            if r.device.startswith("cuda"):
+                r.peak_gflops = peaks.get("cuda_hgemm_gflops" if r.precision == "fp16" else "cuda_sgemm_gflops")
+            else:
+                r.peak_gflops = peaks.get("ort_int8_gops") if r.precision == "int8" else peaks.get("fp32_gflops")
+
+
+def write_outputs(report: BenchReport, json_out: Path | None, markdown_out: Path | None, plot_out: Path | None) -> list[Path]:
+    """Write the requested files (creating folders) and return their paths."""
+    written = []
+    for out, text in ((json_out, report.to_json() + "\n"), (markdown_out, report.to_markdown())):
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text, encoding="utf-8")
+            written.append(out)
+    if plot_out is not None:
+        report.plot(plot_out)
+        written.append(plot_out)
+    return written
+
+
+# -- CLI ------------------------------------------------------------------------------------------
+
+
+def parse_batches(_ctx: click.Context | None, _param: click.Parameter | None, value: str) -> tuple[int, ...]:
+    """"1,8,32" → (1, 8, 32); anything else is a usage error naming the expected form."""
+    try:
+        batches = tuple(int(v) for v in str(value).replace(" ", "").split(",") if v)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}; expected comma-separated positive integers, e.g. 1,8,32.") from None
+    if not batches or any(b < 1 for b in batches):
+        raise click.BadParameter(f"{value!r}; expected comma-separated positive integers, e.g. 1,8,32.")
+    return tuple(dict.fromkeys(batches))
+
+
+def _command_line() -> str:
+    """The invocation as a user would retype it: `salad bench ARGS…` whichever entry point ran it."""
+    args = sys.argv[1:]
+    if args[:1] == ["bench"]:
+        args = args[1:]
+    return shlex.join(["salad", "bench", *args])
+
+
+@click.command("bench")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--runtime", "runtimes", multiple=True, type=LazyChoice(runner_names),
+              help="Runtime to measure; repeat for several. PyTorch eager fp32 (torch) is always measured as the baseline.  [default: onnxruntime]")
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(list(PRECISIONS)),
+              help="Graph variant to measure; repeat for several.  [default: every precision in the bundle]")
+@click.option("--batch", "batches", default=",".join(map(str, DEFAULT_BATCHES)), show_default=True, callback=parse_batches,
+              help="Comma-separated batch sizes.")
+@click.option("--iters", type=click.IntRange(min=1), default=DEFAULT_ITERS, show_default=True,
+              help=f"Timed runs per figure (≥ {MIN_RUNS} for figures you quote).")
+@click.option("--warmup", type=click.IntRange(min=0), default=DEFAULT_WARMUP, show_default=True, help="Untimed runs first.")
+@click.option("--data", type=click.Path(exists=True, path_type=Path), default=DEFAULT_DATA,
+              help="Real films (folder, file or CSV path,label), decoded once before timing.  [default: the shipped salad/sample/eval films]")
+@click.option("--films", type=click.IntRange(min=1), default=DEFAULT_FILMS, show_default=True,
+              help="Decode at most this many films, evenly spread over --data.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Threads for every runtime (torch, ONNX Runtime intra-op, BLAS).  [default: all usable CPUs]")
+@click.option("--device", default=None, help="cpu, cuda or cuda:N for every runtime, the torch baseline included (default: each runtime's own).")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the results as JSON here.")
+@click.option("--markdown", "markdown_out", type=click.Path(path_type=Path), default=None, help="Write a markdown report here.")
+@click.option("--plot", "plot_out", type=click.Path(path_type=Path), default=None, help="Write a PNG plot here (needs matplotlib).")
+@friendly_errors
+def bench_command(
+    bundle: Path, runtimes: Sequence[str], precisions: Sequence[str], batches: tuple[int, ...], iters: int, warmup: int,
+    data: Path, films: int, threads: int | None, device: str | None,
+    json_out: Path | None, markdown_out: Path | None, plot_out: Path | None,
+) -> None:
+    """Latency, throughput, peak memory and cold start of BUNDLE per runtime × precision × batch, vs PyTorch eager fp32."""
+    report = run_bench(
+        bundle, runtimes or ("onnxruntime",), precisions or None, batches, iters=iters, warmup=warmup, data=data,
+        films=films, threads=threads, device=device, command=_command_line(),
+        progress=lambda msg: click.echo(msg, err=True),
+    )
+    click.echo(report.format_table())
+    for path in write_outputs(report, json_out, markdown_out, plot_out):
+        click.echo(f"wrote {path}", err=True)

@@ -1,0 +1,222 @@
+"""The bundle as one object (docs/architecture.md §4): its root and manifest, every file name, path and default.
+
+Every stage that reads a bundle (export validation, Triton export, calibration, parity, bench, the
+Scorer) goes through `Bundle`, so the memory bank, the reference films, the threshold and the quiet
+CPU ONNX Runtime session are each read or opened in one place. Files are opened only through
+`Manifest.path_of`, so everything read is a file the manifest vouches for with a sha256.
+Needs numpy only; onnxruntime is imported by `session` when asked for one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from salad.errors import BundleError
+from salad.manifest import MANIFEST, GraphSpec, Manifest, read_manifest
+from salad.scoring import DEFAULT_SCORE, SCORE_NAMES
+
+__all__ = [
+    "BANK_DATA_FILE", "BANK_FILE", "BANK_INPUT", "CHECKPOINT_FILE", "EMBEDDING", "ENCODER_FILE", "IMAGE_INPUT",
+    "MANIFEST", "MODEL_FILE", "REFERENCE_FILE", "REFERENCE_KEYS", "SCORER_FILE", "Bundle", "Threshold",
+    "quiet_session",
+]
+
+ENCODER_FILE = "encoder.onnx"
+SCORER_FILE = "scorer.onnx"
+MODEL_FILE = "model.onnx"
+REFERENCE_FILE = "reference.npz"
+CHECKPOINT_FILE = "checkpoint.pt"
+BANK_FILE = "bank.npy"
+#: External data of the bank initializer, shared by scorer.onnx and model.onnx (the bank is stored once).
+BANK_DATA_FILE = "bank.data"
+#: Graph input names: the preprocessed films, and the bank of a bundle exported with --bank-as-input.
+IMAGE_INPUT = "image"
+BANK_INPUT = "bank"
+EMBEDDING = "embedding"
+#: The arrays of reference.npz: preprocessed films, their PyTorch outputs, labels and file names.
+REFERENCE_KEYS = ("image", EMBEDDING, *SCORE_NAMES, "label", "path")
+
+
+def quiet_session(
+    model: str | os.PathLike[str] | bytes, *, threads: int | None = None, optimize: bool = False,
+) -> Any:
+    """An ONNX Runtime CPU session that logs errors only: the one way checks and measurements open a graph.
+
+    model: a file or serialised ModelProto bytes. threads: intra-op threads (default ONNX Runtime's
+    own choice). optimize: ORT_ENABLE_ALL explicitly (what a console runs; the default level is
+    the same, this only states it for timings).
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: optimiser notes are not for a check's output
+    if optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """The decision rule a bundle stores: films whose `score` output exceeds `value` are abnormal."""
+
+    value: float
+    score: str
+
+
+class Bundle:
+    """A bundle directory and its manifest: graph paths, bank, reference films, threshold, tolerances, sessions."""
+
+    def __init__(self, root: str | os.PathLike[str], manifest: Manifest) -> None:
+        self.root = Path(root)
+        self.manifest = manifest
+
+    @classmethod
+    def open(
+        cls, path: str | os.PathLike[str], verify: bool = True, *, graphs: Sequence[tuple[str, str]] | None = None,
+    ) -> Bundle:
+        """Read and check BUNDLE/manifest.json (salad.manifest.read_manifest: schema, fields, digests, sha256s)."""
+        return cls(path, read_manifest(path, verify=verify, graphs=graphs))
+
+    def __repr__(self) -> str:
+        return f"Bundle({str(self.root)!r})"
+
+    # -- graphs ------------------------------------------------------------------------------------------
+
+    def graph(self, name: str = "model", precision: str = "fp32") -> GraphSpec:
+        """The spec of graph `name` at `precision`; a BundleError listing the bundle's graphs if absent."""
+        return self.manifest.graph(name, precision)
+
+    def graph_path(self, name: str = "model", precision: str = "fp32") -> Path:
+        """The graph's ONNX file, confined to the bundle and listed with a sha256."""
+        return self.manifest.path_of(self.root, self.graph(name, precision).file)
+
+    def takes_bank(self, name: str = "model", precision: str = "fp32") -> bool:
+        """Whether the graph takes the memory bank as input (a bundle exported with --bank-as-input)."""
+        return any(t.name == BANK_INPUT for t in self.graph(name, precision).inputs)
+
+    def static_feed(self, name: str = "model", precision: str = "fp32") -> dict[str, np.ndarray]:
+        """Inputs other than the films that the graph needs: {"bank": rows} for a bank-as-input graph, else {}."""
+        return {BANK_INPUT: self.load_bank()} if self.takes_bank(name, precision) else {}
+
+    def precisions(self) -> list[str]:
+        return self.manifest.precisions()
+
+    def tolerances(self, precision: str) -> dict[str, float]:
+        return self.manifest.tolerances(precision)
+
+    def session(self, name: str = "model", precision: str = "fp32", *, threads: int | None = None) -> Any:
+        """A quiet ONNX Runtime CPU session on the graph (see `quiet_session`)."""
+        return quiet_session(self.graph_path(name, precision), threads=threads)
+
+    # -- files ---------------------------------------------------------------------------------------------
+
+    @property
+    def bank_path(self) -> Path:
+        return self.manifest.path_of(self.root, str(self.manifest.bank.get("file") or BANK_FILE))
+
+    @cached_property
+    def _bank(self) -> np.ndarray:
+        path = self.bank_path
+        if not path.is_file():
+            raise BundleError(f"{path}: missing; the graph takes the bank as an input. Re-copy or re-export the bundle.")
+        try:
+            bank = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"{path}: cannot read the memory bank the graph takes as input ({exc}).") from exc
+        bank = np.ascontiguousarray(bank, dtype=np.float32)
+        return bank
+
+    def load_bank(self) -> np.ndarray:
+        """bank.npy of a bank-as-input bundle as contiguous float32 [N, D] (read once, never unpickled; do not modify)."""
+        return self._bank
+
+    @property
+    def reference_path(self) -> Path:
+        return self.manifest.path_of(self.root, str(self.manifest.reference.get("file") or REFERENCE_FILE))
+
+    def load_reference(self, keys: Sequence[str] = REFERENCE_KEYS) -> dict[str, np.ndarray]:
+        """reference.npz's arrays `keys` (films, PyTorch outputs, labels, names), never unpickling.
+
+        A missing file or array is a BundleError naming it. "image" comes back contiguous float32.
+        """
+        path = self.reference_path
+        if not path.is_file():
+            raise BundleError(f"{path}: missing; the bundle's reference films are needed here. Re-copy or re-export the bundle.")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                missing = [k for k in keys if k not in data.files]
+                if missing:
+                    raise BundleError(f"{path}: has no array(s) {missing}; expected {list(keys)}. Re-export the bundle.")
+                arrays = {k: data[k] for k in keys}
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"{path}: cannot read the reference films ({exc}).") from exc
+        if "image" in arrays:
+            arrays["image"] = np.ascontiguousarray(arrays["image"], dtype=np.float32)
+        return arrays
+
+    @property
+    def has_checkpoint(self) -> bool:
+        """Whether the bundle carries a verified checkpoint.pt (not a --slim bundle): the torch reference needs it."""
+        return CHECKPOINT_FILE in self.manifest.files and (self.root / CHECKPOINT_FILE).is_file()
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.manifest.path_of(self.root, CHECKPOINT_FILE)
+
+    # -- decisions -------------------------------------------------------------------------------------------
+
+    @property
+    def threshold(self) -> Threshold:
+        """The stored threshold and the score it applies to; a BundleError if either is unusable."""
+        block = self.manifest.threshold if isinstance(self.manifest.threshold, dict) else {}
+        value = block.get("value")
+        score = block.get("score", DEFAULT_SCORE)
+        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+            raise BundleError(
+                f"{self.root}: manifest threshold {self.manifest.threshold!r} has no numeric 'value'; re-export the bundle."
+            )
+        if score not in SCORE_NAMES:
+            raise BundleError(f"{self.root}: manifest threshold is for score {score!r}; expected one of {list(SCORE_NAMES)}.")
+        return Threshold(float(value), str(score))
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / MANIFEST
+
+    # -- inspection ------------------------------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        """What `salad inspect` shows: graphs, precisions, threshold, bank, tolerances, calibration (JSON-ready)."""
+        m = self.manifest
+        graphs = {}
+        for key, spec in m.graphs.items():
+            path = self.root / spec.file
+            graphs[key] = {
+                "file": spec.file, "precision": spec.precision, "opset": spec.opset,
+                "bytes": path.stat().st_size if path.is_file() else None,
+                "inputs": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in spec.inputs],
+                "outputs": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in spec.outputs],
+                "external_data": list(spec.external_data),
+            }
+        bank = {k: m.bank.get(k) for k in ("rows", "dim", "form", "file", "sha256", "dropped_anomalous") if k in m.bank}
+        threshold = {k: v for k, v in m.threshold.items() if k in ("value", "score", "operating_point", "achieved")}
+        return {
+            "schema": "salad-inspect/1", "bundle": str(self.root), "schema_version": m.schema_version,
+            "toolkit_version": m.toolkit_version, "created": m.created, "preprocessing": dict(m.preprocessing),
+            "embedding_dim": m.embedding_dim, "k": m.k, "scores": dict(m.scores), "threshold": threshold,
+            "bank": bank, "precisions": m.precisions(), "graphs": graphs,
+            "tolerances": {p: m.tolerances(p) for p in m.precisions()},
+            "calibration": dict(m.calibration), "reference": dict(m.reference),
+            "files": sorted(m.listed_files()),
+        }

@@ -1,0 +1,179 @@
+"""The manifest's schema (docs/architecture.md §4): its constants, safe bundle paths, and every field's type and range.
+
+Kept apart from salad/manifest.py (the typed object and its reading) so that the journal and the
+reader can both use the rules without importing each other."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any, TypeGuard
+
+from salad.errors import BundleError
+from salad.preprocess import INTENSITY_MODES, RESIZE_MODES
+from salad.scoring import SCORES
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+#: An interrupted commit: the renames still to do and the complete new manifest (see commit_journal).
+JOURNAL = ".journal.json"
+PRECISIONS = ("fp32", "fp16", "int8")
+#: Fields that decide a film's label; their digests are recorded by Manifest.write and checked on every read.
+PROTECTED_FIELDS = ("threshold", "scores", "k", "preprocessing", "bank", "embedding_dim")
+_HEX = frozenset("0123456789abcdef")
+
+#: Default parity tolerances per precision (docs/architecture.md §9). fp16/int8 are set from measurements by calibration.
+DEFAULT_TOLERANCES: dict[str, dict[str, float]] = {
+    "fp32": {
+        **{s.diff_metric(stat): 1e-5 for s in SCORES.values() for stat in s.toleranced},  # salad.scoring.SCORES
+        "embedding_cosine_min": 0.99999,
+        "label_agreement": 1.0,
+        "spearman": 0.9999,
+        "delta_auc": 1e-4,
+        "delta_auprc": 1e-4,
+    },
+}
+
+# -- paths ------------------------------------------------------------------------------------------------
+
+
+def path_problem(name: Any) -> str | None:
+    """Why `name` is not a safe bundle-relative path (relative, POSIX, no '..'), or None."""
+    if not isinstance(name, str) or not name:
+        return f"{name!r} is not a file name"
+    if "\\" in name or "\x00" in name:
+        return f"{name!r} has a backslash or NUL; expected a relative POSIX path such as 'model.onnx'"
+    if PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() or PureWindowsPath(name).drive:
+        return f"{name!r} is an absolute path; expected a path relative to the bundle such as 'model.onnx'"
+    if any(part in ("..", ".") for part in name.split("/")) or name.endswith("/") or "//" in name:
+        return f"{name!r} leaves or does not name a file of the bundle ('..', '.' or an empty part); expected e.g. 'model.onnx'"
+    return None
+
+
+def confined(root: str | os.PathLike[str], name: str) -> Path:
+    """root/name, refusing a name that is not a relative path or whose target (symlinks followed) lies outside root."""
+    problem = path_problem(name)
+    if problem:
+        raise BundleError(f"{Path(root) / MANIFEST}: path {problem}. Re-export the bundle.")
+    base = Path(root).resolve()
+    path = Path(root) / name
+    resolved = path.resolve()
+    if resolved != base and base not in resolved.parents:
+        raise BundleError(
+            f"{path}: resolves to {resolved}, outside the bundle {base} (a symbolic link escapes it); "
+            "a bundle's files must be inside it. Replace the link with the file, or re-export."
+        )
+    return path
+
+
+# -- field validation ----------------------------------------------------------------------------------
+
+
+def _is_int(v: Any) -> TypeGuard[int]:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_sha(v: Any) -> bool:
+    return isinstance(v, str) and len(v) == 64 and set(v) <= _HEX
+
+
+def _show(v: Any) -> str:
+    return f"{json.dumps(v)[:60]} ({type(v).__name__})"
+
+
+def manifest_problems(raw: dict[str, Any]) -> list[str]:
+    """Every field of a raw manifest.json whose type or range is wrong, and every unsafe or unlisted path."""
+    problems: list[str] = []
+
+    def need(where: str, value: Any, ok: bool, expected: str) -> bool:
+        if not ok:
+            problems.append(f"{where}: {_show(value)}; expected {expected}")
+        return ok
+
+    def section(name: str) -> dict[str, Any]:
+        value = raw.get(name)
+        return value if need(name, value, isinstance(value, dict), "an object") and isinstance(value, dict) else {}
+
+    for name in ("toolkit_version", "created"):
+        need(name, raw.get(name), isinstance(raw.get(name), str), "a string")
+    dim = raw.get("embedding_dim")
+    need("embedding_dim", dim, _is_int(dim) and dim >= 1, "an integer ≥ 1 (e.g. 200)")
+    bank = section("bank")
+    rows = bank.get("rows")
+    need("bank.rows", rows, _is_int(rows) and rows >= 1, "an integer ≥ 1 (the number of normal bank rows)")
+    if "dim" in bank:
+        need("bank.dim", bank["dim"], bank["dim"] == dim and _is_int(bank["dim"]), f"the embedding_dim {dim!r}")
+    need("bank.sha256", bank.get("sha256"), _is_sha(bank.get("sha256")), "64 lowercase hex digits")
+    k = raw.get("k")
+    if need("k", k, _is_int(k) and k >= 1, "an integer ≥ 1 (neighbours averaged by the score)") and _is_int(k) and _is_int(rows):
+        need("k", k, k <= rows, f"≤ bank.rows ({rows})")
+    scores = section("scores")
+    outputs = scores.get("outputs")
+    need("scores.outputs", outputs, isinstance(outputs, list) and bool(outputs) and all(isinstance(o, str) for o in outputs),
+         "a non-empty list of output names")
+    known = outputs if isinstance(outputs, list) else []
+    need("scores.default", scores.get("default"), scores.get("default") in known, f"one of scores.outputs {known}")
+    threshold = section("threshold")
+    need("threshold.value", threshold.get("value"), _is_num(threshold.get("value")), "a finite number (the score above which a film is abnormal)")
+    if "score" in threshold:
+        need("threshold.score", threshold["score"], threshold["score"] in known, f"one of scores.outputs {known}")
+    pre = section("preprocessing")
+    size = pre.get("size")
+    need("preprocessing.size", size, _is_int(size) and size >= 32, "an integer ≥ 32 (pixels)")
+    if "channels" in pre:
+        need("preprocessing.channels", pre["channels"], _is_int(pre["channels"]) and pre["channels"] == 1, "1 (grey films)")
+    if "resize_mode" in pre:
+        need("preprocessing.resize_mode", pre["resize_mode"], pre["resize_mode"] in RESIZE_MODES, f"one of {list(RESIZE_MODES)}")
+    if "intensity_mode" in pre:
+        need("preprocessing.intensity_mode", pre["intensity_mode"], pre["intensity_mode"] in INTENSITY_MODES, f"one of {list(INTENSITY_MODES)}")
+    files = section("files")
+    for name, digest in files.items():
+        need(f"files[{name!r}]", digest, _is_sha(digest), "a sha256 (64 lowercase hex digits)")
+    paths: list[tuple[str, Any]] = [(f"files key {n!r}", n) for n in files]
+    graphs = section("graphs")
+    need("graphs", graphs, bool(graphs), "at least the fp32 'model' graph")
+    for key, g in graphs.items():
+        if not need(f"graphs[{key!r}]", g, isinstance(g, dict), "an object"):
+            continue
+        paths.append((f"graphs[{key!r}].file", g.get("file")))
+        need(f"graphs[{key!r}].sha256", g.get("sha256"), _is_sha(g.get("sha256")), "64 lowercase hex digits")
+        need(f"graphs[{key!r}].precision", g.get("precision"), g.get("precision") in PRECISIONS, f"one of {list(PRECISIONS)}")
+        opset = g.get("opset")
+        need(f"graphs[{key!r}].opset", opset, _is_int(opset) and opset >= 1, "an integer opset (≥ 17)")
+        for side in ("inputs", "outputs"):
+            tensors = g.get(side)
+            ok = isinstance(tensors, list) and all(
+                isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("dtype"), str)
+                and isinstance(t.get("shape"), list) and all(_is_int(d) or isinstance(d, str) for d in t["shape"])
+                for t in tensors
+            )
+            need(f"graphs[{key!r}].{side}", tensors, ok, "a list of {name: str, dtype: str, shape: [int | axis name]}")
+        external = g.get("external_data", [])
+        if need(f"graphs[{key!r}].external_data", external, isinstance(external, list), "a list of file names"):
+            for e in external:
+                paths.append((f"graphs[{key!r}].external_data", e))
+                need(f"graphs[{key!r}].external_data", e, e in files, f"a file listed in files {sorted(files)} (with its sha256)")
+    reference = raw.get("reference") or {}
+    listed_refs: list[tuple[str, Any]] = [("bank.file", bank.get("file")), ("bank.external_data", bank.get("external_data"))]
+    if isinstance(reference, dict):
+        listed_refs.append(("reference.file", reference.get("file")))
+    for where, name in listed_refs:
+        if name is None:
+            continue
+        paths.append((where, name))
+        need(where, name, name in files, f"a file listed in files {sorted(files)} (so its sha256 is checked)")
+    for where, name in paths:
+        problem = path_problem(name)
+        if problem:
+            problems.append(f"{where}: {problem}")
+    parity = raw.get("parity", {})
+    if need("parity", parity, isinstance(parity, dict), "an object {precision: {metric: tolerance}}"):
+        for p, tol in parity.items():
+            need(f"parity[{p!r}]", tol, isinstance(tol, dict) and all(_is_num(v) for v in tol.values()), "{metric: finite number}")
+    return problems
