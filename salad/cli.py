@@ -106,6 +106,7 @@ class StageGroup(click.Group):
         "calibrate": "salad.calibration.cli:calibrate_command",
         "bench": "salad.runtime.bench:bench_command",
         "export-triton": "salad.export.triton_cli:export_triton_command",
+        "similarity": "salad.similarity.cli:similarity_group",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
