@@ -23,7 +23,7 @@ import numpy as np
 import salad
 from salad.data import Sample, list_hash, read_samples
 from salad.errors import BundleError, DataError
-from salad.fsutil import sigterm_as_interrupt, sweep_stale, writer_lock
+from salad.fsutil import pid_alive, sigterm_as_interrupt, sweep_stale, writer_lock
 from salad.imageio import read_image
 from salad.manifest import (
     JOURNAL,
@@ -112,6 +112,10 @@ def _commit(root: Path, contents: dict[str, bytes], force: bool) -> None:
     with sigterm_as_interrupt(), writer_lock(root):
         complete_journal(root)
         sweep_stale(root.resolve())
+        for entry in (root / FOLDER).glob(".*.pending-*") if (root / FOLDER).is_dir() else []:  # sweep_stale looks one level up
+            pid = entry.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not pid_alive(int(pid)):
+                entry.unlink(missing_ok=True)
         current = read_manifest(root, verify=True)
         present = [f for f in contents if f in current.files]
         if present and not force:

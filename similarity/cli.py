@@ -46,25 +46,30 @@ def similarity_group() -> None:
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps (default 600).")
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Triplets per step (default 16).")
 @click.option("--max-films", type=click.IntRange(min=2), default=None, help="Films drawn per dataset (default 600).")
+@click.option("--alpha", type=click.FloatRange(0, 1), default=None, help="α: reconstruction vs triplet terms (default 0.5).")
+@click.option("--beta", type=click.FloatRange(0, 1), default=None,
+              help="β: pixel/latent vs style terms (default 0.6); compare fits by their EQC, lower is better.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted fit of the same data and settings.")
 @click.option("--force", is_flag=True, help="Replace an existing estimator directory.")
 @friendly_errors
-def fit_command(data: Sequence[str], out: Path, steps: int | None, batch: int | None, max_films: int | None, seed: int,
-                threads: int | None, resume: bool, force: bool) -> None:
+def fit_command(data: Sequence[str], out: Path, steps: int | None, batch: int | None, max_films: int | None,
+                alpha: float | None, beta: float | None, seed: int, threads: int | None, resume: bool, force: bool) -> None:
     """Train the estimator on known datasets (membership is the only label) and write EST with its ONNX graph."""
     import dataclasses
 
     from .estimator import film_paths
     from .fit import FitConfig, fit_estimator, load_films
+    from .model import LossConfig
 
     sources = _pairs(data, "--data")
     if len(sources) < 2:
         raise DataError(f"--data given {len(sources)} time(s); the estimator needs at least 2 known datasets.")
-    defaults = FitConfig(seed=seed)
+    defaults, paper = FitConfig(seed=seed), LossConfig()
+    loss = dataclasses.replace(paper, alpha=paper.alpha if alpha is None else alpha, beta=paper.beta if beta is None else beta)
     cfg = dataclasses.replace(defaults, steps=steps or defaults.steps, batch=batch or defaults.batch,
-                              max_films=max_films or defaults.max_films)
+                              max_films=max_films or defaults.max_films, loss=loss)
     films = {name: load_films(film_paths(path), desc=f"reading {name}") for name, path in sources.items()}
     info = fit_estimator(films, out, cfg, sources=sources, resume=resume, force=force, threads=threads)
     click.echo(f"estimator {out}: {len(films)} datasets, EQC {info['eqc']:.3f}, {info['training']['seconds'] / 60:.1f} min")
@@ -128,7 +133,8 @@ def rank_command(estimator: Path, target: Path, candidates: Sequence[str], json_
                       + [f"{i:>4}  {r.candidate.ljust(width)}  {r.distance:.4f}" for i, r in enumerate(ranking, 1)])
     png = plot or (json_out.with_suffix(".png") if json_out is not None and str(json_out) != "-" else None)
     if png is not None:
-        scatter_png({**points, "target": target_pts}, png, target="target", title=f"ASAP latent space: {target.name} vs candidates")
+        key = f"target: {target.name}"
+        scatter_png({**points, key: target_pts}, png, target=key, title=f"ASAP latent space: {target.name} vs candidates")
     if json_out is not None and str(json_out) == "-":
         click.echo(json.dumps(payload, indent=2))
         return

@@ -44,7 +44,7 @@ def scatter_png(collections: Mapping[str, np.ndarray], path: Path, target: str |
     for i, name in enumerate(order):
         y = margin + 20 + 28 * i
         cv2.circle(img, (size + 15, y - 5), 6, colours[name], -1, cv2.LINE_AA)
-        text = (labels or {}).get(name, name) + (" (target)" if name == target else "")
+        text = (labels or {}).get(name, name)
         cv2.putText(img, text[:34], (size + 30, y), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
     ok, data = cv2.imencode(".png", img)
     if not ok:

@@ -126,11 +126,22 @@ def test_fit_from_the_command_line_on_real_folders(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     out = tmp_path / "est"
     args = ["fit", "--data", f"kermany={SAMPLE_EVAL}", "--data", f"nih={NIH_NORMAL}", "--out", str(out),
-            "--steps", "2", "--batch", "2", "--max-films", "8", "--threads", "1"]
+            "--steps", "2", "--batch", "2", "--max-films", "8", "--threads", "1", "--beta", "0.3"]
     done = CliRunner().invoke(similarity_group, args)
     assert done.exit_code == 0, done.output
     est = Estimator.load(out)
     assert est.info["datasets"]["kermany"]["films"] == 80 and est.info["datasets"]["nih"]["films"] == 496
     assert est.info["datasets"]["nih"]["source"] == str(NIH_NORMAL)
+    assert est.info["config"]["loss"]["beta"] == 0.3 and est.info["config"]["loss"]["alpha"] == 0.5
     again = CliRunner().invoke(similarity_group, args)
     assert again.exit_code == 1 and "already exists" in again.output
+
+
+def test_a_killed_attach_leaves_the_bundle_verifying_and_its_litter_is_swept(bundle_copy: Path, tiny_estimator: Path) -> None:
+    litter = bundle_copy / "similarity" / ".points.npz.pending-999999999"  # a staged file of a writer that died
+    litter.parent.mkdir()
+    litter.write_bytes(b"half")
+    read_manifest(bundle_copy, verify=True)  # unlisted pending files do not break the old bundle
+    attach(tiny_estimator, bundle_copy, SAMPLE_TRAIN, threads=1)
+    assert not litter.exists()
+    read_manifest(bundle_copy, verify=True)
