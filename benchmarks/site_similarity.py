@@ -429,6 +429,24 @@ def stage_timing(films: int = 500) -> dict[str, Any]:
             "ranking": json.loads((WORK / "rank-timing.json").read_text())["ranking"]}
 
 
+def stage_fit_timing(threads: int = 2, steps: int = 600) -> dict[str, Any]:
+    """Wall-clock of the full-pool fit with `threads` torch threads, into a scratch estimator (the committed one is kept)."""
+    from salad.preprocess import preprocess
+    from salad.similarity.fit import PREPROCESSING, FitConfig, fit_estimator
+
+    path = WORK / f"fit-timing-{threads}.json"
+    if path.exists():
+        return dict(json.loads(path.read_text()))
+    films = {k: np.stack([preprocess(f, PREPROCESSING) for f in v]) for k, v in pool("full").items()}
+    t0 = time.perf_counter()
+    info = fit_estimator(films, WORK / "scratch-fit", FitConfig(steps=steps, max_films=POOL_FILMS), force=True, threads=threads)
+    record = {"threads": threads, "steps": steps, "wall_seconds_total": time.perf_counter() - t0,
+              "wall_seconds_training": info["training"]["seconds"], "cpu_seconds": info["training"]["cpu_seconds"],
+              "load_average_after": os.getloadavg()[0]}
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
 # -- report ---------------------------------------------------------------------------------------------------------
 
 PAPER = {"top1": 0.75, "top3": 0.83, "mean_loss": "3.89 Dice points", "correlation": 0.15,
@@ -523,6 +541,12 @@ def markdown(result: dict[str, Any]) -> str:
                   f"- detection on other real sites' windows, worst: {_pct(ds['min_detect_other_sites'])}",
                   f"- detection on synthetic shifts costing ≥ 0.05 AUC ({ds['costly_shifts']}), worst: {_pct(ds['min_detect_costly'])}",
                   f"- detection on every synthetic shift of the bundle's own site, median: {_pct(ds['median_detect_own_shifts'])}", ""]
+    if "fit_timing" in result:
+        f = result["fit_timing"]
+        lines += ["## Fit timing (acceptance 4)", "",
+                  f"The full pool's fit ({f['steps']} steps) with {f['threads']} torch threads: {f['wall_seconds_total'] / 60:.1f} min "
+                  f"wall in all (training {f['wall_seconds_training'] / 60:.1f} min, {f['cpu_seconds'] / 60:.1f} CPU-min), "
+                  f"load average {f['load_average_after']:.1f} on 2 cores at the end.", ""]
     if "timing" in result:
         t = result["timing"]
         lines += ["## Rank timing (acceptance 4)", "",
@@ -618,6 +642,13 @@ def estimators_command(threads: int, fit_threads: int, steps: int, only: str | N
     click.echo(json.dumps(stage_estimators(threads_of, steps), indent=2))
 
 
+@main.command("fit-timing")
+@click.option("--threads", type=int, default=2, show_default=True)
+def fit_timing_command(threads: int) -> None:
+    """Time the full-pool fit with THREADS torch threads (acceptance 4: ≤ 15 min on 2 cores)."""
+    click.echo(json.dumps(stage_fit_timing(threads), indent=2))
+
+
 @main.command("all")
 @click.option("--threads", type=int, default=1, show_default=True, help="Threads for bundles and LOSO estimators.")
 @click.option("--fit-threads", type=int, default=2, show_default=True, help="Threads for the full estimator's fit.")
@@ -632,6 +663,8 @@ def all_command(threads: int, fit_threads: int, steps: int) -> None:
     result["drift"] = stage_drift()
     result["drift_summary"] = drift_summary(result["drift"])
     result["timing"] = stage_timing()
+    if (WORK / "fit-timing-2.json").exists():
+        result["fit_timing"] = stage_fit_timing(2)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "site_similarity.json").write_text(json.dumps(result, indent=1) + "\n")
     (OUT / "site_similarity.md").write_text(markdown(result))
