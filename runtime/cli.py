@@ -43,10 +43,15 @@ LABELS = {0: "normal", 1: "abnormal"}
                    "http://HOST:8000 or grpc://HOST:8001. Replaces --runtime and --device.")
 @click.option("--triton-model", default="salad", show_default=True,
               help="Name of the ensemble in the Triton repository (export-triton --name).")
+@click.option("--drift", is_flag=True,
+              help="Also report whether these films look like the bundle's training films (needs `salad similarity "
+                   "attach`); never changes a score or a label.")
+@click.option("--drift-window", type=click.IntRange(min=4), default=50, show_default=True,
+              help="Films per window of the drift report (the whole call is judged too).")
 @friendly_errors
 def score_command(
     bundle: Path, paths: Sequence[Path], runtime: str, precision: str, device: str | None, batch: int, json_out: Path | None,
-    triton_url: str | None, triton_model: str,
+    triton_url: str | None, triton_model: str, drift: bool = False, drift_window: int = 50,
 ) -> None:
     """Score X-ray files, folders (searched recursively) and DICOM with BUNDLE.
 
@@ -55,6 +60,11 @@ def score_command(
     still scored, and the exit code is 1 if anything failed.
     """
     entries = scan_images(paths)
+    guard = None
+    if drift:  # before scoring, so a bundle without an attached estimator fails fast
+        from salad.similarity.attach import DriftGuard
+
+        guard = DriftGuard.from_bundle(bundle)
     if triton_url is not None:
         from .triton_client import triton_scorer
 
@@ -66,6 +76,7 @@ def score_command(
         scored = iter(scorer.score(files, on_error="record") if files else [])
     results = [Result.failure(str(e.path), e.error) if isinstance(e, Unreadable) else next(scored) for e in entries]
     failed = [r for r in results if not r.ok]
+    drift_report = guard.check_files([Path(str(r.path)) for r in results if r.ok], drift_window)[0] if guard else None
     if json_out is not None:
         payload = {
             "results": [r.to_dict() for r in results],
@@ -75,6 +86,8 @@ def score_command(
             "threshold": {"value": scorer.threshold, "score": scorer.threshold_score},
             "bundle": str(bundle),
         }
+        if drift_report is not None:
+            payload["drift"] = drift_report.to_dict()
         text = json.dumps(payload, indent=2, allow_nan=False)  # strict JSON: a NaN never reaches a consumer
         if str(json_out) == "-":
             click.echo(text)
@@ -84,6 +97,8 @@ def score_command(
             click.echo(f"scored {len(results) - len(failed)} of {len(results)} file(s) with {scorer.runtime}/{scorer.precision} → {json_out}")
     else:
         click.echo(format_table(results, scorer.threshold_score))
+    for line in drift_report.lines() if drift_report is not None else []:
+        click.echo(line, err=True)
     for r in failed:
         click.echo("error: " + " ".join(str(r.error).split()), err=True)  # one line per file, whatever the decoder said
     if failed:

@@ -54,6 +54,7 @@ class StageGroup(click.Group):
         "inspect": "salad.runtime.cli:inspect_command",
         "validate": "salad.export.cli:validate_command",
         "build-engine": "salad.runtime.cli:build_engine_command",
+        "similarity": "salad.similarity.cli:similarity_group",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

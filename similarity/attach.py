@@ -1,0 +1,243 @@
+"""Attach an estimator to a bundle (points + drift calibration), and read it back for ranking and drift checks.
+
+numpy + ONNX Runtime only. The bundle gains three files, listed with their sha256 in manifest.json and
+committed through the manifest's journal like every bundle change (docs/architecture.md §4):
+`similarity/estimator.onnx` (a copy of the estimator graph, so a console checks drift with the bundle
+alone), `similarity/points.npz` (2-D latent points of the training films: no pixels), and
+`similarity/drift.json` (the estimator's sha256, its preprocessing, the drift policy and thresholds).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import salad
+from salad.data import Sample, list_hash, read_samples
+from salad.errors import BundleError, DataError
+from salad.fsutil import pid_alive, sigterm_as_interrupt, sweep_stale, writer_lock
+from salad.imageio import read_image
+from salad.manifest import (
+    JOURNAL,
+    Manifest,
+    commit_journal,
+    complete_journal,
+    confined,
+    pending_name,
+    read_manifest,
+    sha256_file,
+)
+from salad.preprocess import PreprocessConfig
+
+from .drift import DriftPolicy, DriftReport, calibrate, judge, reference_statistics, windows
+from .estimator import Estimator, Latent, load_points
+
+FOLDER = "similarity"
+GRAPH_FILE = f"{FOLDER}/estimator.onnx"
+POINTS_FILE = f"{FOLDER}/points.npz"
+DRIFT_FILE = f"{FOLDER}/drift.json"
+FILES = (GRAPH_FILE, POINTS_FILE, DRIFT_FILE)
+DRIFT_SCHEMA = "salad-similarity-drift/1"
+#: Share of the training films held out (by patient when known) to calibrate the drift threshold, without --holdout.
+HOLDOUT_FRACTION = 0.2
+
+
+def _split(samples: Sequence[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """(reference, held out): a seeded split by patient when patients are known, by film otherwise."""
+    keys = sorted({s.patient or str(s.path) for s in samples})
+    rng = np.random.default_rng(seed)
+    held = set(rng.choice(keys, max(1, round(fraction * len(keys))), replace=False).tolist())
+    return [s for s in samples if (s.patient or str(s.path)) not in held], [s for s in samples if (s.patient or str(s.path)) in held]
+
+
+def _normals(data: str | os.PathLike[str]) -> list[Sample]:
+    samples = [s for s in read_samples(Path(data)) if s.label == 0]
+    if len(samples) < 10:
+        raise DataError(f"{data}: {len(samples)} normal film(s); attaching needs at least 10 of the bundle's training normals.")
+    return samples
+
+
+def attach(estimator: str | os.PathLike[str], bundle: str | os.PathLike[str], data: str | os.PathLike[str], *,
+           holdout: str | os.PathLike[str] | None = None, policy: DriftPolicy | None = None, seed: int = 0,
+           force: bool = False, threads: int | None = None) -> dict[str, Any]:
+    """Store the bundle's training points and drift thresholds from ESTIMATOR in BUNDLE; returns drift.json's content.
+
+    data: the bundle's training films (their normals are used). holdout: normal films of the same site the
+    bundle did not train on, for the drift threshold; without it, HOLDOUT_FRACTION of `data` (by patient).
+    """
+    policy = policy or DriftPolicy()
+    est = Estimator.load(estimator)
+    root = Path(bundle)
+    read_manifest(root, verify=True)
+    train = _normals(data)
+    if holdout is not None:
+        reference, held = train, _normals(holdout)
+    else:
+        reference, held = _split(train, HOLDOUT_FRACTION, seed)
+    if len(held) < 10:
+        raise DataError(f"{holdout or data}: {len(held)} held-out normal film(s) for the drift threshold; need at least 10.")
+    latent = est.latent(threads)
+    ref_pts = latent.embed_files([s.path for s in reference], desc="embedding training films")
+    held_pts = latent.embed_files([s.path for s in held], desc="embedding held-out films")
+    thresholds = calibrate(ref_pts, held_pts, policy, seed)
+    usual = reference_statistics(ref_pts, held_pts, policy, seed)
+    info = {
+        "schema": DRIFT_SCHEMA, "toolkit_version": salad.__version__,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "estimator": {"sha256": est.sha256, "preprocessing": est.info["preprocessing"], "latent_dim": est.info["latent_dim"],
+                      "eqc": est.info.get("eqc"), "datasets": sorted(est.info["datasets"])},
+        "films": {"reference": len(reference), "held_out": len(held), "reference_list_sha256": list_hash(reference),
+                  "held_out_list_sha256": list_hash(held), "held_out_source": "holdout" if holdout is not None else "split"},
+        "policy": policy.to_dict(),
+        "thresholds": {str(k): v for k, v in thresholds.items()},
+        "reference_statistic": {str(k): v for k, v in usual.items()},
+    }
+    buf = io.BytesIO()
+    np.savez(buf, reference=ref_pts, held_out=held_pts)
+    _commit(root, {GRAPH_FILE: est.graph.read_bytes(), POINTS_FILE: buf.getvalue(),
+                   DRIFT_FILE: (json.dumps(info, indent=2) + "\n").encode("utf-8")}, force)
+    return info
+
+
+def _commit(root: Path, contents: dict[str, bytes], force: bool) -> None:
+    """Stage the files under pending names, then one journal commit of them and the new manifest (manifest.py)."""
+    with sigterm_as_interrupt(), writer_lock(root):
+        complete_journal(root)
+        sweep_stale(root.resolve())
+        for entry in (root / FOLDER).glob(".*.pending-*") if (root / FOLDER).is_dir() else []:  # sweep_stale looks one level up
+            pid = entry.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not pid_alive(int(pid)):
+                entry.unlink(missing_ok=True)
+        current = read_manifest(root, verify=True)
+        present = [f for f in contents if f in current.files]
+        if present and not force:
+            raise BundleError(f"{root}: already has an attached estimator ({', '.join(present)}); pass --force to replace it.")
+        renames: list[tuple[str, str]] = []
+        try:
+            for final, data in contents.items():
+                pending = pending_name(final)
+                target = confined(root, pending)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with open(target, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                renames.append((pending, final))
+                current.files[final] = sha256_file(target)
+            commit_journal(root, renames, current)
+        except BaseException:
+            if not (root / JOURNAL).exists():
+                for pending, _ in renames:
+                    (root / pending).unlink(missing_ok=True)
+            raise
+    read_manifest(root, verify=True)
+
+
+@dataclass
+class Attached:
+    """What a bundle's attached estimator holds: its graph, points, policy and thresholds."""
+
+    root: Path
+    info: dict[str, Any]
+    reference: np.ndarray
+    held_out: np.ndarray
+    graph: Path
+
+    @classmethod
+    def from_bundle(cls, bundle: str | os.PathLike[str], manifest: Manifest | None = None) -> Attached:
+        """Read (and, without a manifest already verified, verify) the bundle's attached estimator."""
+        root = Path(bundle)
+        manifest = manifest or read_manifest(root, verify=True)
+        missing = [f for f in FILES if f not in manifest.files]
+        if missing:
+            raise BundleError(
+                f"{root}: no similarity estimator attached ({', '.join(missing)} not in the manifest). Attach one with "
+                f"`salad similarity attach ESTIMATOR {root} --data TRAINING_FILMS`."
+            )
+        info = json.loads(manifest.path_of(root, DRIFT_FILE).read_text(encoding="utf-8"))
+        if not isinstance(info, dict) or info.get("schema") != DRIFT_SCHEMA:
+            raise BundleError(f"{root / DRIFT_FILE}: schema {info.get('schema') if isinstance(info, dict) else None!r}; "
+                              f"expected {DRIFT_SCHEMA!r}. Re-attach with `salad similarity attach … --force`.")
+        graph = manifest.path_of(root, GRAPH_FILE)
+        if manifest.files[GRAPH_FILE] != info["estimator"]["sha256"]:
+            raise BundleError(f"{root / GRAPH_FILE}: not the estimator drift.json names (sha256 "
+                              f"{manifest.files[GRAPH_FILE][:12]}… vs {info['estimator']['sha256'][:12]}…). Re-attach with --force.")
+        pts = load_points(manifest.path_of(root, POINTS_FILE))
+        return cls(root, info, pts["reference"], pts["held_out"], graph)
+
+    @property
+    def estimator_sha256(self) -> str:
+        return str(self.info["estimator"]["sha256"])
+
+    @property
+    def points(self) -> np.ndarray:
+        """Every training film's point (reference and held out): the bundle as a candidate collection."""
+        return np.concatenate([self.reference, self.held_out])
+
+    @property
+    def policy(self) -> DriftPolicy:
+        return DriftPolicy.from_dict(self.info["policy"])
+
+    def latent(self, threads: int | None = None) -> Latent:
+        return Latent(self.graph, PreprocessConfig.from_dict(self.info["estimator"]["preprocessing"]), threads=threads)
+
+
+class DriftGuard:
+    """The drift check of a bundle: films → latent points → window verdicts. Never touches a score or a label."""
+
+    def __init__(self, attached: Attached, threads: int | None = None) -> None:
+        self.attached = attached
+        self.latent = attached.latent(threads)
+        self.policy = attached.policy
+        self.thresholds = {int(k): float(v) for k, v in attached.info["thresholds"].items()}
+        self.usual = {int(k): float(v) for k, v in attached.info["reference_statistic"].items()}
+
+    @classmethod
+    def from_bundle(cls, bundle: str | os.PathLike[str], manifest: Manifest | None = None, threads: int | None = None) -> DriftGuard:
+        return cls(Attached.from_bundle(bundle, manifest), threads)
+
+    def check_points(self, points: np.ndarray, window: int | None = None) -> DriftReport:
+        """Verdicts for latent points in arrival order: the whole call, and consecutive windows of `window` films."""
+        if len(points) == 0:
+            raise DataError("no films to check for drift.")
+        ref = self.attached.reference
+        call = judge(points, ref, self.thresholds, self.usual, self.policy)
+        wins = windows(points, ref, self.thresholds, self.usual, self.policy, window) if window and window < len(points) else []
+        return DriftReport(call, wins, self.attached.estimator_sha256, self.policy.to_dict())
+
+    def check_images(self, images: Sequence[np.ndarray], window: int | None = None) -> DriftReport:
+        """Display-ready films (H×W in [0, 1]) in arrival order → report."""
+        return self.check_points(self.latent.embed_images(list(images)), window)
+
+    def check_files(self, paths: Sequence[Path], window: int | None = None) -> tuple[DriftReport | None, list[str]]:
+        """Films on disk → (report, or None if none could be read; the files skipped because they could not be read)."""
+        images, skipped = [], []
+        for p in paths:
+            try:
+                images.append(read_image(p))
+            except (DataError, OSError) as exc:
+                skipped.append(f"{p}: {exc}")
+        return (self.check_images(images, window) if images else None), skipped
+
+
+def collection(spec: str, latent: Latent, estimator_sha256: str) -> np.ndarray:
+    """A candidate's points: a bundle's attached points (same estimator required) or a folder/CSV of films embedded now."""
+    path = Path(spec)
+    if (path / "manifest.json").is_file():
+        att = Attached.from_bundle(path)
+        if att.estimator_sha256 != estimator_sha256:
+            raise BundleError(
+                f"{path}: its points come from estimator {att.estimator_sha256[:12]}…, but --estimator is {estimator_sha256[:12]}…; "
+                f"distances from different estimators are not comparable. Re-attach: `salad similarity attach EST {path} --data … --force`."
+            )
+        return att.points
+    return latent.embed_files([s.path for s in read_samples(path)], desc=f"embedding {path.name}")
+

@@ -1,0 +1,148 @@
+"""`salad similarity fit | attach | rank`: thin click commands over similarity/ (docs/similarity.md).
+
+Registered lazily by salad/cli.py. Module level imports click and the core only; `fit` imports torch
+inside the command, so `attach` and `rank` run under the `[runtime]` install.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+
+from salad.cli import friendly_errors
+from salad.errors import DataError
+from salad.fsutil import write_atomic
+
+RANKING_SCHEMA = "salad-similarity-ranking/1"
+
+
+def _pairs(values: Sequence[str], option: str) -> dict[str, str]:
+    """NAME=PATH options → {name: path}, refusing a missing '=' or a repeated name."""
+    out: dict[str, str] = {}
+    for v in values:
+        name, sep, path = v.partition("=")
+        if not sep or not name or not path:
+            raise DataError(f"{option} {v!r}: expected NAME=PATH, e.g. {option} kermany=../films/kermany.")
+        if name in out:
+            raise DataError(f"{option} {v!r}: the name {name!r} is given twice; names must be unique.")
+        out[name] = path
+    return out
+
+
+@click.group("similarity")
+def similarity_group() -> None:
+    """Style-aware site similarity (ASAP): which bundle fits these films, and a drift warning."""
+
+
+@similarity_group.command("fit")
+@click.option("--data", "data", multiple=True, required=True, metavar="NAME=PATH",
+              help="A known dataset (folder or CSV of films; every film, any label); repeat, at least twice.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Estimator directory to create.")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps (default 600).")
+@click.option("--batch", type=click.IntRange(min=1), default=None, help="Triplets per step (default 16).")
+@click.option("--max-films", type=click.IntRange(min=2), default=None, help="Films drawn per dataset (default 600).")
+@click.option("--alpha", type=click.FloatRange(0, 1), default=None, help="α: reconstruction vs triplet terms (default 0.5).")
+@click.option("--beta", type=click.FloatRange(0, 1), default=None,
+              help="β: pixel/latent vs style terms (default 0.6); compare fits by their EQC, lower is better.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted fit of the same data and settings.")
+@click.option("--force", is_flag=True, help="Replace an existing estimator directory.")
+@friendly_errors
+def fit_command(data: Sequence[str], out: Path, steps: int | None, batch: int | None, max_films: int | None,
+                alpha: float | None, beta: float | None, seed: int, threads: int | None, resume: bool, force: bool) -> None:
+    """Train the estimator on known datasets (membership is the only label) and write EST with its ONNX graph."""
+    import dataclasses
+
+    from .estimator import film_paths
+    from .fit import FitConfig, fit_estimator, load_films
+    from .model import LossConfig
+
+    sources = _pairs(data, "--data")
+    if len(sources) < 2:
+        raise DataError(f"--data given {len(sources)} time(s); the estimator needs at least 2 known datasets.")
+    defaults, paper = FitConfig(seed=seed), LossConfig()
+    loss = dataclasses.replace(paper, alpha=paper.alpha if alpha is None else alpha, beta=paper.beta if beta is None else beta)
+    cfg = dataclasses.replace(defaults, steps=steps or defaults.steps, batch=batch or defaults.batch,
+                              max_films=max_films or defaults.max_films, loss=loss)
+    films = {name: load_films(film_paths(path), desc=f"reading {name}") for name, path in sources.items()}
+    info = fit_estimator(films, out, cfg, sources=sources, resume=resume, force=force, threads=threads)
+    click.echo(f"estimator {out}: {len(films)} datasets, EQC {info['eqc']:.3f}, {info['training']['seconds'] / 60:.1f} min")
+
+
+@similarity_group.command("attach")
+@click.argument("estimator", type=click.Path(exists=True, path_type=Path))
+@click.argument("bundle", type=click.Path(exists=True, path_type=Path))
+@click.option("--data", required=True, type=click.Path(exists=True, path_type=Path),
+              help="The bundle's training films (folder or CSV; its normals are used).")
+@click.option("--holdout", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Normal films of the same site the bundle did not train on, for the drift threshold "
+                   "(default: 20 % of --data, by patient).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Replace an attached estimator.")
+@friendly_errors
+def attach_command(estimator: Path, bundle: Path, data: Path, holdout: Path | None, seed: int, force: bool) -> None:
+    """Store the training films' 2-D points, the estimator and drift thresholds in BUNDLE (no pixels)."""
+    from .attach import attach
+
+    info = attach(estimator, bundle, data, holdout=holdout, seed=seed, force=force)
+    thr = ", ".join(f"{k} films: {v:.3f}" for k, v in info["thresholds"].items())
+    click.echo(f"attached estimator {info['estimator']['sha256'][:12]}… to {bundle} "
+               f"({info['films']['reference']} reference, {info['films']['held_out']} held-out films); drift thresholds {thr}")
+
+
+@similarity_group.command("rank")
+@click.option("--estimator", required=True, type=click.Path(exists=True, path_type=Path), help="Estimator directory.")
+@click.option("--target", required=True, type=click.Path(exists=True, path_type=Path), help="The new site's films (folder or CSV).")
+@click.option("--candidate", "candidates", multiple=True, required=True, metavar="NAME=BUNDLE_OR_DATA",
+              help="A bundle with an attached estimator, or a folder/CSV of films; repeat.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the ranking here ('-' for stdout).")
+@click.option("--plot", type=click.Path(path_type=Path), default=None,
+              help="Scatter PNG of the collections (default: beside --json, same name .png).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime threads.")
+@friendly_errors
+def rank_command(estimator: Path, target: Path, candidates: Sequence[str], json_out: Path | None, plot: Path | None,
+                 threads: int | None) -> None:
+    """Rank candidate bundles or datasets by ASAP distance to the target films, nearest first."""
+    from .attach import collection
+    from .distance import rank
+    from .estimator import Estimator, film_paths
+    from .plot import scatter_png
+
+    t0 = time.perf_counter()
+    named = _pairs(candidates, "--candidate")
+    est = Estimator.load(estimator)
+    latent = est.latent(threads)
+    points = {name: collection(spec, latent, est.sha256) for name, spec in named.items()}
+    target_pts = latent.embed_files(film_paths(target), desc="embedding target films")
+    ranking = rank(target_pts, points)
+    payload = {
+        "schema": RANKING_SCHEMA, "target": str(target),
+        "estimator": {"path": str(estimator), "sha256": est.sha256, "eqc": est.info.get("eqc")},
+        "films": {"target": len(target_pts), **{n: len(p) for n, p in points.items()}},
+        "ranking": [{"candidate": r.candidate, "distance": r.distance} for r in ranking],
+        "seconds": time.perf_counter() - t0,
+    }
+    width = max(len(r.candidate) for r in ranking)
+    table = "\n".join([f"{'rank':>4}  {'candidate'.ljust(width)}  distance"]
+                      + [f"{i:>4}  {r.candidate.ljust(width)}  {r.distance:.4f}" for i, r in enumerate(ranking, 1)])
+    png = plot or (json_out.with_suffix(".png") if json_out is not None and str(json_out) != "-" else None)
+    if png is not None:
+        key = f"target: {target.name}"
+        scatter_png({**points, key: target_pts}, png, target=key, title=f"ASAP latent space: {target.name} vs candidates")
+    if json_out is not None and str(json_out) == "-":
+        click.echo(json.dumps(payload, indent=2))
+        return
+    click.echo(table)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(json_out, (json.dumps(payload, indent=2) + "\n").encode("utf-8"))
+        click.echo(f"ranking → {json_out}" + (f", scatter → {png}" if png else ""), err=True)
+    elif png is not None:
+        click.echo(f"scatter → {png}", err=True)
+    sys.stdout.flush()
