@@ -37,7 +37,11 @@ class OpenVinoRunner(Runner):
     }
 
     def __init__(
-        self, graph: BundleGraph, *, max_batch: int = 32, device: str | None = None,
+        self,
+        graph: BundleGraph,
+        *,
+        max_batch: int = 32,
+        device: str | None = None,
         threads: int | None = None,
     ) -> None:
         super().__init__(graph, max_batch=max_batch, device=device)
@@ -74,9 +78,7 @@ class OpenVinoRunner(Runner):
 
         path = self.graph.path
         if not path.is_file():
-            raise BundleError(
-                f"{path}: graph file missing from the bundle. Re-copy or re-export the bundle."
-            )
+            raise BundleError(f"{path}: graph file missing from the bundle. Re-copy or re-export the bundle.")
         core = ov.Core()
         try:
             model = core.read_model(str(path))  # the ONNX frontend; external data is read from beside it
@@ -138,11 +140,13 @@ class OpenVinoRunner(Runner):
 
         info: dict[str, Any] = {**super().info(), "library": f"openvino {ov.get_version()}"}
         if self.compiled is not None:
-            info.update({
-                "inference_precision": self.inference_precision,
-                "inference_num_threads": int(self.compiled.get_property(props.inference_num_threads)),
-                "num_streams": int(self.compiled.get_property(props.num_streams)),
-                "performance_mode": str(self.compiled.get_property(hints.performance_mode)),
-                "cpu": str(ov.Core().get_property(OV_DEVICE, props.device.full_name)),
-            })
+            info.update(
+                {
+                    "inference_precision": self.inference_precision,
+                    "inference_num_threads": int(self.compiled.get_property(props.inference_num_threads)),
+                    "num_streams": int(self.compiled.get_property(props.num_streams)),
+                    "performance_mode": str(self.compiled.get_property(hints.performance_mode)),
+                    "cpu": str(ov.Core().get_property(OV_DEVICE, props.device.full_name)),
+                }
+            )
         return info

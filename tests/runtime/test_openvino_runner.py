@@ -29,9 +29,13 @@ FILMS = sorted(SAMPLE_EVAL.rglob("*.jpeg"))
 FP32_MAX_ABS_SCORE_DIFF = 1e-5
 
 
-def score_films(bundle: Path, runtime: str, precision: str = "fp32", batch: int = 8) -> tuple[np.ndarray, list[int]]:
+def score_films(
+    bundle: Path, runtime: str, precision: str = "fp32", batch: int = 8
+) -> tuple[np.ndarray, list[int]]:
     """Every score of the registry for the shipped films (rows), and the labels, with `runtime`."""
-    with Scorer.from_bundle(bundle, runtime=runtime, precision=precision, max_batch=batch, threads=1) as scorer:
+    with Scorer.from_bundle(
+        bundle, runtime=runtime, precision=precision, max_batch=batch, threads=1
+    ) as scorer:
         results = scorer.score(FILMS)
     assert all(r.ok for r in results), [r.error for r in results if not r.ok]
     scores = np.array([[r.scores[name] for name in SCORES] for r in results])
@@ -74,25 +78,36 @@ def test_fp32_scores_equal_onnxruntime_and_labels_agree(tiny_bundle: Path) -> No
 
 
 @pytest.mark.parametrize("fixture", ["tiny_bundle", "bank_input_bundle", "external_bank_bundle"])
-def test_dynamic_batch_matches_onnxruntime_on_every_bundle_form(fixture: str, request: pytest.FixtureRequest) -> None:
-    """Batches 1, 3 and 8 through one compiled model; the bank as initializer, as an input and as external data."""
+def test_dynamic_batch_matches_onnxruntime_on_every_bundle_form(
+    fixture: str, request: pytest.FixtureRequest
+) -> None:
+    """Batches 1, 3 and 8 through one compiled model; the bank as initializer, as input, as external data."""
     bundle: Path = request.getfixturevalue(fixture)
     graph = BundleGraph.from_manifest(bundle, read_manifest(bundle))
     with np.load(bundle / "reference.npz", allow_pickle=False) as ref:
         images = ref["image"]
     static = graph.static_feed()
-    with create_runner("openvino", graph, max_batch=8) as ov, create_runner("onnxruntime", graph, max_batch=8) as ort:
+    with (
+        create_runner("openvino", graph, max_batch=8) as ov,
+        create_runner("onnxruntime", graph, max_batch=8) as ort,
+    ):
         for batch in (1, 3, 8):
             feed = {"image": np.ascontiguousarray(images[:batch]), **static}
             got, want = ov.infer(feed), ort.infer(feed)
             assert list(got) == [t.name for t in graph.spec.outputs]
             for name, value in want.items():
                 assert got[name].shape == value.shape and got[name].dtype == value.dtype
-                assert float(np.max(np.abs(got[name] - value))) <= FP32_MAX_ABS_SCORE_DIFF, (fixture, batch, name)
+                assert float(np.max(np.abs(got[name] - value))) <= FP32_MAX_ABS_SCORE_DIFF, (
+                    fixture,
+                    batch,
+                    name,
+                )
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
-def test_every_graph_is_compiled_for_f32_arithmetic(precision: str, calibrated_bundle: Callable[[str], Path]) -> None:
+def test_every_graph_is_compiled_for_f32_arithmetic(
+    precision: str, calibrated_bundle: Callable[[str], Path]
+) -> None:
     """Read back from the compiled model: on an AVX512-BF16/AMX CPU the default would be bf16."""
     import openvino as ov
     import openvino.properties.hint as hints
@@ -108,8 +123,10 @@ def test_every_graph_is_compiled_for_f32_arithmetic(precision: str, calibrated_b
 
 
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
-def test_fp16_and_int8_pass_parity_beside_onnxruntime(precision: str, calibrated_bundle: Callable[[str], Path]) -> None:
-    """The variant graphs run and stay within the fixtures' tolerances, as ONNX Runtime's do, through compare()."""
+def test_fp16_and_int8_pass_parity_beside_onnxruntime(
+    precision: str, calibrated_bundle: Callable[[str], Path]
+) -> None:
+    """The variants run and stay within the fixtures' tolerances, like ONNX Runtime's, through compare()."""
     bundle = calibrated_bundle(precision)
     report = compare(bundle, ["onnxruntime", "openvino"], [precision])
     assert report.passed, "\n".join(report.failures)
@@ -121,10 +138,12 @@ def test_fp16_and_int8_pass_parity_beside_onnxruntime(precision: str, calibrated
 
 def test_salad_parity_runs_openvino(tiny_bundle: Path, tmp_path: Path) -> None:
     out = tmp_path / "parity.json"
-    result = CliRunner().invoke(parity_command, [str(tiny_bundle), "--runtime", "openvino", "--json", str(out)])
+    result = CliRunner().invoke(
+        parity_command, [str(tiny_bundle), "--runtime", "openvino", "--json", str(out)]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text(encoding="utf-8"))
-    rows = report["rows"] if "rows" in report else [report]
+    rows = report.get("rows", [report])
     assert [(r["runtime"], r["precision"]) for r in rows] == [("openvino", "fp32")]
     assert rows[0]["passed"] and rows[0]["label_agreement"] == 1.0
     assert rows[0]["max_abs_score_diff"] <= FP32_MAX_ABS_SCORE_DIFF
@@ -132,15 +151,38 @@ def test_salad_parity_runs_openvino(tiny_bundle: Path, tmp_path: Path) -> None:
 
 def test_salad_bench_runs_openvino(tiny_bundle: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    result = CliRunner().invoke(bench_command, [
-        str(tiny_bundle), "--runtime", "openvino", "--batch", "1,2", "--iters", "3", "--warmup", "1", "--films", "4",
-        "--threads", "1", "--json", str(out),
-    ])
+    result = CliRunner().invoke(
+        bench_command,
+        [
+            str(tiny_bundle),
+            "--runtime",
+            "openvino",
+            "--batch",
+            "1,2",
+            "--iters",
+            "3",
+            "--warmup",
+            "1",
+            "--films",
+            "4",
+            "--threads",
+            "1",
+            "--json",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = json.loads(out.read_text(encoding="utf-8"))["results"]
-    assert [(r["runtime"], r["batch"]) for r in rows] == [("torch", 1), ("torch", 2), ("openvino", 1), ("openvino", 2)]
+    assert [(r["runtime"], r["batch"]) for r in rows] == [
+        ("torch", 1),
+        ("torch", 2),
+        ("openvino", 1),
+        ("openvino", 2),
+    ]
     for r in rows[2:]:
-        assert 0 < r["p50_ms"] and r["speedup_vs_torch"] > 0
+        assert r["p50_ms"] > 0 and r["speedup_vs_torch"] > 0
         info = r["runtime_info"]
         assert info["library"].startswith("openvino ") and info["inference_precision"] == "f32"
-        assert info["inference_num_threads"] == 1  # bench's --threads reached the runner through Runner.options
+        assert (
+            info["inference_num_threads"] == 1
+        )  # bench's --threads reached the runner through Runner.options
