@@ -1,13 +1,14 @@
-"""salad.runtime: score bundles with PyTorch (reference), ONNX Runtime or TensorRT behind one Runner API.
+"""salad.runtime: score bundles with PyTorch (reference), ONNX Runtime, OpenVINO or TensorRT: one Runner API.
 
-Importing this package registers the three backends without importing torch, onnx, onnxruntime or
-tensorrt: each backend imports its library when a runner activates, and a missing one raises
+Importing this package registers the four backends without importing torch, onnx, onnxruntime, openvino
+or tensorrt: each backend imports its library when a runner activates, and a missing one raises
 BackendUnavailableError naming the extra to install.
 """
 
 from __future__ import annotations
 
-from . import onnxruntime_runner, tensorrt_runner, torch_runner  # noqa: F401  (registers the backends)
+# Importing the modules registers the backends.
+from . import onnxruntime_runner, openvino_runner, tensorrt_runner, torch_runner  # noqa: F401
 from .base import (
     RUNNERS,
     BundleGraph,
@@ -19,6 +20,7 @@ from .base import (
     runner_names,
 )
 from .onnxruntime_runner import OnnxRuntimeRunner
+from .openvino_runner import OpenVinoRunner
 from .parity import ParityReport, ParityRow, compare
 from .scorer import Result, Scorer, Timings
 from .tensorrt_runner import TensorRTRunner
@@ -41,5 +43,6 @@ __all__ = [
     "ParityRow",
     "TorchRunner",
     "OnnxRuntimeRunner",
+    "OpenVinoRunner",
     "TensorRTRunner",
 ]

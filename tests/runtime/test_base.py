@@ -62,7 +62,8 @@ def test_importing_the_runtime_and_its_cli_loads_no_heavy_library() -> None:
 
 
 def test_unknown_runtime_lists_the_registered_ones(tiny_bundle: Path) -> None:
-    with pytest.raises(SaladError, match=r"unknown runtime 'tflite'; expected one of \['onnxruntime', 'tensorrt', 'torch'"):
+    expected = r"unknown runtime 'tflite'; expected one of \['onnxruntime', 'openvino', 'tensorrt', 'torch'"
+    with pytest.raises(SaladError, match=expected):
         create_runner("tflite", model_graph(tiny_bundle))
 
 

@@ -102,7 +102,7 @@ def test_json_to_stdout(tiny_bundle: Path, film_folder: Path) -> None:
 def test_runtime_choices_come_from_the_registry(tiny_bundle: Path, film_folder: Path) -> None:
     result = CliRunner().invoke(score_command, [str(tiny_bundle), str(film_folder), "--runtime", "tflite"])
     assert result.exit_code == 2
-    assert "'tflite' is not one of 'onnxruntime', 'tensorrt', 'torch'" in result.output
+    assert "'tflite' is not one of 'onnxruntime', 'openvino', 'tensorrt', 'torch'" in result.output
 
 
 def test_score_is_registered_in_the_salad_group() -> None:
