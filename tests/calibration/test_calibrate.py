@@ -287,3 +287,14 @@ def test_other_bundle_forms_keep_their_bank(form: str, tiny_run: Path, tmp_path:
         assert [i.name for i in proto.graph.input] == ["image", "bank"]
     report = compare(bundle, ["onnxruntime"], ["fp16"])
     assert report.passed, report.failures
+
+
+def test_the_gate_is_every_cpu_runtime_installed_here(calibrated: Calibrated) -> None:
+    """A variant is accepted only when ONNX Runtime and OpenVINO (both in the dev install) each meet its tolerances."""
+    from salad.calibration.search import gate_runtimes
+
+    assert gate_runtimes() == ["onnxruntime", "openvino"]
+    for precision in VARIANTS:
+        data = json.loads((calibrated.path / "calibration" / f"{precision}.json").read_text())
+        gate = [n for n in data["notes"] if n.startswith("gate runtimes:")]
+        assert len(gate) == 1 and "onnxruntime" in gate[0] and "openvino" in gate[0], data["notes"]
