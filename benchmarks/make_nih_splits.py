@@ -5,7 +5,7 @@ are held out with all their films. Stratified by whether a patient has any abnor
 split is the same on every machine. Run once; the CSVs are committed.
 
 The training patients are split once more, the same way, into nih_dev_{train,val}.csv (70 / 30 %): the NIH
-development split, the only NIH data recipes may be chosen on. The held-out patients are never looked at
+development split, the only NIH data recipes may be chosen on; nih_dev_train_pa.csv keeps its PA films only. The held-out patients are never looked at
 while choosing.
 """
 
@@ -55,6 +55,7 @@ def main() -> None:
     write("nih_holdout.csv", [r for r in rows if r["patient_id"] in held])
     dev_val = held_out(train, DEV_VAL, np.random.default_rng(SEED + 1))
     write("nih_dev_train.csv", [r for r in train if r["patient_id"] not in dev_val])
+    write("nih_dev_train_pa.csv", [r for r in train if r["patient_id"] not in dev_val and r["view_position"] == "PA"])
     write("nih_dev_val.csv", [r for r in train if r["patient_id"] in dev_val])
 
 

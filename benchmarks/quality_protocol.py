@@ -39,6 +39,8 @@ SPLIT_FILES = {
     "nih": ("nih_train.csv", "nih_holdout.csv"),
     # The NIH development split (the NIH training patients split 70/30): where NIH-specific choices are made.
     "nih-dev": ("nih_dev_train.csv", "nih_dev_val.csv"),
+    # The same, with a bank of PA normals only (PA films are the standard view; portable AP normals are not).
+    "nih-dev-pa": ("nih_dev_train_pa.csv", "nih_dev_val.csv"),
     # The paper's known-anomaly setting on dev: dev_train's normals + pneumonia films of other patients to draw from.
     "dev-ar": ("dev_train_ar.csv", "dev_val.csv"),
 }
