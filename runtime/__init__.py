@@ -7,7 +7,7 @@ BackendUnavailableError naming the extra to install.
 
 from __future__ import annotations
 
-from . import onnxruntime_runner, tensorrt_runner, torch_runner  # noqa: F401  (registers the backends)
+from . import onnxruntime_runner, tensorrt_runner, torch_runner, triton_client  # noqa: F401  (registers the backends)
 from .base import (
     RUNNERS,
     BundleGraph,
@@ -23,6 +23,7 @@ from .parity import ParityReport, ParityRow, compare
 from .scorer import Result, Scorer, Timings
 from .tensorrt_runner import TensorRTRunner
 from .torch_runner import TorchRunner
+from .triton_client import TritonRunner
 
 __all__ = [
     "RUNNERS",
@@ -40,6 +41,7 @@ __all__ = [
     "ParityReport",
     "ParityRow",
     "TorchRunner",
+    "TritonRunner",
     "OnnxRuntimeRunner",
     "TensorRTRunner",
 ]
