@@ -107,7 +107,7 @@ def rejection(row: Any, max_auc_drop: float | None, attempts: list[Attempt], pre
 
 
 def gate_runtimes() -> list[str]:
-    """The CPU runtimes a variant must pass on: every registered one that can run here, but the reference (torch).
+    """The CPU runtimes a variant must pass on: every local one that can run here, but the reference (torch).
 
     A console may score with any of them (ONNX Runtime, OpenVINO, …) and their int8 kernels round differently,
     so a variant is accepted only when each of them meets the tolerances, not only the first.
@@ -115,7 +115,8 @@ def gate_runtimes() -> list[str]:
     from salad.runtime import RUNNERS, available_runners
 
     ready = available_runners()
-    return [n for n, cls in RUNNERS.items() if n != "torch" and "cpu" in cls.devices and ready[n] is None]
+    return [n for n, cls in RUNNERS.items()
+            if n != "torch" and "cpu" in cls.devices and not cls.required and ready[n] is None]  # no remote server
 
 
 def _parity(root: Path, precision: str, data_labelled: Any) -> Any:

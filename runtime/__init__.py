@@ -8,7 +8,7 @@ BackendUnavailableError naming the extra to install.
 from __future__ import annotations
 
 # Importing the modules registers the backends.
-from . import onnxruntime_runner, openvino_runner, tensorrt_runner, torch_runner  # noqa: F401
+from . import onnxruntime_runner, openvino_runner, tensorrt_runner, torch_runner, triton_client  # noqa: F401
 from .base import (
     RUNNERS,
     BundleGraph,
@@ -25,6 +25,7 @@ from .parity import ParityReport, ParityRow, compare
 from .scorer import Result, Scorer, Timings
 from .tensorrt_runner import TensorRTRunner
 from .torch_runner import TorchRunner
+from .triton_client import TritonRunner
 
 __all__ = [
     "RUNNERS",
@@ -42,6 +43,7 @@ __all__ = [
     "ParityReport",
     "ParityRow",
     "TorchRunner",
+    "TritonRunner",
     "OnnxRuntimeRunner",
     "OpenVinoRunner",
     "TensorRTRunner",

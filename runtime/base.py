@@ -122,6 +122,8 @@ class Runner(ABC):
     #: The backend's own constructor options (keyword → what it does), beyond BASE_OPTIONS: commands and
     #: benchmarks read these instead of testing runner names.
     options: ClassVar[dict[str, str]] = {}
+    #: Options without which the backend cannot run (a remote runtime's server URL).
+    required: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, graph: BundleGraph, *, max_batch: int = 32, device: str | None = None) -> None:
         if max_batch < 1:
@@ -382,6 +384,12 @@ def create_runner(name: str, graph: BundleGraph, **options: Any) -> Runner:
     An option the backend does not declare (Runner.options) is a SaladError listing the ones it takes.
     """
     cls = runner_class(name)
+    missing = [o for o in cls.required if options.get(o) is None]
+    if missing:
+        raise ConfigError(
+            f"the {name} runtime needs option(s) {missing} ({'; '.join(f'{o}: {cls.options[o]}' for o in missing)}), "
+            f"e.g. `salad score BUNDLE FILMS --runtime {name} --url http://HOST:8000`."
+        )
     unknown = sorted(set(options) - set(BASE_OPTIONS) - set(cls.options))
     if unknown:
         raise SaladError(

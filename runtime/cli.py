@@ -16,10 +16,11 @@ import click
 
 from salad.clitools import LazyChoice, friendly_errors
 from salad.data import Unreadable, scan_images
+from salad.errors import ConfigError
 from salad.manifest import PRECISIONS
 from salad.tables import fixed_width
 
-from .base import runner_names
+from .base import runner_class, runner_names
 from .parity import compare, parse_tolerance_options
 from .scorer import Result, Scorer
 
@@ -38,6 +39,8 @@ LABELS = {0: "normal", 1: "abnormal"}
               help="Images per inference call (the engine's maximum batch).")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
               help="Write {results, runtime, precision} here instead of printing a table ('-' for stdout).")
+@click.option("--url", default=None, metavar="URL",
+              help="The server of a remote runtime (--runtime triton): http://HOST:8000 or grpc://HOST:8001.")
 @click.option("--triton", "triton_url", default=None, metavar="URL",
               help="Score on a Triton Inference Server serving this bundle (written by `salad export-triton`): "
                    "http://HOST:8000 or grpc://HOST:8001. Replaces --runtime and --device.")
@@ -51,7 +54,7 @@ LABELS = {0: "normal", 1: "abnormal"}
 @friendly_errors
 def score_command(
     bundle: Path, paths: Sequence[Path], runtime: str, precision: str, device: str | None, batch: int, json_out: Path | None,
-    triton_url: str | None, triton_model: str, drift: bool = False, drift_window: int = 50,
+    url: str | None, triton_url: str | None, triton_model: str, drift: bool = False, drift_window: int = 50,
 ) -> None:
     """Score X-ray files, folders (searched recursively) and DICOM with BUNDLE.
 
@@ -65,12 +68,13 @@ def score_command(
         from salad.similarity.attach import DriftGuard
 
         guard = DriftGuard.from_bundle(bundle)
-    if triton_url is not None:
-        from .triton_client import triton_scorer
-
-        scorer = triton_scorer(bundle, triton_url, model=triton_model, precision=precision, max_batch=batch)
-    else:
-        scorer = Scorer.from_bundle(bundle, runtime=runtime, precision=precision, device=device, max_batch=batch)
+    if triton_url is not None:  # --triton URL is --runtime triton --url URL
+        runtime, url = "triton", triton_url
+    backend = runner_class(runtime)
+    if url is not None and "url" not in backend.options:
+        raise ConfigError(f"--url is for a remote runtime (--runtime triton); the {runtime} runtime runs on this machine.")
+    remote = {k: v for k, v in (("url", url), ("model", triton_model)) if k in backend.options}
+    scorer = Scorer.from_bundle(bundle, runtime=runtime, precision=precision, device=device, max_batch=batch, **remote)
     files = [e for e in entries if isinstance(e, Path)]
     with scorer:
         scored = iter(scorer.score(files, on_error="record") if files else [])

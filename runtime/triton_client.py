@@ -23,7 +23,7 @@ import numpy as np
 from salad.errors import BackendUnavailableError, BundleError, SaladError
 from salad.manifest import read_manifest
 
-from .base import BATCH, BundleGraph, Runner
+from .base import BATCH, BundleGraph, Runner, importable, register_runner
 from .scorer import IMAGE_INPUT, Scorer
 
 PROTOCOLS = {"http": ("http", False), "https": ("http", True), "grpc": ("grpc", False), "grpcs": ("grpc", True)}
@@ -56,6 +56,7 @@ def _client_module(protocol: str) -> Any:
     return module
 
 
+@register_runner("triton", extra="triton", devices=("cpu",))
 class TritonRunner(Runner):
     """Runs the bundle's "model" graph remotely: the ensemble a `salad export-triton` repository serves.
 
@@ -63,17 +64,15 @@ class TritonRunner(Runner):
     scalar that Triton returns as [b, 1] is handed back as [b], the manifest's shape.
     """
 
-    name = "triton"
-    extra = "tritonclient[http]"
-    devices = ("cpu",)
+    required: ClassVar[tuple[str, ...]] = ("url",)
     options: ClassVar[dict[str, str]] = {
         "url": "the server: http://host:8000 or grpc://host:8001", "model": "the served ensemble's name",
         "timeout_s": "seconds to wait for the server",
     }
 
     def __init__(self, graph: BundleGraph, *, url: str, model: str = DEFAULT_MODEL, max_batch: int = 32,
-                 timeout_s: float = 60.0) -> None:
-        super().__init__(graph, max_batch=max_batch, device=None)
+                 timeout_s: float = 60.0, device: str | None = None) -> None:
+        super().__init__(graph, max_batch=max_batch, device=device)  # the console's side: the GPU is the server's
         self.url = url
         self.protocol, self.address, self.ssl = parse_url(url)
         self.model = model
@@ -81,6 +80,12 @@ class TritonRunner(Runner):
         self.client: Any = None
         self._module: Any = None
         self.server_config: dict[str, Any] = {}
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        if not importable("tritonclient"):
+            return "tritonclient is not installed: `pip install 'salad-edge[triton]'`."
+        return None
 
     @property
     def device(self) -> str:

@@ -93,7 +93,7 @@ def run_demo(
     from salad.calibration.tolerances import default_tolerances
     from salad.export import export_bundle
     from salad.runtime import Scorer, compare
-    from salad.runtime.base import available_runners
+    from salad.runtime.base import available_runners, runner_class
     from salad.runtime.bench import run_bench
     from salad.train.evaluate import evaluate_run
     from salad.train.trainer import CPU, train_run
@@ -168,7 +168,9 @@ def run_demo(
 
     # Every deployable runtime × every precision in the bundle, each against the PyTorch reference
     # (the torch runner *is* that reference, so it is not a row of its own).
-    runtimes = [name for name, why_not in available_runners().items() if why_not is None and name != "torch"]
+    # A remote runtime (triton) needs a server of its own, so it is not one of the demo's rows.
+    runtimes = [name for name, why_not in available_runners().items()
+                if why_not is None and name != "torch" and not runner_class(name).required]
 
     def do_parity() -> tuple[Any, str]:
         report = compare(bundle, runtimes=runtimes, precisions=None, data=eval_data)

@@ -327,3 +327,27 @@ def test_a_calibrated_variant_served_by_triton_scores_as_it_does_locally(
         want = local.score(_films())
     assert np.allclose([r.score for r in got], [r.score for r in want], atol=1e-5)
     assert [r.label for r in got] == [r.label for r in want]
+
+
+def test_triton_is_a_registered_runtime(tiny_bundle: Path, server: tuple[FakeTriton, str, str], film_folder: Path,
+                                        tmp_path: Path) -> None:
+    """`salad score --runtime triton --url URL` is `--triton URL`; without --url the error names the option."""
+    from click.testing import CliRunner
+
+    from salad.runtime import runner_names
+    from salad.runtime.cli import score_command
+
+    assert "triton" in runner_names()
+    _, url, _ = server
+    out = tmp_path / "scores.json"
+    args = [str(tiny_bundle), str(film_folder), "--runtime", "triton", "--batch", "4", "--json", str(out)]
+    result = CliRunner().invoke(score_command, [*args, "--url", url])
+    assert result.exit_code == 0, result.output
+    by_option = json.loads(out.read_text(encoding="utf-8"))["results"]
+    by_alias = score_on_triton(score_command, tiny_bundle, film_folder, url, tmp_path / "again.json")["results"]
+    assert [{k: v for k, v in r.items() if k != "ms"} for r in by_option] == [
+        {k: v for k, v in r.items() if k != "ms"} for r in by_alias]
+    missing = CliRunner().invoke(score_command, args)
+    assert missing.exit_code == 1 and "the triton runtime needs option(s) ['url']" in missing.output
+    misplaced = CliRunner().invoke(score_command, [str(tiny_bundle), str(film_folder), "--url", url])
+    assert misplaced.exit_code == 1 and "--url is for a remote runtime" in misplaced.output
