@@ -13,7 +13,7 @@ import hashlib
 import importlib.util
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -71,6 +71,21 @@ class BundleGraph:
     def path(self) -> Path:
         """The graph's file, confined to the bundle and listed with its sha256 (Manifest.path_of)."""
         return self.manifest.path_of(self.root, self.spec.file)
+
+    def check_io(self, inputs: Sequence[str], outputs: Sequence[str], *, input_count: int | None = None,
+                 what: str = "graph", fix: str = "Re-export the bundle.") -> None:
+        """A loaded backend's tensor names must be the manifest's: its exact inputs, at least its outputs.
+
+        `input_count` is the number of input ports when a port can carry several names (OpenVINO).
+        """
+        want_in = [t.name for t in self.spec.inputs]
+        want_out = [t.name for t in self.spec.outputs]
+        count = len(inputs) if input_count is None else input_count
+        if count != len(want_in) or not set(want_in) <= set(inputs) or not set(want_out) <= set(outputs):
+            raise BundleError(
+                f"{self.path}: {what} has inputs {list(inputs)} and outputs {list(outputs)}; the manifest expects "
+                f"inputs {want_in} and outputs {want_out}. {fix}"
+            )
 
     @property
     def content_sha256(self) -> str:

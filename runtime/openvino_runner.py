@@ -99,16 +99,9 @@ class OpenVinoRunner(Runner):
 
     def _check_model(self) -> None:
         """The compiled model's inputs and outputs must be the manifest's (else a wrong or stale file)."""
-        got_in = [n for port in self.compiled.inputs for n in port.get_names()]
-        got_out = [n for port in self.compiled.outputs for n in port.get_names()]
-        want_in = [t.name for t in self.spec.inputs]
-        want_out = [t.name for t in self.spec.outputs]
-        same_inputs = len(self.compiled.inputs) == len(want_in) and set(want_in) <= set(got_in)
-        if not same_inputs or not set(want_out) <= set(got_out):
-            raise BundleError(
-                f"{self.graph.path}: graph has inputs {got_in} and outputs {got_out}; the manifest expects "
-                f"inputs {want_in} and outputs {want_out}. Re-export the bundle."
-            )
+        self.graph.check_io([n for port in self.compiled.inputs for n in port.get_names()],
+                            [n for port in self.compiled.outputs for n in port.get_names()],
+                            input_count=len(self.compiled.inputs))
 
     @property
     def inference_precision(self) -> str | None:

@@ -270,13 +270,8 @@ class EngineLoader:
     def _check_engine(self, trt_mod: Any, engine: trt.ICudaEngine) -> None:
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt_mod.TensorIOMode.INPUT]
-        want_in = [t.name for t in self.spec.inputs]
-        want_out = [t.name for t in self.spec.outputs]
-        if sorted(inputs) != sorted(want_in) or not set(want_out) <= set(names):
-            raise BundleError(
-                f"{self.graph.path}: engine has tensors {names} (inputs {inputs}); the manifest expects inputs {want_in} "
-                f"and outputs {want_out}. Re-export the bundle or rebuild the engine (rebuild=True)."
-            )
+        self.graph.check_io(inputs, [n for n in names if n not in inputs], what="engine",
+                            fix="Re-export the bundle or rebuild the engine (rebuild=True).")
         for t in [*self.spec.inputs, *self.spec.outputs]:
             got = np.dtype(trt_mod.nptype(engine.get_tensor_dtype(t.name)))
             if got != np.dtype(t.dtype):
