@@ -20,6 +20,7 @@ import onnx
 import salad
 from salad.data import Sample, list_hash
 from salad.errors import ExportValidationError, SaladError
+from salad.fsutil import parse_json
 from salad.manifest import DEFAULT_TOLERANCES, GraphSpec, Manifest, atomic_directory, sha256_file
 from salad.merge import merge_encoder_scorer
 from salad.scoring import NORM_EPS, SCORE_DEFINITIONS, SCORE_NAMES, check_k
@@ -69,10 +70,7 @@ def read_run_config(run: Path) -> dict[str, Any]:
     path = run / "config.json"
     if not path.is_file():
         raise SaladError(f"{path}: missing, so {run} is not a run directory written by `salad train`.")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SaladError(f"{path}: not valid JSON ({exc}); the run directory is damaged.") from exc
+    config = parse_json(path.read_bytes(), path, SaladError, "The run directory is damaged.")
     version = config.get("schema_version") if isinstance(config, dict) else None
     if version != RUN_SCHEMA:
         raise SaladError(

@@ -20,6 +20,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -30,8 +31,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
-from salad.errors import BundleError
+from salad.errors import BundleError, SaladError
 
 #: Seconds a writer waits for another writer's lock before giving up (environment override).
 LOCK_TIMEOUT_ENV = "SALAD_LOCK_TIMEOUT_S"
@@ -301,3 +303,11 @@ def fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def parse_json(data: str | bytes, path: Path, error: type[SaladError] = BundleError, fix: str = "") -> Any:
+    """The JSON in `data` (read from `path`); damaged or non-UTF-8 content is `error` naming the file and the fix."""
+    try:
+        return json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: not valid JSON ({exc}).{' ' + fix if fix else ''}") from exc

@@ -21,6 +21,7 @@ from typing import Any
 
 from salad.errors import BundleError
 from salad.fsutil import (
+    parse_json,
     write_atomic,
 )
 from salad.journal import (
@@ -233,10 +234,7 @@ def _load(root: Path) -> tuple[Manifest, bytes]:
     if not path.is_file():
         raise BundleError(f"{root}: not a bundle (no {MANIFEST}). Create one with `salad-export RUN --out {root}`.")
     data = path.read_bytes()
-    try:
-        raw = json.loads(data.decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path}: not valid JSON ({exc}).") from exc
+    raw = parse_json(data, path)
     version = raw.get("schema_version") if isinstance(raw, dict) else None
     if version != SCHEMA_VERSION:
         raise BundleError(

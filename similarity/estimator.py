@@ -7,7 +7,6 @@ schema and the sha256 of every file it reads (docs/similarity.md §3).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from tqdm import tqdm
 
 from salad.data import read_samples
 from salad.errors import BackendUnavailableError, BundleError, DataError
+from salad.fsutil import parse_json
 from salad.imageio import read_image
 from salad.manifest import confined, sha256_file
 from salad.preprocess import PreprocessConfig, preprocess
@@ -43,10 +43,7 @@ def read_info(root: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(root) / INFO
     if not path.is_file():
         raise BundleError(f"{root}: not a similarity estimator (no {INFO}). Create one with `salad similarity fit`.")
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path}: not valid JSON ({exc}); re-run `salad similarity fit`.") from exc
+    info = parse_json(path.read_bytes(), path, BundleError, "Re-run `salad similarity fit`.")
     if not isinstance(info, dict) or info.get("schema") != SCHEMA:
         got = info.get("schema") if isinstance(info, dict) else None
         raise BundleError(f"{path}: schema {got!r}; this salad-edge reads {SCHEMA!r}. Re-run `salad similarity fit`.")

@@ -103,3 +103,23 @@ def test_sigterm_during_export_leaves_no_temporary(tiny_run: Path, tmp_path: Pat
             proc.wait()
     assert proc.returncode != 0
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "a temporary directory or lock was left behind"
+
+
+def test_damaged_json_names_the_file_and_the_fix(bundle: Path, tiny_run: Path, tmp_path: Path) -> None:
+    """A truncated manifest.json or run config.json is a one-line typed error naming that file, not a traceback."""
+    import shutil
+
+    from salad.errors import SaladError
+    from salad.export.bundle import export_bundle
+
+    broken = tmp_path / "bundle"
+    shutil.copytree(bundle, broken)
+    text = (broken / "manifest.json").read_text()
+    (broken / "manifest.json").write_text(text[: len(text) // 2])
+    with pytest.raises(BundleError, match=r"manifest\.json: not valid JSON"):
+        read_manifest(broken)
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "config.json").write_bytes(b"\xff{")
+    with pytest.raises(SaladError, match=r"config\.json: not valid JSON .*The run directory is damaged\."):
+        export_bundle(run, tmp_path / "out")
