@@ -12,8 +12,8 @@ holdout=benchmarks/splits/kermany_holdout.csv
 mkdir -p "$out"
 .venv/bin/salad-export "$run" --out "$bundle" --force | tee "$out/export.txt"
 # ΔAUC measured on the held-out patients (a measurement: no --max-auc-drop, nothing is chosen on them).
-.venv/bin/salad calibrate "$bundle" --precision fp16 --data-labelled "$holdout" --report-dir "$out/calibration" --force
+.venv/bin/salad calibrate "$bundle" --precision fp16 --labelled "$holdout" --report-dir "$out/calibration" --force
 .venv/bin/salad calibrate "$bundle" --precision int8 --data benchmarks/splits/kermany_train.csv \
-  --data-labelled "$holdout" --report-dir "$out/calibration" --force
-.venv/bin/salad parity "$bundle" --runtime onnxruntime --runtime torch --data "$holdout" \
+  --labelled "$holdout" --report-dir "$out/calibration" --force
+.venv/bin/salad parity "$bundle" --runtime onnxruntime --runtime torch --labelled "$holdout" \
   --json "$out/parity.json" --markdown "$out/parity.md"

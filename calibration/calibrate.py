@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from salad.bundle import Bundle
-from salad.errors import BundleError, CalibrationError, SaladError
+from salad.errors import BundleError, CalibrationError, CalibrationRejectedError, SaladError
 from salad.fsutil import sigterm_as_interrupt, sweep_stale, writer_lock
 from salad.manifest import (
     Manifest,
@@ -57,6 +57,7 @@ def calibrate_bundle(
     force: bool = False,
     latency_runs: int = LATENCY_RUNS,
     raise_on_failure: bool = True,
+    threads: int | None = None,
 ) -> CalibrationReport:
     """Add the `precision` ("fp16" or "int8") variant of BUNDLE's encoder and merged model, in place.
 
@@ -107,14 +108,14 @@ def calibrate_bundle(
 
         with Staging(root, manifest, precision) as stage:
             builder = BUILDERS[precision](stage, BuildRequest(source, method, per_channel, min_channels))
-            found = search(builder, stage, tolerances, max_auc_drop, data_labelled)
+            found = search(builder, stage, tolerances, max_auc_drop, data_labelled, threads)
             fits, attempts, candidates, parity, row = found.fits, found.attempts, found.candidates, found.parity, found.row
             reference_films = _reference_film_auc(stage.path, precision)
             report = CalibrationReport(
                 bundle=str(root), precision=precision, accepted=fits,
                 graphs={manifest.graph_key(g, precision): f"{g}.{precision}.onnx" for g in VARIANT_GRAPHS},
                 settings=_settings(precision, data, method, per_channel, min_images, images, min_channels, max_auc_drop, data_labelled),
-                tolerances=tolerances, parity=parity.to_dict(), reference_films=reference_films,
+                tolerances=tolerances, parity=parity.row_dict(), reference_films=reference_films,
                 calibration=builder.calibration_summary(), layers_in_float=builder.layers_in_float(),
                 layer_errors=builder.layer_errors(), attempts=attempts if max_auc_drop is not None else [],
                 search_order=list(candidates or []),
@@ -123,7 +124,7 @@ def calibrate_bundle(
             report.sizes = file_sizes(stage.path, [manifest.graphs["encoder"].file, f"encoder.{precision}.onnx",
                                                    manifest.graphs["model"].file, f"model.{precision}.onnx"])
             report.environment = cpu_info()
-            report.latency = _latency(stage.path, stage.manifest(), precision, latency_runs)
+            report.latency = _latency(stage.path, stage.manifest(), precision, latency_runs, threads)
             if not fits:
                 report.failures = rejection(row, max_auc_drop, attempts, precision)
             unstage(report, stage.path, root)
@@ -134,9 +135,11 @@ def calibrate_bundle(
             if not fits and raise_on_failure:
                 stays = (f" (its {precision} variant and that variant's report {root / REPORT_DIR / (precision + '.md')} stay as they were)"
                         if existing else "")
-                raise CalibrationError(
+                raise CalibrationRejectedError(
                     f"{root}: the {precision} variant was not added:\n  " + "\n  ".join(report.failures)
-                    + f"\nThe bundle is unchanged{stays}. Report of this rejected attempt: {report.files['markdown']}"
+                    + f"\nThe bundle is unchanged{stays}. Report of this rejected attempt: {report.files['markdown']}",
+                    failures=[{"check": "calibration gate", "message": line} for line in report.failures]
+                    + parity.failure_records,
                 )
             if fits:
                 stage.commit(precision, report, in_bundle)
@@ -156,9 +159,9 @@ def _check_request(
     if method not in CALIBRATION_METHODS:
         problems.append(f"--method {method!r}: expected one of {list(CALIBRATION_METHODS)}")
     if images is not None and images < 1:
-        problems.append(f"--images {images}: expected a positive number of films")
+        problems.append(f"--films {images}: expected a positive number of films")
     if min_images < 1:
-        problems.append(f"--min-images {min_images}: expected a positive number")
+        problems.append(f"--min-films {min_images}: expected a positive number")
     if min_channels < 0:
         problems.append(f"--min-channels {min_channels}: expected ≥ 0")
     if latency_runs < 1:
@@ -167,9 +170,9 @@ def _check_request(
         if not (0 <= max_auc_drop < 1):
             problems.append(f"--max-auc-drop {max_auc_drop}: expected a number in [0, 1), e.g. 0.005")
         if data_labelled is None:
-            problems.append("--max-auc-drop needs --data-labelled LABELLED (normal and abnormal films) to measure ΔAUC on")
+            problems.append("--max-auc-drop needs --labelled LABELLED (normal and abnormal films) to measure ΔAUC on")
     if data_labelled is not None and not Path(data_labelled).exists():
-        problems.append(f"--data-labelled {data_labelled}: no such file or folder")
+        problems.append(f"--labelled {data_labelled}: no such file or folder")
     if problems:
         raise CalibrationError("cannot calibrate:\n  " + "\n  ".join(problems))
 
@@ -180,7 +183,7 @@ def _require_torch_reference(root: Path, manifest: Manifest) -> None:
     reason = torch_reference_reason(root)
     if reason:
         raise CalibrationError(
-            f"--max-auc-drop measures ΔAUC against PyTorch on --data-labelled, but {reason}. "
+            f"--max-auc-drop measures ΔAUC against PyTorch on --labelled, but {reason}. "
             "Calibrate a bundle exported without --slim, on a machine with salad-edge[train]."
         )
 
@@ -192,10 +195,10 @@ def _require_both_classes(data_labelled: str | os.PathLike[str] | None) -> None:
     try:
         labels = {s.label for s in read_samples(Path(str(data_labelled)))}
     except DataError as exc:
-        raise CalibrationError(f"cannot read --data-labelled: {exc}") from exc
+        raise CalibrationError(f"cannot read --labelled: {exc}") from exc
     if labels != {0, 1}:
         raise CalibrationError(
-            f"--data-labelled {data_labelled} holds only label-{labels.pop() if labels else '?'} films; ΔAUC needs normal and "
+            f"--labelled {data_labelled} holds only label-{labels.pop() if labels else '?'} films; ΔAUC needs normal and "
             "abnormal ones (class folders normal/ + pneumonia/…, or a CSV path,label)."
         )
 
@@ -235,7 +238,7 @@ def _reference_film_auc(root: Path, precision: str) -> dict[str, Any]:
     return out
 
 
-def _latency(root: Path, manifest: Manifest, precision: str, runs: int) -> dict[str, Any]:
+def _latency(root: Path, manifest: Manifest, precision: str, runs: int, threads: int | None = None) -> dict[str, Any]:
     bundle = Bundle(root, manifest)
     images = bundle.load_reference(["image"])["image"]
     graphs, static = {}, {}
@@ -244,4 +247,4 @@ def _latency(root: Path, manifest: Manifest, precision: str, runs: int) -> dict[
             label = f"{name}.{p}"
             graphs[label] = bundle.graph_path(name, p)
             static[label] = bundle.static_feed(name, p)
-    return latency(graphs, images[: max(LATENCY_BATCHES)], static=static, runs=runs)
+    return latency(graphs, images[: max(LATENCY_BATCHES)], static=static, runs=runs, threads=threads)

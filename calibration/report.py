@@ -17,6 +17,8 @@ from typing import Any
 from .measure import Timed
 from .sensitivity import LayerError
 
+#: The shape of a calibration report's JSON (salad/schemas/calibration.json).
+SCHEMA = "salad-calibration/1"
 #: Accuracy figures the report leads with (parity metric names).
 HEADLINE = ("delta_auc", "delta_auprc", "label_agreement", "max_abs_score_diff", "p99_abs_score_diff", "embedding_cosine_min", "spearman")
 
@@ -107,7 +109,9 @@ class CalibrationReport:
     # -- output ---------------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON report (schema salad-calibration/1, salad/schemas/calibration.json)."""
         return {
+            "schema": SCHEMA,
             "bundle": self.bundle,
             "precision": self.precision,
             "accepted": self.accepted,

@@ -26,7 +26,7 @@ from salad.preprocess import PreprocessConfig, preprocess
 
 #: Fewest films int8 calibration accepts by default: activation ranges from fewer are not representative.
 MIN_IMAGES = 100
-#: Films used when --images is not given: enough for stable ranges, bounded time on 2 CPU cores.
+#: Films used when --films is not given: enough for stable ranges, bounded time on 2 CPU cores.
 DEFAULT_MAX_IMAGES = 500
 #: Films per calibration batch (and per ORT collect step).
 BATCH = 16
@@ -43,7 +43,7 @@ class CalibrationSource:
     paths: list[Path]
     images: np.ndarray  # [n, 1, S, S] float32
     source: str
-    found: int  # normal films found in the source (before --images was applied)
+    found: int  # normal films found in the source (before --films was applied)
     skipped: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -81,7 +81,7 @@ class CalibrationSource:
                 "ranges from noise would not be the ranges of X-rays."
             )
         if min_images < 1:
-            raise CalibrationError(f"--min-images {min_images}: expected a positive number of films.")
+            raise CalibrationError(f"--min-films {min_images}: expected a positive number of films.")
         try:
             samples = read_samples(Path(data))
         except DataError as exc:
@@ -92,11 +92,11 @@ class CalibrationSource:
         if len(normals) < min_images:
             raise CalibrationError(
                 f"{data}: found {len(normals)} normal film(s){note}; int8 calibration needs at least {min_images}. "
-                "Add more normal X-rays (the training normals are fine), or lower --min-images if you accept less "
+                "Add more normal X-rays (the training normals are fine), or lower --min-films if you accept less "
                 "representative activation ranges."
             )
         if images is not None and images < min_images:
-            raise CalibrationError(f"--images {images} is below the minimum of {min_images} calibration films; use --images ≥ {min_images}.")
+            raise CalibrationError(f"--films {images} is below the minimum of {min_images} calibration films; use --films ≥ {min_images}.")
         wanted = min(len(normals), images if images is not None else DEFAULT_MAX_IMAGES)
         chosen = evenly_spaced(normals, wanted)  # patients and sources mixed
         arrays, problems = [], []

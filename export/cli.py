@@ -6,11 +6,13 @@ console nothing; torch and onnx load when the command runs.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import click
 
-from salad.clitools import friendly_errors
+from salad.clitools import deprecated_alias, friendly_errors
 
 
 @click.command("export", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -20,22 +22,23 @@ from salad.clitools import friendly_errors
 @click.option("--bank-as-input", is_flag=True,
               help="The scorer takes the memory bank as input 'bank' [N,200] (stored as bank.npy) instead of holding it.")
 @click.option("--slim", is_flag=True, help="Leave checkpoint.pt out of the bundle (the manifest keeps its sha256).")
-@click.option("--reference-images", type=click.IntRange(min=1), default=32, show_default=True,
+@click.option("--reference-films", type=click.IntRange(min=1), default=32, show_default=True,
               help="Validation films stored with their PyTorch outputs as the parity oracle.")
+@deprecated_alias("--reference-images", "--reference-films", "reference_films", type=click.IntRange(min=1))
 @click.option("--operating-point", default="specificity:0.95", show_default=True,
               help="Where the threshold sits on the run's validation scores: specificity:X or sensitivity:X.")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (17..20).")
 @click.option("--allow-below-floors", is_flag=True,
               help="Export a run whose labelled validation AUC does not beat its training-free floors (for testing).")
 @friendly_errors
-def export_command(run: Path, out: Path, force: bool, bank_as_input: bool, slim: bool, reference_images: int,
+def export_command(run: Path, out: Path, force: bool, bank_as_input: bool, slim: bool, reference_films: int,
                    operating_point: str, opset: int, allow_below_floors: bool) -> None:
     """Export training run RUN to a verified ONNX bundle (encoder, scorer, merged model, manifest)."""
     from salad.export import export_bundle
     from salad.manifest import read_manifest
 
     bundle = export_bundle(
-        run, out, force=force, bank_as_input=bank_as_input, slim=slim, reference_images=reference_images,
+        run, out, force=force, bank_as_input=bank_as_input, slim=slim, reference_images=reference_films,
         operating_point=operating_point, opset=opset, allow_below_floors=allow_below_floors)
     m = read_manifest(bundle, verify=False)
     t = m.threshold
@@ -52,18 +55,48 @@ def export_command(run: Path, out: Path, force: bool, bank_as_input: bool, slim:
     )
 
 
+#: The shape of `salad validate --json` (salad/schemas/validation.json).
+VALIDATION_SCHEMA = "salad-validation/1"
+
+
+def _write_json(out: Path | None, payload: dict[str, Any]) -> None:
+    """Strict JSON to `out` ('-': stdout), written atomically."""
+    if out is None:
+        return
+    text = json.dumps(payload, indent=2, allow_nan=False) + "\n"
+    if str(out) == "-":
+        click.echo(text, nl=False)
+        return
+    from salad.fsutil import write_atomic
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out, text.encode())
+
+
 @click.command("validate", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
+              help="Write {valid, graphs, failures} here (schema salad-validation/1), passed or failed ('-' for stdout).")
 @friendly_errors
-def validate_command(bundle: Path) -> None:
+def validate_command(bundle: Path, json_out: Path | None) -> None:
     """Check BUNDLE as export does: every sha256, onnx.checker and the graph contract, ONNX Runtime vs PyTorch.
 
-    Exits with 1, listing every failing check, when any fails. Precision variants are judged by
+    Exits with 3, listing every failing check, when any fails. Precision variants are judged by
     `salad parity BUNDLE`.
     """
+    from salad.errors import ExportValidationError
     from salad.export.validate import validate_bundle
 
-    report = validate_bundle(bundle)
+    try:
+        report = validate_bundle(bundle)
+    except ExportValidationError as exc:
+        _write_json(json_out, {"schema": VALIDATION_SCHEMA, "bundle": str(bundle), "valid": False, "graphs": {},
+                               "failures": exc.failures})
+        raise
+    _write_json(json_out, {"schema": VALIDATION_SCHEMA, "bundle": str(bundle), "valid": True, "graphs": report,
+                           "failures": []})
+    if json_out is not None and str(json_out) == "-":
+        return
     for key, worst in report.items():
         diffs = ", ".join(f"|Δ{k}| {v:.2g}" for k, v in worst.get("max_abs_diff", {}).items())
         cosine = f", min embedding cosine {worst['embedding_cosine_min']:.7f}" if "embedding_cosine_min" in worst else ""

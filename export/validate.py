@@ -192,16 +192,18 @@ def validate_bundle(
     root = Path(bundle)
     manifest = read_manifest(root, verify=True)
     tol = dict(tolerances or manifest.tolerances("fp32"))
-    failures: list[str] = []
+    structure: list[str] = []
     for key in ("encoder", "scorer", "model"):
-        failures += check_structure(root, key, manifest.graph(key))
+        structure += check_structure(root, key, manifest.graph(key))
     report, parity_failures = check_parity(root, manifest, tol, batch_sizes)
-    failures += parity_failures
+    failures = structure + parity_failures
     if failures:
         hint = _conditioning_hint(root) if any(f"'{n}'" in f for f in parity_failures for n in SCORE_NAMES) else ""
         raise ExportValidationError(
             f"{root}: {len(failures)} check(s) failed (ONNX Runtime CPU against the PyTorch outputs in "
-            f"{REFERENCE_FILE}; fp32 tolerances {tol}):\n  " + "\n  ".join(failures) + hint
+            f"{REFERENCE_FILE}; fp32 tolerances {tol}):\n  " + "\n  ".join(failures) + hint,
+            failures=[{"check": "structure" if f in structure else "parity", "graph": f.split(":", 1)[0].split()[0],
+                       "message": f} for f in failures],
         )
     return report
 

@@ -23,11 +23,11 @@ import numpy as np
 
 from salad.bundle import BANK_INPUT, Bundle
 from salad.errors import BackendUnavailableError, BundleError, ConfigError, DataError, SaladError
+from salad.machine import DEVICE_KINDS, parse_device  # noqa: F401 - re-exported: runtime.base.parse_device
 from salad.manifest import GraphSpec, Manifest, TensorSpec
 
 #: The name the manifest gives the dynamic batch axis of every graph input and output.
 BATCH = "batch"
-DEVICE_KINDS = ("cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -347,15 +347,6 @@ def format_shape(shape: list[int | str], symbols: Mapping[str, int] | None = Non
     symbols = symbols or {}
     parts = [f"{d}={symbols[d]}" if isinstance(d, str) and d in symbols else str(d) for d in shape]
     return "(" + ", ".join(parts) + ")"
-
-
-def parse_device(device: str) -> tuple[str, int]:
-    """"cpu" → ("cpu", 0); "cuda" → ("cuda", 0); "cuda:1" → ("cuda", 1); anything else is an error."""
-    text = str(device).strip().lower()
-    kind, _, index = text.partition(":")
-    if kind not in DEVICE_KINDS or (index and not index.isdigit()) or (kind == "cpu" and index):
-        raise ConfigError(f"device {device!r}; expected 'cpu', 'cuda' or 'cuda:N' (N = GPU index).")
-    return kind, int(index or 0)
 
 
 # -- registry ------------------------------------------------------------------------------------

@@ -11,20 +11,28 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 
-from salad.clitools import LazyChoice, friendly_errors
+from salad.clitools import DEVICE, LazyChoice, deprecated_alias, friendly_errors
 from salad.data import Unreadable, scan_images
 from salad.errors import ConfigError
+from salad.fsutil import write_atomic
 from salad.manifest import PRECISIONS
+from salad.progress import progress
 from salad.tables import fixed_width
 
 from .base import runner_class, runner_names
+from .options import check_taken, given, options_for, runner_option_flags
 from .parity import compare, parse_tolerance_options
 from .scorer import Result, Scorer
 
 LABELS = {0: "normal", 1: "abnormal"}
+#: The shape of `salad score --json` (salad/schemas/score.json).
+SCORE_SCHEMA = "salad-score/1"
+#: Fewer films than this are scored without a progress bar (a bar for a handful only adds noise).
+PROGRESS_MIN_FILMS = 64
 
 
 @click.command("score")
@@ -34,9 +42,9 @@ LABELS = {0: "normal", 1: "abnormal"}
               help="Backend that runs the bundle's graph.")
 @click.option("--precision", type=click.Choice(list(PRECISIONS)), default="fp32", show_default=True,
               help="Graph variant in the bundle (fp16/int8 are added by `salad calibrate`).")
-@click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cpu, or cuda:0 for tensorrt).")
+@click.option("--device", type=DEVICE, default=None, help="cpu, cuda or cuda:N (default: cpu, or cuda:0 for tensorrt).")
 @click.option("--batch", "batch", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Images per inference call (the engine's maximum batch).")
+              help="Films per inference call (the engine's maximum batch).")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
               help="Write {results, runtime, precision} here instead of printing a table ('-' for stdout).")
 @click.option("--url", default=None, metavar="URL",
@@ -51,10 +59,12 @@ LABELS = {0: "normal", 1: "abnormal"}
                    "attach`); never changes a score or a label.")
 @click.option("--drift-window", type=click.IntRange(min=4), default=50, show_default=True,
               help="Films per window of the drift report (the whole call is judged too).")
+@runner_option_flags()
 @friendly_errors
 def score_command(
     bundle: Path, paths: Sequence[Path], runtime: str, precision: str, device: str | None, batch: int, json_out: Path | None,
     url: str | None, triton_url: str | None, triton_model: str, drift: bool = False, drift_window: int = 50,
+    **backend: Any,
 ) -> None:
     """Score X-ray files, folders (searched recursively) and DICOM with BUNDLE.
 
@@ -70,19 +80,27 @@ def score_command(
         guard = DriftGuard.from_bundle(bundle)
     if triton_url is not None:  # --triton URL is --runtime triton --url URL
         runtime, url = "triton", triton_url
-    backend = runner_class(runtime)
-    if url is not None and "url" not in backend.options:
+    runner = runner_class(runtime)
+    if url is not None and "url" not in runner.options:
         raise ConfigError(f"--url is for a remote runtime (--runtime triton); the {runtime} runtime runs on this machine.")
-    remote = {k: v for k, v in (("url", url), ("model", triton_model)) if k in backend.options}
-    scorer = Scorer.from_bundle(bundle, runtime=runtime, precision=precision, device=device, max_batch=batch, **remote)
+    options = given(backend)
+    check_taken([runtime], options)
+    remote = {k: v for k, v in (("url", url), ("model", triton_model)) if k in runner.options}
+    scorer = Scorer.from_bundle(bundle, runtime=runtime, precision=precision, device=device, max_batch=batch,
+                                **remote, **options_for(runtime, options))
     files = [e for e in entries if isinstance(e, Path)]
-    with scorer:
-        scored = iter(scorer.score(files, on_error="record") if files else [])
+    done: list[Result] = []
+    with scorer, progress(total=len(files), desc="scoring", unit="film", disable=len(files) < PROGRESS_MIN_FILMS) as bar:
+        for start in range(0, len(files), batch):  # one inference batch at a time, so the bar moves
+            done += scorer.score(files[start : start + batch], on_error="record")
+            bar.update(len(done) - bar.n)
+    scored = iter(done)
     results = [Result.failure(str(e.path), e.error) if isinstance(e, Unreadable) else next(scored) for e in entries]
     failed = [r for r in results if not r.ok]
     drift_report = guard.check_files([Path(str(r.path)) for r in results if r.ok], drift_window)[0] if guard else None
     if json_out is not None:
         payload = {
+            "schema": SCORE_SCHEMA,
             "results": [r.to_dict() for r in results],
             "runtime": scorer.runtime,
             "precision": scorer.precision,
@@ -97,7 +115,7 @@ def score_command(
             click.echo(text)
         else:
             json_out.parent.mkdir(parents=True, exist_ok=True)
-            json_out.write_text(text + "\n", encoding="utf-8")
+            write_atomic(json_out, (text + "\n").encode())
             click.echo(f"scored {len(results) - len(failed)} of {len(results)} file(s) with {scorer.runtime}/{scorer.precision} → {json_out}")
     else:
         click.echo(format_table(results, scorer.threshold_score))
@@ -126,21 +144,25 @@ def format_table(results: Sequence[Result], decided_by: str = "score") -> str:
               help="Runtime to compare with the PyTorch reference; repeat for several.  [default: onnxruntime]")
 @click.option("--precision", "precisions", multiple=True, type=click.Choice(list(PRECISIONS)),
               help="Graph variant to compare; repeat for several.  [default: every precision in the bundle]")
-@click.option("--data", type=click.Path(exists=True, path_type=Path), default=None,
+@click.option("--labelled", type=click.Path(exists=True, path_type=Path), default=None,
               help="Labelled films (class folders normal/ + others, or a CSV path,label) to compare on as well, "
                    "with AUC and AUPRC. Needs PyTorch and the bundle's checkpoint.pt for their reference outputs.")
+@deprecated_alias("--data", "--labelled", "labelled", type=click.Path(exists=True, path_type=Path))
 @click.option("--tolerance", "tolerance_options", multiple=True, metavar="[PRECISION:]METRIC=VALUE",
               help="Override a tolerance of the manifest, e.g. max_abs_score_diff=1e-4 or int8:label_agreement=0.98.")
-@click.option("--device", default=None, help="cpu, cuda or cuda:N for the compared runtimes (the reference runs on cpu).")
+@click.option("--device", type=DEVICE, default=None,
+              help="cpu, cuda or cuda:N for the compared runtimes (the reference runs on cpu).")
 @click.option("--batch", "batch", type=click.IntRange(min=1), default=32, show_default=True, help="Films per inference call.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
               help="Write the report as JSON here ('-' for stdout).")
 @click.option("--markdown", "markdown_out", type=click.Path(path_type=Path), default=None,
               help="Write the report as markdown here ('-' for stdout).")
+@runner_option_flags()
 @friendly_errors
 def parity_command(
-    bundle: Path, runtimes: Sequence[str], precisions: Sequence[str], data: Path | None, tolerance_options: Sequence[str],
-    device: str | None, batch: int, json_out: Path | None, markdown_out: Path | None,
+    bundle: Path, runtimes: Sequence[str], precisions: Sequence[str], labelled: Path | None,
+    tolerance_options: Sequence[str], device: str | None, batch: int, json_out: Path | None, markdown_out: Path | None,
+    **backend: Any,
 ) -> None:
     """Prove each runtime × precision makes the PyTorch reference's decisions on BUNDLE's reference films.
 
@@ -148,9 +170,12 @@ def parity_command(
     tolerance that would have passed, when any check fails. Without PyTorch (a console) or with a
     --slim bundle, compares with the PyTorch outputs stored in the bundle's reference.npz.
     """
+    runtimes = runtimes or ("onnxruntime",)
+    options = given(backend)
+    check_taken(runtimes, options)
     report = compare(
-        bundle, runtimes or ("onnxruntime",), precisions or None, data=data,
-        tolerances=parse_tolerance_options(tolerance_options), device=device, max_batch=batch,
+        bundle, runtimes, precisions or None, data=labelled,
+        tolerances=parse_tolerance_options(tolerance_options), device=device, max_batch=batch, runner_options=options,
     )
     to_stdout = "-" in (str(json_out), str(markdown_out))
     if not to_stdout:
@@ -162,7 +187,7 @@ def parity_command(
             click.echo(text, nl=False)
         else:
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(text, encoding="utf-8")
+            write_atomic(out, text.encode())
     report.raise_if_failed()
 
 
@@ -212,7 +237,7 @@ def inspect_command(bundle: Path, as_json: bool, no_verify: bool) -> None:
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Engine cache folder the runtime reads.  [default: salad.runtime.cache's]")
 @click.option("--workspace-mb", type=click.IntRange(min=1), default=None, help="TensorRT builder workspace limit.")
-@click.option("--device", default="cuda:0", show_default=True, help="The GPU to build for (cuda or cuda:N).")
+@click.option("--device", type=DEVICE, default="cuda:0", show_default=True, help="The GPU to build for (cuda or cuda:N).")
 @click.option("--rebuild", is_flag=True, help="Build even if the cache holds the engine.")
 @click.option("--allow-tf32", is_flag=True, help="Let float32 layers use TF32 (breaks the fp32 parity tolerance).")
 @friendly_errors

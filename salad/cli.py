@@ -14,8 +14,19 @@ from typing import Any
 import click
 
 import salad
-from salad.clitools import LazyChoice, describe_os_error, friendly_errors  # noqa: F401 - stage CLIs' old import path
+from salad.clitools import (  # noqa: F401 - describe_os_error: stage CLIs' old import path
+    DEVICE,
+    LazyChoice,
+    deprecated_alias,
+    describe_os_error,
+    friendly_errors,
+    require,
+)
+from salad.errors import EXIT_CHECKS_FAILED
 from salad.scoring import SCORE_NAMES
+
+#: The shape of the summary `salad train` prints (salad/schemas/train.json).
+TRAIN_SCHEMA = "salad-train/1"
 
 
 def _encoder_names() -> list[str]:
@@ -74,8 +85,19 @@ class StageGroup(click.Group):
 
 @click.group(cls=StageGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(salad.__version__, prog_name="salad-edge")
-def main() -> None:
-    """salad-edge: train SALAD X-ray anomaly detectors, export verified bundles, score on consoles."""
+@click.option("-v", "--verbose", count=True, help="More log output (-vv: debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Errors only, and no progress bars.")
+def main(verbose: int, quiet: bool) -> None:
+    """salad-edge: train SALAD X-ray anomaly detectors, export verified bundles, score on consoles.
+
+    \b
+    Exit codes (salad.errors): 0 success; 1 could not run (bad input, bundle or environment; score: a film
+    could not be scored); 2 usage error; 3 the checks ran and failed (parity, validation, calibration gate);
+    130 interrupted.
+    """
+    from salad.progress import set_verbosity
+
+    set_verbosity(verbose, quiet)
 
 
 @main.command()
@@ -110,7 +132,7 @@ def main() -> None:
               help="Mix this fraction of abnormal films into training (the paper's AR setting); their bank rows are dropped.")
 @click.option("--weights", type=click.Path(exists=True), default=None, help="Local pretrained encoder weights (state dict).")
 @click.option("--seed", type=int, default=None)
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
+@click.option("--device", type=DEVICE, default=None, help="cpu, cuda or cuda:N (one process; --nproc takes a GPU each).")
 @click.option("--threads", type=int, default=None, help="torch CPU threads (0 = all cores).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--force", is_flag=True, help="Delete an existing --out and start again.")
@@ -132,21 +154,23 @@ def train(data: Path, out: Path, preset: str, val: Path | None, resume: bool, fo
         ctx = click.get_current_context()
         sys.exit(launch(nproc, option_args(ctx.command.params, ctx.params)))
     summary = train_run(data, out, cfg, val=val, resume=resume, force=force)
-    click.echo(json.dumps(summary))
+    click.echo(json.dumps({"schema": TRAIN_SCHEMA, **summary}))
 
 
 @main.command()
 @click.argument("run", type=click.Path(exists=True, path_type=Path))
-@click.option("--data", required=True, type=click.Path(exists=True, path_type=Path),
-              help="Labelled data: class folders (normal/ + others) or a CSV (path,label).")
+@click.option("--labelled", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Labelled films: class folders (normal/ + others) or a CSV (path,label).  [required]")
+@deprecated_alias("--data", "--labelled", "labelled", type=click.Path(exists=True, path_type=Path))
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the metrics here.")
 @click.option("--plots", type=click.Path(path_type=Path), default=None, help="Folder for ROC, PR and histogram PNGs.")
 @friendly_errors
-def evaluate(run: Path, data: Path, json_out: Path | None, plots: Path | None) -> None:
+def evaluate(run: Path, labelled: Path | None, json_out: Path | None, plots: Path | None) -> None:
     """AUC and AUPRC of a run on labelled data (abnormal = positive)."""
+    require(labelled, "--labelled")
     from salad.train.evaluate import evaluate_run
 
-    result = evaluate_run(run, data, json_out=json_out, plots=plots)
+    result = evaluate_run(run, labelled, json_out=json_out, plots=plots)
     click.echo(f"AUC {result['auc']:.4f}  AUPRC {result['auprc']:.4f}  ({result['n_normal']} normal, {result['n_abnormal']} abnormal)")
 
 
@@ -170,7 +194,7 @@ def demo(out: Path, data: Path | None, quick: bool, force: bool) -> None:
     click.echo(f"parity: {verdicts}")
     click.echo(f"int8 speed-up vs PyTorch eager fp32 (batch 1, end to end): {speedup}")
     if not all(result.parity.values()):
-        sys.exit(1)
+        sys.exit(EXIT_CHECKS_FAILED)
 
 
 def export_main() -> None:

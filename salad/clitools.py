@@ -1,4 +1,5 @@
-"""Click helpers shared by every command (the core's and the stages'): clean exits and lazily listed choices.
+"""Click helpers shared by every command (the core's and the stages'): clean exits, lazily listed choices and
+the option grammar every command shares (deprecated aliases, repeatable lists, devices).
 
 Kept apart from salad/cli.py, which dispatches to the stage commands, so that a stage's command module
 imports these without importing the dispatcher that imports it (no import cycle).
@@ -14,7 +15,7 @@ from typing import Any, TypeVar
 
 import click
 
-from salad.errors import SaladError
+from salad.errors import EXIT_ERROR, EXIT_INTERRUPTED, SaladError
 from salad.fsutil import sigterm_as_interrupt
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -32,21 +33,21 @@ def friendly_errors(fn: F) -> F:
         try:
             with sigterm_as_interrupt():
                 return fn(*args, **kwargs)
-        except SaladError as exc:
+        except SaladError as exc:  # the exit code says which kind (salad.errors.EXIT_CODES)
             click.echo(f"error: {exc}", err=True)
-            sys.exit(1)
+            sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted; nothing half-written was kept (a training run continues with --resume)", err=True)
-            sys.exit(130)
+            sys.exit(EXIT_INTERRUPTED)
         except MemoryError:
             click.echo(
                 "error: out of memory. Lower --batch-size (training) or the batch of the command, score fewer or "
                 "smaller films per call, or use a machine with more memory.", err=True,
             )
-            sys.exit(1)
+            sys.exit(EXIT_ERROR)
         except OSError as exc:  # PermissionError, a full disk, a vanished file: name the file and the fix
             click.echo(f"error: {describe_os_error(exc)}", err=True)
-            sys.exit(1)
+            sys.exit(EXIT_ERROR)
 
     return wrapper  # type: ignore[return-value]
 
@@ -90,3 +91,83 @@ class LazyChoice(click.Choice):
     @choices.setter
     def choices(self, _value: Sequence[str]) -> None:
         pass
+
+
+# -- the option grammar every command shares ---------------------------------------------------------
+
+
+def deprecated_alias(old: str, new: str, dest: str, **kwargs: Any) -> Callable[[F], F]:
+    """A hidden option `old` that sets the parameter `dest` of the option `new`, printing a one-line notice.
+
+    Old spellings keep working in scripts; `new` wins when both are given. kwargs: the new option's type and
+    `multiple` (the same conversion applies to both spellings).
+    """
+    alias_name = "_alias_" + old.lstrip("-").replace("-", "_")
+
+    def move(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
+        if ctx.get_parameter_source(alias_name) != click.core.ParameterSource.COMMANDLINE:
+            return
+        click.echo(f"warning: {old} is deprecated; use {new} (same meaning).", err=True)
+        if ctx.get_parameter_source(dest) == click.core.ParameterSource.COMMANDLINE:
+            return  # both given: the new spelling wins
+        if kwargs.get("multiple") and dest in ctx.params and ctx.params[dest]:
+            value = (*ctx.params[dest], *value)
+        ctx.params[dest] = value
+        ctx.set_parameter_source(dest, click.core.ParameterSource.COMMANDLINE)
+
+    return click.option(old, alias_name, hidden=True, expose_value=False, callback=move, **kwargs)
+
+
+def require(ctx_value: Any, option: str) -> None:
+    """A usage error (exit 2) for an option that is required but has a deprecated alias, so click cannot require it."""
+    if ctx_value is None:
+        raise click.UsageError(f"Missing option '{option}'.")
+
+
+class DeviceType(click.ParamType):
+    """One type for every --device: cpu, cuda or cuda:N (salad.machine.parse_device), normalised to that text."""
+
+    name = "device"
+
+    def get_metavar(self, *args: Any, **kwargs: Any) -> str:
+        return "cpu|cuda[:N]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from salad.machine import parse_device
+
+        try:
+            kind, index = parse_device(str(value))
+        except SaladError as exc:
+            self.fail(str(exc), param, ctx)
+        return kind if kind == "cpu" or (":" not in str(value)) else f"{kind}:{index}"
+
+
+DEVICE = DeviceType()
+
+
+class IntList(click.ParamType):
+    """Integers given one per option (repeatable) or as a comma list ("1,8,32"); each at least `min`."""
+
+    name = "int-list"
+
+    def __init__(self, min: int = 1) -> None:  # noqa: A002 - click's own spelling (IntRange(min=…))
+        self.min = min
+
+    def get_metavar(self, *args: Any, **kwargs: Any) -> str:
+        return "N[,N…]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> list[int]:
+        if isinstance(value, list):
+            return value
+        try:
+            numbers = [int(part) for part in str(value).split(",") if part.strip()]
+        except ValueError:
+            self.fail(f"{value!r}: expected whole numbers, e.g. 8 or 1,8,32.", param, ctx)
+        if not numbers or any(n < self.min for n in numbers):
+            self.fail(f"{value!r}: expected whole numbers ≥ {self.min}, e.g. 1,8,32.", param, ctx)
+        return numbers
+
+
+def flatten(lists: Sequence[Sequence[int]]) -> list[int]:
+    """The values of a repeatable IntList option, in order, each once."""
+    return list(dict.fromkeys(n for numbers in lists for n in numbers))

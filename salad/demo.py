@@ -132,7 +132,7 @@ def run_demo(
             m = evaluate_run(run, eval_data, json_out=out / "evaluation.json")
             return m, f"AUC {m['auc']:.3f}, AUPRC {m['auprc']:.3f} on {m['n_normal']} normal + {m['n_abnormal']} abnormal held-out films"
 
-        metrics = step("Evaluate on held-out films", f"salad evaluate {run} --data {eval_data} --json {out}/evaluation.json --plots {out}/plots", do_eval)
+        metrics = step("Evaluate on held-out films", f"salad evaluate {run} --labelled {eval_data} --json {out}/evaluation.json --plots {out}/plots", do_eval)
         result.metrics["evaluation"] = metrics
 
     n_val = len(read_samples(run / "val.csv")) if (run / "val.csv").stat().st_size > 40 else 0
@@ -143,7 +143,7 @@ def run_demo(
         manifest = json.loads((path / "manifest.json").read_text())
         return manifest, f"bundle verified: ONNX Runtime = PyTorch on {n_ref} reference films; threshold {manifest['threshold']['value']:.4f}"
 
-    manifest = step("Export the bundle", f"salad-export {run} --out {bundle} --reference-images {n_ref}", do_export)
+    manifest = step("Export the bundle", f"salad-export {run} --out {bundle} --reference-films {n_ref}", do_export)
 
     # With labelled films, each variant is judged on them (the same films parity reports on), so a variant
     # that would fail parity is rejected and left out of the bundle rather than shipped; int8 runs in
@@ -161,8 +161,8 @@ def run_demo(
         kept = reports["int8"].layers_in_float
         return reports, ", ".join(parts) + f" (int8: {len(kept)} layer(s) left in float)"
 
-    int8_flags = f" --max-auc-drop {int8_auc_bound} --data-labelled {eval_data}" if bounded else ""
-    fp16_flags = f" --data-labelled {eval_data}" if labelled else ""
+    int8_flags = f" --max-auc-drop {int8_auc_bound} --labelled {eval_data}" if bounded else ""
+    fp16_flags = f" --labelled {eval_data}" if labelled else ""
     step("Calibrate fp16 and int8", f"salad calibrate {bundle} --precision fp16{fp16_flags} && "
          f"salad calibrate {bundle} --precision int8 --data {train_data}{int8_flags}", do_calibrate)
 
@@ -182,7 +182,7 @@ def run_demo(
         return report, verdicts
 
     parity = step("Parity against PyTorch", f"salad parity {bundle} " + " ".join(f"--runtime {r}" for r in runtimes)
-                  + (f" --data {eval_data}" if eval_data else "") + f" --markdown {out}/parity.md", do_parity)
+                  + (f" --labelled {eval_data}" if eval_data else "") + f" --markdown {out}/parity.md", do_parity)
 
     films_dir = eval_data if eval_data is not None and Path(eval_data).is_dir() else SAMPLE / "eval"
 
@@ -198,7 +198,7 @@ def run_demo(
         sp = f"{result.int8_speedup:.1f}×" if result.int8_speedup else "n/a"
         return report, f"int8 ONNX Runtime end-to-end at batch 1: {sp} PyTorch eager fp32"
 
-    bench = step("Benchmark latency", f"salad bench {bundle} --batch 1,8 --json {out}/bench.json --markdown {out}/bench.md --plot {out}/bench.png", do_bench)
+    bench = step("Benchmark latency", f"salad bench {bundle} --batch 1 --batch 8 --json {out}/bench.json --markdown {out}/bench.md --plot {out}/bench.png", do_bench)
 
     def do_score() -> tuple[Any, str]:
         films = _example_films(eval_data)

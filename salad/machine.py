@@ -13,11 +13,25 @@ import subprocess
 from collections.abc import Sequence
 from typing import Any
 
+from salad.errors import ConfigError
+
 #: Distributions whose versions go into a benchmark's header (absent ones are left out).
 LIBRARIES = (
     "salad-edge", "numpy", "opencv-python-headless", "opencv-python", "onnxruntime", "onnxruntime-gpu", "torch",
     "onnx", "tensorrt", "cuda-python", "faiss-cpu", "matplotlib",
 )
+
+#: Device kinds a runtime may run on; a device is "cpu", "cuda" or "cuda:N" (parse_device).
+DEVICE_KINDS = ("cpu", "cuda")
+
+
+def parse_device(device: str) -> tuple[str, int]:
+    """"cpu" → ("cpu", 0); "cuda" → ("cuda", 0); "cuda:1" → ("cuda", 1); anything else is an error."""
+    text = str(device).strip().lower()
+    kind, _, index = text.partition(":")
+    if kind not in DEVICE_KINDS or (index and not index.isdigit()) or (kind == "cpu" and index):
+        raise ConfigError(f"device {device!r}; expected 'cpu', 'cuda' or 'cuda:N' (N = GPU index).")
+    return kind, int(index or 0)
 
 
 def cpu_model_and_flags() -> tuple[str, set[str]]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from salad.cli import LazyChoice, friendly_errors
+from salad.clitools import DEVICE, LazyChoice, friendly_errors
 from salad.errors import BackendUnavailableError, SaladError
 from salad.manifest import PRECISIONS
 from salad.runtime.base import runner_names
@@ -53,7 +53,7 @@ def _need_dicom_extra() -> None:
               help="Backend that runs the bundle's graph.")
 @click.option("--precision", type=click.Choice(list(PRECISIONS)), default="fp32", show_default=True,
               help="Graph variant in the bundle.")
-@click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cpu, or cuda:0 for tensorrt).")
+@click.option("--device", type=DEVICE, default=None, help="cpu, cuda or cuda:N (default: cpu, or cuda:0 for tensorrt).")
 @click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True,
               help="Most films scored per inference call when several wait.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Inference threads (default: the runtime's choice).")

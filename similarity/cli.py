@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from salad.cli import friendly_errors
+from salad.clitools import deprecated_alias, friendly_errors
 from salad.errors import DataError
 from salad.fsutil import write_atomic
 
@@ -44,8 +44,10 @@ def similarity_group() -> None:
               help="A known dataset (folder or CSV of films; every film, any label); repeat, at least twice.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Estimator directory to create.")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps (default 600).")
-@click.option("--batch", type=click.IntRange(min=1), default=None, help="Triplets per step (default 16).")
-@click.option("--max-films", type=click.IntRange(min=2), default=None, help="Films drawn per dataset (default 600).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Triplets per training step (default 16).")
+@deprecated_alias("--batch", "--batch-size", "batch_size", type=click.IntRange(min=1))
+@click.option("--films", type=click.IntRange(min=2), default=None, help="Films drawn per dataset (default 600).")
+@deprecated_alias("--max-films", "--films", "films", type=click.IntRange(min=2))
 @click.option("--alpha", type=click.FloatRange(0, 1), default=None, help="α: reconstruction vs triplet terms (default 0.5).")
 @click.option("--beta", type=click.FloatRange(0, 1), default=None,
               help="β: pixel/latent vs style terms (default 0.6); compare fits by their EQC, lower is better.")
@@ -54,7 +56,7 @@ def similarity_group() -> None:
 @click.option("--resume", is_flag=True, help="Continue an interrupted fit of the same data and settings.")
 @click.option("--force", is_flag=True, help="Replace an existing estimator directory.")
 @friendly_errors
-def fit_command(data: Sequence[str], out: Path, steps: int | None, batch: int | None, max_films: int | None,
+def fit_command(data: Sequence[str], out: Path, steps: int | None, batch_size: int | None, films: int | None,
                 alpha: float | None, beta: float | None, seed: int, threads: int | None, resume: bool, force: bool) -> None:
     """Train the estimator on known datasets (membership is the only label) and write EST with its ONNX graph."""
     import dataclasses
@@ -68,11 +70,11 @@ def fit_command(data: Sequence[str], out: Path, steps: int | None, batch: int | 
         raise DataError(f"--data given {len(sources)} time(s); the estimator needs at least 2 known datasets.")
     defaults, paper = FitConfig(seed=seed), LossConfig()
     loss = dataclasses.replace(paper, alpha=paper.alpha if alpha is None else alpha, beta=paper.beta if beta is None else beta)
-    cfg = dataclasses.replace(defaults, steps=steps or defaults.steps, batch=batch or defaults.batch,
-                              max_films=max_films or defaults.max_films, loss=loss)
-    films = {name: load_films(film_paths(path), desc=f"reading {name}") for name, path in sources.items()}
-    info = fit_estimator(films, out, cfg, sources=sources, resume=resume, force=force, threads=threads)
-    click.echo(f"estimator {out}: {len(films)} datasets, EQC {info['eqc']:.3f}, {info['training']['seconds'] / 60:.1f} min")
+    cfg = dataclasses.replace(defaults, steps=steps or defaults.steps, batch=batch_size or defaults.batch,
+                              max_films=films or defaults.max_films, loss=loss)
+    known = {name: load_films(film_paths(path), desc=f"reading {name}") for name, path in sources.items()}
+    info = fit_estimator(known, out, cfg, sources=sources, resume=resume, force=force, threads=threads)
+    click.echo(f"estimator {out}: {len(known)} datasets, EQC {info['eqc']:.3f}, {info['training']['seconds'] / 60:.1f} min")
 
 
 @similarity_group.command("attach")

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from salad.data import read_samples
 from salad.errors import BackendUnavailableError, BundleError, DataError
@@ -22,6 +21,7 @@ from salad.fsutil import parse_json
 from salad.imageio import read_image
 from salad.manifest import confined, sha256_file
 from salad.preprocess import PreprocessConfig, preprocess
+from salad.progress import progress
 
 SCHEMA = "salad-similarity-estimator/1"
 INFO = "estimator.json"
@@ -107,7 +107,7 @@ class Latent:
 
     def embed_files(self, paths: Sequence[Path], desc: str = "embedding films") -> np.ndarray:
         """Films on disk → points; a DataError naming the file if one cannot be read."""
-        films = [preprocess(read_image(p), self.preprocessing) for p in tqdm(paths, desc=desc, unit="img", leave=False)]
+        films = [preprocess(read_image(p), self.preprocessing) for p in progress(paths, desc=desc, unit="img")]
         if not films:
             return np.zeros((0, 2), np.float32)
         return self.embed(np.stack(films))

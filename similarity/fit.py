@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 import salad
 from salad.errors import DataError, RunError
@@ -31,6 +30,7 @@ from salad.fsutil import write_atomic
 from salad.imageio import read_image
 from salad.manifest import atomic_directory, sha256_file
 from salad.preprocess import PreprocessConfig, preprocess
+from salad.progress import progress as progress_bar
 
 from .distance import eqc
 from .estimator import GRAPH, INFO, INPUT, OUTPUT, POINTS, SCHEMA, Latent, is_estimator
@@ -73,7 +73,7 @@ class FitConfig:
 
 def load_films(paths: Sequence[Path], config: PreprocessConfig = PREPROCESSING, desc: str = "reading films") -> np.ndarray:
     """Films on disk → (n, 1, S, S) float32 estimator input."""
-    return np.stack([preprocess(read_image(p), config) for p in tqdm(paths, desc=desc, unit="img", leave=False)])
+    return np.stack([preprocess(read_image(p), config) for p in progress_bar(paths, desc=desc, unit="img")])
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -155,7 +155,8 @@ def train_estimator(datasets: Mapping[str, np.ndarray], out: Path, config: FitCo
             step, history, seconds = int(state["step"]), list(state["history"]), float(state["seconds"])
             cpu_seconds = float(state["cpu_seconds"])
     net.train()
-    bar = tqdm(total=config.steps, initial=step, desc="fitting the similarity estimator", unit="step", disable=not progress)
+    bar = progress_bar(total=config.steps, initial=step, desc="fitting the similarity estimator", unit="step",
+                       disable=not progress, leave=True)
     t0 = time.perf_counter() - seconds
     cpu0 = time.process_time() - cpu_seconds
     while step < config.steps:

@@ -1,6 +1,6 @@
-"""The training configuration: `TrainConfig`, the methods it names, the paper and CPU presets, and rounds.
+"""The training configuration: `TrainConfig`, the method registry, the paper and CPU presets, and rounds.
 
-Moved out of train/trainer.py unchanged (trainer.py re-exports every name)."""
+Moved out of train/trainer.py (trainer.py re-exports every name)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,58 @@ import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from salad.errors import SaladError
+from salad.errors import ConfigError, SaladError
 from salad.preprocess import PreprocessConfig
 from salad.scoring import DEFAULT_SCORE, check_score_name
 from salad.train.datasets import AugmentConfig
 from salad.train.models import ModelConfig
 
 RUN_SCHEMA = 1
-METHODS = ("salad", "memdae", "salad-no-agg", "salad-no-mse")
+
+
+@dataclass(frozen=True)
+class Method:
+    """A member of the SALAD family: which loss terms `Trainer.fit` uses (docs/architecture.md §2)."""
+
+    name: str
+    #: The reconstruction (MSE) term; without it the decoder gets no gradient.
+    reconstruction: bool
+    #: Instance discrimination of each embedding against the memory bank.
+    discrimination: bool
+    #: Progressive anchors: from round 1, low-entropy films also attract their neighbours.
+    aggregation: bool
+    description: str
+
+
+#: Training methods by name (`salad train --method`); add one with `register_method`.
+METHOD_REGISTRY: dict[str, Method] = {}
+
+
+def register_method(method: Method) -> Method:
+    """Make `method` available as `--method NAME` (its terms are all Trainer.fit reads)."""
+    if method.name in METHOD_REGISTRY and METHOD_REGISTRY[method.name] != method:
+        raise ConfigError(f"training method {method.name!r} is already registered.")
+    METHOD_REGISTRY[method.name] = method
+    return method
+
+
+for _method in (
+    Method("salad", True, True, True, "SALAD: reconstruction + instance discrimination + progressive aggregation"),
+    Method("memdae", True, False, False, "the memory auto-encoder alone: reconstruction, scored over the bank"),
+    Method("salad-no-agg", True, True, False, "SALAD without progressive aggregation (ablation)"),
+    Method("salad-no-mse", False, True, True, "SALAD without the reconstruction term (ablation)"),
+):
+    register_method(_method)
+
+#: The registered method names, in registration order (the `--method` choices).
+METHODS = tuple(METHOD_REGISTRY)
+
+
+def method_of(name: str) -> Method:
+    """The registered method `name`, or a ConfigError listing the registered ones."""
+    if name not in METHOD_REGISTRY:
+        raise ConfigError(f"method {name!r}; expected one of {list(METHOD_REGISTRY)}.")
+    return METHOD_REGISTRY[name]
 
 
 @dataclass
@@ -84,8 +128,7 @@ class TrainConfig:
         return cls(**d)
 
     def validate(self) -> None:
-        if self.method not in METHODS:
-            raise SaladError(f"method {self.method!r}; expected one of {METHODS}.")
+        method_of(self.method)
         if self.batch_size < 2:
             raise SaladError(f"batch size {self.batch_size}; expected ≥ 2 (BatchNorm needs a batch).")
         if not 0.0 <= self.known_anomaly_ratio < 1.0:

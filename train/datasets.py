@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from salad.data import Sample
 from salad.preprocess import PreprocessConfig, load_image
+from salad.progress import progress
 
 
 def preload(samples: Sequence[Sample], cfg: PreprocessConfig, desc: str = "reading films") -> torch.Tensor:
@@ -30,7 +30,7 @@ def preload(samples: Sequence[Sample], cfg: PreprocessConfig, desc: str = "readi
         out[i] = load_image(samples[i].path, cfg)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        list(tqdm(pool.map(one, range(len(samples))), total=len(samples), desc=desc, unit="img", leave=False))
+        list(progress(pool.map(one, range(len(samples))), total=len(samples), desc=desc, unit="img"))
     return torch.from_numpy(out)
 
 

@@ -87,6 +87,10 @@ def detection_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float
     return {"auc": auc, "auprc": auprc}
 
 
+#: The shape of `salad evaluate --json` (salad/schemas/evaluation.json).
+EVALUATION_SCHEMA = "salad-evaluation/1"
+
+
 def evaluate_run(
     run: str | Path, data: str | Path, json_out: str | Path | None = None, plots: str | Path | None = None
 ) -> dict[str, Any]:
@@ -100,7 +104,7 @@ def evaluate_run(
     name = loaded.score_name
     # Every output of the bundle, so the operating score can be compared with the other.
     outputs = {n: detection_metrics(labels, out[n]) for n in SCORE_NAMES}
-    result: dict[str, Any] = dict(outputs[name])
+    result: dict[str, Any] = {"schema": EVALUATION_SCHEMA, **outputs[name]}
     result.update(
         n_normal=int((labels == 0).sum()),
         n_abnormal=int((labels == 1).sum()),

@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 import salad
 from salad.data import Sample, read_samples, require_normals
 from salad.errors import DataError, RunError, SaladError
 from salad.metrics import auc as _auc  # None unless both classes are present
+from salad.progress import progress
 from salad.scoring import by_name, check_k, score_torch
 from salad.train.config import (  # noqa: F401 - moved to train/config.py; importable from here as before
     CPU,
@@ -34,6 +34,7 @@ from salad.train.config import (  # noqa: F401 - moved to train/config.py; impor
     PRESETS,
     RUN_SCHEMA,
     TrainConfig,
+    method_of,
     round_of,
 )
 from salad.train.datasets import preload, training_pair
@@ -132,7 +133,8 @@ class Trainer:
         self.bank.labels.copy_(torch.tensor([s.label for s in self.train_samples], dtype=torch.int64))
         n_normal = int((self.bank.labels == 0).sum())
         check_k(cfg.score_k, n_normal)
-        self.model, self.net = self.replicas.prepare(self.model, find_unused_parameters=cfg.method == "salad-no-mse")
+        # Without the reconstruction term the decoder has no gradient: DDP must be told it is unused.
+        self.model, self.net = self.replicas.prepare(self.model, find_unused_parameters=not method_of(cfg.method).reconstruction)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=cfg.betas)
         self.start_epoch = 0
         self.is_anchor: torch.Tensor | None = None
@@ -216,15 +218,15 @@ class Trainer:
         images = preload(self.train_samples, pcfg, "reading training films")
         val_images = preload(self.val_samples, pcfg, "reading validation films") if self.val_samples and main else None
         val_labels = np.array([s.label for s in self.val_samples])
-        use_mse = cfg.method != "salad-no-mse"
-        use_disc = cfg.method != "memdae"
-        use_agg = cfg.method in ("salad", "salad-no-mse")
+        method = method_of(cfg.method)  # the registry says which terms this member of the family uses
+        use_mse, use_disc, use_agg = method.reconstruction, method.discrimination, method.aggregation
         n = len(images)
         metrics_path = self.out / "metrics.jsonl"
         if main and self.start_epoch == 0 and metrics_path.exists():
             metrics_path.unlink()
         t_run = time.perf_counter()
-        bar = tqdm(range(self.start_epoch, cfg.epochs), desc="training", unit="epoch", initial=self.start_epoch, total=cfg.epochs, disable=not main)
+        bar = progress(range(self.start_epoch, cfg.epochs), desc="training", unit="epoch", initial=self.start_epoch,
+                       total=cfg.epochs, disable=not main, leave=True)
         for epoch in bar:
             t0 = time.perf_counter()
             rnd = round_of(cfg, epoch)

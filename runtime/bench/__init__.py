@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from salad.machine import library_versions, machine_info
 
-from .command import bench_command, configurations, parse_batches, run_bench, write_outputs
+from .command import bench_command, configurations, run_bench, write_outputs
 from .floor import count_macs, gemm_peaks, measure_floor
 from .report import BenchReport, BenchRow
 from .settings import (
@@ -47,6 +47,6 @@ __all__ = [
     "BASELINE_PRECISION", "BASELINE_RUNTIME", "DEFAULT_BATCHES", "DEFAULT_DATA", "DEFAULT_FILMS", "DEFAULT_ITERS",
     "DEFAULT_WARMUP", "SCHEMA", "BenchReport", "BenchRow", "Job", "Stats", "configurations",
     "bench_command", "count_macs", "current_rss_mb", "gemm_peaks", "library_versions",
-    "machine_info", "measure_configuration", "measure_floor", "parse_batches", "peak_rss_mb", "reset_peak_rss",
+    "machine_info", "measure_configuration", "measure_floor", "peak_rss_mb", "reset_peak_rss",
     "run_bench", "write_outputs",
 ]

@@ -16,14 +16,16 @@ import click
 import numpy as np
 
 from salad.bundle import CHECKPOINT_FILE
-from salad.clitools import LazyChoice, friendly_errors
+from salad.clitools import DEVICE, IntList, LazyChoice, flatten, friendly_errors
 from salad.data import find_images, read_samples
 from salad.errors import BackendUnavailableError, ConfigError, DataError, SaladError
 from salad.imageio import read_image
 from salad.machine import library_versions, machine_info
 from salad.manifest import PRECISIONS, read_manifest
+from salad.progress import quiet
 
 from ..base import runner_class, runner_names
+from ..options import FLAGS, check_taken, given, runner_option_flags
 from .report import BenchReport, BenchRow
 from .settings import (
     BASELINE_PRECISION,
@@ -109,18 +111,20 @@ def run_bench(
     device: str | None = None,
     command: str | None = None,
     progress: Callable[[str], None] | None = None,
+    runner_options: dict[str, Any] | None = None,
 ) -> BenchReport:
     """Benchmark `bundle` for every runtime × precision × batch, plus PyTorch eager fp32 as the baseline.
 
     precisions default to every precision the bundle has; threads to every CPU this process may use.
-    Each configuration runs in its own worker process (see the module docstring).
+    Each configuration runs in its own worker process (see the module docstring). runner_options: backend
+    options beyond threads (TensorRT's cache_dir, rebuild, workspace_mb, opt_batch, allow_tf32).
     """
     say = progress or (lambda _msg: None)
     root = Path(bundle)
     if iters < 1 or warmup < 0:
         raise ConfigError(f"--iters {iters} / --warmup {warmup}: expected iters ≥ 1 and warmup ≥ 0.")
     if not batches or any(b < 1 for b in batches):
-        raise ConfigError(f"--batch {list(batches)}: expected positive batch sizes, e.g. 1,8,32.")
+        raise ConfigError(f"--batch {list(batches)}: expected positive batch sizes, e.g. --batch 1 --batch 8.")
     for name in runtimes:
         runner_class(name)  # unknown names fail here, listing the registered ones
     manifest = read_manifest(root, verify=True)
@@ -157,7 +161,8 @@ def run_bench(
         del decoded
         for runtime, precision in pairs:
             for b in batches:
-                job = Job(str(root.resolve()), runtime, precision, int(b), iters, warmup, n_threads, device, str(films_file))
+                job = Job(str(root.resolve()), runtime, precision, int(b), iters, warmup, n_threads, device, str(films_file),
+                          dict(runner_options or {}))
                 say(f"measuring {job.label} ({warmup} warm-up + {iters} timed runs, fresh process)")
                 row = BenchRow.from_worker(run_worker("--worker", job.to_json(), workdir, env, job.label))
                 say(f"  end to end p50 {row.end_to_end.p50_ms:.3f} ms, inference p50 {row.inference.p50_ms:.3f} ms")
@@ -236,17 +241,6 @@ def write_outputs(report: BenchReport, json_out: Path | None, markdown_out: Path
 # -- CLI ------------------------------------------------------------------------------------------
 
 
-def parse_batches(_ctx: click.Context | None, _param: click.Parameter | None, value: str) -> tuple[int, ...]:
-    """"1,8,32" → (1, 8, 32); anything else is a usage error naming the expected form."""
-    try:
-        batches = tuple(int(v) for v in str(value).replace(" ", "").split(",") if v)
-    except ValueError:
-        raise click.BadParameter(f"{value!r}; expected comma-separated positive integers, e.g. 1,8,32.") from None
-    if not batches or any(b < 1 for b in batches):
-        raise click.BadParameter(f"{value!r}; expected comma-separated positive integers, e.g. 1,8,32.")
-    return tuple(dict.fromkeys(batches))
-
-
 def _command_line() -> str:
     """The invocation as a user would retype it: `salad bench ARGS…` whichever entry point ran it."""
     args = sys.argv[1:]
@@ -261,8 +255,9 @@ def _command_line() -> str:
               help="Runtime to measure; repeat for several. PyTorch eager fp32 (torch) is always measured as the baseline.  [default: onnxruntime]")
 @click.option("--precision", "precisions", multiple=True, type=click.Choice(list(PRECISIONS)),
               help="Graph variant to measure; repeat for several.  [default: every precision in the bundle]")
-@click.option("--batch", "batches", default=",".join(map(str, DEFAULT_BATCHES)), show_default=True, callback=parse_batches,
-              help="Comma-separated batch sizes.")
+@click.option("--batch", "batches", type=IntList(), multiple=True,
+              help="Films per inference call to measure; repeat for several (a comma list also works: 1,8,32).  "
+                   f"[default: {','.join(map(str, DEFAULT_BATCHES))}]")
 @click.option("--iters", type=click.IntRange(min=1), default=DEFAULT_ITERS, show_default=True,
               help=f"Timed runs per figure (≥ {MIN_RUNS} for figures you quote).")
 @click.option("--warmup", type=click.IntRange(min=0), default=DEFAULT_WARMUP, show_default=True, help="Untimed runs first.")
@@ -272,21 +267,26 @@ def _command_line() -> str:
               help="Decode at most this many films, evenly spread over --data.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Threads for every runtime (torch, ONNX Runtime intra-op, BLAS).  [default: all usable CPUs]")
-@click.option("--device", default=None, help="cpu, cuda or cuda:N for every runtime, the torch baseline included (default: each runtime's own).")
+@click.option("--device", type=DEVICE, default=None,
+              help="cpu, cuda or cuda:N for every runtime, the torch baseline included (default: each runtime's own).")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the results as JSON here.")
 @click.option("--markdown", "markdown_out", type=click.Path(path_type=Path), default=None, help="Write a markdown report here.")
 @click.option("--plot", "plot_out", type=click.Path(path_type=Path), default=None, help="Write a PNG plot here (needs matplotlib).")
+@runner_option_flags([name for name in FLAGS if name != "threads"])
 @friendly_errors
 def bench_command(
-    bundle: Path, runtimes: Sequence[str], precisions: Sequence[str], batches: tuple[int, ...], iters: int, warmup: int,
-    data: Path, films: int, threads: int | None, device: str | None,
-    json_out: Path | None, markdown_out: Path | None, plot_out: Path | None,
+    bundle: Path, runtimes: Sequence[str], precisions: Sequence[str], batches: Sequence[list[int]], iters: int,
+    warmup: int, data: Path, films: int, threads: int | None, device: str | None,
+    json_out: Path | None, markdown_out: Path | None, plot_out: Path | None, **backend: Any,
 ) -> None:
     """Latency, throughput, peak memory and cold start of BUNDLE per runtime × precision × batch, vs PyTorch eager fp32."""
+    runtimes = runtimes or ("onnxruntime",)
+    options = given(backend)
+    check_taken([*runtimes, BASELINE_RUNTIME], options)
     report = run_bench(
-        bundle, runtimes or ("onnxruntime",), precisions or None, batches, iters=iters, warmup=warmup, data=data,
-        films=films, threads=threads, device=device, command=_command_line(),
-        progress=lambda msg: click.echo(msg, err=True),
+        bundle, runtimes, precisions or None, flatten(batches) or DEFAULT_BATCHES, iters=iters, warmup=warmup,
+        data=data, films=films, threads=threads, device=device, command=_command_line(),
+        progress=None if quiet() else lambda msg: click.echo(msg, err=True), runner_options=options,
     )
     click.echo(report.format_table())
     for path in write_outputs(report, json_out, markdown_out, plot_out):

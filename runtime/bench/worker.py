@@ -37,6 +37,8 @@ class Job:
     threads: int
     device: str | None
     films: str  # .npz of decoded grey films
+    #: Backend options beyond threads (TensorRT's cache_dir, opt_batch, …); each runtime gets those it declares.
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -51,9 +53,10 @@ def _load_films(path: str | Path) -> list[np.ndarray]:
         return [np.ascontiguousarray(data[f"arr_{i}"], dtype=np.float32) for i in range(len(data.files))]
 
 
-def _runner_options(runtime: str, threads: int) -> dict[str, Any]:
-    """`threads=` for backends that declare it (torch: torch.set_num_threads; onnxruntime: intra-op threads)."""
-    return {"threads": threads} if "threads" in runner_class(runtime).options else {}
+def _runner_options(runtime: str, threads: int, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`threads=` and the job's other options, for backends that declare them (Runner.options)."""
+    declared = runner_class(runtime).options
+    return {k: v for k, v in {**(options or {}), "threads": threads}.items() if k in declared}
 
 
 def _runtime_info(scorer: Scorer) -> dict[str, Any]:
@@ -92,7 +95,7 @@ def measure_configuration(job: Job, films: Sequence[np.ndarray]) -> dict[str, An
     t0 = time.perf_counter_ns()
     scorer = Scorer.from_bundle(
         job.bundle, runtime=job.runtime, precision=job.precision, device=job.device, max_batch=b,
-        **_runner_options(job.runtime, job.threads),
+        **_runner_options(job.runtime, job.threads, job.options),
     )
     t1 = time.perf_counter_ns()
     scorer.activate()

@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -18,6 +19,7 @@ from salad.metrics import (
     row_abs_diff,
 )
 from salad.preprocess import load_batch
+from salad.progress import progress
 
 from ..base import BundleGraph, Runner, create_runner, runner_class
 from ..scorer import Scorer
@@ -121,12 +123,14 @@ def compare(
     device: str | None = None,
     max_batch: int = 32,
     raise_on_failure: bool = False,
+    runner_options: Mapping[str, Any] | None = None,
 ) -> ParityReport:
     """Compare each runtime × precision with the PyTorch reference on the bundle's reference films (+ `data`).
 
     precisions: default every precision the bundle has. tolerances: overrides of the manifest's
     per-precision tolerances, {metric: value} or {precision: {metric: value}}. device: for the
     compared runtimes (default each runtime's own; the PyTorch reference runs on the CPU).
+    runner_options: backend options (threads, cache_dir, …); each runtime gets those it declares.
     Every metric of every row is measured first; with raise_on_failure a ParityError then lists
     every failing check. Unknown runtimes, missing backends or precisions raise before any work.
     The --data films are read and preprocessed once and held in memory (4·S² bytes each), so every
@@ -165,12 +169,12 @@ def compare(
     elif no_torch is not None:
         notes.append(f"{no_torch}: compared against the PyTorch outputs stored in {REFERENCE_FILE}.")
 
-    runs = _Runs(root, manifest, inputs, device=device, max_batch=max_batch)
+    runs = _Runs(root, manifest, inputs, device=device, max_batch=max_batch, options=runner_options or {})
     first = runs.scorer(*pairs[0])  # reads and checks the bundle's threshold
     reference = runs.reference()
     rows = [
         _row(runtime, precision, *runs.outputs(runtime, precision), reference, inputs, first, tol[precision])
-        for runtime, precision in pairs
+        for runtime, precision in progress(pairs, desc="parity", unit="row", disable=len(pairs) < 2)
     ]
     counts = {"reference": inputs.n_reference}
     if len(inputs.images) > inputs.n_reference:
@@ -210,15 +214,18 @@ def _display_name(path: Path, root: Path) -> str:
 class _Runs:
     """Runs each runtime × precision × device once over the input set; torch fp32 on CPU doubles as the reference."""
 
-    def __init__(self, root: Path, manifest: Manifest, inputs: _InputSet, *, device: str | None, max_batch: int) -> None:
+    def __init__(self, root: Path, manifest: Manifest, inputs: _InputSet, *, device: str | None, max_batch: int,
+                 options: Mapping[str, Any]) -> None:
         self.root, self.manifest, self.inputs = root, manifest, inputs
-        self.device, self.max_batch = device, max_batch
+        self.device, self.max_batch, self.options = device, max_batch, dict(options)
         self._cache: dict[tuple[str, str, str], Outputs] = {}
 
     def scorer(self, runtime: str, precision: str, device: str | None = None) -> Scorer:
         """A Scorer (graph contract checked, threshold read) around a runner that is not active yet."""
         graph = BundleGraph.from_manifest(self.root, self.manifest, "model", precision)
-        runner = create_runner(runtime, graph, max_batch=self.max_batch, device=device or self.device)
+        declared = runner_class(runtime).options
+        options = {k: v for k, v in self.options.items() if k in declared}
+        runner = create_runner(runtime, graph, max_batch=self.max_batch, device=device or self.device, **options)
         return Scorer(self.root, self.manifest, runner)
 
     def outputs(self, runtime: str, precision: str, device: str | None = None) -> tuple[Outputs, str]:

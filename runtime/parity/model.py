@@ -12,6 +12,9 @@ from salad.errors import ParityError, SaladError
 from .checks import Check, json_number
 from .render import render_markdown, render_table
 
+#: The shape of `salad parity --json` and ParityReport.to_dict (salad/schemas/parity.json).
+SCHEMA = "salad-parity/1"
+
 
 @dataclass
 class ParityRow:
@@ -88,9 +91,16 @@ class ParityReport:
                 return r
         raise SaladError(f"the report has no row {runtime}/{precision}; it has {[r.name for r in self.rows]}.")
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON: with one row its metrics sit at the top level; with several they are a list under "rows"."""
-        context = {
+    @property
+    def failure_records(self) -> list[dict[str, Any]]:
+        """One dict per failing check (row, runtime, precision, metric, value, tolerance, …): ParityError.failures."""
+        return [
+            {"row": r.name, "runtime": r.runtime, "precision": r.precision, **c.to_dict(), "message": c.describe()}
+            for r in self.rows for c in r.failed_checks
+        ]
+
+    def _context(self) -> dict[str, Any]:
+        return {
             "bundle": str(self.bundle),
             "reference": self.reference,
             "images": dict(self.images),
@@ -98,9 +108,15 @@ class ParityReport:
             "threshold": {"value": self.threshold, "score": self.threshold_score},
             "notes": list(self.notes),
         }
-        if len(self.rows) == 1:
-            return {**self.rows[0].to_dict(), **context}
-        return {"passed": self.passed, **context, "rows": [r.to_dict() for r in self.rows]}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON (schema salad-parity/1, salad/schemas/parity.json): the same shape for one row or many."""
+        return {"schema": SCHEMA, "passed": self.passed, **self._context(), "rows": [r.to_dict() for r in self.rows],
+                "failures": self.failure_records}
+
+    def row_dict(self, index: int = 0) -> dict[str, Any]:
+        """One row with the report's context around it: the parity a calibration report records for its variant."""
+        return {**self.rows[index].to_dict(), **self._context()}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, allow_nan=False)
@@ -120,5 +136,6 @@ class ParityReport:
             f"parity failed for {', '.join(failing)} against the PyTorch reference on {sum(self.images.values())} "
             f"film(s) of {self.bundle}:\n  " + "\n  ".join(self.failures)
             + "\nFix the graph or runtime, or, if the differences are acceptable, re-calibrate the variant or pass "
-            "looser tolerances (--tolerance PRECISION:METRIC=VALUE)."
+            "looser tolerances (--tolerance PRECISION:METRIC=VALUE).",
+            failures=self.failure_records,
         )

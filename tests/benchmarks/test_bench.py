@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from salad.clitools import IntList, flatten
 from salad.runtime.bench import (
     Stats,
     bench_command,
     count_macs,
     current_rss_mb,
-    parse_batches,
     peak_rss_mb,
     reset_peak_rss,
 )
@@ -121,12 +121,13 @@ def test_a_bundle_without_checkpoint_cannot_have_a_torch_baseline(bench_bundle: 
 
 @pytest.mark.parametrize("text", ["0", "1,x", "", "-2"])
 def test_batch_list_is_validated(text: str) -> None:
-    with pytest.raises(click.BadParameter, match="comma-separated positive integers"):
-        parse_batches(None, None, text)
+    with pytest.raises(click.BadParameter, match="expected whole numbers"):
+        IntList().convert(text, None, None)
 
 
 def test_batch_list_keeps_order_and_drops_repeats() -> None:
-    assert parse_batches(None, None, "1, 8,32,8") == (1, 8, 32)
+    """--batch 1 --batch 8,32 --batch 8: repeated options and comma lists give one ordered list."""
+    assert flatten([IntList().convert(t, None, None) for t in ("1", " 8,32", "8")]) == [1, 8, 32]
 
 
 def test_stats_percentiles_and_spread() -> None:

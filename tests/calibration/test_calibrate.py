@@ -102,9 +102,9 @@ def test_variants_score_on_onnxruntime_cpu(precision: str, calibrated: Calibrate
     [
         ("fp32", {}, r"precision 'fp32': calibration makes \['fp16', 'int8'\]"),
         ("int8", {"method": "kl"}, r"--method 'kl': expected one of \['minmax', 'entropy', 'percentile'\]"),
-        ("int8", {"max_auc_drop": 0.01}, r"--max-auc-drop needs --data-labelled LABELLED"),
+        ("int8", {"max_auc_drop": 0.01}, r"--max-auc-drop needs --labelled LABELLED"),
         ("int8", {"max_auc_drop": 1.5, "data_labelled": SAMPLE_EVAL}, r"--max-auc-drop 1.5: expected a number in \[0, 1\)"),
-        ("int8", {"data_labelled": "/no/such/folder"}, r"--data-labelled /no/such/folder: no such file or folder"),
+        ("int8", {"data_labelled": "/no/such/folder"}, r"--labelled /no/such/folder: no such file or folder"),
     ],
 )
 def test_bad_requests_are_refused_before_any_work(precision: str, options: dict[str, Any], message: str, tmp_path: Path) -> None:
@@ -113,7 +113,7 @@ def test_bad_requests_are_refused_before_any_work(precision: str, options: dict[
 
 
 def test_bounded_mode_needs_both_classes(bundle_copy: Path) -> None:
-    with pytest.raises(CalibrationError, match=r"--data-labelled .*normal holds only label-0 films; ΔAUC needs normal and abnormal ones"):
+    with pytest.raises(CalibrationError, match=r"--labelled .*normal holds only label-0 films; ΔAUC needs normal and abnormal ones"):
         calibrate_bundle(bundle_copy, "int8", SAMPLE_TRAIN, max_auc_drop=0.005, data_labelled=SAMPLE_TRAIN)
 
 

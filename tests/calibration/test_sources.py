@@ -49,7 +49,7 @@ def test_abnormal_films_are_not_counted(tmp_path: Path) -> None:
 
 
 def test_fewer_images_than_the_minimum_are_refused() -> None:
-    with pytest.raises(CalibrationError, match=r"--images 50 is below the minimum of 100 calibration films"):
+    with pytest.raises(CalibrationError, match=r"--films 50 is below the minimum of 100 calibration films"):
         CalibrationSource.from_data(SAMPLE_TRAIN, CONFIG, images=50)
 
 

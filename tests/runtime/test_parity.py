@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import salad
-from salad.errors import BackendUnavailableError, ParityError, SaladError
+from salad.errors import EXIT_CHECKS_FAILED, BackendUnavailableError, ParityError, SaladError
 from salad.manifest import PRECISIONS, read_manifest
 from salad.runtime import ParityReport, compare, runner_class, runner_names
 from salad.runtime.cli import parity_command
@@ -90,14 +90,16 @@ def _table_widths(markdown: str) -> list[int]:
 
 def test_cli_onnxruntime_fp32_with_labelled_data(tiny_bundle: Path, tmp_path: Path) -> None:
     out, md = tmp_path / "reports" / "out.json", tmp_path / "reports" / "out.md"
-    args = [str(tiny_bundle), "--runtime", "onnxruntime", "--precision", "fp32", "--data", str(SAMPLE_EVAL),
+    args = [str(tiny_bundle), "--runtime", "onnxruntime", "--precision", "fp32", "--labelled", str(SAMPLE_EVAL),
             "--json", str(out), "--markdown", str(md)]
     result = CliRunner().invoke(parity_command, args)
     assert result.exit_code == 0, result.output
     payload = json.loads(out.read_text())
-    assert payload.keys() >= ROW_KEYS and "rows" not in payload
-    assert payload["passed"] is True and payload["label_agreement"] == 1.0
-    assert payload["max_abs_score_diff"] <= 1e-5 and abs(payload["delta_auc"]) <= 1e-4
+    assert payload["schema"] == "salad-parity/1" and len(payload["rows"]) == 1  # one row: the same shape as many
+    row = payload["rows"][0]
+    assert row.keys() >= ROW_KEYS and payload["failures"] == []
+    assert payload["passed"] is True and row["label_agreement"] == 1.0
+    assert row["max_abs_score_diff"] <= 1e-5 and abs(row["delta_auc"]) <= 1e-4
     assert payload["images"] == {"reference": n_reference(tiny_bundle), "data": N_EVAL}
     assert payload["reference"] == "reference.npz+torch" and payload["notes"] == []
     lines = result.output.splitlines()
@@ -110,7 +112,7 @@ def test_cli_onnxruntime_fp32_with_labelled_data(tiny_bundle: Path, tmp_path: Pa
     widths = _table_widths(text)
     main, checks = widths[:3], widths[3:]
     assert len(set(main)) == 1 and len(set(checks)) == 1, widths  # every row as wide as its header
-    assert len(checks) == 2 + len(payload["checks"])
+    assert len(checks) == 2 + len(row["checks"])
 
 
 def test_cli_several_rows_go_under_rows(tiny_bundle: Path) -> None:
@@ -130,12 +132,17 @@ def test_cli_fails_with_exit_code_and_keeps_the_reports(perturbed_bundle: Callab
     bundle = perturbed_bundle(nudge(0.1))
     out = tmp_path / "fail.json"
     result = CliRunner().invoke(parity_command, [str(bundle), "--json", str(out)])
-    assert result.exit_code == 1
+    assert result.exit_code == EXIT_CHECKS_FAILED == 3  # the checks ran and failed: not "could not run" (1)
     assert "error: parity failed for onnxruntime/fp32" in result.output
     assert "max_abs_score_diff = " in result.output and "> tolerance 1e-05" in result.output
     payload = json.loads(out.read_text())
-    assert payload["passed"] is False and payload["max_abs_score_diff"] > 1e-5
-    assert any(f.startswith("max_abs_score_diff") for f in payload["failures"])
+    assert payload["passed"] is False and payload["rows"][0]["max_abs_score_diff"] > 1e-5
+    assert any(f.startswith("max_abs_score_diff") for f in payload["rows"][0]["failures"])
+    worst = next(f for f in payload["failures"] if f["metric"] == "max_abs_score_diff")
+    assert worst["row"] == "onnxruntime/fp32" and worst["value"] > worst["tolerance"] == 1e-5 and not worst["passed"]
+    with pytest.raises(ParityError) as caught:
+        compare(bundle, ["onnxruntime"], ["fp32"], raise_on_failure=True)
+    assert caught.value.failures == payload["failures"]  # the exception carries what --json records
 
 
 def test_parity_is_registered_in_the_salad_group() -> None:
@@ -146,10 +153,10 @@ def test_parity_is_registered_in_the_salad_group() -> None:
 
 def test_cli_tolerance_option_is_validated(tiny_bundle: Path) -> None:
     result = CliRunner().invoke(parity_command, [str(tiny_bundle), "--tolerance", "max_abs_scor_diff=1e-4"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a usage error (ConfigError)
     assert "unknown parity metric 'max_abs_scor_diff'" in result.output and "max_abs_score_diff" in result.output
     result = CliRunner().invoke(parity_command, [str(tiny_bundle), "--tolerance", "1e-4"])
-    assert result.exit_code == 1 and "expected [PRECISION:]METRIC=VALUE" in result.output
+    assert result.exit_code == 2 and "expected [PRECISION:]METRIC=VALUE" in result.output
 
 
 # -- acceptance 2: a console without torch or onnx, and a --slim bundle -------------------------------
@@ -171,11 +178,11 @@ def test_console_without_torch_compares_with_reference_npz(tiny_bundle: Path, tm
     payload = json.loads(out.read_text())
     assert payload["passed"] is True and payload["reference"] == "reference.npz"
     assert payload["images"] == {"reference": n_reference(tiny_bundle)}
-    assert payload["label_agreement"] == 1.0 and payload["delta_auc"] is None
+    assert payload["rows"][0]["label_agreement"] == 1.0 and payload["rows"][0]["delta_auc"] is None
     assert any("PyTorch is not installed here" in n and "reference.npz" in n for n in payload["notes"])
     # Same numbers as this torch-capable process, which also compares the reference films with reference.npz.
     here = compare(tiny_bundle, ["onnxruntime"], ["fp32"]).rows[0]
-    assert payload["max_abs_score_diff"] == pytest.approx(here.metrics["max_abs_score_diff"], abs=1e-7)
+    assert payload["rows"][0]["max_abs_score_diff"] == pytest.approx(here.metrics["max_abs_score_diff"], abs=1e-7)
 
 
 def test_slim_bundle_falls_back_to_reference_npz_and_says_data_was_not_used(slim_bundle: Path) -> None:
@@ -233,7 +240,7 @@ def test_a_nan_weight_fails_on_non_finite_outputs_and_still_writes_valid_json(pe
     assert f"nonfinite = {values} > tolerance 0" in failures
     assert "max_abs_score_diff = NaN > tolerance 1e-05 (no tolerance passes NaN)" in failures
     payload = json.loads(report.to_json())  # strict JSON: NaN metrics are null
-    assert payload["max_abs_score_diff"] is None and payload["passed"] is False
+    assert payload["rows"][0]["max_abs_score_diff"] is None and payload["passed"] is False
 
 
 def test_by_default_torch_takes_part_in_fp32_only(calibrated_bundle: Callable[[str], Path]) -> None:

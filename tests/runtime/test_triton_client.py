@@ -348,6 +348,6 @@ def test_triton_is_a_registered_runtime(tiny_bundle: Path, server: tuple[FakeTri
     assert [{k: v for k, v in r.items() if k != "ms"} for r in by_option] == [
         {k: v for k, v in r.items() if k != "ms"} for r in by_alias]
     missing = CliRunner().invoke(score_command, args)
-    assert missing.exit_code == 1 and "the triton runtime needs option(s) ['url']" in missing.output
+    assert missing.exit_code == 2 and "the triton runtime needs option(s) ['url']" in missing.output  # usage
     misplaced = CliRunner().invoke(score_command, [str(tiny_bundle), str(film_folder), "--url", url])
-    assert misplaced.exit_code == 1 and "--url is for a remote runtime" in misplaced.output
+    assert misplaced.exit_code == 2 and "--url is for a remote runtime" in misplaced.output
