@@ -15,9 +15,10 @@ if TYPE_CHECKING:
     from salad.calibration.calibrate import calibrate_bundle
     from salad.calibration.report import CalibrationReport
     from salad.calibration.sources import CalibrationSource, OrtCalibrationReader
-    from salad.calibration.tolerances import VARIANT_TOLERANCES
+    from salad.calibration.tolerances import VARIANT_TOLERANCES, default_tolerances
 
-__all__ = ["calibrate_bundle", "CalibrationReport", "CalibrationSource", "OrtCalibrationReader", "VARIANT_TOLERANCES"]
+__all__ = ["calibrate_bundle", "CalibrationReport", "CalibrationSource", "OrtCalibrationReader", "VARIANT_TOLERANCES",
+           "default_tolerances"]
 
 _LAZY = {
     "calibrate_bundle": "salad.calibration.calibrate",
@@ -25,6 +26,7 @@ _LAZY = {
     "CalibrationSource": "salad.calibration.sources",
     "OrtCalibrationReader": "salad.calibration.sources",
     "VARIANT_TOLERANCES": "salad.calibration.tolerances",
+    "default_tolerances": "salad.calibration.tolerances",
 }
 
 

@@ -7,6 +7,9 @@ BackendUnavailableError naming the extra to install.
 
 from __future__ import annotations
 
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 # Importing the modules registers the backends.
 from . import onnxruntime_runner, openvino_runner, tensorrt_runner, torch_runner, triton_client  # noqa: F401
 from .base import (
@@ -26,6 +29,9 @@ from .scorer import Result, Scorer, Timings
 from .tensorrt_runner import TensorRTRunner
 from .torch_runner import TorchRunner
 from .triton_client import TritonRunner
+
+if TYPE_CHECKING:
+    from .bench import BenchReport, run_bench
 
 __all__ = [
     "RUNNERS",
@@ -47,4 +53,15 @@ __all__ = [
     "OnnxRuntimeRunner",
     "OpenVinoRunner",
     "TensorRTRunner",
+    "run_bench",
+    "BenchReport",
 ]
+
+#: `salad bench`'s API, loaded when first used (it is not needed to score).
+_LAZY = {"run_bench": "salad.runtime.bench", "BenchReport": "salad.runtime.bench"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'salad.runtime' has no attribute {name!r}")

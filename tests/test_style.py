@@ -20,9 +20,9 @@ def test_ruff_is_clean() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-#: docs/architecture.md §1: which stages each package may import (the core imports none). The CLI and the demo
-#: are the core's entry points and may reach every stage; the torch reference runner imports
-#: salad.train lazily, inside its activation.
+#: docs/architecture.md §1: which stages each package may import (the core imports none). The CLI layer
+#: (salad/cli/: the commands and the demo) is the one place that reaches every stage; the torch reference runner
+#: imports salad.train lazily, inside its activation.
 ALLOWED_STAGES = {
     "salad": set(),
     "train": set(),
@@ -32,7 +32,10 @@ ALLOWED_STAGES = {
     "serve": {"runtime"},
     "similarity": set(),
 }
-ENTRY_POINTS = {"salad/cli.py", "salad/demo.py", "runtime/torch_runner.py"}
+CLI_LAYER = {"salad/cli/__init__.py", "salad/cli/demo.py"}
+ENTRY_POINTS = CLI_LAYER | {"runtime/torch_runner.py"}
+#: Modules outside the CLI layer that may import it: `python -m salad.train` reuses `salad train`'s parameters.
+CLI_IMPORTERS = {"train/__main__.py"}
 
 
 def _stage_imports(path: Path, package: str) -> set[str]:
@@ -65,6 +68,43 @@ def test_imports_follow_the_design_tree() -> None:
             if extra:
                 wrong.append(f"{rel} imports salad.{', salad.'.join(sorted(extra))}")
     assert not wrong, "imports outside the tree of docs/architecture.md §1:\n" + "\n".join(wrong)
+
+
+def _imported_names(path: Path) -> set[str]:
+    """Every dotted module name a file imports (`from a.b import c` gives a.b), anywhere in the file."""
+    import ast
+
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_the_cli_layer_calls_only_public_stage_apis() -> None:
+    """salad/cli/ (the commands and the demo) imports a stage through its package (its __all__) or its `cli` module."""
+    wrong = []
+    for rel in sorted(CLI_LAYER):
+        for name in _imported_names(REPO / rel):
+            parts = name.split(".")
+            stage = parts[1] if parts[0] == "salad" and len(parts) > 2 else None
+            if stage in ALLOWED_STAGES and stage != "salad" and parts[2] != "cli":
+                wrong.append(f"{rel} imports {name}")
+    assert not wrong, "the CLI layer reaches past a stage's public API:\n" + "\n".join(wrong)
+
+
+def test_only_entry_points_import_the_cli_layer() -> None:
+    """No stage or core module imports salad.cli (the dispatcher that loads them): commands use salad.clitools."""
+    wrong = []
+    for folder in ALLOWED_STAGES:
+        for path in sorted((REPO / folder).rglob("*.py")):
+            rel = str(path.relative_to(REPO))
+            if rel in CLI_LAYER or rel in CLI_IMPORTERS:
+                continue
+            wrong += [f"{rel} imports {n}" for n in _imported_names(path) if n == "salad.cli" or n.startswith("salad.cli.")]
+    assert not wrong, "\n".join(wrong)
 
 
 #: Stage folders → their names under the salad namespace (pyproject.toml's package-dir).

@@ -20,6 +20,7 @@ import click
 from salad.cli import train as train_command
 from salad.clitools import friendly_errors
 from salad.errors import SaladError
+from salad.train.config import TRAIN_SCHEMA
 
 
 def _rank() -> int:
@@ -34,7 +35,7 @@ def _run(data: Path, out: Path, preset: str, val: Path | None, resume: bool, for
     overrides.pop("nproc", None)
     cfg = dataclasses.replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
     if not launched_by_torchrun():
-        click.echo(json.dumps(train_run(data, out, cfg, val=val, resume=resume, force=force)))
+        click.echo(json.dumps({"schema": TRAIN_SCHEMA, **train_run(data, out, cfg, val=val, resume=resume, force=force)}))
         return
     try:
         summary = train_distributed(data, out, cfg, val=val, resume=resume, force=force)
@@ -42,7 +43,7 @@ def _run(data: Path, out: Path, preset: str, val: Path | None, resume: bool, for
         _leave(0)  # rank 0 reports the error and fails the job; this rank leaves quietly so the failure is rank 0's
     except SaladError as exc:
         click.echo(f"error: {exc}" if _rank() == 0 else f"error: [rank {_rank()}] {exc}", err=True)
-        _leave(1)
+        _leave(exc.exit_code)
     except KeyboardInterrupt:
         click.echo(f"[rank {_rank()}] interrupted; the run continues with --resume", err=True)
         _leave(130)
@@ -50,7 +51,7 @@ def _run(data: Path, out: Path, preset: str, val: Path | None, resume: bool, for
         traceback.print_exc()
         _leave(1)
     if summary is not None:
-        click.echo(json.dumps(summary))
+        click.echo(json.dumps({"schema": TRAIN_SCHEMA, **summary}))
 
 
 def _leave(code: int) -> NoReturn:

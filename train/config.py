@@ -15,6 +15,8 @@ from salad.train.datasets import AugmentConfig
 from salad.train.models import ModelConfig
 
 RUN_SCHEMA = 1
+#: The shape of the summary `salad train` prints (salad/schemas/train.json).
+TRAIN_SCHEMA = "salad-train/1"
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,10 @@
-"""The `salad` command line: thin click commands that each call one public function.
+"""The `salad` command line (the CLI layer: this package and salad/cli/demo.py): thin click commands.
+
+The CLI layer is the only place that imports every stage (docs/architecture.md §1); each command calls
+one public function.
 
 Stage modules are imported inside each command so that `salad score` on a console never imports
-torch or onnx. A SaladError becomes a one-line message and exit code 1, never a traceback.
+torch or onnx. A SaladError becomes a one-line message and its exit code (salad.errors), never a traceback.
 """
 
 from __future__ import annotations
@@ -25,24 +28,21 @@ from salad.clitools import (  # noqa: F401 - describe_os_error: stage CLIs' old 
 from salad.errors import EXIT_CHECKS_FAILED
 from salad.scoring import SCORE_NAMES
 
-#: The shape of the summary `salad train` prints (salad/schemas/train.json).
-TRAIN_SCHEMA = "salad-train/1"
-
 
 def _encoder_names() -> list[str]:
-    from salad.train.models import ENCODERS
+    from salad.train import ENCODERS
 
     return sorted(ENCODERS)
 
 
 def _preset_names() -> list[str]:
-    from salad.train.config import PRESETS
+    from salad.train import PRESETS
 
     return list(PRESETS)
 
 
 def _method_names() -> list[str]:
-    from salad.train.config import METHODS
+    from salad.train import METHODS
 
     return list(METHODS)
 
@@ -144,11 +144,11 @@ def train(data: Path, out: Path, preset: str, val: Path | None, resume: bool, fo
     """Train encoder + memory bank on normal X-rays into a run directory."""
     import dataclasses
 
-    from salad.train.trainer import PRESETS, train_run
+    from salad.train import PRESETS, TRAIN_SCHEMA, train_run
 
     cfg = dataclasses.replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
     if nproc > 1:
-        from salad.train.distributed import launch, option_args, preflight
+        from salad.train import launch, option_args, preflight
 
         preflight(data, out, cfg, val, resume, force, nproc)
         ctx = click.get_current_context()
@@ -168,7 +168,7 @@ def train(data: Path, out: Path, preset: str, val: Path | None, resume: bool, fo
 def evaluate(run: Path, labelled: Path | None, json_out: Path | None, plots: Path | None) -> None:
     """AUC and AUPRC of a run on labelled data (abnormal = positive)."""
     require(labelled, "--labelled")
-    from salad.train.evaluate import evaluate_run
+    from salad.train import evaluate_run
 
     result = evaluate_run(run, labelled, json_out=json_out, plots=plots)
     click.echo(f"AUC {result['auc']:.4f}  AUPRC {result['auprc']:.4f}  ({result['n_normal']} normal, {result['n_abnormal']} abnormal)")
@@ -184,7 +184,7 @@ def evaluate(run: Path, labelled: Path | None, json_out: Path | None, plots: Pat
 @friendly_errors
 def demo(out: Path, data: Path | None, quick: bool, force: bool) -> None:
     """Train → evaluate → export → calibrate → parity → bench → score, and write a report."""
-    from salad.demo import run_demo
+    from salad.cli.demo import run_demo
 
     result = run_demo(out, data=data, quick=quick, force=force, echo=click.echo)
     auc = result.metrics.get("evaluation", {}).get("auc")

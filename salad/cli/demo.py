@@ -2,7 +2,8 @@
 
 train → evaluate → export → calibrate fp16/int8 → parity of every available runtime × precision →
 bench → score a few films (including a real DICOM) → DIR/report.html (self-contained) + report.md.
-This module is part of the CLI layer: it is the one place besides salad.cli that imports every stage.
+Part of the CLI layer (salad/cli/), the one place that imports every stage; it calls only their public
+APIs (each stage package's `__all__`), which tests/test_style.py checks.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import salad
 from salad.data import Sample, read_samples, require_normals
 from salad.errors import DataError, SaladError
 
-SAMPLE = Path(__file__).parent / "sample"
+SAMPLE = Path(__file__).parents[1] / "sample"
 
 
 @dataclass
@@ -51,7 +52,7 @@ class DemoResult:
 
 
 def _write_csv(path: Path, samples: Sequence[Sample]) -> None:
-    from salad.train.trainer import write_list
+    from salad.train import write_list
 
     write_list(path, samples)
 
@@ -64,7 +65,7 @@ def prepare_demo_data(out: Path, data: Path | None, seed: int = 0) -> tuple[Path
     require_normals(samples, data)
     if not any(s.label == 1 for s in samples):
         return Path(data), None, str(data)
-    from salad.train.trainer import split_by_patient
+    from salad.train import split_by_patient
 
     train, held = split_by_patient(samples, 0.2, seed)
     train_normals = [s for s in train if s.label == 0]
@@ -89,14 +90,10 @@ def run_demo(
     echo: Callable[[str], None] = print,
 ) -> DemoResult:
     """Run every stage on real X-rays and write DIR/report.html and DIR/report.md."""
-    from salad.calibration import calibrate_bundle
-    from salad.calibration.tolerances import default_tolerances
+    from salad.calibration import calibrate_bundle, default_tolerances
     from salad.export import export_bundle
-    from salad.runtime import Scorer, compare
-    from salad.runtime.base import available_runners, runner_class
-    from salad.runtime.bench import run_bench
-    from salad.train.evaluate import evaluate_run
-    from salad.train.trainer import CPU, train_run
+    from salad.runtime import Scorer, available_runners, compare, run_bench, runner_class
+    from salad.train import CPU, evaluate_run, train_run
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -255,8 +252,7 @@ def write_report(
     """report.md (links to PNGs) and report.html (the same, images embedded so it can be mailed)."""
     figures: list[tuple[str, Path]] = []
     if metrics is not None and eval_data is not None:
-        from salad.train.evaluate import load_run, score_samples
-        from salad.train.plots import write_detection_plots
+        from salad.train import load_run, score_samples, write_detection_plots
 
         samples = read_samples(eval_data)
         labels = np.array([s.label for s in samples])
