@@ -17,6 +17,8 @@ from salad.scoring import SCORES
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+#: The published JSON Schemas of manifest.json and of every command's JSON output (package data).
+JSON_SCHEMAS = Path(__file__).parent / "schemas"
 #: An interrupted commit: the renames still to do and the complete new manifest (see commit_journal).
 JOURNAL = ".journal.json"
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -35,6 +37,16 @@ DEFAULT_TOLERANCES: dict[str, dict[str, float]] = {
         "delta_auprc": 1e-4,
     },
 }
+
+def json_schema(kind: str) -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of `kind`: "manifest", or a JSON output ("score", "parity", "bench", …)."""
+    path = JSON_SCHEMAS / f"{kind}.json"
+    if not path.is_file():
+        have = sorted(p.stem for p in JSON_SCHEMAS.glob("*.json"))
+        raise BundleError(f"no published JSON Schema {kind!r} in {JSON_SCHEMAS}; there are {have}.")
+    schema: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return schema
+
 
 # -- paths ------------------------------------------------------------------------------------------------
 

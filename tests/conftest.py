@@ -86,3 +86,15 @@ def dicom_files() -> dict[str, Path]:
     from pydicom.data import get_testdata_file
 
     return {name: Path(str(get_testdata_file(name))) for name in ("RG1_UNCR.dcm", "RG1_J2KR.dcm")}
+
+
+def check_json_schema(kind: str, payload: dict) -> dict:  # type: ignore[type-arg]
+    """Validate a command's JSON output against salad/schemas/<kind>.json, naming every violation."""
+    import jsonschema
+
+    from salad.schema import json_schema
+
+    validator = jsonschema.Draft202012Validator(json_schema(kind))
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(payload)]
+    assert not errors, f"{kind}: " + "\n".join(errors)
+    return payload

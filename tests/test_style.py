@@ -32,7 +32,7 @@ ALLOWED_STAGES = {
     "serve": {"runtime"},
     "similarity": set(),
 }
-CLI_LAYER = {"salad/cli/__init__.py", "salad/cli/demo.py"}
+CLI_LAYER = {"salad/cli/__init__.py", "salad/cli/__main__.py", "salad/cli/demo.py"}
 ENTRY_POINTS = CLI_LAYER | {"runtime/torch_runner.py"}
 #: Modules outside the CLI layer that may import it: `python -m salad.train` reuses `salad train`'s parameters.
 CLI_IMPORTERS = {"train/__main__.py"}

@@ -26,6 +26,7 @@ from salad.runtime.bench import (
     reset_peak_rss,
 )
 from salad.runtime.bench import configurations as _configurations
+from tests.conftest import check_json_schema
 
 ROW_KEYS = {"runtime", "precision", "batch", "p50_ms", "p95_ms", "p99_ms", "throughput_ips", "peak_rss_mb", "speedup_vs_torch"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -44,7 +45,7 @@ def smoke(bench_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
 
 
 def test_smoke_json_rows_pair_every_configuration_with_torch(smoke: tuple[dict, str, Path, str]) -> None:
-    report = smoke[0]
+    report = check_json_schema("bench", smoke[0])
     assert report["schema"] == "salad-bench/1"
     rows = report["results"]
     assert [(r["runtime"], r["precision"], r["batch"]) for r in rows] == [

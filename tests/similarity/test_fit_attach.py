@@ -15,7 +15,7 @@ from salad.manifest import read_manifest
 from salad.similarity.attach import DRIFT_FILE, FILES, POINTS_FILE, Attached, attach
 from salad.similarity.cli import similarity_group
 from salad.similarity.estimator import Estimator
-from tests.conftest import SAMPLE_EVAL, SAMPLE_TRAIN
+from tests.conftest import SAMPLE_EVAL, SAMPLE_TRAIN, check_json_schema
 from tests.similarity.conftest import NIH_NORMAL, films
 
 
@@ -83,7 +83,7 @@ def test_rank_from_the_command_line(attached_bundle: Path, tiny_estimator: Path,
             "--candidate", f"bundle={attached_bundle}", "--candidate", f"nih-films={NIH_NORMAL}", "--json", str(out)]
     done = CliRunner().invoke(similarity_group, args)
     assert done.exit_code == 0, done.output
-    body = json.loads(out.read_text())
+    body = check_json_schema("similarity-ranking", json.loads(out.read_text()))
     assert body["schema"] == "salad-similarity-ranking/1" and body["target"] == str(NIH_NORMAL)
     distances = [r["distance"] for r in body["ranking"]]
     assert distances == sorted(distances) and {r["candidate"] for r in body["ranking"]} == {"bundle", "nih-films"}
@@ -127,9 +127,12 @@ def test_fit_from_the_command_line_on_real_folders(tmp_path: Path) -> None:
     out = tmp_path / "est"
     args = ["fit", "--data", f"kermany={SAMPLE_EVAL}", "--data", f"nih={NIH_NORMAL}", "--out", str(out),
             "--steps", "2", "--batch", "2", "--max-films", "8", "--threads", "1", "--beta", "0.3"]
-    done = CliRunner().invoke(similarity_group, args)
+    done = CliRunner().invoke(similarity_group, args)  # the old spellings of --batch-size and --films still work
     assert done.exit_code == 0, done.output
+    assert "warning: --batch is deprecated; use --batch-size (same meaning)." in done.output
+    assert "warning: --max-films is deprecated; use --films (same meaning)." in done.output
     est = Estimator.load(out)
+    assert est.info["config"]["batch"] == 2 and est.info["config"]["max_films"] == 8
     assert est.info["datasets"]["kermany"]["films"] == 80 and est.info["datasets"]["nih"]["films"] == 496
     assert est.info["datasets"]["nih"]["source"] == str(NIH_NORMAL)
     assert est.info["config"]["loss"]["beta"] == 0.3 and est.info["config"]["loss"]["alpha"] == 0.5
