@@ -91,7 +91,7 @@ def stage_bundles(threads: int, seed: int = 0) -> dict[str, Any]:
         with open(run / "val.csv", newline="", encoding="utf-8") as fh:
             val_films = len(list(csv.DictReader(fh)))  # NIH PA holds out only ~10 films by patient
         subprocess.run([salad_bin(), "export", str(run), "--out", str(bundle), "--force", "--slim",
-                        "--reference-images", str(min(32, val_films))], check=True, env=env)
+                        "--reference-films", str(min(32, val_films))], check=True, env=env)
         record[site] = {"train_normals": len(rows), "train_seconds": train_s, "threads": threads, "seed": seed, "k": k}
         record_path.parent.mkdir(parents=True, exist_ok=True)
         record_path.write_text(json.dumps(record, indent=2) + "\n")

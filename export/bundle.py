@@ -19,7 +19,7 @@ import onnx
 
 import salad
 from salad.data import Sample, list_hash
-from salad.errors import ExportValidationError, SaladError
+from salad.errors import ConfigError, DataError, ExportValidationError, RunError, SaladError
 from salad.fsutil import parse_json
 from salad.manifest import DEFAULT_TOLERANCES, GraphSpec, Manifest, atomic_directory, sha256_file
 from salad.merge import merge_encoder_scorer
@@ -63,17 +63,17 @@ def read_run_config(run: Path) -> dict[str, Any]:
     from salad.train.trainer import RUN_SCHEMA
 
     if not run.is_dir():
-        raise SaladError(
+        raise DataError(
             f"{run}: not a run directory. Expected the --out folder of `salad train` "
             "(config.json, checkpoint.pt, val.csv, val_scores.npz)."
         )
     path = run / "config.json"
     if not path.is_file():
-        raise SaladError(f"{path}: missing, so {run} is not a run directory written by `salad train`.")
+        raise DataError(f"{path}: missing, so {run} is not a run directory written by `salad train`.")
     config = parse_json(path.read_bytes(), path, SaladError, "The run directory is damaged.")
     version = config.get("schema_version") if isinstance(config, dict) else None
     if version != RUN_SCHEMA:
-        raise SaladError(
+        raise DataError(
             f"{path}: unknown run schema {version!r}; salad-edge {salad.__version__} exports run schema {RUN_SCHEMA}. "
             "Export with the salad-edge version that trained the run, or retrain it with this one."
         )
@@ -90,24 +90,24 @@ def checked_bank(rows: np.ndarray, labels: np.ndarray, dim: int, k: int, where: 
         return f"{bad.size} row(s) (training rows {bad[:5].tolist()}{' …' if bad.size > 5 else ''})"
 
     if bank.ndim != 2 or bank.shape[1] != dim:
-        raise SaladError(f"{where}: memory bank has shape {tuple(bank.shape)}, expected [N, {dim}].")
+        raise DataError(f"{where}: memory bank has shape {tuple(bank.shape)}, expected [N, {dim}].")
     if bank.shape[0] == 0:
-        raise SaladError(f"{where}: the memory bank has no normal rows; retrain on normal films.")
+        raise DataError(f"{where}: the memory bank has no normal rows; retrain on normal films.")
     finite = np.asarray(np.isfinite(bank).all(axis=1))
     if not finite.all():
-        raise SaladError(
+        raise RunError(
             f"{where}: memory bank has NaN/Inf in {rows_of(~finite)}; the run diverged. "
             "Retrain (e.g. with a lower --lr); a bundle with such a bank would score NaN."
         )
     norms = np.linalg.norm(bank.astype(np.float64), axis=1)
     if (norms < 1e-6).any():
-        raise SaladError(
+        raise DataError(
             f"{where}: memory bank has all-zero {rows_of(norms < 1e-6)}; every bank row must be a unit vector. "
             "Retrain the run (a zero row gives arccos(0) = π/2 for every image)."
         )
     off = np.abs(norms - 1.0) > _UNIT_TOLERANCE
     if off.any():
-        raise SaladError(
+        raise DataError(
             f"{where}: memory bank has {rows_of(off)} that are not unit vectors (norms {norms[off][:3].round(4).tolist()}); "
             "expected ‖m‖ = 1. Retrain, or re-normalise the bank in the checkpoint."
         )
@@ -129,7 +129,7 @@ def _check_val_scores(run: Path, val: dict[str, np.ndarray], samples: list[Sampl
     worst = int(np.abs(now - then).argmax())
     if abs(now[worst] - then[worst]) > _VAL_SCORE_TOLERANCE:
         name = samples[pairs[worst][0]].path.name
-        raise SaladError(
+        raise DataError(
             f"{run / 'val_scores.npz'} does not match {run / CHECKPOINT_FILE}: {name} scored {then[worst]:.6f} at the end "
             f"of training but {now[worst]:.6f} now. The threshold would come from stale scores; finish or re-run training."
         )
@@ -176,7 +176,7 @@ def export_bundle(
     run_config = read_run_config(run)
     validation = check_floors(run, allow_below_floors)
     if out.resolve() == run.resolve() or out.resolve() in run.resolve().parents:
-        raise SaladError(f"--out {out} would replace the run directory {run} it is exported from; choose another --out.")
+        raise ConfigError(f"--out {out} would replace the run directory {run} it is exported from; choose another --out.")
     with atomic_directory(out, force=force) as tmp:
         loaded = load_run(run)
         dim = int(loaded.model.config.embedding_dim)
@@ -292,7 +292,7 @@ def check_floors(run: Path, allow_below_floors: bool) -> dict[str, Any]:
         n_normal, n_abnormal = int(validation["n_normal"]), int(validation["n_abnormal"])
         auc, floors, needed = float(validation["auc"]), dict(validation["floors"]), dict(validation["needed"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise SaladError(f"{path}: unreadable ({type(exc).__name__}: {exc}); it is written when training finishes.") from exc
+        raise DataError(f"{path}: unreadable ({type(exc).__name__}: {exc}); it is written when training finishes.") from exc
     if min(n_normal, n_abnormal) < FLOOR_CHECK_MIN:
         return {**validation, "checked": False,
                 "reason": f"{n_normal} normal / {n_abnormal} abnormal validation films: fewer than {FLOOR_CHECK_MIN} of a class"}

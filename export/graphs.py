@@ -19,7 +19,7 @@ import onnx
 import torch
 from onnx import TensorProto, numpy_helper
 
-from salad.errors import SaladError
+from salad.errors import BackendError, SaladError
 from salad.manifest import TensorSpec
 from salad.scoring import score_torch
 from salad.train.models import EmbeddingNet, SaladAutoencoder
@@ -63,7 +63,7 @@ def _torch_to_onnx(
                 dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False,
             )
         except Exception as exc:  # noqa: BLE001 - the exporter raises many types; name the graph
-            raise SaladError(f"torch could not export the {contract.key} graph at opset {opset}: {type(exc).__name__}: {exc}") from exc
+            raise BackendError(f"torch could not export the {contract.key} graph at opset {opset}: {type(exc).__name__}: {exc}") from exc
     return onnx.load_from_string(buf.getvalue())
 
 

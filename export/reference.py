@@ -15,7 +15,7 @@ import numpy as np
 
 from salad.bundle import REFERENCE_KEYS
 from salad.data import Sample, evenly_spaced, read_samples
-from salad.errors import SaladError
+from salad.errors import ConfigError
 from salad.preprocess import load_batch
 
 if TYPE_CHECKING:
@@ -53,12 +53,12 @@ def select_reference(run: Path, n: int) -> list[Sample]:
     arccos cannot resolve angles (~4e-4 rad), so its score would differ between runtimes by noise alone.
     """
     if n < 1:
-        raise SaladError(f"--reference-images {n}: expected at least 1 (32 by default).")
+        raise ConfigError(f"--reference-films {n}: expected at least 1 (32 by default).")
     val = _read_list(run / "val.csv")
     if len(val) < n:
-        fix = f"Pass --reference-images {len(val)}" if val else "Retrain with validation images (--val)"
-        raise SaladError(
-            f"{run / 'val.csv'}: --reference-images {n} asks for more validation films than the run has ({len(val)}). "
+        fix = f"Pass --reference-films {len(val)}" if val else "Retrain with validation images (--val)"
+        raise ConfigError(
+            f"{run / 'val.csv'}: --reference-films {n} asks for more validation films than the run has ({len(val)}). "
             f"{fix}; training films cannot serve, they sit at cos = 1 to their own bank rows."
         )
     return _balanced(val, n)

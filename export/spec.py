@@ -18,7 +18,7 @@ from salad.bundle import (  # noqa: F401 - the bundle's file and input names, re
     REFERENCE_FILE,
     SCORER_FILE,
 )
-from salad.errors import SaladError
+from salad.errors import ConfigError
 from salad.manifest import TensorSpec
 from salad.scoring import SCORE_NAMES
 
@@ -71,7 +71,7 @@ def graph_contracts(size: int, dim: int, bank_rows: int, bank_as_input: bool) ->
 def check_opset(opset: int) -> None:
     """Refuse opsets the design (≥ 17) or torch's exporter (≤ 20) does not allow, naming the range."""
     if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise SaladError(
+        raise ConfigError(
             f"--opset {opset}: expected {MIN_OPSET}..{MAX_OPSET} (docs/architecture.md §5 needs ≥ {MIN_OPSET}; torch's "
             f"TorchScript exporter writes at most {MAX_OPSET}). Use --opset {MIN_OPSET}."
         )

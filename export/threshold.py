@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from salad.errors import SaladError
+from salad.errors import ConfigError, DataError, RunError
 from salad.scoring import DEFAULT_SCORE, decide
 
 OPERATING_POINTS = ("specificity", "sensitivity")
@@ -31,7 +31,7 @@ def parse_operating_point(text: str) -> tuple[str, float]:
     except ValueError:
         target = math.nan
     if name not in OPERATING_POINTS or not 0.0 < target <= 1.0:
-        raise SaladError(
+        raise ConfigError(
             f"--operating-point {text!r}: expected NAME:VALUE with NAME one of {OPERATING_POINTS} and "
             "VALUE in (0, 1], e.g. specificity:0.95 or sensitivity:0.9."
         )
@@ -42,17 +42,17 @@ def read_val_scores(run: Path) -> dict[str, np.ndarray]:
     """run/val_scores.npz (score, knn_angle, label, path) as written at the end of training."""
     path = run / VAL_SCORES
     if not path.is_file():
-        raise SaladError(
+        raise DataError(
             f"{path}: missing. The threshold is chosen on the run's validation scores, written when training "
             "finishes with validation images; let the run finish, or retrain with --val."
         )
     with np.load(path, allow_pickle=False) as data:
         missing = [k for k in ("score", "knn_angle", "label", "path") if k not in data.files]
         if missing:
-            raise SaladError(f"{path}: missing arrays {missing}; found {data.files}. Re-run training to rewrite it.")
+            raise DataError(f"{path}: missing arrays {missing}; found {data.files}. Re-run training to rewrite it.")
         out = {k: data[k] for k in ("score", "knn_angle", "label", "path")}
     if not np.isfinite(out["score"]).all():
-        raise SaladError(f"{path}: {int((~np.isfinite(out['score'])).sum())} validation scores are NaN/Inf; the run diverged.")
+        raise RunError(f"{path}: {int((~np.isfinite(out['score'])).sum())} validation scores are NaN/Inf; the run diverged.")
     return out
 
 
@@ -83,14 +83,14 @@ def choose_threshold(
     values = np.unique(scores)
     if name == "specificity":
         if normal.size == 0:
-            raise SaladError("operating point specificity needs normal validation images; the run's validation has none.")
+            raise DataError("operating point specificity needs normal validation images; the run's validation has none.")
         m = min(normal.size, max(1, math.ceil(target * normal.size - 1e-9)))
         lo = float(normal[m - 1])  # the m-th lowest normal must stay normal
         above = values[values > lo]
         value = _between(lo, float(above[0]) if above.size else None)
     else:
         if abnormal.size == 0:
-            raise SaladError(
+            raise DataError(
                 "operating point sensitivity needs abnormal validation images, and the run's validation has none. "
                 "Use --operating-point specificity:X, or retrain with --val pointing at labelled normal/abnormal folders."
             )

@@ -147,7 +147,7 @@ class Runner(ABC):
         self.max_batch = int(max_batch)
         self.device_kind, self.device_index = parse_device(device or self.devices[0])
         if self.device_kind not in self.devices:
-            raise SaladError(
+            raise ConfigError(
                 f"the {self.name} runtime runs on {' or '.join(self.devices)}; received device {device!r}. "
                 f"Pass --device {self.devices[0]} or choose another --runtime."
             )
@@ -398,7 +398,7 @@ def create_runner(name: str, graph: BundleGraph, **options: Any) -> Runner:
         )
     unknown = sorted(set(options) - set(BASE_OPTIONS) - set(cls.options))
     if unknown:
-        raise SaladError(
+        raise ConfigError(
             f"the {name} runtime takes no option(s) {unknown}; it takes {sorted({**BASE_OPTIONS, **cls.options})}."
         )
     return cls(graph, **options)

@@ -294,6 +294,6 @@ def build_engine(
         raise BackendUnavailableError(f"cannot build a TensorRT engine here: {reason}")
     kind, index = parse_device(device)
     if kind != "cuda":
-        raise SaladError(f"--device {device!r}: TensorRT engines are built on a CUDA GPU (cuda or cuda:N).")
+        raise ConfigError(f"--device {device!r}: TensorRT engines are built on a CUDA GPU (cuda or cuda:N).")
     manifest = read_manifest(bundle, verify=True, graphs=[(graph, precision)])
     return EngineLoader(BundleGraph.from_manifest(Path(bundle), manifest, graph, precision), **options).build(index)

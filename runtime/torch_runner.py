@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from salad.bundle import CHECKPOINT_FILE
-from salad.errors import BundleError, SaladError
+from salad.errors import BundleError, ConfigError
 
 from .base import BundleGraph, DeviceTimer, Runner, importable, register_runner
 
@@ -33,12 +33,12 @@ class TorchRunner(Runner):
     def __init__(self, graph: BundleGraph, *, max_batch: int = 32, device: str | None = None, threads: int | None = None) -> None:
         super().__init__(graph, max_batch=max_batch, device=device)
         if graph.precision != "fp32":
-            raise SaladError(
+            raise ConfigError(
                 f"the torch runtime is the fp32 reference; received precision {graph.precision!r}. "
                 "Run precision variants with --runtime onnxruntime or tensorrt and compare them with torch at fp32."
             )
         if graph.name not in GRAPHS:
-            raise SaladError(f"the torch runtime runs graphs {GRAPHS}; received {graph.name!r}.")
+            raise ConfigError(f"the torch runtime runs graphs {GRAPHS}; received {graph.name!r}.")
         self.threads = threads
         self.model: Any = None
         self.bank: Any = None

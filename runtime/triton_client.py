@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from salad.errors import BackendUnavailableError, BundleError, SaladError
+from salad.errors import BackendUnavailableError, BundleError, ConfigError, SaladError
 from salad.manifest import read_manifest
 
 from .base import BATCH, BundleGraph, Runner, importable, register_runner
@@ -35,7 +35,7 @@ def parse_url(url: str) -> tuple[str, str, bool]:
     text = url.strip()
     parts = urlsplit(text if "://" in text else f"http://{text}")
     if parts.scheme not in PROTOCOLS or not parts.netloc or parts.path not in ("", "/"):
-        raise SaladError(
+        raise ConfigError(
             f"--triton {url!r}: expected http://HOST:PORT (HTTP, port 8000) or grpc://HOST:PORT (gRPC, port 8001)."
         )
     protocol, ssl = PROTOCOLS[parts.scheme]
@@ -182,7 +182,7 @@ class TritonRunner(Runner):
             )
         served = int(self.server_config.get("max_batch_size") or 0)
         if served and self.max_batch > served:
-            raise SaladError(f"--batch {self.max_batch} is larger than {where}'s max_batch_size {served}; pass --batch {served} or less.")
+            raise ConfigError(f"--batch {self.max_batch} is larger than {where}'s max_batch_size {served}; pass --batch {served} or less.")
 
 
 def _json(text: str | None) -> Any:

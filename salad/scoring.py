@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from salad.errors import SaladError
+from salad.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ SCORE_DEFINITIONS = {name: s.definition for name, s in SCORES.items()}
 def check_score_name(name: str) -> str:
     """`name` if it is one of the scorer's outputs (the run's operating score), else a clear error."""
     if name not in SCORE_NAMES:
-        raise SaladError(f"operating score {name!r}; expected one of {SCORE_NAMES} (both are outputs of every bundle).")
+        raise ConfigError(f"operating score {name!r}; expected one of {SCORE_NAMES} (both are outputs of every bundle).")
     return name
 
 
@@ -130,14 +130,14 @@ class _TorchOps:
 def check_k(k: int, bank_rows: int) -> None:
     """K must be 1..min(N, 3840): more neighbours than bank rows, or than TensorRT's TopK, is an error."""
     if k < 1:
-        raise SaladError(f"K={k}: the score needs at least one nearest neighbour (K ≥ 1).")
+        raise ConfigError(f"K={k}: the score needs at least one nearest neighbour (K ≥ 1).")
     if k > bank_rows:
-        raise SaladError(
+        raise ConfigError(
             f"K={k} is larger than the memory bank ({bank_rows} normal rows). "
             f"Use K ≤ {bank_rows} (e.g. --k {min(100, bank_rows)}) or train on more normal images."
         )
     if k > MAX_K:
-        raise SaladError(f"K={k} exceeds TensorRT's TopK limit of {MAX_K}; use K ≤ {MAX_K}.")
+        raise ConfigError(f"K={k} exceeds TensorRT's TopK limit of {MAX_K}; use K ≤ {MAX_K}.")
 
 
 def knn_arccos_scores(z: Any, bank: Any, k: int, ops: _Ops) -> tuple[Any, Any]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from salad.clitools import DEVICE, LazyChoice, friendly_errors
-from salad.errors import BackendUnavailableError, SaladError
+from salad.errors import BackendUnavailableError, ConfigError
 from salad.manifest import PRECISIONS
 from salad.runtime.base import runner_names
 
@@ -92,7 +92,7 @@ def serve_command(
         click.echo(f"ok: {ae_title}@{target}:{port or DEFAULT_PORT} answered C-ECHO in {ms:.0f} ms")
         return
     if bundle is None or out is None:
-        raise SaladError("salad serve needs BUNDLE and --out RESULTS (or --check to test a running node).")
+        raise ConfigError("salad serve needs BUNDLE and --out RESULTS (or --check to test a running node).")
     from .forward import parse_forward
     from .node import Node, NodeConfig
 

@@ -15,7 +15,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import ComprehensiveSRStorage  # type: ignore[attr-defined]
 
-from salad.errors import SaladError
+from salad.errors import ConfigError
 
 from .store import Store
 
@@ -41,7 +41,7 @@ def parse_forward(text: str) -> Destination:
     m = _DESTINATION.match(text.strip())
     port = int(m.group("port")) if m else 0
     if not m or not 0 < port < 65536:
-        raise SaladError(f"--forward {text!r}: expected AE@HOST:PORT, e.g. PACS@10.0.0.5:104 (AE title ≤ 16 characters).")
+        raise ConfigError(f"--forward {text!r}: expected AE@HOST:PORT, e.g. PACS@10.0.0.5:104 (AE title ≤ 16 characters).")
     return Destination(m.group("ae").strip(), m.group("host").strip("[]"), port)
 
 

@@ -30,7 +30,7 @@ from pynetdicom import AE, StoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from salad.errors import SaladError
+from salad.errors import BackendError, ConfigError, SaladError
 from salad.imageio import RADIOGRAPH_SOP_CLASSES
 
 log = logging.getLogger("salad.serve")
@@ -102,7 +102,7 @@ def start_scp(ae_title: str, host: str, port: int, receive: Receiver) -> tuple[A
     try:
         server = ae.start_server((host, port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store), (evt.EVT_C_ECHO, on_echo)])
     except OSError as exc:
-        raise SaladError(
+        raise ConfigError(
             f"cannot listen on {host}:{port} ({exc.strerror or exc}); another program (or `salad serve`) uses the port, "
             "or ports below 1024 need privileges. Choose another --port."
         ) from exc
@@ -119,7 +119,7 @@ def echo(host: str, port: int, ae_title: str, timeout: float = 10.0) -> float:
     start = time.perf_counter()
     assoc = ae.associate(host, port, ae_title=ae_title)
     if not assoc.is_established:
-        raise SaladError(
+        raise BackendError(
             f"no DICOM node answered at {ae_title}@{host}:{port} (association {'rejected' if assoc.is_rejected else 'not established'}). "
             "Check that `salad serve` runs with this --port and --ae-title, and the host and firewall."
         )
@@ -129,5 +129,5 @@ def echo(host: str, port: int, ae_title: str, timeout: float = 10.0) -> float:
         assoc.release()
     code = int(getattr(status, "Status", -1)) if status else -1
     if code != SUCCESS:
-        raise SaladError(f"{ae_title}@{host}:{port} answered C-ECHO with status {code:#06x}; expected 0x0000.")
+        raise BackendError(f"{ae_title}@{host}:{port} answered C-ECHO with status {code:#06x}; expected 0x0000.")
     return (time.perf_counter() - start) * 1000

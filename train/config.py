@@ -8,7 +8,7 @@ import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from salad.errors import ConfigError, SaladError
+from salad.errors import ConfigError
 from salad.preprocess import PreprocessConfig
 from salad.scoring import DEFAULT_SCORE, check_score_name
 from salad.train.datasets import AugmentConfig
@@ -132,11 +132,11 @@ class TrainConfig:
     def validate(self) -> None:
         method_of(self.method)
         if self.batch_size < 2:
-            raise SaladError(f"batch size {self.batch_size}; expected ≥ 2 (BatchNorm needs a batch).")
+            raise ConfigError(f"batch size {self.batch_size}; expected ≥ 2 (BatchNorm needs a batch).")
         if not 0.0 <= self.known_anomaly_ratio < 1.0:
-            raise SaladError(f"--known-anomaly-ratio {self.known_anomaly_ratio}; expected a fraction in [0, 1).")
+            raise ConfigError(f"--known-anomaly-ratio {self.known_anomaly_ratio}; expected a fraction in [0, 1).")
         if self.lr_schedule not in ("constant", "cosine"):
-            raise SaladError(f"lr schedule {self.lr_schedule!r}; expected 'constant' or 'cosine'.")
+            raise ConfigError(f"lr schedule {self.lr_schedule!r}; expected 'constant' or 'cosine'.")
         check_score_name(self.score)
         self.model_config()
         self.preprocess_config()

@@ -35,7 +35,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 
 from salad.data import Sample
-from salad.errors import SaladError
+from salad.errors import BackendUnavailableError, ConfigError, SaladError
 from salad.train.models import SaladAutoencoder
 from salad.train.trainer import (
     Replicas,
@@ -62,10 +62,10 @@ def launched_by_torchrun(env: Mapping[str, str] | None = None) -> bool:
 def check_batch_split(batch_size: int, world_size: int) -> None:
     """The global batch must split evenly: each rank takes batch_size / world_size images."""
     if world_size < 1:
-        raise SaladError(f"{world_size} processes; expected at least 1.")
+        raise ConfigError(f"{world_size} processes; expected at least 1.")
     if batch_size % world_size:
         lower, upper = batch_size - batch_size % world_size, batch_size + world_size - batch_size % world_size
-        raise SaladError(
+        raise ConfigError(
             f"--batch-size {batch_size} does not split over {world_size} processes; the global batch is shared "
             f"equally, so use a multiple of {world_size} (e.g. {lower or upper} or {upper})."
         )
@@ -77,9 +77,9 @@ def check_devices(device: str, world_size: int) -> None:
         return
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if count == 0:
-        raise SaladError("--device cuda was requested but torch sees no CUDA device; use --device cpu (Gloo).")
+        raise BackendUnavailableError("--device cuda was requested but torch sees no CUDA device; use --device cpu (Gloo).")
     if world_size > count:
-        raise SaladError(f"{world_size} processes on a node with {count} GPU(s); use --nproc ≤ {count} (one GPU per process).")
+        raise ConfigError(f"{world_size} processes on a node with {count} GPU(s); use --nproc ≤ {count} (one GPU per process).")
 
 
 # -- SyncBatchNorm on CPU -------------------------------------------------------------------------
@@ -175,7 +175,7 @@ class DistributedReplicas(Replicas):
 
     def __init__(self, sync_batchnorm: bool = True) -> None:
         if not (dist.is_available() and dist.is_initialized()):
-            raise SaladError("torch.distributed is not initialised; start training with torchrun or `salad train --nproc N`.")
+            raise ConfigError("torch.distributed is not initialised; start training with torchrun or `salad train --nproc N`.")
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
         self.sync_batchnorm = sync_batchnorm
@@ -228,7 +228,7 @@ def init_process_group(device: str, timeout: dt.timedelta = DEFAULT_TIMEOUT) -> 
     """Join the env:// process group torchrun describes: NCCL on `cuda` (GPU = LOCAL_RANK), else Gloo."""
     if not launched_by_torchrun():
         missing = [k for k in TORCHRUN_ENV if k not in os.environ]
-        raise SaladError(f"not started by torchrun (no {missing} in the environment); use torchrun or `salad train --nproc N`.")
+        raise ConfigError(f"not started by torchrun (no {missing} in the environment); use torchrun or `salad train --nproc N`.")
     world = int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ["LOCAL_RANK"])
     if device.startswith("cuda"):
@@ -313,7 +313,7 @@ def launch(nproc: int, args: Sequence[str]) -> int:
     from torch.distributed.run import get_args_parser, run
 
     if nproc < 1:
-        raise SaladError(f"--nproc {nproc}; expected at least 1.")
+        raise ConfigError(f"--nproc {nproc}; expected at least 1.")
     try:
         run(get_args_parser().parse_args(torchrun_command(nproc, args)[3:]))
     except ChildFailedError as exc:

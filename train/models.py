@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from salad.errors import SaladError
+from salad.errors import ConfigError, DataError
 from salad.scoring import NORM_EPS
 
 EMBEDDING_DIM = 200
@@ -83,7 +83,7 @@ def _check_cxr(cfg: ModelConfig) -> list[int]:
     """The channel widths of the `cxr` stages for this config; an error if size is not head·2^n (1 ≤ n ≤ 6)."""
     ratio = cfg.size // cfg.head if cfg.head > 0 else 0
     if cfg.head < 1 or cfg.size % cfg.head or ratio & (ratio - 1) or not 2 <= ratio <= 2 ** (len(CXR_WIDTHS) - 1):
-        raise SaladError(
+        raise ConfigError(
             f"the cxr encoder needs an input size of head·2^n with 1 ≤ n ≤ 6 (head {cfg.head}): received {cfg.size}; "
             f"try {', '.join(str(cfg.head * 2**n) for n in (4, 5, 6))}."
         )
@@ -160,7 +160,7 @@ class ResNet18Encoder(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         if cfg.size % 32 != 0:
-            raise SaladError(f"the resnet18 encoder needs an input size divisible by 32, received {cfg.size}.")
+            raise ConfigError(f"the resnet18 encoder needs an input size divisible by 32, received {cfg.size}.")
         w = [_ch(c, cfg.width) for c in (64, 128, 256, 512)]
         self.conv1 = nn.Conv2d(1, w[0], 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(w[0])
@@ -213,7 +213,7 @@ class SaladAutoencoder(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         if cfg.encoder not in ENCODERS:
-            raise SaladError(f"unknown encoder {cfg.encoder!r}; expected one of {sorted(ENCODERS)}.")
+            raise ConfigError(f"unknown encoder {cfg.encoder!r}; expected one of {sorted(ENCODERS)}.")
         self.config = cfg
         self.encoder, self.decoder = ENCODERS[cfg.encoder](cfg)
 
@@ -245,5 +245,5 @@ def load_weights(model: nn.Module, path: str) -> None:
             state[key] = value.sum(dim=1, keepdim=True)  # RGB-pretrained first conv → one grey channel
     state = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not state:
-        raise SaladError(f"{path}: none of its tensors match the model's names and shapes; is it the right architecture?")
+        raise DataError(f"{path}: none of its tensors match the model's names and shapes; is it the right architecture?")
     model.load_state_dict(state, strict=False)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from salad.data import Sample
-from salad.errors import SaladError
+from salad.errors import ConfigError, SaladError
 
 
 def split_by_patient(samples: Sequence[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
@@ -44,7 +44,7 @@ def claim_run_dir(out: Path, resume: bool, force: bool, dry_run: bool = False) -
     if (out / "checkpoint.pt").exists() and resume:
         return True
     if out.exists() and not out.is_dir():
-        raise SaladError(f"{out}: exists and is not a directory; choose another --out.")
+        raise ConfigError(f"{out}: exists and is not a directory; choose another --out.")
     if out.exists() and any(out.iterdir()):
         if not force:
             raise SaladError(f"{out}: run directory already exists. Pass --resume to continue it or --force to start again.")

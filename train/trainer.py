@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 import salad
 from salad.data import Sample, read_samples, require_normals
-from salad.errors import DataError, RunError, SaladError
+from salad.errors import BackendUnavailableError, ConfigError, DataError, RunError
 from salad.metrics import auc as _auc  # None unless both classes are present
 from salad.progress import progress
 from salad.scoring import by_name, check_k, score_torch
@@ -120,7 +120,7 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         self.device = torch.device(cfg.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise SaladError("--device cuda was requested but torch sees no CUDA device; use --device cpu.")
+            raise BackendUnavailableError("--device cuda was requested but torch sees no CUDA device; use --device cpu.")
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
@@ -180,12 +180,12 @@ class Trainer:
         mine = self.cfg.to_dict()
         diff = {k: (saved.get(k), mine[k]) for k in mine if k not in ("device", "threads") and saved.get(k) != mine[k]}
         if diff:
-            raise SaladError(
+            raise ConfigError(
                 f"{self.out}: cannot resume, the checkpoint was trained with other settings {diff} "
                 "(saved, requested). Resume with the same options, or use --force to start again."
             )
         if state["bank"].shape[0] != len(self.bank):
-            raise SaladError(f"{self.out}: checkpoint bank has {state['bank'].shape[0]} rows but the data has {len(self.bank)} images.")
+            raise DataError(f"{self.out}: checkpoint bank has {state['bank'].shape[0]} rows but the data has {len(self.bank)} images.")
         self.model.load_state_dict(state["model"])
         self.bank.rows.copy_(state["bank"])
         self.opt.load_state_dict(state["optimizer"])
@@ -346,14 +346,14 @@ def write_validation(out: Path, cfg: TrainConfig, labels: np.ndarray, scores: np
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a run checkpoint safely (weights_only=True) and check its schema."""
     if not path.is_file():
-        raise SaladError(f"{path}: no checkpoint. Is this a run directory written by `salad train`?")
+        raise DataError(f"{path}: no checkpoint. Is this a run directory written by `salad train`?")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise SaladError(f"{path}: cannot load checkpoint ({type(exc).__name__}: {exc}). Is the file complete?") from exc
+        raise DataError(f"{path}: cannot load checkpoint ({type(exc).__name__}: {exc}). Is the file complete?") from exc
     if not isinstance(state, dict) or state.get("schema_version") != RUN_SCHEMA:
         got = state.get("schema_version") if isinstance(state, dict) else type(state).__name__
-        raise SaladError(f"{path}: run schema {got!r}, this toolkit reads schema {RUN_SCHEMA}. Retrain or use a matching salad-edge version.")
+        raise DataError(f"{path}: run schema {got!r}, this toolkit reads schema {RUN_SCHEMA}. Retrain or use a matching salad-edge version.")
     return state
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import salad
-from salad.errors import ConfigError, SaladError
+from salad.errors import ConfigError
 from salad.manifest import (
     PRECISIONS,
     Manifest,
@@ -71,7 +71,7 @@ def export_triton(
     if queue_delay_us < 0:
         raise ConfigError(f"--max-queue-delay-us {queue_delay_us}; expected ≥ 0 microseconds.")
     if not NAME_PATTERN.match(name):
-        raise SaladError(f"--name {name!r}; a Triton model name here is letters, digits, '_', '.' and '-' (e.g. 'salad').")
+        raise ConfigError(f"--name {name!r}; a Triton model name here is letters, digits, '_', '.' and '-' (e.g. 'salad').")
     root, out = Path(bundle), Path(out)
     manifest = read_manifest(root, verify=True)
     if out.resolve() == root.resolve() or root.resolve() in out.resolve().parents or out.resolve() in root.resolve().parents:

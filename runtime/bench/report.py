@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from salad.errors import SaladError
+from salad.errors import BackendUnavailableError, DataError
 from salad.tables import fixed_width
 
 from .settings import BASELINE_PRECISION, BASELINE_RUNTIME, SCHEMA
@@ -119,7 +119,7 @@ class BenchReport:
     def from_dict(cls, d: dict[str, Any]) -> BenchReport:
         """A report read back from its JSON, e.g. to render the markdown or the plot again."""
         if d.get("schema") != SCHEMA:
-            raise SaladError(f"not a salad bench report (schema {d.get('schema')!r}, expected {SCHEMA!r}).")
+            raise DataError(f"not a salad bench report (schema {d.get('schema')!r}, expected {SCHEMA!r}).")
         return cls(header=d["header"], rows=[BenchRow.from_dict(r) for r in d["results"]], floor=d["floor"], notes=list(d.get("notes", [])))
 
     def format_table(self) -> str:
@@ -206,7 +206,7 @@ class BenchReport:
             matplotlib.use("Agg")
             import matplotlib.pyplot as plt
         except ImportError as exc:
-            raise SaladError(f"--plot needs matplotlib ({exc}); install it with `pip install 'salad-edge[bench]'`.") from exc
+            raise BackendUnavailableError(f"--plot needs matplotlib ({exc}); install it with `pip install 'salad-edge[bench]'`.") from exc
         configs = list(dict.fromkeys((r.runtime, r.precision) for r in self.rows))
         batches = sorted({r.batch for r in self.rows})
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))

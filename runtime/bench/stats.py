@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from salad.errors import SaladError
+from salad.errors import ConfigError
 
 # -- statistics -----------------------------------------------------------------------------------
 
@@ -33,7 +33,7 @@ class Stats:
     @classmethod
     def from_ms(cls, samples: Sequence[float]) -> Stats:
         if not samples:
-            raise SaladError("no timed runs to summarise; pass --iters ≥ 1.")
+            raise ConfigError("no timed runs to summarise; pass --iters ≥ 1.")
         a = np.asarray(samples, dtype=np.float64)
         p25, p50, p75, p95, p99 = np.percentile(a, [25, 50, 75, 95, 99])
         return cls(len(a), float(p50), float(p95), float(p99), float(p25), float(p75), float(a.mean()), float(a.min()), float(a.max()))

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from salad.errors import DataError, SaladError
+from salad.errors import BackendError, DataError, SaladError
 
 from ..base import runner_class
 from ..scorer import IMAGE_INPUT, Scorer
@@ -196,5 +196,5 @@ def run_worker(kind: str, payload: str, workdir: Path, env: dict[str, str], what
         result = json.loads(out_path.read_text(encoding="utf-8"))
     if proc.returncode != 0 or "error" in result or not result:
         reason = result.get("error") or (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise SaladError(f"bench {what} failed: {reason}")
+        raise BackendError(f"bench {what} failed: {reason}")
     return result

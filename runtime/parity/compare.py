@@ -12,7 +12,7 @@ import numpy as np
 
 from salad.bundle import CHECKPOINT_FILE, IMAGE_INPUT, REFERENCE_FILE, Bundle
 from salad.data import read_samples
-from salad.errors import BackendUnavailableError, BundleError, SaladError
+from salad.errors import BackendUnavailableError, BundleError, ConfigError, SaladError
 from salad.manifest import PRECISIONS, Manifest, read_manifest
 from salad.metrics import (
     require_sklearn,
@@ -142,7 +142,7 @@ def compare(
     explicit = bool(precisions)
     precisions = list(dict.fromkeys([precisions] if isinstance(precisions, str) else precisions or manifest.precisions()))
     if not runtimes or not precisions:
-        raise SaladError("parity needs at least one runtime and one precision (e.g. --runtime onnxruntime --precision fp32).")
+        raise ConfigError("parity needs at least one runtime and one precision (e.g. --runtime onnxruntime --precision fp32).")
     # Asked for by default (every precision of the bundle), the torch reference takes part in fp32 only.
     pairs = [(r, p) for r in runtimes for p in precisions if explicit or r != REFERENCE_RUNTIME or p == "fp32"]
     problems, only_unavailable = _request_problems(root, manifest, pairs)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from salad.errors import ParityError, SaladError
+from salad.errors import ConfigError, ParityError
 
 from .checks import Check, json_number
 from .render import render_markdown, render_table
@@ -89,7 +89,7 @@ class ParityReport:
         for r in self.rows:
             if (r.runtime, r.precision) == (runtime, precision):
                 return r
-        raise SaladError(f"the report has no row {runtime}/{precision}; it has {[r.name for r in self.rows]}.")
+        raise ConfigError(f"the report has no row {runtime}/{precision}; it has {[r.name for r in self.rows]}.")
 
     @property
     def failure_records(self) -> list[dict[str, Any]]:

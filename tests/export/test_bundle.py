@@ -243,7 +243,7 @@ def test_cli_export(tiny_run: Path, tmp_path: Path) -> None:
     from salad.export.cli import export_command
 
     out = tmp_path / "cli"
-    args = [str(tiny_run), "--out", str(out), "--slim", "--reference-images", "8", "--operating-point", "specificity:0.9"]
+    args = [str(tiny_run), "--out", str(out), "--slim", "--reference-films", "8", "--operating-point", "specificity:0.9"]
     result = CliRunner().invoke(export_command, args)
     assert result.exit_code == 0, result.output
     operating = json.loads((tiny_run / "config.json").read_text())["train"]["score"]
@@ -260,5 +260,5 @@ def test_cli_export(tiny_run: Path, tmp_path: Path) -> None:
 def test_reference_never_uses_training_films(make_run: Callable[..., Path], tmp_path: Path) -> None:
     run = make_run(rescore=False)
     (run / "val.csv").write_text("path,label,patient_id\n")
-    with pytest.raises(SaladError, match=r"val\.csv: --reference-images 8 asks for more validation films than the run has \(0\)\. Retrain"):
+    with pytest.raises(SaladError, match=r"val\.csv: --reference-films 8 asks for more validation films than the run has \(0\)\. Retrain"):
         export_bundle(run, tmp_path / "b", slim=True, reference_images=8)

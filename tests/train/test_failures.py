@@ -94,7 +94,7 @@ def test_an_unreadable_file_is_one_line_naming_it(tiny_run: Path, tmp_path: Path
             pytest.skip("running as root, and setpriv (util-linux) is not installed to drop root's file-access override")
         drop = "-dac_override,-dac_read_search"
         prefix = [setpriv, f"--inh-caps={drop}", f"--bounding-set={drop}"]
-    done = subprocess.run([*prefix, sys.executable, "-m", "salad.cli", "evaluate", str(tiny_run), "--data", str(labels)],
+    done = subprocess.run([*prefix, sys.executable, "-m", "salad.cli", "evaluate", str(tiny_run), "--labelled", str(labels)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done.stderr
     assert f"error: {locked}: cannot read (Permission denied)" in done.stderr
