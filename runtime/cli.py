@@ -17,7 +17,7 @@ import click
 
 from salad.clitools import DEVICE, LazyChoice, deprecated_alias, friendly_errors
 from salad.data import Unreadable, scan_images
-from salad.errors import ConfigError
+from salad.errors import EXIT_ERROR, ConfigError
 from salad.fsutil import write_atomic
 from salad.manifest import PRECISIONS
 from salad.progress import progress
@@ -124,7 +124,7 @@ def score_command(
     for r in failed:
         click.echo("error: " + " ".join(str(r.error).split()), err=True)  # one line per file, whatever the decoder said
     if failed:
-        sys.exit(1)
+        sys.exit(EXIT_ERROR)  # could not score some films (the others were): salad.errors.EXIT_CODES
 
 
 def format_table(results: Sequence[Result], decided_by: str = "score") -> str:

@@ -213,7 +213,7 @@ def _fake_parity(delta_auc_for: Any, by_channels: set[str]) -> Any:
     """A stand-in for the parity harness: ΔAUC as a function of how many layers the search kept float."""
     from salad.runtime.parity import METRICS, Check, ParityReport, ParityRow
 
-    def fake(root: Path, precision: str, data_labelled: Any) -> ParityReport:
+    def fake(root: Path, precision: str, data_labelled: Any, threads: int | None = None) -> ParityReport:
         details = read_manifest(root, verify=False).graph("model", precision).details
         kept = sum(1 for n in details["layers_in_float"] if n not in by_channels)
         metrics: dict[str, float | None] = dict.fromkeys(METRICS, 0.0)

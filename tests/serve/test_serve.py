@@ -239,7 +239,7 @@ def test_command_line_errors_are_one_line(tmp_path: Path) -> None:
     from salad.cli import main
 
     result = CliRunner().invoke(main, ["serve", str(tmp_path)])
-    assert result.exit_code == 1 and result.output.strip() == (
+    assert result.exit_code == 2 and result.output.strip() == (  # a usage error (ConfigError)
         "error: salad serve needs BUNDLE and --out RESULTS (or --check to test a running node)."
     )
     port = free_port()  # nothing listens there

@@ -342,4 +342,4 @@ def test_salad_train_nproc_hands_the_same_options_to_torchrun(films: Path, tmp_p
     assert nproc == 2 and "--nproc" not in args
     assert train_command.make_context("train", list(args)).params == train_command.make_context("train", list(argv)).params
     refused = CliRunner().invoke(train_command, [*argv, "--nproc", "3"])  # 16 films per batch do not split in 3
-    assert refused.exit_code == 1 and "does not split over 3 processes" in refused.output and len(launched) == 1
+    assert refused.exit_code == 2 and "does not split over 3 processes" in refused.output and len(launched) == 1
