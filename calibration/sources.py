@@ -23,6 +23,7 @@ from salad.data import evenly_spaced, list_hash, read_samples
 from salad.errors import CalibrationError, DataError
 from salad.imageio import read_image
 from salad.preprocess import PreprocessConfig, preprocess
+from salad.progress import progress
 
 #: Fewest films int8 calibration accepts by default: activation ranges from fewer are not representative.
 MIN_IMAGES = 100
@@ -100,7 +101,7 @@ class CalibrationSource:
         wanted = min(len(normals), images if images is not None else DEFAULT_MAX_IMAGES)
         chosen = evenly_spaced(normals, wanted)  # patients and sources mixed
         arrays, problems = [], []
-        for s in chosen:
+        for s in progress(chosen, desc="reading calibration films", unit="film"):
             try:
                 arrays.append(_checked(s.path, config))
             except CalibrationError as exc:

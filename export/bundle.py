@@ -267,7 +267,8 @@ def export_bundle(
         except ExportValidationError as exc:
             raise ExportValidationError(
                 str(exc).replace(str(tmp), str(out)) + f"\nNothing was written to {out}"
-                + (f" ({out} is unchanged)." if out.exists() else ".")
+                + (f" ({out} is unchanged)." if out.exists() else "."),
+                failures=[{**f, "message": str(f.get("message", "")).replace(str(tmp), str(out))} for f in exc.failures],
             ) from exc
         for key, values in measured.items():
             manifest.graphs[key].details["parity"] = values
@@ -302,6 +303,8 @@ def check_floors(run: Path, allow_below_floors: bool) -> dict[str, Any]:
         raise ExportValidationError(
             f"{run}: validation AUC {auc:.3f} ({n_normal} normal / {n_abnormal} abnormal films) does not beat its "
             f"training-free floors: {shown}. The model adds nothing a pixel statistic does not already know. "
-            "Retrain (see docs/quality.md), or pass --allow-below-floors to export it anyway (for testing a deployment)."
+            "Retrain (see docs/quality.md), or pass --allow-below-floors to export it anyway (for testing a deployment).",
+            failures=[{"check": "floor", "floor": name, "auc": auc, "floor_auc": floors[name], "needed": float(needed[name])}
+                      for name in short],
         )
     return {**validation, "checked": True, "exported_below_floors": bool(short)}

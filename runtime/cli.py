@@ -166,7 +166,7 @@ def parity_command(
 ) -> None:
     """Prove each runtime × precision makes the PyTorch reference's decisions on BUNDLE's reference films.
 
-    Prints a table and exits with 1, listing every failing metric with its tolerance and the
+    Prints a table and exits with 3, listing every failing metric with its tolerance and the
     tolerance that would have passed, when any check fails. Without PyTorch (a console) or with a
     --slim bundle, compares with the PyTorch outputs stored in the bundle's reference.npz.
     """

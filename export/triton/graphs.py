@@ -140,7 +140,8 @@ def check_chain(repo: Path, root: Path, manifest: Manifest, encoder: _Graph, sco
     if problems:
         raise ExportValidationError(
             f"the Triton encoder → scorer chain does not reproduce {merged_spec.file} on {len(images)} reference films: "
-            + "; ".join(problems) + ". Nothing was written."
+            + "; ".join(problems) + ". Nothing was written.",
+            failures=[{"check": "triton chain", "message": p} for p in problems],
         )
     return measured
 

@@ -12,7 +12,7 @@ import pytest
 from salad.calibration import calibrate_bundle
 from salad.calibration.graphs import MIN_INT8_CHANNELS
 from salad.data import list_hash
-from salad.errors import CalibrationError
+from salad.errors import CalibrationError, CalibrationRejectedError
 from salad.manifest import DEFAULT_TOLERANCES, PRECISIONS, read_manifest, sha256_file
 from salad.runtime import Scorer
 from tests.calibration.conftest import LATENCY_RUNS, SAMPLE_EVAL, SAMPLE_TRAIN, Calibrated
@@ -152,6 +152,9 @@ def test_a_variant_outside_its_tolerances_is_not_added(bundle_copy: Path, tmp_pa
     assert "the fp16 variant was not added" in str(info.value)
     assert "fp16: max_abs_score_diff = " in str(info.value) and "> tolerance 1e-09" in str(info.value)
     assert "The bundle is unchanged" in str(info.value)
+    assert isinstance(info.value, CalibrationRejectedError) and info.value.exit_code == 3  # checks ran and failed
+    worst = next(f for f in info.value.failures if f.get("metric") == "max_abs_score_diff")
+    assert worst["precision"] == "fp16" and worst["tolerance"] == 1e-9 and worst["value"] > 1e-9 and not worst["passed"]
     assert (bundle_copy / "manifest.json").read_bytes() == before and not list(bundle_copy.glob("*.fp16.onnx"))
     assert json.loads((tmp_path / "reports" / "fp16.rejected.json").read_text())["accepted"] is False  # never over an accepted report
     assert not (tmp_path / "reports" / "fp16.json").exists()

@@ -34,9 +34,12 @@ def test_export_refuses_a_run_below_its_floors_unless_allowed(judged_run: Path, 
         bundle = export_bundle(judged_run, tmp_path / "b", reference_images=8)
         assert read_manifest(bundle).source["validation"]["checked"] is True
         return
-    with pytest.raises(ExportValidationError, match=r"does not beat its training-free floors: .*needs ≥ .*--allow-below-floors"):
+    with pytest.raises(ExportValidationError, match=r"does not beat its training-free floors: .*needs ≥ .*--allow-below-floors") as caught:
         export_bundle(judged_run, tmp_path / "b", reference_images=8)
     assert not (tmp_path / "b").exists()
+    short = {f["floor"]: f for f in caught.value.failures}  # structured: one dict per floor the run does not beat
+    assert short and all(f["check"] == "floor" and f["auc"] < f["needed"] for f in short.values())
+    assert {k: f["floor_auc"] for k, f in short.items()} == {k: validation["floors"][k] for k in short}
     bundle = export_bundle(judged_run, tmp_path / "b", reference_images=8, allow_below_floors=True)
     recorded = read_manifest(bundle).source["validation"]
     assert recorded["checked"] is True and recorded["exported_below_floors"] is True and recorded["floors"] == validation["floors"]
