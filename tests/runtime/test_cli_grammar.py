@@ -118,3 +118,25 @@ def test_quiet_and_verbose_are_global(tiny_bundle: Path, monkeypatch: pytest.Mon
     assert "SALAD_QUIET" not in os.environ and logging.getLogger("salad").level == logging.DEBUG
     CliRunner().invoke(main, ["inspect", str(tiny_bundle), "--no-verify"])
     assert logging.getLogger("salad").level == logging.WARNING
+
+
+def test_each_runtime_gets_only_the_options_it_declares(tiny_bundle: Path, tmp_path: Path) -> None:
+    """The flags of score/parity/bench reach a TensorRT runner (built, not activated: no GPU needed) and nothing else."""
+    from salad.runtime import Scorer
+    from salad.runtime.bench.worker import _runner_options
+    from salad.runtime.options import check_taken, given, options_for
+
+    flags = {"threads": None, "rebuild": True, "allow_tf32": None, "cache_dir": tmp_path / "engines", "opt_batch": 4,
+             "workspace_mb": 64}
+    options = given(flags)
+    assert options == {"rebuild": True, "cache_dir": tmp_path / "engines", "opt_batch": 4, "workspace_mb": 64}
+    scorer = Scorer.from_bundle(tiny_bundle, runtime="tensorrt", max_batch=8, **options_for("tensorrt", options))
+    loader = scorer.runner.loader  # type: ignore[attr-defined]
+    assert (loader.opt_batch, loader.workspace_mb, loader.rebuild, loader.cache_dir) == (4, 64, True, tmp_path / "engines")
+    assert options_for("onnxruntime", options) == {"cache_dir": tmp_path / "engines"}  # its TensorRT provider's cache
+    assert options_for("torch", {**options, "threads": 2}) == {"threads": 2}
+    assert _runner_options("tensorrt", 2, {"opt_batch": 4}) == {"opt_batch": 4}  # bench's workers: same filter
+    assert _runner_options("onnxruntime", 2, {"opt_batch": 4}) == {"threads": 2}
+    check_taken(["onnxruntime", "tensorrt"], {"opt_batch": 4})  # one chosen runtime takes it: fine
+    with pytest.raises(ConfigError, match="--opt-batch is an option of the tensorrt runtime"):
+        check_taken(["onnxruntime", "openvino"], {"opt_batch": 4})
