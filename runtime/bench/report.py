@@ -122,6 +122,19 @@ class BenchReport:
             raise DataError(f"not a salad bench report (schema {d.get('schema')!r}, expected {SCHEMA!r}).")
         return cls(header=d["header"], rows=[BenchRow.from_dict(r) for r in d["results"]], floor=d["floor"], notes=list(d.get("notes", [])))
 
+    def fastest(self) -> list[str]:
+        """Which runtime is fastest end to end at each precision × batch where several were measured, and by how much."""
+        out = []
+        keys = dict.fromkeys((r.precision, r.batch) for r in self.rows if not r.is_baseline)
+        for precision, batch in keys:
+            rows = sorted((r for r in self.rows if (r.precision, r.batch) == (precision, batch) and not r.is_baseline),
+                          key=lambda r: r.end_to_end.p50_ms)
+            if len(rows) > 1:
+                best, second = rows[0], rows[1]
+                out.append(f"{precision} batch {batch}: {best.runtime} is fastest, {second.end_to_end.p50_ms / best.end_to_end.p50_ms:.2f}× "
+                           f"{second.runtime} ({best.end_to_end.p50_ms:.3f} vs {second.end_to_end.p50_ms:.3f} ms p50 end to end)")
+        return out
+
     def format_table(self) -> str:
         """Fixed-width terminal table: one line per runtime × precision × batch."""
         head = ("runtime", "precision", "batch", "p50 ms", "IQR ms", "p95 ms", "p99 ms", "img/s", "× torch",
@@ -134,7 +147,7 @@ class BenchReport:
             for r in self.rows
         ]
         text = fixed_width(lines, left=2)
-        return text + "".join(f"\nnote: {n}" for n in self.notes)
+        return text + "".join(f"\nfastest: {f}" for f in self.fastest()) + "".join(f"\nnote: {n}" for n in self.notes)
 
     def to_markdown(self) -> str:
         h = self.header
@@ -173,6 +186,8 @@ class BenchReport:
                 f"| {r.runtime} | {r.precision} | {r.batch} | {i.p50_ms:.3f} ({i.iqr_ms:.3f}) | {i.p95_ms:.3f} | {i.p99_ms:.3f} | "
                 f"{r.inference_throughput_ips:.1f} | {_ratio(r.inference_speedup_vs_torch)} | {_num(r.gflops, 2)} | {_pct(r.fraction_of_peak)} |"
             )
+        if self.fastest():
+            lines += ["", "Fastest runtime per precision and batch (end to end p50): " + "; ".join(self.fastest()) + "."]
         macs = self.floor.get("macs_per_image") or {}
         peaks = self.floor.get("peaks") or {}
         lines += ["", _floor_sentence(macs, peaks), "", "## Cold start and memory (each configuration in a fresh process)", "",
