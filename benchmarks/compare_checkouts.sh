@@ -12,9 +12,9 @@ for side in before after; do
     cd "$checkout"
     holdout=benchmarks/splits/kermany_holdout.csv
     .venv/bin/salad-export "$run" --out "$dir/bundle" --force > "$dir/export.txt" 2>&1
-    .venv/bin/salad calibrate "$dir/bundle" --precision fp16 --data-labelled "$holdout" --report-dir "$dir/calibration" --force
+    .venv/bin/salad calibrate "$dir/bundle" --precision fp16 --labelled "$holdout" --report-dir "$dir/calibration" --force
     .venv/bin/salad calibrate "$dir/bundle" --precision int8 --data benchmarks/splits/kermany_train.csv \
-      --data-labelled "$holdout" --report-dir "$dir/calibration" --force
+      --labelled "$holdout" --report-dir "$dir/calibration" --force
     .venv/bin/salad parity "$dir/bundle" --runtime onnxruntime --runtime torch --data "$holdout" \
       --json "$dir/parity.json" --markdown "$dir/parity.md"
   )
