@@ -8,8 +8,9 @@ Films: pydicom-data's CR films (raw RG3_UNCR, JPEG 2000 RG3_J2KI and RG1_J2KI) a
 relabelled CR, cycled, each copy a new instance (new SOP Instance UID). Senders: pynetdicom's own storescu
 application, one process per association. The node: `salad serve` as a subprocess, sampled for RSS.
 
-Phases: `steady` (the load, measured: a burst, so latency there is mostly the backlog), `kill` (the load again into a fresh results folder; kill -9 after
---kill-after rows, restart, then each sender re-sends what it was not acknowledged, as a modality does),
+Phases: `steady` (the load, measured: a burst, so latency there is mostly the backlog), `kill` (the load again
+into a fresh results folder; kill -9 after --kill-after rows, restart, then each sender re-sends what it was not
+acknowledged, as a modality does),
 `watch` (--watch-files copied into a watch folder, kill -9 half way, the rest copied while it is down),
 `paced` (one association, one film every --paced-interval s: the latency a console sees below capacity).
 Usage: python benchmarks/dicom_load.py BUNDLE [--n 1000] [--associations 4] [--out benchmarks/results/dicom]

@@ -85,7 +85,12 @@ def kill_after(cmd: list[str], delay: float) -> dict[str, Any]:
         proc.wait()
         killed = True
     err = proc.stderr.read() if proc.stderr else ""
-    return {"delay_s": round(delay, 3), "killed": killed, "returncode": proc.returncode, "stderr": err[-500:] if proc.returncode not in (0, -9) else ""}
+    return {
+        "delay_s": round(delay, 3),
+        "killed": killed,
+        "returncode": proc.returncode,
+        "stderr": err[-500:] if proc.returncode not in (0, -9) else "",
+    }
 
 
 def check(bundle: Path, precision: str | None) -> list[str]:
@@ -158,7 +163,13 @@ def sweep_pairs(bundle: Path, precision: str, data: Path, n: int) -> list[dict[s
         outs = [p.communicate(timeout=900) for p in procs]
         codes = [p.returncode for p in procs]
         refused = ["another salad writer (pid" in err for _, err in outs]
-        row: dict[str, Any] = {"i": i, "lock_timeout_s": float(wait), "returncodes": codes, "refused_by_lock": refused, "left": litter(bundle)}
+        row: dict[str, Any] = {
+            "i": i,
+            "lock_timeout_s": float(wait),
+            "returncodes": codes,
+            "refused_by_lock": refused,
+            "left": litter(bundle),
+        }
         row["problems"] = check(bundle, precision)
         for code, (_, err), lock in zip(codes, outs, refused, strict=True):
             if code != 0 and not lock:

@@ -5,8 +5,8 @@ are held out with all their films. Stratified by whether a patient has any abnor
 split is the same on every machine. Run once; the CSVs are committed.
 
 The training patients are split once more, the same way, into nih_dev_{train,val}.csv (70 / 30 %): the NIH
-development split, the only NIH data recipes may be chosen on; nih_dev_train_pa.csv keeps its PA films only. The held-out patients are never looked at
-while choosing.
+development split, the only NIH data recipes may be chosen on; nih_dev_train_pa.csv keeps its PA films only.
+The held-out patients are never looked at while choosing.
 """
 
 from __future__ import annotations

@@ -212,7 +212,9 @@ def summarise(folder: Path) -> str:
         lines += [f"## {split}: train `{rows[0]['train']}` normals → test `{rows[0]['test']}` "
                   f"({rows[0]['n_normal']} normal / {rows[0]['n_abnormal']} abnormal)", ""]
         floor_names = list(rows[0]["clean"]["floors"])
-        lines.append("| recipe | seeds | operating AUC | other output | " + " | ".join(floor_names) + " | beats floors | FPR normals | train min |")
+        lines.append(
+            "| recipe | seeds | operating AUC | other output | " + " | ".join(floor_names) + " | beats floors | FPR normals | train min |"
+        )
         lines.append("|---|---|---|---|" + "---|" * len(floor_names) + "---|---|---|")
         for name in dict.fromkeys(r["name"] for r in rows):
             rs = [r for r in rows if r["name"] == name]

@@ -480,7 +480,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["", "Wall times were measured at nice 10 beside other people's training runs (load average 6–9 on 2 cores); "
               "the CPU time is what the fit itself used.", ""]
     lines += ["", "## Site matrix: AUC of each bundle on each target, and each method's choice", "",
-              "| target | n (abn.) | " + " | ".join(f"AUC {c}" for c in REAL_SITES) + " | oracle | ASAP | ASAP LOSO | histogram | bundle embedding |",
+              "| target | n (abn.) | " + " | ".join(f"AUC {c}" for c in REAL_SITES)
+              + " | oracle | ASAP | ASAP LOSO | histogram | bundle embedding |",
               "|---|---|" + "---|" * len(REAL_SITES) + "---|---|---|---|---|"]
     per = {m: {p["target"]: p for p in a["summary"]["all"][m]["per_target"]} for m in a["summary"]["all"]}
     for r in a["targets"]:
@@ -519,14 +520,17 @@ def markdown(result: dict[str, Any]) -> str:
     for r in (r for r in a["targets"] if "asap-loso" in r["distance"]):
         d, au = r["distance"]["asap-loso"], r["auc"]
         sp = per["asap-loso"][r["target"]]["spearman"]
-        lines.append(f"| {r['target']} | {' < '.join(sorted(d, key=lambda c: d[c]))} | {' > '.join(sorted(au, key=lambda c: -au[c]))} | {_f(sp, 2)} |")
+        nearest_first = " < ".join(sorted(d, key=lambda c: d[c]))
+        best_first = " > ".join(sorted(au, key=lambda c: -au[c]))
+        lines.append(f"| {r['target']} | {nearest_first} | {best_first} | {_f(sp, 2)} |")
     lines += ["", "## Drift warning (acceptance 3)", "",
               "Full estimator attached to each bundle (thresholds from 20 % of its training normals held out by patient). "
               f"Windows of n films with 10–40 % abnormal films, {DRAWS} random windows each; same-site rows are false alarms, "
               "the others detections. *cost* = the bundle's AUC on its own site minus on the shifted films.", ""]
     for site, rec in result["drift"].items():
         lines += [f"### bundle {site} (thresholds: " + ", ".join(f"n={k}: {v:.3f}" for k, v in rec["thresholds"].items()) + ")", "",
-                  "| target | AUC cost | " + " | ".join(f"n={n} p={p}" for n in (50,) for p in PREVALENCES) + " | n=20 p=0.4 | n=100 p=0.4 | whole set |",
+                  "| target | AUC cost | " + " | ".join(f"n={n} p={p}" for n in (50,) for p in PREVALENCES)
+                  + " | n=20 p=0.4 | n=100 p=0.4 | whole set |",
                   "|---|---|" + "---|" * (len(PREVALENCES) + 3)]
         for t, row in rec["targets"].items():
             w = row["warn_rate"]

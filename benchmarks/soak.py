@@ -109,8 +109,12 @@ def summarise(samples: list[dict[str, float]], **info: Any) -> dict[str, Any]:
         "fds": {"first": fds[0], "last": fds[-1], "min": min(fds), "max": max(fds)},
         "films_per_s": n / elapsed if elapsed > 0 else None,
         "samples": samples,
-        "machine": {"cpu": machine_info()["cpu"], "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-                    "platform": platform.platform(), "python": platform.python_version()},
+        "machine": {
+            "cpu": machine_info()["cpu"],
+            "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
         "libraries": library_versions(LIBRARIES),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }

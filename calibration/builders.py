@@ -94,7 +94,9 @@ class Fp16Builder:
         converted = fp16_encoder(enc32)
         self.kept = converted.kept_float32
         if converted.clamped_values:
-            self.notes.append(f"{converted.clamped_values} encoder constant(s) lay outside float16's normal range and were clamped by the converter.")
+            self.notes.append(
+                f"{converted.clamped_values} encoder constant(s) lay outside float16's normal range and were clamped by the converter."
+            )
         self.encoder = converted.proto
         self.model = merge_with_scorer(self.encoder, self.stage.load_scorer(), m.bank.get("initializer"))
 
@@ -151,7 +153,10 @@ class Int8Builder:
         proto = prepare_for_quantization(stage.path / stage.original.graphs["encoder"].file, self.prepared)
         self.layers = weighted_layers(proto)
         self.by_channels = {
-            layer.name: f"{layer.channels_in}→{layer.channels_out} channels (< {min_channels}): int8 kernels are slower than float ones on so few channels"
+            layer.name: (
+                f"{layer.channels_in}→{layer.channels_out} channels (< {min_channels}): "
+                "int8 kernels are slower than float ones on so few channels"
+            )
             for layer in self.layers if layer.channels < min_channels
         }
         if len(self.by_channels) == len(self.layers):

@@ -129,7 +129,9 @@ def scorer_precision_problems(proto: onnx.ModelProto, embedding: str = "embeddin
                 t = types.get(name)
                 if not name or t in (TensorProto.FLOAT, TensorProto.INT64):
                     continue
-                problems.append(f"{node.op_type} node {node.name!r} {kind} {name!r} is {_DTYPE.get(t or 0, 'of unknown type')}, expected float")
+                problems.append(
+                    f"{node.op_type} node {node.name!r} {kind} {name!r} is {_DTYPE.get(t or 0, 'of unknown type')}, expected float"
+                )
     return problems
 
 
@@ -158,7 +160,8 @@ def tensorrt_qdq_problems(proto: onnx.ModelProto) -> list[str]:
             zp = numpy_helper.to_array(zp_proto)
             if zp.dtype != np.int8 or np.any(zp != 0):
                 problems.append(
-                    f"{node.op_type} {node.name!r}: zero point {zp.dtype} {zp.ravel()[:3].tolist()}; TensorRT needs symmetric int8 (zero point 0)"
+                    f"{node.op_type} {node.name!r}: zero point {zp.dtype} {zp.ravel()[:3].tolist()}; "
+                    "TensorRT needs symmetric int8 (zero point 0)"
                 )
     return problems
 
@@ -171,7 +174,8 @@ def io_problems(proto: onnx.ModelProto, spec: GraphSpec) -> list[str]:
         got_specs = [_tensor_spec(v) for v in got]
         if [(t.name, t.dtype, list(t.shape)) for t in got_specs] != [(t.name, t.dtype, list(t.shape)) for t in want]:
             problems.append(
-                f"{kind} are {[(t.name, t.dtype, t.shape) for t in got_specs]}, the fp32 graph has {[(t.name, t.dtype, t.shape) for t in want]}"
+                f"{kind} are {[(t.name, t.dtype, t.shape) for t in got_specs]}, "
+                f"the fp32 graph has {[(t.name, t.dtype, t.shape) for t in want]}"
             )
     return problems
 

@@ -198,7 +198,8 @@ class CalibrationReport:
             if sp:
                 lines += ["", "Speed-up of the variant over fp32 (>1 is faster): " + "; ".join(sp) + "."]
             env = self.environment
-            lines += ["", f"Measured on {env.get('cpu', '?')} ({env.get('cores', '?')} cores; {', '.join(env.get('int8_flags', [])) or 'no VNNI'}), "
+            lines += ["", f"Measured on {env.get('cpu', '?')} ({env.get('cores', '?')} cores; "
+                      f"{', '.join(env.get('int8_flags', [])) or 'no VNNI'}), "
                       f"onnxruntime {env.get('onnxruntime', '?')}, load average {env.get('load_average', '?')}, "
                       f"{next(iter(next(iter(self.latency.values())).values())).runs} runs per figure, graphs interleaved."]
         if self.notes:

@@ -123,7 +123,10 @@ class Staging:
             except Exception as exc:  # noqa: BLE001 - checker and inference raise several types
                 problems.append(f"{spec.file}: onnx.checker failed: {type(exc).__name__}: {str(exc).strip()[:300]}")
                 continue
-            problems += [f"{spec.file}: {p}" for p in io_problems(onnx.load(str(path), load_external_data=False), self.original.graphs[name])]
+            problems += [
+                f"{spec.file}: {p}"
+                for p in io_problems(onnx.load(str(path), load_external_data=False), self.original.graphs[name])
+            ]
         if problems:
             raise CalibrationError(f"the {precision} graphs are not valid:\n  " + "\n  ".join(problems))
 
@@ -159,7 +162,10 @@ class Staging:
                 renames.append((pending, final))
             for k in keys:
                 current.graphs[k] = staged.graphs[k]
-                current.graphs[k].details["parity"] = {m: report.parity.get(m) for m in ("images", "label_agreement", "delta_auc", "max_abs_score_diff", "embedding_cosine_min")}
+                current.graphs[k].details["parity"] = {
+                    m: report.parity.get(m)
+                    for m in ("images", "label_agreement", "delta_auc", "max_abs_score_diff", "embedding_cosine_min")
+                }
             current.parity[precision] = dict(report.tolerances)
             current.calibration[precision] = {
                 **report.calibration,

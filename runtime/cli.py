@@ -116,7 +116,9 @@ def score_command(
         else:
             json_out.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(json_out, (text + "\n").encode())
-            click.echo(f"scored {len(results) - len(failed)} of {len(results)} file(s) with {scorer.runtime}/{scorer.precision} → {json_out}")
+            click.echo(
+                f"scored {len(results) - len(failed)} of {len(results)} file(s) with {scorer.runtime}/{scorer.precision} → {json_out}"
+            )
     else:
         click.echo(format_table(results, scorer.threshold_score))
     for line in drift_report.lines() if drift_report is not None else []:
@@ -132,7 +134,9 @@ def format_table(results: Sequence[Result], decided_by: str = "score") -> str:
     rows = [("path", "score", "knn_angle", f"label ({decided_by})", "ms")]
     for r in results:
         if r.ok and r.label is not None and not math.isnan(r.score):
-            rows.append((str(r.path), f"{r.score:.6f}", f"{r.knn_angle:.6f}", LABELS.get(r.label, str(r.label)), f"{r.timings.total_ms:.1f}"))
+            rows.append(
+                (str(r.path), f"{r.score:.6f}", f"{r.knn_angle:.6f}", LABELS.get(r.label, str(r.label)), f"{r.timings.total_ms:.1f}")
+            )
         else:
             rows.append((str(r.path), "-", "-", "FAILED", "-"))
     return fixed_width(rows, left=1)

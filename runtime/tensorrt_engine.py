@@ -186,7 +186,8 @@ class EngineLoader:
     def engine_file(self, trt_version: str, gpu: GpuInfo) -> Path:
         key = self.engine_key(trt_version, gpu)
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        name = f"{self.graph.key}-{self.graph.content_sha256[:12]}-{slug(gpu.name)}-sm{gpu.compute_capability.replace('.', '')}-trt{trt_version}-{digest}.engine"
+        sm = gpu.compute_capability.replace(".", "")
+        name = f"{self.graph.key}-{self.graph.content_sha256[:12]}-{slug(gpu.name)}-sm{sm}-trt{trt_version}-{digest}.engine"
         return cache_root(self.cache_dir) / "tensorrt" / name
 
     def timing_cache_file(self, trt_version: str, gpu: GpuInfo) -> Path:

@@ -212,7 +212,11 @@ class TensorRTRunner(Runner):
 
     def describe(self) -> dict[str, Any]:
         """What was run where: for benchmark and parity reports."""
-        return {"gpu": asdict(self.gpu) if self.gpu else None, "engine": str(self.engine_path) if self.engine_path else None, "built": self.built}
+        return {
+            "gpu": asdict(self.gpu) if self.gpu else None,
+            "engine": str(self.engine_path) if self.engine_path else None,
+            "built": self.built,
+        }
 
     def info(self) -> dict[str, Any]:
         return {**super().info(), **self.describe(), "engine_built_now": bool(self.built)}

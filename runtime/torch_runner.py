@@ -47,7 +47,10 @@ class TorchRunner(Runner):
     @classmethod
     def unavailable_reason(cls) -> str | None:
         if not importable("torch"):
-            return "PyTorch is not installed. The torch reference needs `pip install 'salad-edge[train]'`; consoles use --runtime onnxruntime."
+            return (
+                "PyTorch is not installed. The torch reference needs `pip install 'salad-edge[train]'`; "
+                "consoles use --runtime onnxruntime."
+            )
         return None
 
     def _activate(self) -> None:

@@ -81,7 +81,9 @@ def complete_journal(root: str | os.PathLike[str]) -> bool:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(source, target)
             elif not target.exists():
-                raise BundleError(f"{journal}: cannot complete the interrupted commit: neither {source} nor {target} exists. Re-export the bundle.")
+                raise BundleError(
+                    f"{journal}: cannot complete the interrupted commit: neither {source} nor {target} exists. Re-export the bundle."
+                )
         write_atomic(root / MANIFEST, text.encode("utf-8"))
         journal.unlink()
         fsync_dir(root)

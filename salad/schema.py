@@ -132,7 +132,12 @@ def manifest_problems(raw: dict[str, Any]) -> list[str]:
     known = outputs if isinstance(outputs, list) else []
     need("scores.default", scores.get("default"), scores.get("default") in known, f"one of scores.outputs {known}")
     threshold = section("threshold")
-    need("threshold.value", threshold.get("value"), _is_num(threshold.get("value")), "a finite number (the score above which a film is abnormal)")
+    need(
+        "threshold.value",
+        threshold.get("value"),
+        _is_num(threshold.get("value")),
+        "a finite number (the score above which a film is abnormal)",
+    )
     if "score" in threshold:
         need("threshold.score", threshold["score"], threshold["score"] in known, f"one of scores.outputs {known}")
     pre = section("preprocessing")
@@ -143,7 +148,12 @@ def manifest_problems(raw: dict[str, Any]) -> list[str]:
     if "resize_mode" in pre:
         need("preprocessing.resize_mode", pre["resize_mode"], pre["resize_mode"] in RESIZE_MODES, f"one of {list(RESIZE_MODES)}")
     if "intensity_mode" in pre:
-        need("preprocessing.intensity_mode", pre["intensity_mode"], pre["intensity_mode"] in INTENSITY_MODES, f"one of {list(INTENSITY_MODES)}")
+        need(
+            "preprocessing.intensity_mode",
+            pre["intensity_mode"],
+            pre["intensity_mode"] in INTENSITY_MODES,
+            f"one of {list(INTENSITY_MODES)}",
+        )
     files = section("files")
     for name, digest in files.items():
         need(f"files[{name!r}]", digest, _is_sha(digest), "a sha256 (64 lowercase hex digits)")

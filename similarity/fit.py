@@ -138,7 +138,9 @@ def train_estimator(datasets: Mapping[str, np.ndarray], out: Path, config: FitCo
     torch.manual_seed(config.seed)
     net = StyleNet(config.net)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s, config.steps) / config.steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s, config.steps) / config.steps))
+    )
     sampler = TripletSampler(data, config.seed)
     aug_gen = torch.Generator().manual_seed(config.seed + 1)
     digest = config.digest(data)

@@ -278,7 +278,8 @@ class Trainer:
             row: dict[str, Any] = {k: v / max(1, steps) for k, v in self.replicas.mean(sums).items()}
             if not main:
                 continue
-            row.update(epoch=epoch, round=rnd, lr=self._lr(epoch), anchors=int(self.is_anchor.sum()) if self.is_anchor is not None and use_agg and rnd > 0 else 0)
+            anchors = int(self.is_anchor.sum()) if self.is_anchor is not None and use_agg and rnd > 0 else 0
+            row.update(epoch=epoch, round=rnd, lr=self._lr(epoch), anchors=anchors)
             if val_images is not None and len(val_images):
                 vs = self._val_scores(val_images, self.bank.normal_rows())
                 row["val_score_mean"] = float(vs.mean())
@@ -353,7 +354,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise DataError(f"{path}: cannot load checkpoint ({type(exc).__name__}: {exc}). Is the file complete?") from exc
     if not isinstance(state, dict) or state.get("schema_version") != RUN_SCHEMA:
         got = state.get("schema_version") if isinstance(state, dict) else type(state).__name__
-        raise DataError(f"{path}: run schema {got!r}, this toolkit reads schema {RUN_SCHEMA}. Retrain or use a matching salad-edge version.")
+        raise DataError(
+            f"{path}: run schema {got!r}, this toolkit reads schema {RUN_SCHEMA}. Retrain or use a matching salad-edge version."
+        )
     return state
 
 

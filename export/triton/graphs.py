@@ -60,7 +60,9 @@ def encoder_graph(root: Path, manifest: Manifest, precision: str) -> _Graph:
     proto = onnx.load(str(manifest.path_of(root, merged.file)), load_external_data=False)
     sub = Extractor(proto).extract_model([t.name for t in inputs], [t.name for t in outputs])
     if any(init.data_location == onnx.TensorProto.EXTERNAL for init in sub.graph.initializer):
-        raise BundleError(f"{root / merged.file}: its encoder part keeps weights in external data; export the encoder as a graph of its own.")
+        raise BundleError(
+            f"{root / merged.file}: its encoder part keeps weights in external data; export the encoder as a graph of its own."
+        )
     spec = GraphSpec(
         file=f"{merged.file} (encoder part)", sha256="", precision=precision, opset=merged.opset, inputs=inputs, outputs=outputs,
         details={"extracted_from": merged.file},
@@ -119,7 +121,8 @@ def check_chain(repo: Path, root: Path, manifest: Manifest, encoder: _Graph, sco
     for start in range(0, len(images), max_batch):
         x = images[start : start + max_batch].astype(image_spec.dtype)
         embedding = dict(zip([o.name for o in enc.get_outputs()], enc.run(None, {image_spec.name: x}), strict=True))
-        scores = dict(zip([o.name for o in sco.get_outputs()], sco.run(None, {t.name: embedding[t.name] for t in scorer.spec.inputs}), strict=True))
+        scorer_feed = {t.name: embedding[t.name] for t in scorer.spec.inputs}
+        scores = dict(zip([o.name for o in sco.get_outputs()], sco.run(None, scorer_feed), strict=True))
         for k, v in {**embedding, **scores}.items():
             got.setdefault(k, []).append(v)
         ref = merged.run(None, {image_spec.name: x, **extra})

@@ -43,10 +43,11 @@ from .worker import Job, run_worker
 
 def _film_paths(data: Path, limit: int) -> list[Path]:
     """Up to `limit` image files from a folder, a file or a CSV (path,label), evenly spread and in a fixed order."""
-    if data.is_file() and data.suffix.lower() == ".csv":
-        paths = [s.path for s in read_samples(data)]
-    else:
-        paths = sorted(find_images([data]))
+    paths = (
+        [s.path for s in read_samples(data)]
+        if data.is_file() and data.suffix.lower() == ".csv"
+        else sorted(find_images([data]))
+    )
     if not paths:
         raise DataError(f"{data}: no films to benchmark with.")
     if len(paths) > limit:
@@ -252,7 +253,8 @@ def _command_line() -> str:
 @click.command("bench")
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--runtime", "runtimes", multiple=True, type=LazyChoice(runner_names),
-              help="Runtime to measure; repeat for several. PyTorch eager fp32 (torch) is always measured as the baseline.  [default: onnxruntime]")
+              help="Runtime to measure; repeat for several. PyTorch eager fp32 (torch) is always measured as the baseline.  "
+                   "[default: onnxruntime]")
 @click.option("--precision", "precisions", multiple=True, type=click.Choice(list(PRECISIONS)),
               help="Graph variant to measure; repeat for several.  [default: every precision in the bundle]")
 @click.option("--batch", "batches", type=IntList(), multiple=True,
@@ -262,7 +264,8 @@ def _command_line() -> str:
               help=f"Timed runs per figure (≥ {MIN_RUNS} for figures you quote).")
 @click.option("--warmup", type=click.IntRange(min=0), default=DEFAULT_WARMUP, show_default=True, help="Untimed runs first.")
 @click.option("--data", type=click.Path(exists=True, path_type=Path), default=DEFAULT_DATA,
-              help="Real films (folder, file or CSV path,label), decoded once before timing.  [default: the shipped salad/sample/eval films]")
+              help="Real films (folder, file or CSV path,label), decoded once before timing.  "
+                   "[default: the shipped salad/sample/eval films]")
 @click.option("--films", type=click.IntRange(min=1), default=DEFAULT_FILMS, show_default=True,
               help="Decode at most this many films, evenly spread over --data.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,

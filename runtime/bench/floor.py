@@ -132,7 +132,10 @@ def _ort_matmul_integer(size: int, threads: int) -> Callable[[], Any]:
 
     graph = helper.make_graph(
         [helper.make_node("MatMulInteger", ["a", "b"], ["c"])], "int8_peak",
-        [helper.make_tensor_value_info("a", TensorProto.UINT8, [size, size]), helper.make_tensor_value_info("b", TensorProto.INT8, [size, size])],
+        [
+            helper.make_tensor_value_info("a", TensorProto.UINT8, [size, size]),
+            helper.make_tensor_value_info("b", TensorProto.INT8, [size, size]),
+        ],
         [helper.make_tensor_value_info("c", TensorProto.INT32, [size, size])],
     )
     # IR 8 (opset 17's): the newest onnx writes an IR version that older ONNX Runtime builds refuse.

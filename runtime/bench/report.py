@@ -110,7 +110,13 @@ class BenchReport:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema": SCHEMA, "header": self.header, "results": [r.to_dict() for r in self.rows], "floor": self.floor, "notes": self.notes}
+        return {
+            "schema": SCHEMA,
+            "header": self.header,
+            "results": [r.to_dict() for r in self.rows],
+            "floor": self.floor,
+            "notes": self.notes,
+        }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -131,7 +137,8 @@ class BenchReport:
                           key=lambda r: r.end_to_end.p50_ms)
             if len(rows) > 1:
                 best, second = rows[0], rows[1]
-                out.append(f"{precision} batch {batch}: {best.runtime} is fastest, {second.end_to_end.p50_ms / best.end_to_end.p50_ms:.2f}× "
+                ratio = second.end_to_end.p50_ms / best.end_to_end.p50_ms
+                out.append(f"{precision} batch {batch}: {best.runtime} is fastest, {ratio:.2f}× "
                            f"{second.runtime} ({best.end_to_end.p50_ms:.3f} vs {second.end_to_end.p50_ms:.3f} ms p50 end to end)")
         return out
 
@@ -164,7 +171,8 @@ class BenchReport:
             "",
             "## Latency and throughput (end to end: preprocessing of decoded films + inference + score)",
             "",
-            "| runtime | precision | batch | p50 ms (IQR) | p95 ms | p99 ms | images/s | speedup vs torch | of which preprocess p50 ms | of which inference p50 ms |",
+            "| runtime | precision | batch | p50 ms (IQR) | p95 ms | p99 ms | images/s | speedup vs torch | "
+            "of which preprocess p50 ms | of which inference p50 ms |",
             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in self.rows:
@@ -184,20 +192,23 @@ class BenchReport:
             i = r.inference
             lines.append(
                 f"| {r.runtime} | {r.precision} | {r.batch} | {i.p50_ms:.3f} ({i.iqr_ms:.3f}) | {i.p95_ms:.3f} | {i.p99_ms:.3f} | "
-                f"{r.inference_throughput_ips:.1f} | {_ratio(r.inference_speedup_vs_torch)} | {_num(r.gflops, 2)} | {_pct(r.fraction_of_peak)} |"
+                f"{r.inference_throughput_ips:.1f} | {_ratio(r.inference_speedup_vs_torch)} | {_num(r.gflops, 2)} | "
+                f"{_pct(r.fraction_of_peak)} |"
             )
         if self.fastest():
             lines += ["", "Fastest runtime per precision and batch (end to end p50): " + "; ".join(self.fastest()) + "."]
         macs = self.floor.get("macs_per_image") or {}
         peaks = self.floor.get("peaks") or {}
         lines += ["", _floor_sentence(macs, peaks), "", "## Cold start and memory (each configuration in a fresh process)", "",
-                  "| runtime | precision | batch | verify ms | activate ms | first score ms | total ms | peak RSS MB | RSS before bundle MB | Δ MB |",
+                  "| runtime | precision | batch | verify ms | activate ms | first score ms | total ms | peak RSS MB | "
+                  "RSS before bundle MB | Δ MB |",
                   "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in self.rows:
             c, m = r.cold_start, r.memory
             lines.append(
                 f"| {r.runtime} | {r.precision} | {r.batch} | {c['verify_ms']:.1f} | {c['activate_ms']:.1f} | {c['first_score_ms']:.1f} | "
-                f"{c['total_ms']:.1f} | {_num(m.get('peak_rss_mb'), 1)} | {_num(m.get('baseline_rss_mb'), 1)} | {_num(m.get('delta_rss_mb'), 1)} |"
+                f"{c['total_ms']:.1f} | {_num(m.get('peak_rss_mb'), 1)} | {_num(m.get('baseline_rss_mb'), 1)} | "
+                f"{_num(m.get('delta_rss_mb'), 1)} |"
             )
         method = self.rows[0].memory.get("method", "") if self.rows else ""
         lines += ["", f"Peak RSS: {method}; it includes the interpreter and the decoded films (the 'before bundle' column).", ""]
@@ -280,7 +291,10 @@ def _floor_sentence(macs: dict[str, Any], peaks: dict[str, Any]) -> str:
             "GFLOP/s = 2 × model MACs × batch / inference p50."
         )
     if peaks:
-        text = f"Measured peaks with the same threads ({peaks.get('size')}² GEMM, best of 5): fp32 {peaks.get('fp32_gflops', 0):.1f} GFLOP/s"
+        text = (
+            f"Measured peaks with the same threads ({peaks.get('size')}² GEMM, best of 5): "
+            f"fp32 {peaks.get('fp32_gflops', 0):.1f} GFLOP/s"
+        )
         if peaks.get("ort_int8_gops"):
             text += f", int8 (ONNX Runtime MatMulInteger) {peaks['ort_int8_gops']:.1f} GOP/s"
         parts.append(text + "; int8 rows are held to the int8 peak, the others to fp32.")

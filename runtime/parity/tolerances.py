@@ -54,7 +54,10 @@ def _split_overrides(overrides: Mapping[str, Any] | None) -> dict[str, dict[str,
             if metric in FIXED_TOLERANCES:
                 raise ConfigError(f"tolerance {metric!r} is fixed at {FIXED_TOLERANCES[metric]:g}: NaN or infinite outputs never pass.")
             if metric not in METRICS:
-                raise ConfigError(f"unknown parity metric {metric!r} in tolerance overrides; expected one of {sorted(set(METRICS) - set(FIXED_TOLERANCES))}.")
+                raise ConfigError(
+                    f"unknown parity metric {metric!r} in tolerance overrides; "
+                    f"expected one of {sorted(set(METRICS) - set(FIXED_TOLERANCES))}."
+                )
             try:
                 number = float(value)
             except (TypeError, ValueError):
@@ -76,7 +79,9 @@ def parse_tolerance_options(options: Sequence[str]) -> dict[str, dict[str, float
         lhs, sep, value = text.partition("=")
         precision, _, metric = lhs.rpartition(":")
         if not sep or not metric.strip():
-            raise ConfigError(f"--tolerance {text!r}: expected [PRECISION:]METRIC=VALUE, e.g. max_abs_score_diff=1e-4 or int8:label_agreement=0.98.")
+            raise ConfigError(
+                f"--tolerance {text!r}: expected [PRECISION:]METRIC=VALUE, e.g. max_abs_score_diff=1e-4 or int8:label_agreement=0.98."
+            )
         try:
             number = float(value)
         except ValueError:

@@ -129,7 +129,11 @@ def run_demo(
             m = evaluate_run(run, eval_data, json_out=out / "evaluation.json")
             return m, f"AUC {m['auc']:.3f}, AUPRC {m['auprc']:.3f} on {m['n_normal']} normal + {m['n_abnormal']} abnormal held-out films"
 
-        metrics = step("Evaluate on held-out films", f"salad evaluate {run} --labelled {eval_data} --json {out}/evaluation.json --plots {out}/plots", do_eval)
+        metrics = step(
+            "Evaluate on held-out films",
+            f"salad evaluate {run} --labelled {eval_data} --json {out}/evaluation.json --plots {out}/plots",
+            do_eval,
+        )
         result.metrics["evaluation"] = metrics
 
     n_val = len(read_samples(run / "val.csv")) if (run / "val.csv").stat().st_size > 40 else 0
@@ -138,7 +142,9 @@ def run_demo(
     def do_export() -> tuple[Any, str]:
         path = export_bundle(run, bundle, reference_images=n_ref)
         manifest = json.loads((path / "manifest.json").read_text())
-        return manifest, f"bundle verified: ONNX Runtime = PyTorch on {n_ref} reference films; threshold {manifest['threshold']['value']:.4f}"
+        return manifest, (
+            f"bundle verified: ONNX Runtime = PyTorch on {n_ref} reference films; threshold {manifest['threshold']['value']:.4f}"
+        )
 
     manifest = step("Export the bundle", f"salad-export {run} --out {bundle} --reference-films {n_ref}", do_export)
 
@@ -195,7 +201,11 @@ def run_demo(
         sp = f"{result.int8_speedup:.1f}×" if result.int8_speedup else "n/a"
         return report, f"int8 ONNX Runtime end-to-end at batch 1: {sp} PyTorch eager fp32"
 
-    bench = step("Benchmark latency", f"salad bench {bundle} --batch 1 --batch 8 --json {out}/bench.json --markdown {out}/bench.md --plot {out}/bench.png", do_bench)
+    bench = step(
+        "Benchmark latency",
+        f"salad bench {bundle} --batch 1 --batch 8 --json {out}/bench.json --markdown {out}/bench.md --plot {out}/bench.png",
+        do_bench,
+    )
 
     def do_score() -> tuple[Any, str]:
         films = _example_films(eval_data)
@@ -280,7 +290,8 @@ def write_report(
     md.append("\n## Example films\n\n| film | truth | score | knn_angle | label |\n|---|---|---|---|---|")
     for (path, truth), r in scored:
         if r.ok:
-            md.append(f"| {path.name} | {truth} | {r.score:.4f} | {r.knn_angle:.4f} | {'abnormal' if r.label else 'normal'} ({thr['score']}) |")
+            md.append(f"| {path.name} | {truth} | {r.score:.4f} | {r.knn_angle:.4f} | "
+                      f"{'abnormal' if r.label else 'normal'} ({thr['score']}) |")
         else:
             md.append(f"| {path.name} | {truth} | – | – | error: {r.error} |")
     md.append("\n## Figures\n")
@@ -329,7 +340,8 @@ def _html(result: DemoResult, metrics: dict[str, Any] | None, thr: dict[str, Any
     parts.append("<div class='kpi'>" + "".join(f"<div><b>{v}</b>{html.escape(k)}</div>" for k, v in kpis) + "</div>")
     parts.append("<h2>Steps</h2>" + _table(["step", "result", "seconds"], [[s.title, s.result, f"{s.seconds:.0f}"] for s in result.steps]))
     if metrics is not None:
-        parts.append(f"<h2>Detection</h2><p>Threshold <b>{thr['value']:.4f}</b> on <code>{html.escape(str(thr.get('score', 'score')))}</code>, "
+        parts.append(f"<h2>Detection</h2><p>Threshold <b>{thr['value']:.4f}</b> on "
+                     f"<code>{html.escape(str(thr.get('score', 'score')))}</code>, "
                      f"operating point {html.escape(json.dumps(thr.get('operating_point')))}, chosen on validation normals.</p>")
     parts.append("<div class='figs'>" + "".join(
         f"<figure><img alt='{html.escape(t)}' src='data:image/png;base64,{_png_b64(p)}' style='max-width:520px'>"
@@ -345,8 +357,8 @@ def _html(result: DemoResult, metrics: dict[str, Any] | None, thr: dict[str, Any
 
         rows.append([html.escape(row.name), str(row.images), fmt("embedding_cosine_min", ".6f"), fmt("max_abs_score_diff"),
                      fmt("label_agreement", ".4f"), fmt("spearman", ".5f"), fmt("delta_auc", "+.4f"), verdict])
-    parts.append("<h2>Parity against the PyTorch reference</h2>" + _table(
-        ["runtime/precision", "films", "min embedding cosine", "max |Δscore|", "label agreement", "Spearman", "ΔAUC", "verdict"], rows, raw=True))
+    parity_header = ["runtime/precision", "films", "min embedding cosine", "max |Δscore|", "label agreement", "Spearman", "ΔAUC", "verdict"]
+    parts.append("<h2>Parity against the PyTorch reference</h2>" + _table(parity_header, rows, raw=True))
     for note in getattr(parity, "notes", []):
         parts.append(f"<p class='muted'>{html.escape(note)}</p>")
     brow = [[r.runtime, r.precision, str(r.batch), f"{r.end_to_end.p50_ms:.2f}", f"{r.end_to_end.p95_ms:.2f}",
@@ -354,16 +366,24 @@ def _html(result: DemoResult, metrics: dict[str, Any] | None, thr: dict[str, Any
             for r in bench.rows]
     parts.append("<h2>Latency on this machine</h2>" + _table(
         ["runtime", "precision", "batch", "p50 ms", "p95 ms", "p99 ms", "images/s", "speed-up vs PyTorch"], brow))
-    parts.append(f"<p class='muted'>{html.escape(str(bench.header.get('cpu', '')))} · end to end = preprocessing of decoded films + inference + score; "
+    parts.append(f"<p class='muted'>{html.escape(str(bench.header.get('cpu', '')))} · "
+                 "end to end = preprocessing of decoded films + inference + score; "
                  "PyTorch eager fp32 measured in the same invocation.</p>")
     films = []
     for (path, truth), r in scored:
         label = ("abnormal" if r.label else "normal") if r.ok else "error"
         caption = f"{html.escape(path.name)}<br>truth: {html.escape(truth)}<br>" + (
-            f"{html.escape(thr['score'])} {getattr(r, thr['score']):.4f} → <b>{label}</b>" if r.ok else f"<span class='fail'>{html.escape(str(r.error))}</span>")
-        films.append(f"<figure><img alt='{html.escape(path.name)}' src='data:image/png;base64,{_thumb_b64(path)}'><figcaption>{caption}</figcaption></figure>")
+            f"{html.escape(thr['score'])} {getattr(r, thr['score']):.4f} → <b>{label}</b>"
+            if r.ok
+            else f"<span class='fail'>{html.escape(str(r.error))}</span>"
+        )
+        films.append(
+            f"<figure><img alt='{html.escape(path.name)}' src='data:image/png;base64,{_thumb_b64(path)}'>"
+            f"<figcaption>{caption}</figcaption></figure>"
+        )
     parts.append("<h2>Example films</h2><div class='films'>" + "".join(films) + "</div>")
     parts.append("<h2>Repeat each step</h2><pre>" + html.escape("\n".join(s.command for s in result.steps)) + "</pre>")
-    parts.append("<p class='muted'>Sample films: Kermany D., Zhang K., Goldbaum M., Mendeley Data v2 (2018), doi:10.17632/rscbjbr9sj.2, CC BY 4.0. "
+    parts.append("<p class='muted'>Sample films: Kermany D., Zhang K., Goldbaum M., Mendeley Data v2 (2018), "
+                 "doi:10.17632/rscbjbr9sj.2, CC BY 4.0. "
                  "DICOM: pydicom-data test files.</p></body></html>")
     return "\n".join(parts)

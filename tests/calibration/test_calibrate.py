@@ -121,7 +121,10 @@ def test_int8_without_films_or_with_too_few_leaves_the_bundle_alone(bundle_copy:
     before = (bundle_copy / "manifest.json").read_bytes()
     with pytest.raises(CalibrationError, match=r"no fallback to random or synthetic data"):
         calibrate_bundle(bundle_copy, "int8")
-    with pytest.raises(CalibrationError, match=r"eval: found 40 normal film\(s\) \(40 abnormal film\(s\) in it are not used\); int8 calibration needs at least 100"):
+    with pytest.raises(
+        CalibrationError,
+        match=r"eval: found 40 normal film\(s\) \(40 abnormal film\(s\) in it are not used\); int8 calibration needs at least 100",
+    ):
         calibrate_bundle(bundle_copy, "int8", SAMPLE_EVAL)
     assert (bundle_copy / "manifest.json").read_bytes() == before
     assert sorted(p.name for p in bundle_copy.iterdir()) == sorted(["checkpoint.pt", "encoder.onnx", "manifest.json", "model.onnx",
@@ -255,9 +258,18 @@ def test_bounded_loop_fails_with_the_best_figure_when_nothing_fits(bundle_copy: 
     assert eligible >= 4
     monkeypatch.setattr(cal, "_parity", _fake_parity(lambda kept: 0.02 - 0.001 * min(kept, 3), by_channels))
     with pytest.raises(CalibrationError) as info:
-        calibrate_bundle(bundle_copy, "int8", SAMPLE_TRAIN, data_labelled=SAMPLE_EVAL, max_auc_drop=0.005, min_channels=MIN_INT8_CHANNELS, latency_runs=1)
+        calibrate_bundle(
+            bundle_copy,
+            "int8",
+            SAMPLE_TRAIN,
+            data_labelled=SAMPLE_EVAL,
+            max_auc_drop=0.005,
+            min_channels=MIN_INT8_CHANNELS,
+            latency_runs=1,
+        )
     text = str(info.value)
-    assert "the int8 variant was not added" in text and f"no variant kept |ΔAUC| ≤ 0.005 and every tolerance after {eligible} attempt(s)" in text
+    assert "the int8 variant was not added" in text
+    assert f"no variant kept |ΔAUC| ≤ 0.005 and every tolerance after {eligible} attempt(s)" in text
     assert "the best reached ΔAUC +0.017 with 3 extra layer(s) in float" in text and "The bundle is unchanged" in text
     assert not list(bundle_copy.glob("*.int8.onnx"))
     data = json.loads((bundle_copy / "calibration" / "int8.rejected.json").read_text())

@@ -110,7 +110,9 @@ def test_a_second_calibration_is_refused_while_one_runs(base_bundle: Path, tmp_p
             assert time.monotonic() < deadline
             time.sleep(0.01)
         monkeypatch.setenv("SALAD_LOCK_TIMEOUT_S", "0")
-        with pytest.raises(BundleError, match=rf"another salad writer \(pid {first.pid}\) is changing this bundle .* run the command again"):
+        with pytest.raises(
+            BundleError, match=rf"another salad writer \(pid {first.pid}\) is changing this bundle .* run the command again"
+        ):
             calibrate_bundle(bundle, "fp16", latency_runs=1)
         out, err = first.communicate(timeout=600)
     finally:

@@ -64,7 +64,11 @@ def test_the_scoring_graph_stays_float32(precision: str, calibrated: Calibrated)
             assert types[node.input[0]] == FLOAT, f"{node.op_type} computes in {types[node.input[0]]}"
     assert types["embedding"] == FLOAT
     assert [(v.name, v.type.tensor_type.elem_type) for v in model.graph.input] == [("image", FLOAT)]
-    assert [(v.name, v.type.tensor_type.elem_type) for v in model.graph.output] == [("embedding", FLOAT), ("score", FLOAT), ("knn_angle", FLOAT)]
+    assert [(v.name, v.type.tensor_type.elem_type) for v in model.graph.output] == [
+        ("embedding", FLOAT),
+        ("score", FLOAT),
+        ("knn_angle", FLOAT),
+    ]
     bank = next(t for t in model.graph.initializer if t.name == manifest.bank["initializer"])
     assert bank.data_type == FLOAT and list(bank.dims) == [manifest.embedding_dim, manifest.bank["rows"]]
     assert scorer_precision_problems(model) == []

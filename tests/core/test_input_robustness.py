@@ -149,7 +149,9 @@ def test_every_shipped_film_passes_the_strict_jpeg_check() -> None:
 
 @pytest.mark.parametrize(("name", "modality"), [("MR_small.dcm", "MR"), ("CT_small.dcm", "CT")])
 def test_mr_and_ct_are_refused_naming_the_modality(name: str, modality: str) -> None:
-    with pytest.raises(DataError, match=rf"{name}: DICOM modality '{modality}' is not a projection radiograph; expected one of \['CR', 'DX', 'RG'\]"):
+    with pytest.raises(
+        DataError, match=rf"{name}: DICOM modality '{modality}' is not a projection radiograph; expected one of \['CR', 'DX', 'RG'\]"
+    ):
         read_image(dicom_data(name))
 
 
@@ -161,7 +163,9 @@ def test_missing_modality_is_decided_by_the_sop_class(tmp_path: Path) -> None:
     mr = pydicom.dcmread(dicom_data("MR_small.dcm"))
     del mr.Modality
     mr.save_as(tmp_path / "mr.dcm", enforce_file_format=True)
-    with pytest.raises(DataError, match=r"mr\.dcm: DICOM has no Modality tag and its SOP class 1\.2\.840\.10008\.5\.1\.4\.1\.1\.4 is not CR or DX"):
+    with pytest.raises(
+        DataError, match=r"mr\.dcm: DICOM has no Modality tag and its SOP class 1\.2\.840\.10008\.5\.1\.4\.1\.1\.4 is not CR or DX"
+    ):
         read_image(tmp_path / "mr.dcm")
 
 
@@ -192,7 +196,9 @@ def test_latin1_csv_is_a_data_error_naming_the_file_and_the_fix(tmp_path: Path) 
     shutil.copy(FILM, tmp_path / "film.jpeg")
     csv = tmp_path / "list.csv"
     csv.write_bytes("path,label,patient_id\nfilm.jpeg,0,Müller\n".encode("latin-1"))
-    with pytest.raises(DataError, match=r"list\.csv: not UTF-8 text \(byte b'\\xfc' at offset \d+\); expected a UTF-8 CSV\. Re-save it as UTF-8"):
+    with pytest.raises(
+        DataError, match=r"list\.csv: not UTF-8 text \(byte b'\\xfc' at offset \d+\); expected a UTF-8 CSV\. Re-save it as UTF-8"
+    ):
         read_samples(csv)
 
 
@@ -215,7 +221,13 @@ def test_unreadable_sub_folder_is_reported_not_skipped(open_tmp: Path) -> None:
     locked = open_tmp / "pneumonia"
     with unprivileged():
         entries = scan_images([open_tmp])
-        with pytest.raises(DataError, match=r"pneumonia: 1 path\(s\) could not be read, so the image list would be incomplete: .*pneumonia: cannot list this folder \(Permission denied\)"):
+        with pytest.raises(
+            DataError,
+            match=(
+                r"pneumonia: 1 path\(s\) could not be read, so the image list would be incomplete: "
+                r".*pneumonia: cannot list this folder \(Permission denied\)"
+            ),
+        ):
             read_samples(open_tmp)
     assert entries[0] == open_tmp / "normal" / "a.jpeg"
     assert [str(e.error) for e in entries[1:] if isinstance(e, Unreadable)] == [f"{locked}: cannot list this folder (Permission denied)."]
@@ -277,7 +289,13 @@ def test_sixteen_bit_png_bomb_is_refused_from_its_header(tmp_path: Path) -> None
     bomb = tmp_path / "bomb.png"
     write_zero_png(bomb, 11000, 16)
     assert bomb.stat().st_size < 1_000_000 and MAX_DECODED_BYTES < 11000 * 11000 * 2
-    with pytest.raises(DataError, match=r"bomb\.png: the PNG header says 11000×11000 pixels × 1 channel\(s\) × 16 bit = 242,000,000 bytes decoded.*Refused before decoding"):
+    with pytest.raises(
+        DataError,
+        match=(
+            r"bomb\.png: the PNG header says 11000×11000 pixels × 1 channel\(s\) × 16 bit = 242,000,000 bytes decoded"
+            r".*Refused before decoding"
+        ),
+    ):
         read_image(bomb)
     # and it costs no memory: a fresh process's peak RSS stays far below the 242 MB one decode would take
     code = (
@@ -318,7 +336,9 @@ def test_dicom_cut_inside_its_pixel_data_says_truncated(tmp_path: Path) -> None:
     data = dicom_data("RG1_UNCR.dcm").read_bytes()
     cut = tmp_path / "cut.dcm"
     cut.write_bytes(data[: len(data) - 1000])
-    with pytest.raises(DataError, match=r"cut\.dcm: truncated pixel data: expected 7,198,310 bytes \(1955×1841 × 16 bit\), found 7,19\d,\d+") as info:
+    with pytest.raises(
+        DataError, match=r"cut\.dcm: truncated pixel data: expected 7,198,310 bytes \(1955×1841 × 16 bit\), found 7,19\d,\d+"
+    ) as info:
         read_dicom(cut)
     assert "pylibjpeg" not in str(info.value) and "structured report" not in str(info.value)
 
@@ -327,6 +347,8 @@ def test_dicom_cut_before_its_pixel_data_says_truncated(tmp_path: Path) -> None:
     data = dicom_data("RG1_UNCR.dcm").read_bytes()
     cut = tmp_path / "cut.dcm"
     cut.write_bytes(data[: data.find(b"\xe0\x7f\x10\x00") + 2])  # inside the PixelData tag itself
-    with pytest.raises(DataError, match=r"cut\.dcm: (DICOM declares a 1955×1841 image but the file .* ends before its pixel data|truncated pixel data)"):
+    with pytest.raises(
+        DataError, match=r"cut\.dcm: (DICOM declares a 1955×1841 image but the file .* ends before its pixel data|truncated pixel data)"
+    ):
         read_dicom(cut)
 

@@ -80,7 +80,9 @@ def test_bad_options(tiny_run: Path, tmp_path: Path) -> None:
         export_bundle(tiny_run, tmp_path / "b", operating_point="specificity=0.9")
     with pytest.raises(SaladError, match=r"--opset 16: expected 17\.\.20"):
         export_bundle(tiny_run, tmp_path / "b", opset=16)
-    with pytest.raises(SaladError, match=r"--reference-films 500 asks for more validation films than the run has \(80\)\. Pass --reference-films 80"):
+    with pytest.raises(
+        SaladError, match=r"--reference-films 500 asks for more validation films than the run has \(80\)\. Pass --reference-films 80"
+    ):
         export_bundle(tiny_run, tmp_path / "b", reference_images=500)
     assert not (tmp_path / "b").exists() and not leftovers(tmp_path, "b")
     with pytest.raises(SaladError, match=r"would replace the run directory"):

@@ -50,15 +50,25 @@ def test_a_manifest_without_its_digest_is_refused(bundle: Path, tmp_path: Path) 
 @pytest.mark.parametrize(
     ("field", "set_value", "message"),
     [
-        ("threshold.value", lambda raw: raw["threshold"].__setitem__("value", True), r"threshold\.value: true \(bool\); expected a finite number"),
+        (
+            "threshold.value",
+            lambda raw: raw["threshold"].__setitem__("value", True),
+            r"threshold\.value: true \(bool\); expected a finite number",
+        ),
         ("k", lambda raw: raw.__setitem__("k", "abc"), r"k: \"abc\" \(str\); expected an integer ≥ 1"),
         ("k", lambda raw: raw.__setitem__("k", 10_000), r"k: 10000 \(int\); expected ≤ bank\.rows \(200\)"),
-        ("preprocessing.size", lambda raw: raw["preprocessing"].__setitem__("size", "64"), r"preprocessing\.size: \"64\" \(str\); expected an integer ≥ 32"),
+        (
+            "preprocessing.size",
+            lambda raw: raw["preprocessing"].__setitem__("size", "64"),
+            r"preprocessing\.size: \"64\" \(str\); expected an integer ≥ 32",
+        ),
         ("bank.rows", lambda raw: raw["bank"].__setitem__("rows", -1), r"bank\.rows: -1 \(int\); expected an integer ≥ 1"),
         ("embedding_dim", lambda raw: raw.__setitem__("embedding_dim", 200.0), r"embedding_dim: 200\.0 \(float\); expected an integer"),
     ],
 )
-def test_field_types_and_ranges_are_checked_on_read(bundle: Path, tmp_path: Path, field: str, set_value: Callable[..., None], message: str) -> None:
+def test_field_types_and_ranges_are_checked_on_read(
+    bundle: Path, tmp_path: Path, field: str, set_value: Callable[..., None], message: str
+) -> None:
     root = _copy(bundle, tmp_path)
     _edit(root, set_value)
     with pytest.raises(BundleError, match=message) as info:

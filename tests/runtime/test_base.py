@@ -100,11 +100,26 @@ def test_lifecycle_is_idempotent_and_a_context_manager(tiny_bundle: Path, refere
 @pytest.mark.parametrize(
     ("feed", "message"),
     [
-        ({"img": np.zeros((1, 1, 64, 64), np.float32)}, r"received inputs \['img'\], expected \['image'\]; missing \['image'\]; unexpected \['img'\]"),
-        ({"image": np.zeros((1, 1, 64, 64), np.float64)}, r"input 'image' received dtype float64, expected float32 \(convert with array.astype\(np.float32\)\)"),
-        ({"image": np.zeros((2, 1, 32, 32), np.float32)}, r"input 'image' received shape \(2, 1, 32, 32\), expected \(batch, 1, 64, 64\) \(axis 2 must be 64\)"),
-        ({"image": np.zeros((1, 64, 64), np.float32)}, r"received shape \(1, 64, 64\) \(3 axes\), expected \(batch, 1, 64, 64\) \(4 axes\)"),
-        ({"image": np.zeros((5, 1, 64, 64), np.float32)}, r"received batch 5, expected 1..4. Split the batch or create the runner with max_batch=5"),
+        (
+            {"img": np.zeros((1, 1, 64, 64), np.float32)},
+            r"received inputs \['img'\], expected \['image'\]; missing \['image'\]; unexpected \['img'\]",
+        ),
+        (
+            {"image": np.zeros((1, 1, 64, 64), np.float64)},
+            r"input 'image' received dtype float64, expected float32 \(convert with array.astype\(np.float32\)\)",
+        ),
+        (
+            {"image": np.zeros((2, 1, 32, 32), np.float32)},
+            r"input 'image' received shape \(2, 1, 32, 32\), expected \(batch, 1, 64, 64\) \(axis 2 must be 64\)",
+        ),
+        (
+            {"image": np.zeros((1, 64, 64), np.float32)},
+            r"received shape \(1, 64, 64\) \(3 axes\), expected \(batch, 1, 64, 64\) \(4 axes\)",
+        ),
+        (
+            {"image": np.zeros((5, 1, 64, 64), np.float32)},
+            r"received batch 5, expected 1..4. Split the batch or create the runner with max_batch=5",
+        ),
         ({"image": [[0.0]]}, r"input 'image' is a list; expected a numpy array"),
     ],
 )
@@ -136,7 +151,9 @@ def broken_backend() -> Iterator[type[Runner]]:
     RUNNERS.pop("test-broken-scores")
 
 
-def test_outputs_are_checked_against_the_manifest(tiny_bundle: Path, reference: dict[str, np.ndarray], broken_backend: type[Runner]) -> None:
+def test_outputs_are_checked_against_the_manifest(
+    tiny_bundle: Path, reference: dict[str, np.ndarray], broken_backend: type[Runner]
+) -> None:
     message = r"output 'score' received shape \(3, 1\) \(2 axes\), expected \(batch=3\) \(1 axes\).*re-export"
     with create_runner(broken_backend.name, model_graph(tiny_bundle)) as runner, pytest.raises(BundleError, match=message):
         runner.infer({"image": reference["image"][:3]})

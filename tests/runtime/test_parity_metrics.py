@@ -161,7 +161,10 @@ def test_tolerances_come_from_the_manifest_then_overrides_and_nonfinite_is_alway
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"max_abs_scor_diff": 1.0}, r"unknown parity metric 'max_abs_scor_diff' in tolerance overrides; expected one of \[.*'max_abs_score_diff'"),
+        (
+            {"max_abs_scor_diff": 1.0},
+            r"unknown parity metric 'max_abs_scor_diff' in tolerance overrides; expected one of \[.*'max_abs_score_diff'",
+        ),
         ({"nonfinite": 1.0}, r"'nonfinite' is fixed at 0"),
         ({"fp64": {"spearman": 0.9}}, r"precision 'fp64'; expected one of \['fp32', 'fp16', 'int8'\]"),
         ({"label_agreement": 1.5}, r"label_agreement=1.5 can never pass"),

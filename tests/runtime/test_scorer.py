@@ -49,7 +49,9 @@ def test_loading_verifies_what_it_reads_and_only_that(bundle_copy: Path) -> None
 
 
 def test_a_precision_the_bundle_lacks_is_named(tiny_bundle: Path) -> None:
-    with pytest.raises(BundleError, match=r"no 'model' graph at precision 'int8' \(has \['encoder', 'model', 'scorer'\]\).*salad calibrate"):
+    with pytest.raises(
+        BundleError, match=r"no 'model' graph at precision 'int8' \(has \['encoder', 'model', 'scorer'\]\).*salad calibrate"
+    ):
         Scorer.from_bundle(tiny_bundle, precision="int8")
     with pytest.raises(SaladError, match=r"precision 'fp64'; expected one of \['fp32', 'fp16', 'int8'\]"):
         Scorer.from_bundle(tiny_bundle, precision="fp64")
@@ -142,7 +144,10 @@ def test_bad_arrays_are_refused_with_the_reason(tiny_bundle: Path, array: np.nda
 
 
 def test_inputs_that_are_neither_paths_nor_arrays_are_refused(tiny_bundle: Path) -> None:
-    with Scorer.from_bundle(tiny_bundle) as scorer, pytest.raises(SaladError, match="cannot score a int; expected a file path or a numpy array"):
+    with (
+        Scorer.from_bundle(tiny_bundle) as scorer,
+        pytest.raises(SaladError, match="cannot score a int; expected a file path or a numpy array"),
+    ):
         scorer.score([3])  # type: ignore[list-item]
 
 

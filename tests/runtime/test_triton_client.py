@@ -226,7 +226,10 @@ def test_triton_scores_equal_the_local_onnxruntime_scores(tiny_bundle: Path, ser
     assert [r.label for r in got] == [r.label for r in want]
     assert remote.runtime == "triton" and protocol in remote.runner.device
     # Preprocessed and sent in batches of at most --batch, through the ensemble's two steps in order.
-    assert fake.batches == [("salad", 4), ("salad_encoder", 4), ("salad_scorer", 4), ("salad", 2), ("salad_encoder", 2), ("salad_scorer", 2)]
+    assert fake.batches == [
+        ("salad", 4), ("salad_encoder", 4), ("salad_scorer", 4),
+        ("salad", 2), ("salad_encoder", 2), ("salad_scorer", 2),
+    ]
 
 
 def test_a_server_with_another_bundle_is_refused(bundle_copy: Path, server: tuple[FakeTriton, str, str]) -> None:

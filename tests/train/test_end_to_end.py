@@ -25,7 +25,8 @@ def test_train_then_evaluate_beats_chance_clearly(tmp_path: Path) -> None:
     )
     assert train.exit_code == 0, train.output
     result = CliRunner().invoke(
-        main, ["evaluate", str(run), "--labelled", str(SAMPLE_EVAL), "--json", str(tmp_path / "eval.json"), "--plots", str(tmp_path / "plots")]
+        main,
+        ["evaluate", str(run), "--labelled", str(SAMPLE_EVAL), "--json", str(tmp_path / "eval.json"), "--plots", str(tmp_path / "plots")],
     )
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "eval.json").read_text())
