@@ -131,6 +131,11 @@ class Fp16Builder:
         return []
 
 
+#: Why the int8 encoder's last weighted layer stays float (see Int8Builder).
+PROJECTION_REASON = ("the projection to the embedding: its output must stay float, and a quantized convolution with a float "
+                     "output runs unfused (its weights dequantized on every call)")
+
+
 @register_builder("int8")
 class Int8Builder:
     """encoder.int8.onnx (Q/DQ, calibrated on real normals) + the fp32 scorer → model.int8.onnx."""
@@ -152,14 +157,19 @@ class Int8Builder:
         self.ranges = self.work / "ranges.json"
         proto = prepare_for_quantization(stage.path / stage.original.graphs["encoder"].file, self.prepared)
         self.layers = weighted_layers(proto)
-        self.by_channels = {
+        self.float_by_rule = {
             layer.name: (
                 f"{layer.channels_in}→{layer.channels_out} channels (< {min_channels}): "
                 "int8 kernels are slower than float ones on so few channels"
             )
             for layer in self.layers if layer.channels < min_channels
         }
-        if len(self.by_channels) == len(self.layers):
+        if self.layers:
+            # The projection to the embedding stays float: its output is the embedding before L2-normalisation,
+            # which must leave the encoder unrounded, and ONNX Runtime fuses a Q/DQ convolution only when its
+            # output is quantized too; otherwise it dequantizes the weights on every call (docs/architecture.md §5).
+            self.float_by_rule.setdefault(self.layers[-1].name, PROJECTION_REASON)
+        if len(self.float_by_rule) == len(self.layers):
             raise CalibrationError(
                 f"every weighted layer of the encoder has fewer than --min-channels {min_channels} channels, so nothing would be "
                 "quantized; lower --min-channels (0 quantizes every layer)."
@@ -173,7 +183,7 @@ class Int8Builder:
         from .graphs import merge_with_scorer, quantize_encoder
 
         self.kept = list(kept)
-        exclude = [*self.by_channels, *self.kept]
+        exclude = [*self.float_by_rule, *self.kept]
         out = self.work / "encoder.int8.onnx"
         reader = OrtCalibrationReader(self.source)
         self.encoder = quantize_encoder(self.prepared, out, reader, method=self.method, per_channel=self.per_channel,
@@ -190,7 +200,7 @@ class Int8Builder:
         return problems
 
     def layers_in_float(self) -> dict[str, str]:
-        out = dict(self.by_channels)
+        out = dict(self.float_by_rule)
         out.update({n: "kept float by the accuracy-bounded search (largest quantisation noise)" for n in self.kept})
         return out
 
