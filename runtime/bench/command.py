@@ -26,7 +26,7 @@ from salad.progress import quiet
 
 from ..base import runner_class, runner_names
 from ..options import FLAGS, check_taken, given, runner_option_flags
-from .report import BenchReport, BenchRow
+from .report import BenchReport, BenchRow, machine_busy
 from .settings import (
     BASELINE_PRECISION,
     BASELINE_RUNTIME,
@@ -178,7 +178,7 @@ def run_bench(
             f"{', '.join(other)} compared with the torch baseline on {', '.join(sorted(base_devices))}: "
             "pass --device cuda to compare GPU with GPU."
         )
-    if load_start and load_start[0] > 0.5 * usable:
+    if machine_busy(load_start, usable):
         notes.append(
             f"the machine was busy (1-minute load average {load_start[0]:.1f} on {usable} CPUs at the start): "
             "absolute figures are noisy; re-run on a quiet machine before quoting them."

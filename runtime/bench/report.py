@@ -100,6 +100,11 @@ class BenchRow:
         }
 
 
+def machine_busy(load_average: Sequence[float] | None, usable_cpus: int) -> bool:
+    """Whether a bench started on a busy machine: a 1-minute load average above half the usable CPUs."""
+    return load_average is not None and len(load_average) > 0 and load_average[0] > 0.5 * usable_cpus
+
+
 @dataclass
 class BenchReport:
     """Everything one `salad bench` invocation measured: header, rows, floor, and what to be careful about."""
@@ -127,6 +132,11 @@ class BenchReport:
         if d.get("schema") != SCHEMA:
             raise DataError(f"not a salad bench report (schema {d.get('schema')!r}, expected {SCHEMA!r}).")
         return cls(header=d["header"], rows=[BenchRow.from_dict(r) for r in d["results"]], floor=d["floor"], notes=list(d.get("notes", [])))
+
+    @property
+    def busy(self) -> bool:
+        """Whether these figures were taken on a busy machine (then they are not figures to quote)."""
+        return machine_busy(self.header.get("load_average_start"), int(self.header["machine"]["cpus_usable"]))
 
     def fastest(self) -> list[str]:
         """Which runtime is fastest end to end at each precision × batch where several were measured, and by how much."""

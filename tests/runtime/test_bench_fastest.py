@@ -8,6 +8,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from salad.runtime.bench import BenchReport, bench_command
+from salad.runtime.bench.report import machine_busy
 
 
 def test_bench_summary_names_the_fastest_runtime(tiny_bundle: Path, tmp_path: Path) -> None:
@@ -23,3 +24,11 @@ def test_bench_summary_names_the_fastest_runtime(tiny_bundle: Path, tmp_path: Pa
     assert line.startswith(f"fp32 batch 1: {winner} is fastest")
     assert f"fastest: {line}" in result.output
     assert line in report.to_markdown()
+    header = report.header
+    assert report.busy == machine_busy(header["load_average_start"], header["machine"]["cpus_usable"])
+    assert report.busy == any(n.startswith("the machine was busy") for n in report.notes)
+
+
+def test_busy_machine_rule() -> None:
+    assert machine_busy([1.1, 0.2, 0.1], 2) and not machine_busy([1.0, 3.0, 3.0], 2)
+    assert not machine_busy(None, 2) and not machine_busy([], 2)
