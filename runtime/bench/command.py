@@ -178,7 +178,7 @@ def run_bench(
             f"{', '.join(other)} compared with the torch baseline on {', '.join(sorted(base_devices))}: "
             "pass --device cuda to compare GPU with GPU."
         )
-    if machine_busy(load_start, usable):
+    if load_start and machine_busy(load_start, usable):
         notes.append(
             f"the machine was busy (1-minute load average {load_start[0]:.1f} on {usable} CPUs at the start): "
             "absolute figures are noisy; re-run on a quiet machine before quoting them."
