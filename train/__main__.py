@@ -52,6 +52,9 @@ def _run(data: Path, out: Path, preset: str, val: Path | None, resume: bool, for
         _leave(1)
     if summary is not None:
         click.echo(json.dumps({"schema": TRAIN_SCHEMA, **summary}))
+    # Success leaves the same way: the run directory is complete (train_distributed waits at a barrier for
+    # rank 0), and a normal interpreter exit can still abort in Gloo's thread teardown (exit -6 seen in CI).
+    _leave(0)
 
 
 def _leave(code: int) -> NoReturn:
