@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,7 @@ pytest.importorskip("torch")
 from click.testing import CliRunner  # noqa: E402
 
 from salad.cli import main  # noqa: E402
+from salad.runtime.bench import BenchReport  # noqa: E402
 
 from .conftest import SAMPLE_EVAL, SAMPLE_TRAIN  # noqa: E402
 
@@ -37,6 +39,8 @@ def test_demo_quick_runs_every_stage_and_writes_the_report(tmp_path: Path) -> No
         else:
             assert f"{precision}: REJECTED" in result.output and f'"model.{precision}"' not in manifest
     assert "int8 speed-up vs PyTorch eager fp32" in result.output
+    bench = BenchReport.from_dict(json.loads((out / "bench.json").read_text()))
+    assert ("busy machine" in result.output) == bench.busy, "a speed-up taken on a busy machine is flagged, and only then"
     html = (out / "report.html").read_text()
     for needle in ("ROC curve", "Parity against the PyTorch reference", "Latency on this machine", "Example films",
                    "Repeat each step", "data:image/png;base64,"):

@@ -190,6 +190,8 @@ def demo(out: Path, data: Path | None, quick: bool, force: bool) -> None:
     auc = result.metrics.get("evaluation", {}).get("auc")
     verdicts = ", ".join(f"{k} {'PASS' if v else 'FAIL'}" for k, v in result.parity.items())
     speedup = f"{result.int8_speedup:.1f}x" if result.int8_speedup else "n/a"
+    if result.int8_speedup and result.bench_busy:
+        speedup += " (taken on a busy machine: not a figure to quote)"
     click.echo(f"AUC {auc:.3f}" if auc is not None else "AUC n/a (no abnormal films to evaluate on)")
     click.echo(f"parity: {verdicts}")
     click.echo(f"int8 speed-up vs PyTorch eager fp32 (batch 1, end to end): {speedup}")
