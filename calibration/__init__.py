@@ -8,8 +8,9 @@ The scoring graph stays float32 in both. Names resolve lazily, so importing sala
 
 from __future__ import annotations
 
-from importlib import import_module
 from typing import TYPE_CHECKING, Any
+
+from salad.lazy import lazy_attribute
 
 if TYPE_CHECKING:
     from salad.calibration.calibrate import calibrate_bundle
@@ -31,6 +32,4 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'salad.calibration' has no attribute {name!r}")
+    return lazy_attribute(__name__, _LAZY, name)

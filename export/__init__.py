@@ -9,8 +9,9 @@ pulls in neither torch nor onnx.
 
 from __future__ import annotations
 
-from importlib import import_module
 from typing import TYPE_CHECKING, Any
+
+from salad.lazy import lazy_attribute
 
 if TYPE_CHECKING:
     from salad.export.bundle import export_bundle
@@ -22,6 +23,4 @@ _LAZY = {"export_bundle": "salad.export.bundle", "validate_bundle": "salad.expor
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'salad.export' has no attribute {name!r}")
+    return lazy_attribute(__name__, _LAZY, name)

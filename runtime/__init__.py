@@ -7,8 +7,9 @@ BackendUnavailableError naming the extra to install.
 
 from __future__ import annotations
 
-from importlib import import_module
 from typing import TYPE_CHECKING, Any
+
+from salad.lazy import lazy_attribute
 
 # Importing the modules registers the backends.
 from . import onnxruntime_runner, openvino_runner, tensorrt_runner, torch_runner, triton_client  # noqa: F401
@@ -62,6 +63,4 @@ _LAZY = {"run_bench": "salad.runtime.bench", "BenchReport": "salad.runtime.bench
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'salad.runtime' has no attribute {name!r}")
+    return lazy_attribute(__name__, _LAZY, name)

@@ -8,17 +8,17 @@ docs/architecture.md §11 describes the queue, the ledger and the failure cases.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
+
+from salad.lazy import lazy_attribute
 
 #: name → module: imported on first use, so that `salad --help` (which loads salad.serve.cli) works
 #: without the dicom extra, and `salad serve` can then name the extra to install.
-_LAZY = {"Node": "node", "NodeConfig": "node", "parse_forward": "forward", "Store": "store"}
+_LAZY = {"Node": "salad.serve.node", "NodeConfig": "salad.serve.node", "parse_forward": "salad.serve.forward",
+         "Store": "salad.serve.store"}
 
 __all__ = ["Node", "NodeConfig", "Store", "parse_forward"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return lazy_attribute(__name__, _LAZY, name)

@@ -11,8 +11,9 @@ Names resolve lazily, so `import salad.train` alone loads no torch; each loads i
 
 from __future__ import annotations
 
-from importlib import import_module
 from typing import TYPE_CHECKING, Any
+
+from salad.lazy import lazy_attribute
 
 if TYPE_CHECKING:
     from salad.train.config import (
@@ -56,9 +57,7 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'salad.train' has no attribute {name!r}")
+    return lazy_attribute(__name__, _LAZY, name)
 
 
 def __dir__() -> list[str]:

@@ -205,8 +205,9 @@ class BenchReport:
                 f"{r.inference_throughput_ips:.1f} | {_ratio(r.inference_speedup_vs_torch)} | {_num(r.gflops, 2)} | "
                 f"{_pct(r.fraction_of_peak)} |"
             )
-        if self.fastest():
-            lines += ["", "Fastest runtime per precision and batch (end to end p50): " + "; ".join(self.fastest()) + "."]
+        fastest = self.fastest()
+        if fastest:
+            lines += ["", "Fastest runtime per precision and batch (end to end p50): " + "; ".join(fastest) + "."]
         macs = self.floor.get("macs_per_image") or {}
         peaks = self.floor.get("peaks") or {}
         lines += ["", _floor_sentence(macs, peaks), "", "## Cold start and memory (each configuration in a fresh process)", "",
