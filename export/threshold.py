@@ -18,6 +18,8 @@ from salad.scoring import DEFAULT_SCORE, decide
 
 OPERATING_POINTS = ("specificity", "sensitivity")
 VAL_SCORES = "val_scores.npz"
+#: Validation normals' scores kept in the manifest for the score drift check (a seeded sample beyond this many).
+DRIFT_SAMPLE = 2000
 #: Offset used when the boundary score has no neighbour on the other side (scores live in [0, 1]).
 _EDGE_MARGIN = 1e-3
 
@@ -106,5 +108,14 @@ def choose_threshold(
         "rule": f"abnormal if {score_name} > value",
         "operating_point": {name: target},
         "achieved": {"specificity": achieved_spec, "sensitivity": achieved_sens},
-        "validation": {"n_normal": int(normal.size), "n_abnormal": int(abnormal.size), "source": VAL_SCORES},
+        "validation": {"n_normal": int(normal.size), "n_abnormal": int(abnormal.size), "source": VAL_SCORES,
+                       "normal_scores": drift_sample(normal)},
     }
+
+
+def drift_sample(normal: np.ndarray, seed: int = 0) -> list[float]:
+    """The validation normals' scores the score drift check calibrates on (salad/drift.py): all, or a seeded DRIFT_SAMPLE."""
+    v = np.sort(np.asarray(normal, dtype=np.float64))
+    if v.size > DRIFT_SAMPLE:
+        v = np.sort(np.random.default_rng(seed).choice(v, DRIFT_SAMPLE, replace=False))
+    return [float(x) for x in v]

@@ -55,8 +55,8 @@ PROGRESS_MIN_FILMS = 64
 @click.option("--triton-model", default="salad", show_default=True,
               help="Name of the ensemble in the Triton repository (export-triton --name).")
 @click.option("--drift", is_flag=True,
-              help="Also report whether these films look like the bundle's training films (needs `salad similarity "
-                   "attach`); never changes a score or a label.")
+              help="Also report whether these films look like the bundle's site: the detector's own score against its "
+                   "validation normals, and style if `salad similarity attach` added an estimator. Never changes a score or a label.")
 @click.option("--drift-window", type=click.IntRange(min=4), default=50, show_default=True,
               help="Films per window of the drift report (the whole call is judged too).")
 @runner_option_flags()
@@ -74,8 +74,8 @@ def score_command(
     """
     entries = scan_images(paths)
     guard = None
-    if drift:  # before scoring, so a bundle without an attached estimator fails fast
-        from salad.similarity.attach import DriftGuard
+    if drift:  # before scoring, so a bundle where no drift check can run fails fast
+        from .drift import DriftGuard
 
         guard = DriftGuard.from_bundle(bundle)
     if triton_url is not None:  # --triton URL is --runtime triton --url URL
@@ -97,7 +97,7 @@ def score_command(
     scored = iter(done)
     results = [Result.failure(str(e.path), e.error) if isinstance(e, Unreadable) else next(scored) for e in entries]
     failed = [r for r in results if not r.ok]
-    drift_report = guard.check_files([Path(str(r.path)) for r in results if r.ok], drift_window)[0] if guard else None
+    drift_report = guard.check_results(results, drift_window)[0] if guard else None
     if json_out is not None:
         payload = {
             "schema": SCORE_SCHEMA,

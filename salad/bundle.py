@@ -190,6 +190,18 @@ class Bundle:
             raise BundleError(f"{self.root}: manifest threshold is for score {score!r}; expected one of {list(SCORE_NAMES)}.")
         return Threshold(float(value), str(score))
 
+    def validation_normal_scores(self) -> np.ndarray | None:
+        """The operating score of the run's validation normals (the score drift check's calibration), or None if not stored."""
+        block = self.manifest.threshold.get("validation") if isinstance(self.manifest.threshold, dict) else None
+        values = block.get("normal_scores") if isinstance(block, dict) else None
+        if values is None:
+            return None
+        v = np.asarray(values, dtype=np.float64)
+        if v.ndim != 1 or not np.isfinite(v).all():
+            raise BundleError(f"{self.root}: manifest threshold.validation.normal_scores is not a list of finite numbers; "
+                              "re-export the bundle.")
+        return v
+
     @property
     def manifest_path(self) -> Path:
         return self.root / MANIFEST

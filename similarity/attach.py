@@ -22,9 +22,9 @@ import numpy as np
 
 import salad
 from salad.data import Sample, list_hash, read_samples
+from salad.drift import Calibration, DriftPolicy
 from salad.errors import BundleError, DataError
 from salad.fsutil import pid_alive, sigterm_as_interrupt, sweep_stale, writer_lock
-from salad.imageio import read_image
 from salad.manifest import (
     JOURNAL,
     Manifest,
@@ -37,7 +37,7 @@ from salad.manifest import (
 )
 from salad.preprocess import PreprocessConfig
 
-from .drift import DriftPolicy, DriftReport, calibrate, judge, reference_statistics, windows
+from .distance import per_film_distance
 from .estimator import Estimator, Latent, load_points
 
 FOLDER = "similarity"
@@ -45,7 +45,7 @@ GRAPH_FILE = f"{FOLDER}/estimator.onnx"
 POINTS_FILE = f"{FOLDER}/points.npz"
 DRIFT_FILE = f"{FOLDER}/drift.json"
 FILES = (GRAPH_FILE, POINTS_FILE, DRIFT_FILE)
-DRIFT_SCHEMA = "salad-similarity-drift/1"
+DRIFT_SCHEMA = "salad-similarity-drift/2"
 #: Share of the training films held out (by patient when known) to calibrate the drift threshold, without --holdout.
 HOLDOUT_FRACTION = 0.2
 
@@ -87,8 +87,7 @@ def attach(estimator: str | os.PathLike[str], bundle: str | os.PathLike[str], da
     latent = est.latent(threads)
     ref_pts = latent.embed_files([s.path for s in reference], desc="embedding training films")
     held_pts = latent.embed_files([s.path for s in held], desc="embedding held-out films")
-    thresholds = calibrate(ref_pts, held_pts, policy, seed)
-    usual = reference_statistics(ref_pts, held_pts, policy, seed)
+    style = Calibration.fit(per_film_distance(held_pts, ref_pts), policy, seed)
     info = {
         "schema": DRIFT_SCHEMA, "toolkit_version": salad.__version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -97,8 +96,7 @@ def attach(estimator: str | os.PathLike[str], bundle: str | os.PathLike[str], da
         "films": {"reference": len(reference), "held_out": len(held), "reference_list_sha256": list_hash(reference),
                   "held_out_list_sha256": list_hash(held), "held_out_source": "holdout" if holdout is not None else "split"},
         "policy": policy.to_dict(),
-        "thresholds": {str(k): v for k, v in thresholds.items()},
-        "reference_statistic": {str(k): v for k, v in usual.items()},
+        "style": style.to_dict(),
     }
     buf = io.BytesIO()
     np.savez(buf, reference=ref_pts, held_out=held_pts)
@@ -190,42 +188,31 @@ class Attached:
         return Latent(self.graph, PreprocessConfig.from_dict(self.info["estimator"]["preprocessing"]), threads=threads)
 
 
-class DriftGuard:
-    """The drift check of a bundle: films → latent points → window verdicts. Never touches a score or a label."""
+class StyleCheck:
+    """The style drift check of a bundle's attached estimator: films → latent points → mean distance to the training points."""
+
+    name = "style"
 
     def __init__(self, attached: Attached, threads: int | None = None) -> None:
         self.attached = attached
         self.latent = attached.latent(threads)
-        self.policy = attached.policy
-        self.thresholds = {int(k): float(v) for k, v in attached.info["thresholds"].items()}
-        self.usual = {int(k): float(v) for k, v in attached.info["reference_statistic"].items()}
+        self.calibration = Calibration.from_dict(attached.info["style"])
 
     @classmethod
-    def from_bundle(cls, bundle: str | os.PathLike[str], manifest: Manifest | None = None, threads: int | None = None) -> DriftGuard:
+    def from_bundle(cls, bundle: str | os.PathLike[str], manifest: Manifest | None = None, threads: int | None = None) -> StyleCheck:
         return cls(Attached.from_bundle(bundle, manifest), threads)
 
-    def check_points(self, points: np.ndarray, window: int | None = None) -> DriftReport:
-        """Verdicts for latent points in arrival order: the whole call, and consecutive windows of `window` films."""
-        if len(points) == 0:
-            raise DataError("no films to check for drift.")
-        ref = self.attached.reference
-        call = judge(points, ref, self.thresholds, self.usual, self.policy)
-        wins = windows(points, ref, self.thresholds, self.usual, self.policy, window) if window and window < len(points) else []
-        return DriftReport(call, wins, self.attached.estimator_sha256, self.policy.to_dict())
+    @property
+    def policy(self) -> DriftPolicy:
+        return self.attached.policy
 
-    def check_images(self, images: Sequence[np.ndarray], window: int | None = None) -> DriftReport:
-        """Display-ready films (H×W in [0, 1]) in arrival order → report."""
-        return self.check_points(self.latent.embed_images(list(images)), window)
+    def values_of_points(self, points: np.ndarray) -> np.ndarray:
+        """Each film's value: its mean latent distance to the bundle's training points."""
+        return per_film_distance(points, self.attached.reference)
 
-    def check_files(self, paths: Sequence[Path], window: int | None = None) -> tuple[DriftReport | None, list[str]]:
-        """Films on disk → (report, or None if none could be read; the files skipped because they could not be read)."""
-        images, skipped = [], []
-        for p in paths:
-            try:
-                images.append(read_image(p))
-            except (DataError, OSError) as exc:
-                skipped.append(f"{p}: {exc}")
-        return (self.check_images(images, window) if images else None), skipped
+    def values_of_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Display-ready films (H×W in [0, 1]) → per-film values."""
+        return self.values_of_points(self.latent.embed_images(list(images)))
 
 
 def collection(spec: str, latent: Latent, estimator_sha256: str) -> np.ndarray:

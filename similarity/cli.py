@@ -49,31 +49,38 @@ def similarity_group() -> None:
 @click.option("--films", type=click.IntRange(min=2), default=None, help="Films drawn per dataset (default 600).")
 @deprecated_alias("--max-films", "--films", "films", type=click.IntRange(min=2))
 @click.option("--alpha", type=click.FloatRange(0, 1), default=None, help="α: reconstruction vs triplet terms (default 0.5).")
-@click.option("--beta", type=click.FloatRange(0, 1), default=None,
-              help="β: pixel/latent vs style terms (default 0.6); compare fits by their EQC, lower is better.")
+@click.option("--beta", "betas", type=click.FloatRange(0, 1), multiple=True,
+              help="β: pixel/latent vs style terms; repeat to fit one estimator per value and keep the lowest EQC "
+                   "(the paper's label-free choice). Default: 0.3, 0.6 (the paper's) and 1.0.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted fit of the same data and settings.")
 @click.option("--force", is_flag=True, help="Replace an existing estimator directory.")
 @friendly_errors
 def fit_command(data: Sequence[str], out: Path, steps: int | None, batch_size: int | None, films: int | None,
-                alpha: float | None, beta: float | None, seed: int, threads: int | None, resume: bool, force: bool) -> None:
+                alpha: float | None, betas: Sequence[float], seed: int, threads: int | None, resume: bool, force: bool) -> None:
     """Train the estimator on known datasets (membership is the only label) and write EST with its ONNX graph."""
     import dataclasses
 
     from .estimator import film_paths
-    from .fit import FitConfig, fit_estimator, load_films
+    from .fit import BETA_CHOICES, FitConfig, fit_by_eqc, fit_estimator, load_films
     from .model import LossConfig
 
     sources = _pairs(data, "--data")
     if len(sources) < 2:
         raise DataError(f"--data given {len(sources)} time(s); the estimator needs at least 2 known datasets.")
     defaults, paper = FitConfig(seed=seed), LossConfig()
-    loss = dataclasses.replace(paper, alpha=paper.alpha if alpha is None else alpha, beta=paper.beta if beta is None else beta)
+    betas = tuple(betas) or BETA_CHOICES
+    loss = dataclasses.replace(paper, alpha=paper.alpha if alpha is None else alpha, beta=betas[0])
     cfg = dataclasses.replace(defaults, steps=steps or defaults.steps, batch=batch_size or defaults.batch,
                               max_films=films or defaults.max_films, loss=loss)
     known = {name: load_films(film_paths(path), desc=f"reading {name}") for name, path in sources.items()}
-    info = fit_estimator(known, out, cfg, sources=sources, resume=resume, force=force, threads=threads)
+    if len(betas) == 1:
+        info = fit_estimator(known, out, cfg, sources=sources, resume=resume, force=force, threads=threads)
+    else:
+        info = fit_by_eqc(known, out, cfg, betas, sources=sources, resume=resume, force=force, threads=threads)
+        eqcs = ", ".join(f"β {b}: {e:.3f}" for b, e in info["selection"]["eqc_by_beta"].items())
+        click.echo(f"EQC by β ({eqcs}): kept β = {info['selection']['chosen_beta']:g}")
     click.echo(f"estimator {out}: {len(known)} datasets, EQC {info['eqc']:.3f}, {info['training']['seconds'] / 60:.1f} min")
 
 
@@ -93,9 +100,9 @@ def attach_command(estimator: Path, bundle: Path, data: Path, holdout: Path | No
     from .attach import attach
 
     info = attach(estimator, bundle, data, holdout=holdout, seed=seed, force=force)
-    thr = ", ".join(f"{k} films: {v:.3f}" for k, v in info["thresholds"].items())
+    thr = ", ".join(f"{k} films: {v:.3f}" for k, v in info["style"]["thresholds"].items())
     click.echo(f"attached estimator {info['estimator']['sha256'][:12]}… to {bundle} "
-               f"({info['films']['reference']} reference, {info['films']['held_out']} held-out films); drift thresholds {thr}")
+               f"({info['films']['reference']} reference, {info['films']['held_out']} held-out films); style drift thresholds {thr}")
 
 
 @similarity_group.command("rank")

@@ -14,9 +14,10 @@ import io
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,8 @@ from .model import LatentOnly, LossConfig, NetConfig, StyleNet, asap_loss
 
 #: The estimator's input: 64² (the paper's experiments), no per-film intensity normalisation (that would erase style).
 PREPROCESSING = PreprocessConfig(size=64, resize_mode="stretch", intensity_mode="display")
+#: The β values `salad similarity fit` compares by EQC by default (the paper's 0.6, more style, no style terms).
+BETA_CHOICES = (0.3, 0.6, 1.0)
 #: ONNX Runtime must reproduce the PyTorch latent points to this (absolute, latent units).
 PARITY_TOLERANCE = 1e-3
 
@@ -247,4 +250,40 @@ def fit_estimator(datasets: Mapping[str, np.ndarray], out: str | os.PathLike[str
         }
         write_atomic(tmp / INFO, (json.dumps(info, indent=2) + "\n").encode("utf-8"))
     _checkpoint_path(out).unlink(missing_ok=True)
+    return info
+
+
+def fit_by_eqc(datasets: Mapping[str, np.ndarray], out: str | os.PathLike[str], config: FitConfig, betas: Sequence[float], *,
+               sources: Mapping[str, str] | None = None, resume: bool = False, force: bool = False,
+               threads: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Fit one estimator per β and keep the one with the lowest EQC: the paper's label-free choice of hyper-parameters.
+
+    Candidates are fitted into hidden siblings of `out` (each resumable); the winner is copied into `out` atomically
+    with every candidate's EQC recorded under "selection", then the candidates are removed.
+    """
+    out = Path(out)
+    if out.exists() and not force and not resume:
+        raise DataError(f"{out}: already exists. Pass --force to replace it, or choose another --out.")
+    if len(set(betas)) != len(betas) or not betas:
+        raise DataError(f"--beta {list(betas)}: expected distinct values.")
+    candidates: dict[float, tuple[Path, dict[str, Any]]] = {}
+    for beta in betas:
+        where = out.parent / f".{out.name}.beta-{beta:g}"
+        cfg = replace(config, loss=replace(config.loss, beta=float(beta)))
+        done = where / INFO
+        if resume and done.is_file() and json.loads(done.read_text())["config"] == cfg.to_dict():
+            info = json.loads(done.read_text())
+        else:
+            info = fit_estimator(datasets, where, cfg, sources=sources, resume=resume, force=True, threads=threads, progress=progress)
+        candidates[float(beta)] = (where, info)
+    best = min(candidates, key=lambda b: candidates[b][1]["eqc"])
+    where, info = candidates[best]
+    info = {**info, "selection": {"by": "eqc (lower is better)", "chosen_beta": best,
+                                  "eqc_by_beta": {f"{b:g}": c[1]["eqc"] for b, c in candidates.items()}}}
+    with atomic_directory(out, force=True, replaceable=is_estimator, what="estimator") as tmp:
+        for name in (GRAPH, POINTS):
+            shutil.copy2(where / name, tmp / name)
+        write_atomic(tmp / INFO, (json.dumps(info, indent=2) + "\n").encode("utf-8"))
+    for path, _ in candidates.values():
+        shutil.rmtree(path, ignore_errors=True)
     return info

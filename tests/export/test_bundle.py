@@ -75,7 +75,10 @@ def test_layout_and_manifest_contract(bundle: Path, tiny_run: Path) -> None:
     assert set(m.scores["definitions"]) == {"score", "knn_angle"} and m.scores["default"] == operating
     t = m.threshold
     assert t["score"] == operating and t["operating_point"] == {"specificity": 0.95}
+    stored = t["validation"].pop("normal_scores")  # the score drift check's calibration: the run's validation normals
     assert t["validation"] == {"n_normal": 40, "n_abnormal": 40, "source": "val_scores.npz"}
+    with np.load(tiny_run / "val_scores.npz") as val:
+        assert stored == sorted(float(x) for x in val[operating][val["label"] == 0])
     assert t["achieved"]["specificity"] >= 0.95 and t["achieved"]["sensitivity"] is not None
     assert m.parity["fp32"]["max_abs_score_diff"] == 1e-5
     assert m.graph("model").details["parity"]["label_agreement"] == 1.0

@@ -1,4 +1,4 @@
-"""ASAP's collection distance, the ranking, the EQC and the drift statistic (numpy only, no torch)."""
+"""ASAP's collection distance, the ranking and the EQC (numpy only, no torch)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pytest
 
 from salad.errors import DataError
 from salad.similarity.distance import collection_distance, eqc, per_film_distance, rank, spread
-from salad.similarity.drift import DriftPolicy, calibrate, judge, window_statistic
 
 
 def brute(t: np.ndarray, a: np.ndarray) -> float:
@@ -55,33 +54,3 @@ def test_non_finite_points_are_refused_naming_the_problem() -> None:
         collection_distance(np.array([[np.nan, 0.0]]), np.zeros((1, 2)))
 
 
-def test_abnormal_films_cannot_raise_the_statistic_beyond_the_normals_quantile() -> None:
-    """The order-statistic bound the threshold relies on, with abnormal films as far away as possible."""
-    policy = DriftPolicy()
-    rng = np.random.default_rng(2)
-    for _ in range(200):
-        n = 50
-        a = rng.integers(0, n // 2 + 1)
-        normal = rng.gamma(4.0, 0.2, size=n - a)
-        window = np.concatenate([normal, np.full(a, 1e6)])
-        k = policy.rank(n)
-        assert window_statistic(window, policy) <= np.sort(normal)[k - 1]
-
-
-def test_calibrated_thresholds_keep_false_alarms_low_and_catch_a_shift() -> None:
-    rng = np.random.default_rng(3)
-    reference, held = rng.normal(size=(300, 2)), rng.normal(size=(200, 2))
-    policy = DriftPolicy(draws=2000)
-    thr = calibrate(reference, held, policy)
-    assert set(thr) == set(policy.sizes)
-    usual = {n: 0.0 for n in policy.sizes}
-    same = [judge(rng.normal(size=(50, 2)), reference, thr, usual, policy).warn for _ in range(200)]
-    moved = [judge(rng.normal(size=(50, 2)) + [2.5, 0.0], reference, thr, usual, policy).warn for _ in range(50)]
-    assert np.mean(same) <= 0.03 and np.mean(moved) == 1.0
-    few = judge(rng.normal(size=(5, 2)), reference, thr, usual, policy)
-    assert few.threshold is None and not few.warn and "too few films" in few.note
-
-
-def test_a_policy_that_lets_abnormal_films_decide_is_refused() -> None:
-    with pytest.raises(DataError, match="q ≤ 1 − max_abnormal"):
-        DriftPolicy(quantile=0.6, max_abnormal=0.5)

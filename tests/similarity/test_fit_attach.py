@@ -61,7 +61,7 @@ def test_attach_lists_verifies_and_refuses_tampering(attached_bundle: Path, tiny
     assert att.estimator_sha256 == Estimator.load(tiny_estimator).sha256
     assert len(att.reference) + len(att.held_out) == 200 and att.reference.shape[1] == 2
     info = json.loads((attached_bundle / DRIFT_FILE).read_text())
-    assert set(info["thresholds"]) == {"10", "20", "50", "100", "200"}
+    assert set(info["style"]["thresholds"]) == {"10", "20", "50", "100", "200"} and info["schema"] == "salad-similarity-drift/2"
     assert "path" not in json.dumps(info["films"])  # no film names or pixels leave the site, only hashes and counts
     with open(attached_bundle / POINTS_FILE, "ab") as fh:
         fh.write(b"x")
@@ -138,6 +138,21 @@ def test_fit_from_the_command_line_on_real_folders(tmp_path: Path) -> None:
     assert est.info["config"]["loss"]["beta"] == 0.3 and est.info["config"]["loss"]["alpha"] == 0.5
     again = CliRunner().invoke(similarity_group, args)
     assert again.exit_code == 1 and "already exists" in again.output
+
+
+def test_fit_keeps_the_beta_with_the_lowest_eqc(tmp_path: Path) -> None:
+    """Several --beta values: one fit each, the lowest EQC kept (the paper's label-free choice), candidates removed."""
+    pytest.importorskip("torch")
+    out = tmp_path / "est"
+    args = ["fit", "--data", f"kermany={SAMPLE_EVAL}", "--data", f"nih={NIH_NORMAL}", "--out", str(out),
+            "--steps", "3", "--batch-size", "2", "--films", "8", "--threads", "1", "--beta", "0.3", "--beta", "1.0"]
+    done = CliRunner().invoke(similarity_group, args)
+    assert done.exit_code == 0, done.output
+    est = Estimator.load(out)
+    sel = est.info["selection"]
+    assert set(sel["eqc_by_beta"]) == {"0.3", "1"} and est.info["eqc"] == min(sel["eqc_by_beta"].values())
+    assert est.info["config"]["loss"]["beta"] == sel["chosen_beta"] and f"kept β = {sel['chosen_beta']:g}" in done.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["est"]
 
 
 def test_a_killed_attach_leaves_the_bundle_verifying_and_its_litter_is_swept(bundle_copy: Path, tiny_estimator: Path) -> None:

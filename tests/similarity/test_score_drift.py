@@ -1,16 +1,19 @@
-"""`salad score --drift` and the DriftGuard API: a report beside the scores, never a change to a score or a label."""
+"""`salad score --drift` and the DriftGuard API: score and style checks beside the scores, never a change to either."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from salad.errors import BundleError
+from salad.imageio import read_image
 from salad.runtime import Scorer
-from salad.similarity.attach import DriftGuard
+from salad.runtime.drift import DriftGuard
 from tests.conftest import SAMPLE_EVAL
-from tests.runtime.test_cli import assert_one_line_error, run_python, salad_score
+from tests.runtime.test_cli import run_python, salad_score
 from tests.similarity.conftest import NIH_NORMAL, films
 
 
@@ -25,15 +28,34 @@ def test_drift_never_changes_a_score_or_a_label(attached_bundle: Path, tmp_path:
     assert strip(rows_a["results"]) == strip(body_b["results"]) and rows_a["threshold"] == body_b["threshold"]
     drift = body_b["drift"]
     assert drift["call"]["n"] == 70 and [w["n"] for w in drift["windows"]] == [20, 20, 20, 10]
+    assert set(drift["call"]["checks"]) == {"score", "style"} and drift["checks_off"] == {}
     assert "drift (all films)" in b.stderr and "drift" not in a.stderr
     # the Python API gives the same verdicts, and scoring after it is unchanged too
     guard = DriftGuard.from_bundle(attached_bundle)
-    report, skipped = guard.check_files(paths, window=20)
-    assert report is not None and not skipped
-    assert report.call.statistic == pytest.approx(drift["call"]["statistic"])
     with Scorer.from_bundle(attached_bundle) as scorer:
+        results = scorer.score(paths)
         again = [r.to_dict() for r in scorer.score(paths)]
+    report, skipped = guard.check_results(results, window=20)
+    assert report is not None and not skipped
+    for name in ("score", "style"):
+        assert report.call.checks[name].statistic == pytest.approx(drift["call"]["checks"][name]["statistic"])
     assert strip(again) == strip(rows_a["results"])
+
+
+def test_the_score_check_passes_its_own_site_and_flags_a_shift_of_every_film(attached_bundle: Path) -> None:
+    """Calibrated on the run's validation normals (stored by export): those films pass; the same scores moved up do not.
+
+    (The tiny test model is no detector, so the shift is applied to its scores, as a site change that moves every film would.)
+    """
+    guard = DriftGuard.from_bundle(attached_bundle)
+    normal = [read_image(p) for p in films(SAMPLE_EVAL / "normal", 40)]
+    with Scorer.from_bundle(attached_bundle) as scorer:
+        plain = np.array([r.scores[guard.score_name] for r in scorer.score(normal)])
+    assert guard.score is not None and guard.score.films == 40
+    assert not guard.check(plain, normal).call.checks["score"].warn
+    spread = float(np.subtract(*np.percentile(plain, [75, 25])))
+    flagged = guard.check(plain + 3 * spread, normal).call
+    assert flagged.warn and flagged.checks["score"].warn, flagged
 
 
 def test_drift_on_a_console_without_torch_or_onnx(attached_bundle: Path, tmp_path: Path) -> None:
@@ -51,6 +73,17 @@ def test_drift_on_a_console_without_torch_or_onnx(attached_bundle: Path, tmp_pat
     assert json.loads(out.read_text())["drift"]["call"]["n"] == 496
 
 
-def test_drift_without_an_attached_estimator_fails_before_scoring(bundle_copy: Path) -> None:
-    proc = salad_score(bundle_copy, SAMPLE_EVAL, "--drift")
-    assert_one_line_error(proc, "no similarity estimator attached", "salad similarity attach")
+def test_drift_without_an_attached_estimator_runs_the_score_check_and_says_why_style_is_off(bundle_copy: Path, tmp_path: Path) -> None:
+    out = tmp_path / "scores.json"
+    proc = salad_score(bundle_copy, SAMPLE_EVAL, "--drift", "--json", out)
+    assert proc.returncode == 0, proc.stderr
+    drift = json.loads(out.read_text())["drift"]
+    assert set(drift["call"]["checks"]) == {"score"} and "no similarity estimator attached" in drift["checks_off"]["style"]
+    assert "style check off" in proc.stderr and "salad similarity attach" in proc.stderr
+
+
+def test_a_guard_with_no_check_that_can_run_is_refused(bundle_copy: Path) -> None:
+    from salad.drift import DriftPolicy
+
+    with pytest.raises(BundleError, match="no drift check can run.*fewer than 20"):
+        DriftGuard(bundle_copy, DriftPolicy(), None, "knn_angle", None, {"score": "the run had 8 validation normal film(s), fewer than 20"})

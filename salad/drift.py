@@ -1,0 +1,219 @@
+"""The batch-level drift test shared by every drift check (numpy only; docs/similarity.md §4).
+
+A check gives each film of a window a value that grows when films stop looking like the bundle's own (the
+detector's score; the style distance of similarity/). The window's statistic is the k-th smallest value,
+k = ⌈q·n⌉: a change of site or acquisition moves every film and so moves it, while abnormal films, whose
+values are high too, cannot raise it beyond the k-th smallest value of the window's *normal* films (an order
+statistic of a set is at most the same-rank order statistic of any subset). So thresholds are calibrated on
+held-out normal films alone: the (1 − α) quantile of the k-th smallest value over bootstrap windows of
+⌊(1 − π_max)·n⌋ normal films, which bounds the false-alarm rate by α for any share of abnormal films up to
+π_max. Each of the (at most) CHECKS checks gets α / CHECKS, so a report that warns when any check does keeps
+the whole-call bound α. Nothing here touches a score or a label.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from salad.errors import DataError
+
+#: The drift checks a report can hold; the false-alarm budget is split evenly between them.
+CHECKS = ("score", "style")
+#: What each check measures, for people reading a report.
+CHECK_MEANING = {
+    "score": "the detector's own score: films further from its memory bank than held-out normals of its site",
+    "style": "the attached similarity estimator: films whose style is unlike the bundle's training films",
+}
+
+
+@dataclass(frozen=True)
+class DriftPolicy:
+    """How windows are judged: the order-statistic quantile q, the abnormal share covered, the total α, window sizes."""
+
+    quantile: float = 0.25
+    max_abnormal: float = 0.5
+    false_alarm: float = 0.005
+    sizes: tuple[int, ...] = (10, 20, 50, 100, 200)
+    draws: int = 4000
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.quantile <= 1.0 - self.max_abnormal:
+            raise DataError(
+                f"drift quantile {self.quantile} with max_abnormal {self.max_abnormal}: expected 0 < q ≤ 1 − max_abnormal, "
+                "else abnormal films alone could decide the statistic."
+            )
+        if not 0.0 < self.false_alarm < 0.5 or not self.sizes or min(self.sizes) < 4:
+            raise DataError(f"drift policy {self}: expected 0 < false_alarm < 0.5 and window sizes ≥ 4.")
+
+    @property
+    def false_alarm_per_check(self) -> float:
+        """α / len(CHECKS): each check's share, so that any-check-warns stays within α."""
+        return self.false_alarm / len(CHECKS)
+
+    def rank(self, n: int) -> int:
+        """k: the order statistic (1-based) a window of n films is judged by."""
+        return max(1, math.ceil(self.quantile * n))
+
+    def normals_in_worst_window(self, n: int) -> int:
+        """The normal films of a window of n at the largest abnormal share covered."""
+        return max(self.rank(n), math.floor((1.0 - self.max_abnormal) * n))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "sizes": list(self.sizes)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> DriftPolicy:
+        return cls(quantile=float(d["quantile"]), max_abnormal=float(d["max_abnormal"]), false_alarm=float(d["false_alarm"]),
+                   sizes=tuple(int(s) for s in d["sizes"]), draws=int(d["draws"]))
+
+
+def window_statistic(values: np.ndarray, policy: DriftPolicy) -> float:
+    """The k-th smallest per-film value of one window (k = ⌈q·n⌉)."""
+    v = np.sort(np.asarray(values, dtype=np.float64))
+    return float(v[policy.rank(len(v)) - 1])
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """One check's thresholds and usual statistic per window size, from held-out normal films' values."""
+
+    thresholds: dict[int, float]
+    usual: dict[int, float]
+    films: int
+
+    @classmethod
+    def fit(cls, held_out: np.ndarray, policy: DriftPolicy, seed: int = 0) -> Calibration:
+        """Thresholds at α / len(CHECKS) over bootstrap windows of held-out normals; usual = median over all-normal windows.
+
+        Windows are drawn with replacement: a window of m films from a calibration set not much larger than m
+        would otherwise be nearly the same set every time, and the threshold would miss the site's variation.
+        """
+        v = np.asarray(held_out, dtype=np.float64)
+        if v.ndim != 1 or len(v) == 0 or not np.isfinite(v).all():
+            raise DataError(f"drift calibration: expected finite per-film values of held-out normal films, received shape {v.shape}.")
+        rng = np.random.default_rng(seed)
+        thresholds, usual = {}, {}
+        for n in policy.sizes:
+            k = policy.rank(n)
+            worst = np.sort(v[rng.integers(0, len(v), (policy.draws, policy.normals_in_worst_window(n)))], axis=1)[:, k - 1]
+            thresholds[n] = float(np.quantile(worst, 1.0 - policy.false_alarm_per_check))
+            plain = np.sort(v[rng.integers(0, len(v), (min(policy.draws, 1000), n))], axis=1)[:, k - 1]
+            usual[n] = float(np.median(plain))
+        return cls(thresholds, usual, int(len(v)))
+
+    def size_for(self, n: int) -> int | None:
+        """The largest calibrated window size ≤ n (None: too few films for a verdict)."""
+        fitting = [s for s in sorted(self.thresholds) if s <= n]
+        return fitting[-1] if fitting else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"thresholds": {str(k): v for k, v in self.thresholds.items()},
+                "usual": {str(k): v for k, v in self.usual.items()}, "films": self.films}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Calibration:
+        return cls({int(k): float(v) for k, v in d["thresholds"].items()}, {int(k): float(v) for k, v in d["usual"].items()},
+                   int(d.get("films", 0)))
+
+
+@dataclass
+class CheckVerdict:
+    """One check on one window: its statistic against the threshold and the usual value on held-out normals."""
+
+    statistic: float
+    threshold: float
+    usual: float
+
+    @property
+    def warn(self) -> bool:
+        return self.statistic > self.threshold
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "warn": self.warn}
+
+
+@dataclass
+class WindowVerdict:
+    """One window of films: where it is, each check's verdict, and whether any warns."""
+
+    start: int
+    stop: int
+    n: int
+    calibrated_size: int | None
+    checks: dict[str, CheckVerdict] = field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def warn(self) -> bool:
+        return any(c.warn for c in self.checks.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"start": self.start, "stop": self.stop, "n": self.n, "calibrated_size": self.calibrated_size, "warn": self.warn,
+                "checks": {name: c.to_dict() for name, c in self.checks.items()}, "note": self.note}
+
+
+def judge(values: Mapping[str, np.ndarray], calibrations: Mapping[str, Calibration], policy: DriftPolicy,
+          start: int = 0) -> WindowVerdict:
+    """The verdict on one window: per check, the statistic against the threshold of the largest calibrated size ≤ n."""
+    if not values:
+        raise DataError("no drift check to judge with.")
+    n = len(next(iter(values.values())))
+    if any(len(v) != n for v in values.values()):
+        raise DataError(f"drift checks got different film counts: { {k: len(v) for k, v in values.items()} }.")
+    sizes = {name: calibrations[name].size_for(n) for name in values}
+    if any(s is None for s in sizes.values()):
+        smallest = min(min(calibrations[name].thresholds) for name in values)
+        return WindowVerdict(start, start + n, n, None, note=f"too few films for a verdict (the smallest calibrated window is {smallest})")
+    checks = {}
+    for name, v in values.items():
+        cal, size = calibrations[name], sizes[name]
+        assert size is not None
+        checks[name] = CheckVerdict(window_statistic(v, policy), cal.thresholds[size], cal.usual[size])
+    return WindowVerdict(start, start + n, n, min(s for s in sizes.values() if s is not None), checks)
+
+
+def judge_windows(values: Mapping[str, np.ndarray], calibrations: Mapping[str, Calibration], policy: DriftPolicy,
+                  size: int) -> list[WindowVerdict]:
+    """Verdicts on consecutive windows of `size` films (the last may be shorter; the nearest smaller size judges it)."""
+    n = len(next(iter(values.values())))
+    return [judge({k: v[i : i + size] for k, v in values.items()}, calibrations, policy, start=i) for i in range(0, n, size)]
+
+
+@dataclass
+class DriftReport:
+    """Drift verdicts of one scoring call: the whole call and each rolling window, with the checks that ran."""
+
+    call: WindowVerdict
+    windows: list[WindowVerdict] = field(default_factory=list)
+    policy: dict[str, Any] = field(default_factory=dict)
+    checks_off: dict[str, str] = field(default_factory=dict)
+    estimator_sha256: str | None = None
+
+    @property
+    def warn(self) -> bool:
+        return self.call.warn or any(w.warn for w in self.windows)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"warn": self.warn, "call": self.call.to_dict(), "windows": [w.to_dict() for w in self.windows],
+                "checks_off": self.checks_off, "estimator_sha256": self.estimator_sha256, "policy": self.policy}
+
+    def lines(self) -> list[str]:
+        """Human-readable lines: one for the call, one per warning window, one per check that could not run."""
+        out = [_line("drift (all films)", self.call)]
+        out += [_line(f"drift (films {w.start + 1}–{w.stop})", w) for w in self.windows if w.warn]
+        out += [f"drift: {name} check off: {why}" for name, why in self.checks_off.items()]
+        return out
+
+
+def _line(what: str, v: WindowVerdict) -> str:
+    if not v.checks:
+        return f"{what}: {v.n} film(s); {v.note}"
+    parts = [f"{name} {c.statistic:.3f} vs threshold {c.threshold:.3f} (usual {c.usual:.3f})" + (" ← WARNING" if c.warn else "")
+             for name, c in v.checks.items()]
+    verdict = "WARNING: these films do not look like the bundle's site" if v.warn else "ok"
+    return f"{what}: {v.n} film(s), " + "; ".join(parts) + f" → {verdict}"
