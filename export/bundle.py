@@ -47,7 +47,7 @@ from .spec import (
     check_opset,
     graph_contracts,
 )
-from .threshold import choose_threshold, parse_operating_point, read_val_scores
+from .threshold import choose_threshold, drift_calibration, parse_operating_point, read_val_scores
 from .validate import validate_bundle
 
 #: Room left for the graph itself (nodes, encoder weights are counted separately) under the size limit.
@@ -185,6 +185,7 @@ def export_bundle(
         n_rows, k, size = int(bank.shape[0]), loaded.score_k, loaded.preprocessing.size
         val = read_val_scores(run)
         threshold = choose_threshold(val[loaded.score_name], val["label"], operating_point, loaded.score_name)
+        threshold["validation"]["drift"] = drift_calibration(val, loaded.score_name, loaded.preprocessing)
 
         samples = select_reference(run, reference_images)
         ref = reference_outputs(loaded, samples)

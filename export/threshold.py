@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from salad.errors import ConfigError, DataError, RunError
+from salad.preprocess import PreprocessConfig, load_image
 from salad.scoring import DEFAULT_SCORE, decide
 
 OPERATING_POINTS = ("specificity", "sensitivity")
@@ -108,14 +109,24 @@ def choose_threshold(
         "rule": f"abnormal if {score_name} > value",
         "operating_point": {name: target},
         "achieved": {"specificity": achieved_spec, "sensitivity": achieved_sens},
-        "validation": {"n_normal": int(normal.size), "n_abnormal": int(abnormal.size), "source": VAL_SCORES,
-                       "normal_scores": drift_sample(normal)},
+        "validation": {"n_normal": int(normal.size), "n_abnormal": int(abnormal.size), "source": VAL_SCORES},
     }
 
 
-def drift_sample(normal: np.ndarray, seed: int = 0) -> list[float]:
-    """The validation normals' scores the score drift check calibrates on (salad/drift.py): all, or a seeded DRIFT_SAMPLE."""
-    v = np.sort(np.asarray(normal, dtype=np.float64))
-    if v.size > DRIFT_SAMPLE:
-        v = np.sort(np.random.default_rng(seed).choice(v, DRIFT_SAMPLE, replace=False))
-    return [float(x) for x in v]
+def drift_calibration(val: dict[str, np.ndarray], score_name: str, config: PreprocessConfig, seed: int = 0) -> dict[str, Any]:
+    """What the drift checks calibrate on (runtime/drift.py): the validation normals' operating scores and exposures.
+
+    Exposure is the mean of the film as the detector sees it (after the bundle's preprocessing). All normals, or a
+    seeded DRIFT_SAMPLE of them; a film that cannot be read any more is left out of the exposure list (and counted).
+    """
+    idx = np.flatnonzero(np.asarray(val["label"]) == 0)
+    if idx.size > DRIFT_SAMPLE:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, DRIFT_SAMPLE, replace=False))
+    exposure, unreadable = [], 0
+    for path in val["path"][idx]:
+        try:
+            exposure.append(float(load_image(str(path), config).mean()))
+        except (DataError, OSError):
+            unreadable += 1
+    return {"normal_scores": sorted(float(x) for x in np.asarray(val[score_name], dtype=np.float64)[idx]),
+            "normal_exposure": sorted(exposure), "unreadable_films": unreadable}

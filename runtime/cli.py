@@ -228,6 +228,20 @@ def inspect_command(bundle: Path, as_json: bool, no_verify: bool) -> None:
         lines.append(f"  {precision}: " + ", ".join(f"{k}={v:g}" for k, v in tol.items()))
     for precision, cal in info["calibration"].items():
         lines.append(f"calibration {precision}: " + ", ".join(f"{k}={v}" for k, v in cal.items() if not isinstance(v, list | dict)))
+    from .drift import MIN_CALIBRATION_FILMS
+
+    d = info["drift"]
+
+    def check(name: str, n: int | None) -> str:
+        if n is None:
+            return f"{name} off (no validation normals stored; re-export)"
+        if n < MIN_CALIBRATION_FILMS:
+            return f"{name} off ({n} validation normals; needs {MIN_CALIBRATION_FILMS})"
+        return f"{name} ({n} validation normals)"
+
+    lines.append("drift checks (salad score --drift): "
+                 + ", ".join(check(name, n) for name, n in (("score", d["score_films"]), ("exposure", d["exposure_films"])))
+                 + (", style (estimator attached)" if d["style_attached"] else ", style off (no estimator attached)"))
     click.echo("\n".join(lines))
 
 

@@ -1,8 +1,10 @@
 """The drift guard of `salad score --drift`: do these films look like the bundle's site? Never changes a score or a label.
 
-Two checks under one batch-level test (salad/drift.py): the detector's own operating score, calibrated on the
-run's validation normals that export stores in the manifest (every bundle has it); and, when an estimator is
-attached (`salad similarity attach`), the style distance of similarity/. The report warns when either does.
+Checks under one batch-level test (salad/drift.py), each calibrated on held-out normals of the bundle's site:
+from the manifest, which export fills from the run's validation normals — the detector's own operating score
+(a rise), and the films' exposure as the detector sees them (the mean after the bundle's preprocessing; a rise
+or a fall); and, when an estimator is attached (`salad similarity attach`), the style distance of similarity/.
+The report warns when any does.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from salad.drift import Calibration, DriftPolicy, DriftReport, judge, judge_wind
 from salad.errors import BundleError, DataError
 from salad.imageio import read_image
 from salad.manifest import Manifest, read_manifest
+from salad.preprocess import PreprocessConfig, preprocess
 
 from .scorer import Result
 
@@ -32,12 +35,12 @@ MIN_CALIBRATION_FILMS = 20
 class DriftGuard:
     """The bundle's drift checks: the score check (from the manifest) and the style check (if an estimator is attached)."""
 
-    def __init__(self, root: Path, policy: DriftPolicy, score: Calibration | None, score_name: str,
-                 style: StyleCheck | None, checks_off: dict[str, str]) -> None:
-        if score is None and style is None:
+    def __init__(self, root: Path, policy: DriftPolicy, calibrations: dict[str, Calibration], score_name: str,
+                 preprocessing: PreprocessConfig, style: StyleCheck | None, checks_off: dict[str, str]) -> None:
+        if not calibrations and style is None:
             raise BundleError(f"{root}: no drift check can run here: " + "; ".join(f"{k}: {v}" for k, v in checks_off.items()))
-        self.root, self.policy, self.score, self.score_name, self.style, self.checks_off = (
-            root, policy, score, score_name, style, checks_off)
+        self.root, self.policy, self.calibrations, self.score_name, self.preprocessing, self.style, self.checks_off = (
+            root, policy, calibrations, score_name, preprocessing, style, checks_off)
 
     @classmethod
     def from_bundle(cls, bundle: str | os.PathLike[str], manifest: Manifest | None = None, threads: int | None = None) -> DriftGuard:
@@ -54,47 +57,56 @@ class DriftGuard:
         else:
             off["style"] = f"no similarity estimator attached (`salad similarity attach ESTIMATOR {root} --data TRAINING_FILMS`)"
         policy = style.policy if style is not None else DriftPolicy()
-        values = b.validation_normal_scores()
-        score = None
-        if values is None:
-            off["score"] = ("the manifest stores no validation normal scores (exported before the score drift check existed); "
-                            "re-export the bundle")
-        elif len(values) < MIN_CALIBRATION_FILMS:
-            off["score"] = (f"the run had {len(values)} validation normal film(s), fewer than {MIN_CALIBRATION_FILMS}; retrain with "
-                            "--val NORMALS_OF_OTHER_PATIENTS to calibrate it")
-        else:
-            score = Calibration.fit(values, policy)
-        return cls(root, policy, score, b.threshold.score, style, off)
+        calibrations: dict[str, Calibration] = {}
+        for key, checks in (("normal_scores", ("score",)), ("normal_exposure", ("brighter", "darker"))):
+            values = b.drift_calibration(key)
+            what = " and ".join(checks)
+            if values is None:
+                off[what] = ("the manifest stores no validation normals for it (exported before these checks existed); "
+                             "re-export the bundle")
+            elif len(values) < MIN_CALIBRATION_FILMS:
+                off[what] = (f"the run had {len(values)} validation normal film(s), fewer than {MIN_CALIBRATION_FILMS}; "
+                             "retrain with --val NORMALS_OF_OTHER_PATIENTS to calibrate it")
+            else:
+                for name in checks:
+                    calibrations[name] = Calibration.fit(values, policy, lower=name == "darker")
+        return cls(root, policy, calibrations, b.threshold.score, manifest.preprocess_config, style, off)
+
+    @property
+    def score(self) -> Calibration | None:
+        """The score check's calibration (None: off)."""
+        return self.calibrations.get("score")
 
     def check(self, scores: np.ndarray, images: Sequence[np.ndarray] | None = None, window: int | None = None) -> DriftReport:
-        """Verdicts for films in arrival order: their operating scores and (for the style check) display-ready images."""
+        """Verdicts for films in arrival order: their operating scores and the display-ready films themselves."""
         values: dict[str, np.ndarray] = {}
         if self.score is not None:
             values["score"] = np.asarray(scores, dtype=np.float64)
-        if self.style is not None:
-            if images is None:
-                raise DataError("the style drift check needs the films themselves (images), not only their scores.")
+        needs_images = self.style is not None or "brighter" in self.calibrations
+        if needs_images and images is None:
+            raise DataError("the exposure and style drift checks need the films themselves (images), not only their scores.")
+        if "brighter" in self.calibrations and images is not None:
+            exposure = np.array([float(preprocess(img, self.preprocessing).mean()) for img in images])
+            values["brighter"] = values["darker"] = exposure
+        if self.style is not None and images is not None:
             values["style"] = self.style.values_of_images(images)
         n = len(next(iter(values.values())))
         if n == 0:
             raise DataError("no films to check for drift.")
-        calibrations = {"score": self.score, "style": self.style.calibration if self.style else None}
-        cals = {k: c for k, c in calibrations.items() if k in values and c is not None}
+        cals = dict(self.calibrations)
+        if self.style is not None:
+            cals["style"] = self.style.calibration
         call = judge(values, cals, self.policy)
         wins = judge_windows(values, cals, self.policy, window) if window and window < n else []
         return DriftReport(call, wins, self.policy.to_dict(), dict(self.checks_off),
                            self.style.attached.estimator_sha256 if self.style else None)
 
     def check_results(self, results: Sequence[Result], window: int | None = None) -> tuple[DriftReport | None, list[str]]:
-        """Scored films (their files are read again for the style check) → (report or None, the files skipped)."""
-        ok = [r for r in results if r.ok]
+        """Scored films (their files are read again for the exposure and style checks) → (report or None, files skipped)."""
         images: list[np.ndarray] = []
         kept: list[Result] = []
         skipped: list[str] = []
-        for r in ok:
-            if self.style is None:
-                kept.append(r)
-                continue
+        for r in (r for r in results if r.ok):
             try:
                 images.append(read_image(Path(str(r.path))))
                 kept.append(r)
@@ -102,5 +114,4 @@ class DriftGuard:
                 skipped.append(f"{r.path}: {exc}")
         if not kept:
             return None, skipped
-        scores = np.array([r.scores[self.score_name] for r in kept])
-        return self.check(scores, images if self.style is not None else None, window), skipped
+        return self.check(np.array([r.scores[self.score_name] for r in kept]), images, window), skipped

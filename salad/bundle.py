@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from salad.drift import STYLE_CALIBRATION_FILE
 from salad.errors import BundleError
 from salad.manifest import MANIFEST, GraphSpec, Manifest, read_manifest
 from salad.scoring import DEFAULT_SCORE, SCORE_NAMES
@@ -190,15 +191,16 @@ class Bundle:
             raise BundleError(f"{self.root}: manifest threshold is for score {score!r}; expected one of {list(SCORE_NAMES)}.")
         return Threshold(float(value), str(score))
 
-    def validation_normal_scores(self) -> np.ndarray | None:
-        """The operating score of the run's validation normals (the score drift check's calibration), or None if not stored."""
+    def drift_calibration(self, key: str) -> np.ndarray | None:
+        """Validation normals' values a drift check calibrates on ("normal_scores", "normal_exposure"), or None if not stored."""
         block = self.manifest.threshold.get("validation") if isinstance(self.manifest.threshold, dict) else None
-        values = block.get("normal_scores") if isinstance(block, dict) else None
+        drift = block.get("drift") if isinstance(block, dict) else None
+        values = drift.get(key) if isinstance(drift, dict) else None
         if values is None:
             return None
         v = np.asarray(values, dtype=np.float64)
         if v.ndim != 1 or not np.isfinite(v).all():
-            raise BundleError(f"{self.root}: manifest threshold.validation.normal_scores is not a list of finite numbers; "
+            raise BundleError(f"{self.root}: manifest threshold.validation.drift.{key} is not a list of finite numbers; "
                               "re-export the bundle.")
         return v
 
@@ -230,5 +232,11 @@ class Bundle:
             "bank": bank, "precisions": m.precisions(), "graphs": graphs,
             "tolerances": {p: m.tolerances(p) for p in m.precisions()},
             "calibration": dict(m.calibration), "reference": dict(m.reference),
-            "files": sorted(m.listed_files()),
+            "files": sorted(m.listed_files()), "drift": self.drift_checks(),
         }
+
+    def drift_checks(self) -> dict[str, Any]:
+        """What `salad score --drift` can run here: calibration films per check (None: not stored), style attached or not."""
+        counts = {key: (None if (v := self.drift_calibration(key)) is None else len(v)) for key in ("normal_scores", "normal_exposure")}
+        return {"score_films": counts["normal_scores"], "exposure_films": counts["normal_exposure"],
+                "style_attached": STYLE_CALIBRATION_FILE in self.manifest.files}

@@ -7,8 +7,9 @@ values are high too, cannot raise it beyond the k-th smallest value of the windo
 statistic of a set is at most the same-rank order statistic of any subset). So thresholds are calibrated on
 held-out normal films alone: the (1 − α) quantile of the k-th smallest value over bootstrap windows of
 ⌊(1 − π_max)·n⌋ normal films, which bounds the false-alarm rate by α for any share of abnormal films up to
-π_max. Each of the (at most) CHECKS checks gets α / CHECKS, so a report that warns when any check does keeps
-the whole-call bound α. Nothing here touches a score or a label.
+π_max. A check for a *fall* (darker films) judges the k-th largest value against a lower threshold, by the same
+argument mirrored: abnormal films can only raise it. Each of the (at most) CHECKS checks gets α / len(CHECKS),
+so a report that warns when any check does keeps the whole-call bound α. Nothing here touches a score or a label.
 """
 
 from __future__ import annotations
@@ -22,12 +23,16 @@ import numpy as np
 
 from salad.errors import DataError
 
+#: The bundle file that holds the style check's calibration (written by `salad similarity attach`).
+STYLE_CALIBRATION_FILE = "similarity/drift.json"
 #: The drift checks a report can hold; the false-alarm budget is split evenly between them.
-CHECKS = ("score", "style")
-#: What each check measures, for people reading a report.
+CHECKS = ("score", "brighter", "darker", "style")
+#: What each check flags, for people reading a report.
 CHECK_MEANING = {
-    "score": "the detector's own score: films further from its memory bank than held-out normals of its site",
-    "style": "the attached similarity estimator: films whose style is unlike the bundle's training films",
+    "score": "films further from the detector's memory bank than held-out normals of its site",
+    "brighter": "films brighter, as the detector sees them, than held-out normals of its site",
+    "darker": "films darker, as the detector sees them, than held-out normals of its site",
+    "style": "films whose style (the attached similarity estimator) is unlike the bundle's training films",
 }
 
 
@@ -80,14 +85,19 @@ def window_statistic(values: np.ndarray, policy: DriftPolicy) -> float:
 
 @dataclass(frozen=True)
 class Calibration:
-    """One check's thresholds and usual statistic per window size, from held-out normal films' values."""
+    """One check's thresholds and usual statistic per window size, from held-out normal films' values.
+
+    lower=False flags a rise (statistic: the k-th smallest value, warn above the threshold); lower=True flags a
+    fall (statistic: the k-th largest value, warn below the threshold).
+    """
 
     thresholds: dict[int, float]
     usual: dict[int, float]
     films: int
+    lower: bool = False
 
     @classmethod
-    def fit(cls, held_out: np.ndarray, policy: DriftPolicy, seed: int = 0) -> Calibration:
+    def fit(cls, held_out: np.ndarray, policy: DriftPolicy, seed: int = 0, *, lower: bool = False) -> Calibration:
         """Thresholds at α / len(CHECKS) over bootstrap windows of held-out normals; usual = median over all-normal windows.
 
         Windows are drawn with replacement: a window of m films from a calibration set not much larger than m
@@ -96,15 +106,22 @@ class Calibration:
         v = np.asarray(held_out, dtype=np.float64)
         if v.ndim != 1 or len(v) == 0 or not np.isfinite(v).all():
             raise DataError(f"drift calibration: expected finite per-film values of held-out normal films, received shape {v.shape}.")
+        v = -v if lower else v  # a fall of v is a rise of −v: one computation, signs restored below
+        sign = -1.0 if lower else 1.0
         rng = np.random.default_rng(seed)
         thresholds, usual = {}, {}
         for n in policy.sizes:
             k = policy.rank(n)
             worst = np.sort(v[rng.integers(0, len(v), (policy.draws, policy.normals_in_worst_window(n)))], axis=1)[:, k - 1]
-            thresholds[n] = float(np.quantile(worst, 1.0 - policy.false_alarm_per_check))
+            thresholds[n] = sign * float(np.quantile(worst, 1.0 - policy.false_alarm_per_check))
             plain = np.sort(v[rng.integers(0, len(v), (min(policy.draws, 1000), n))], axis=1)[:, k - 1]
-            usual[n] = float(np.median(plain))
-        return cls(thresholds, usual, int(len(v)))
+            usual[n] = sign * float(np.median(plain))
+        return cls(thresholds, usual, int(len(v)), lower)
+
+    def statistic(self, values: np.ndarray, policy: DriftPolicy) -> float:
+        """The window's statistic: the k-th smallest value (a rise check) or the k-th largest (a fall check)."""
+        v = np.asarray(values, dtype=np.float64)
+        return -window_statistic(-v, policy) if self.lower else window_statistic(v, policy)
 
     def size_for(self, n: int) -> int | None:
         """The largest calibrated window size ≤ n (None: too few films for a verdict)."""
@@ -113,12 +130,12 @@ class Calibration:
 
     def to_dict(self) -> dict[str, Any]:
         return {"thresholds": {str(k): v for k, v in self.thresholds.items()},
-                "usual": {str(k): v for k, v in self.usual.items()}, "films": self.films}
+                "usual": {str(k): v for k, v in self.usual.items()}, "films": self.films, "lower": self.lower}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Calibration:
         return cls({int(k): float(v) for k, v in d["thresholds"].items()}, {int(k): float(v) for k, v in d["usual"].items()},
-                   int(d.get("films", 0)))
+                   int(d.get("films", 0)), bool(d.get("lower", False)))
 
 
 @dataclass
@@ -128,10 +145,11 @@ class CheckVerdict:
     statistic: float
     threshold: float
     usual: float
+    lower: bool = False
 
     @property
     def warn(self) -> bool:
-        return self.statistic > self.threshold
+        return self.statistic < self.threshold if self.lower else self.statistic > self.threshold
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "warn": self.warn}
@@ -173,7 +191,7 @@ def judge(values: Mapping[str, np.ndarray], calibrations: Mapping[str, Calibrati
     for name, v in values.items():
         cal, size = calibrations[name], sizes[name]
         assert size is not None
-        checks[name] = CheckVerdict(window_statistic(v, policy), cal.thresholds[size], cal.usual[size])
+        checks[name] = CheckVerdict(cal.statistic(v, policy), cal.thresholds[size], cal.usual[size], cal.lower)
     return WindowVerdict(start, start + n, n, min(s for s in sizes.values() if s is not None), checks)
 
 
@@ -210,10 +228,16 @@ class DriftReport:
         return out
 
 
+def _comparison(c: CheckVerdict) -> str:
+    if c.lower:
+        return "<" if c.warn else "≥"
+    return ">" if c.warn else "≤"
+
+
 def _line(what: str, v: WindowVerdict) -> str:
     if not v.checks:
         return f"{what}: {v.n} film(s); {v.note}"
-    parts = [f"{name} {c.statistic:.3f} vs threshold {c.threshold:.3f} (usual {c.usual:.3f})" + (" ← WARNING" if c.warn else "")
+    parts = [f"{name} {c.statistic:.3f} {_comparison(c)} threshold {c.threshold:.3f} (usual {c.usual:.3f})"
              for name, c in v.checks.items()]
     verdict = "WARNING: these films do not look like the bundle's site" if v.warn else "ok"
     return f"{what}: {v.n} film(s), " + "; ".join(parts) + f" → {verdict}"

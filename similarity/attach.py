@@ -22,7 +22,7 @@ import numpy as np
 
 import salad
 from salad.data import Sample, list_hash, read_samples
-from salad.drift import Calibration, DriftPolicy
+from salad.drift import STYLE_CALIBRATION_FILE, Calibration, DriftPolicy
 from salad.errors import BundleError, DataError
 from salad.fsutil import pid_alive, sigterm_as_interrupt, sweep_stale, writer_lock
 from salad.manifest import (
@@ -43,7 +43,7 @@ from .estimator import Estimator, Latent, load_points
 FOLDER = "similarity"
 GRAPH_FILE = f"{FOLDER}/estimator.onnx"
 POINTS_FILE = f"{FOLDER}/points.npz"
-DRIFT_FILE = f"{FOLDER}/drift.json"
+DRIFT_FILE = STYLE_CALIBRATION_FILE
 FILES = (GRAPH_FILE, POINTS_FILE, DRIFT_FILE)
 DRIFT_SCHEMA = "salad-similarity-drift/2"
 #: Share of the training films held out (by patient when known) to calibrate the drift threshold, without --holdout.

@@ -61,3 +61,21 @@ def test_a_policy_that_lets_abnormal_films_decide_is_refused() -> None:
 def test_calibration_refuses_non_finite_values() -> None:
     with pytest.raises(DataError, match="finite per-film values"):
         Calibration.fit(np.array([0.1, np.nan]), DriftPolicy())
+
+
+def test_a_fall_check_mirrors_a_rise_check() -> None:
+    """lower=True judges the k-th largest value against a lower threshold; abnormal films far *below* cannot trip it."""
+    rng = np.random.default_rng(5)
+    policy = DriftPolicy()
+    held = rng.normal(0.5, 0.05, 400)
+    fall = Calibration.fit(held, policy, lower=True)
+    rise = Calibration.fit(held, policy)
+    # the fall check's usual value is near the 75th percentile (k-th largest), the rise check's near the 25th
+    assert all(fall.thresholds[n] < fall.usual[n] and rise.usual[n] < rise.thresholds[n] and rise.usual[n] < fall.usual[n]
+               for n in policy.sizes)
+    normal = rng.normal(0.5, 0.05, 25)
+    window = np.concatenate([normal, np.full(25, -9.0)])  # half the films far darker than any normal
+    assert fall.statistic(window, policy) >= np.sort(normal)[::-1][policy.rank(50) - 1]
+    assert not judge({"darker": window}, {"darker": fall}, policy).warn
+    assert judge({"darker": rng.normal(0.38, 0.05, 50)}, {"darker": fall}, policy).warn
+    assert Calibration.from_dict(fall.to_dict()) == fall

@@ -20,7 +20,7 @@ from salad.data import read_samples
 from salad.errors import BundleError, SaladError
 from salad.export import export_bundle, validate_bundle
 from salad.manifest import Manifest, read_manifest, sha256_file
-from salad.preprocess import load_batch
+from salad.preprocess import load_batch, load_image
 from salad.scoring import decide, score_numpy, score_torch
 from salad.train.evaluate import load_run
 
@@ -75,10 +75,14 @@ def test_layout_and_manifest_contract(bundle: Path, tiny_run: Path) -> None:
     assert set(m.scores["definitions"]) == {"score", "knn_angle"} and m.scores["default"] == operating
     t = m.threshold
     assert t["score"] == operating and t["operating_point"] == {"specificity": 0.95}
-    stored = t["validation"].pop("normal_scores")  # the score drift check's calibration: the run's validation normals
+    drift = t["validation"].pop("drift")  # the drift checks' calibration: the run's validation normals
     assert t["validation"] == {"n_normal": 40, "n_abnormal": 40, "source": "val_scores.npz"}
     with np.load(tiny_run / "val_scores.npz") as val:
-        assert stored == sorted(float(x) for x in val[operating][val["label"] == 0])
+        assert drift["normal_scores"] == sorted(float(x) for x in val[operating][val["label"] == 0])
+        normal_paths = val["path"][val["label"] == 0]
+    assert drift["unreadable_films"] == 0 and len(drift["normal_exposure"]) == 40
+    exposure = sorted(float(load_image(str(p), m.preprocess_config).mean()) for p in normal_paths)
+    assert drift["normal_exposure"] == pytest.approx(exposure, abs=1e-6)
     assert t["achieved"]["specificity"] >= 0.95 and t["achieved"]["sensitivity"] is not None
     assert m.parity["fp32"]["max_abs_score_diff"] == 1e-5
     assert m.graph("model").details["parity"]["label_agreement"] == 1.0

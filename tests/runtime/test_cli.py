@@ -249,6 +249,9 @@ def test_inspect_shows_graphs_threshold_bank_and_tolerances(tiny_bundle: Path) -
     assert info["schema"] == "salad-inspect/1" and info["precisions"] == m.precisions()
     assert info["threshold"]["value"] == m.threshold["value"] and set(info["graphs"]) == set(m.graphs)
     assert info["graphs"]["model"]["outputs"][1:] == [{"name": n, "dtype": "float32", "shape": ["batch"]} for n in ("score", "knn_angle")]
+    n_val = m.threshold["validation"]["n_normal"]  # every validation normal calibrates the drift checks
+    assert info["drift"] == {"score_films": n_val, "exposure_films": n_val, "style_attached": False}
+    assert f"score ({n_val} validation normals), exposure ({n_val} validation normals), style off" in text.output
 
 
 def test_inspect_and_validate_refuse_a_modified_bundle(tiny_bundle: Path, tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ def test_drift_never_changes_a_score_or_a_label(attached_bundle: Path, tmp_path:
     assert strip(rows_a["results"]) == strip(body_b["results"]) and rows_a["threshold"] == body_b["threshold"]
     drift = body_b["drift"]
     assert drift["call"]["n"] == 70 and [w["n"] for w in drift["windows"]] == [20, 20, 20, 10]
-    assert set(drift["call"]["checks"]) == {"score", "style"} and drift["checks_off"] == {}
+    assert set(drift["call"]["checks"]) == {"score", "brighter", "darker", "style"} and drift["checks_off"] == {}
     assert "drift (all films)" in b.stderr and "drift" not in a.stderr
     # the Python API gives the same verdicts, and scoring after it is unchanged too
     guard = DriftGuard.from_bundle(attached_bundle)
@@ -37,7 +37,7 @@ def test_drift_never_changes_a_score_or_a_label(attached_bundle: Path, tmp_path:
         again = [r.to_dict() for r in scorer.score(paths)]
     report, skipped = guard.check_results(results, window=20)
     assert report is not None and not skipped
-    for name in ("score", "style"):
+    for name in ("score", "brighter", "darker", "style"):
         assert report.call.checks[name].statistic == pytest.approx(drift["call"]["checks"][name]["statistic"])
     assert strip(again) == strip(rows_a["results"])
 
@@ -56,6 +56,19 @@ def test_the_score_check_passes_its_own_site_and_flags_a_shift_of_every_film(att
     spread = float(np.subtract(*np.percentile(plain, [75, 25])))
     flagged = guard.check(plain + 3 * spread, normal).call
     assert flagged.warn and flagged.checks["score"].warn, flagged
+
+
+def test_the_exposure_checks_pass_the_site_and_flag_darker_and_brighter_films(attached_bundle: Path) -> None:
+    """A gamma change of every film moves its exposure as the detector sees it; the matching one-sided check flags it."""
+    guard = DriftGuard.from_bundle(attached_bundle)
+    normal = [read_image(p) for p in films(SAMPLE_EVAL / "normal", 40)]
+    scores = np.zeros(len(normal))  # the score check is not under test here
+    same = guard.check(scores, normal).call.checks
+    dark = guard.check(scores, [f**1.6 for f in normal]).call.checks
+    bright = guard.check(scores, [f**0.6 for f in normal]).call.checks
+    assert not same["brighter"].warn and not same["darker"].warn
+    assert dark["darker"].warn and not dark["brighter"].warn and dark["darker"].statistic < same["darker"].statistic
+    assert bright["brighter"].warn and not bright["darker"].warn
 
 
 def test_drift_on_a_console_without_torch_or_onnx(attached_bundle: Path, tmp_path: Path) -> None:
@@ -78,12 +91,15 @@ def test_drift_without_an_attached_estimator_runs_the_score_check_and_says_why_s
     proc = salad_score(bundle_copy, SAMPLE_EVAL, "--drift", "--json", out)
     assert proc.returncode == 0, proc.stderr
     drift = json.loads(out.read_text())["drift"]
-    assert set(drift["call"]["checks"]) == {"score"} and "no similarity estimator attached" in drift["checks_off"]["style"]
+    assert set(drift["call"]["checks"]) == {"score", "brighter", "darker"}
+    assert "no similarity estimator attached" in drift["checks_off"]["style"]
     assert "style check off" in proc.stderr and "salad similarity attach" in proc.stderr
 
 
 def test_a_guard_with_no_check_that_can_run_is_refused(bundle_copy: Path) -> None:
     from salad.drift import DriftPolicy
+    from salad.preprocess import PreprocessConfig
 
     with pytest.raises(BundleError, match="no drift check can run.*fewer than 20"):
-        DriftGuard(bundle_copy, DriftPolicy(), None, "knn_angle", None, {"score": "the run had 8 validation normal film(s), fewer than 20"})
+        DriftGuard(bundle_copy, DriftPolicy(), {}, "knn_angle", PreprocessConfig(), None,
+                   {"score": "the run had 8 validation normal film(s), fewer than 20"})
