@@ -579,7 +579,7 @@ def markdown(result: dict[str, Any]) -> str:
               "the fit itself used. The default fit's timing (2 threads, alone) is below.", ""]
     lines += ["", "## Site matrix: AUC of each bundle on each target, and each method's choice", "",
               "| target | n (abn.) | " + " | ".join(f"AUC {c}" for c in REAL_SITES)
-              + " | oracle | ASAP | ASAP LOSO | ASAP EQC β | ASAP EQC β LOSO | histogram | bundle embedding |",
+              + " | oracle | ASAP | ASAP LOSO | ASAP EQC β | ASAP EQC β LOSO | histogram | bundle's own score (choose-bundle) |",
               "|---|---|" + "---|" * len(REAL_SITES) + "---|---|---|---|---|---|---|"]
     per = {m: {p["target"]: p for p in a["summary"]["all"][m]["per_target"]} for m in a["summary"]["all"]}
     for r in a["targets"]:
@@ -609,7 +609,8 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{PAPER['correlation']} (distance vs Dice) |")
         lines.append("")
     lines += ["Pooled columns correlate distance with AUC over every (target, bundle) pair: negative is the useful sign "
-              "(nearer, better). The paper's setting: " + PAPER["setting"] + ". `asap[full-betaB]` rows are full-pool "
+              "(nearer, better). `bundle-embedding` is the mean operating score (knn_angle) of the target films under each "
+              "bundle: `salad choose-bundle`'s rule. The paper's setting: " + PAPER["setting"] + ". `asap[full-betaB]` rows are full-pool "
               "fits with β = B instead of the paper's 0.6 (their EQC is in the estimator table: EQC is the paper's "
               "label-free judge of such choices).", ""]
     choice = a.get("eqc_choice", {})

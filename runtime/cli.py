@@ -272,3 +272,43 @@ def build_engine_command(
     )
     verb = "built" if done["built"] else "found in the cache"
     click.echo(f"{done['graph']} engine for {done['gpu']['name']} {verb}: {done['engine']}")
+
+
+@click.command("choose-bundle")
+@click.option("--target", required=True, type=click.Path(exists=True, path_type=Path),
+              help="The new site's films: a folder (searched recursively) or a CSV path,label.")
+@click.option("--candidate", "candidates", multiple=True, required=True, metavar="NAME=BUNDLE",
+              help="A candidate bundle; repeat. Every candidate must threshold the same score.")
+@click.option("--runtime", type=LazyChoice(runner_names), default="onnxruntime", show_default=True,
+              help="Backend that runs the bundles' graphs.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the ranking here ('-' for stdout).")
+@runner_option_flags()
+@friendly_errors
+def choose_bundle_command(target: Path, candidates: Sequence[str], runtime: str, json_out: Path | None, **backend: Any) -> None:
+    """Rank candidate bundles for TARGET films by how far the films lie from each bundle's memory bank (lowest first)."""
+    from salad.clitools import name_path_pairs
+    from salad.data import film_paths
+
+    from .choose import CHOICE_SCHEMA, rank_bundles, read_films
+
+    named = name_path_pairs(candidates, "--candidate")
+    options = given(backend)
+    check_taken([runtime], options)
+    films, skipped = read_films(film_paths(target))
+    fits = rank_bundles(films, named, runtime=runtime, **options_for(runtime, options))
+    payload = {"schema": CHOICE_SCHEMA, "target": str(target), "films": len(films), "skipped": skipped,
+               "rule": "ascending mean operating score of the target films", "ranking": [f.to_dict() for f in fits]}
+    if json_out is not None and str(json_out) == "-":
+        click.echo(json.dumps(payload, indent=2, allow_nan=False))
+        return
+    width = max(len(f.candidate) for f in fits)
+    lines = [f"{'rank':>4}  {'candidate'.ljust(width)}  mean score  flagged  validation normals' median"]
+    lines += [f"{i:>4}  {f.candidate.ljust(width)}  {f.mean_score:10.4f}  {100 * f.flagged:6.1f} %  "
+              + ("–" if f.validation_normal_median is None else f"{f.validation_normal_median:.4f}") for i, f in enumerate(fits, 1)]
+    click.echo("\n".join(lines))
+    for s in skipped:
+        click.echo(f"skipped: {s}", err=True)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(json_out, (json.dumps(payload, indent=2, allow_nan=False) + "\n").encode())
+        click.echo(f"ranking → {json_out}", err=True)

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import click
 
-from salad.errors import EXIT_ERROR, EXIT_INTERRUPTED, SaladError
+from salad.errors import EXIT_ERROR, EXIT_INTERRUPTED, DataError, SaladError
 from salad.fsutil import sigterm_as_interrupt
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -171,3 +171,16 @@ class IntList(click.ParamType):
 def flatten(lists: Sequence[Sequence[int]]) -> list[int]:
     """The values of a repeatable IntList option, in order, each once."""
     return list(dict.fromkeys(n for numbers in lists for n in numbers))
+
+
+def name_path_pairs(values: Sequence[str], option: str) -> dict[str, str]:
+    """NAME=PATH options → {name: path}, refusing a missing '=' or a repeated name."""
+    out: dict[str, str] = {}
+    for v in values:
+        name, sep, path = v.partition("=")
+        if not sep or not name or not path:
+            raise DataError(f"{option} {v!r}: expected NAME=PATH, e.g. {option} kermany=../films/kermany.")
+        if name in out:
+            raise DataError(f"{option} {v!r}: the name {name!r} is given twice; names must be unique.")
+        out[name] = path
+    return out

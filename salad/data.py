@@ -232,3 +232,11 @@ def evenly_spaced(items: Sequence[T], n: int) -> list[T]:
         return list(items)
     idx = np.linspace(0, len(items) - 1, n).round().astype(int)
     return [items[i] for i in idx]
+
+
+def film_paths(data: str | Path) -> list[Path]:
+    """Every film of a folder (searched recursively, any labels) or a CSV manifest; a DataError if there is none."""
+    samples = read_samples(Path(data))
+    if not samples:
+        raise DataError(f"{data}: no films found; expected a folder of images, class folders or a CSV path,label.")
+    return [s.path for s in samples]

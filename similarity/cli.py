@@ -14,24 +14,11 @@ from pathlib import Path
 
 import click
 
-from salad.clitools import deprecated_alias, friendly_errors
+from salad.clitools import deprecated_alias, friendly_errors, name_path_pairs
 from salad.errors import DataError
 from salad.fsutil import write_atomic
 
 RANKING_SCHEMA = "salad-similarity-ranking/1"
-
-
-def _pairs(values: Sequence[str], option: str) -> dict[str, str]:
-    """NAME=PATH options → {name: path}, refusing a missing '=' or a repeated name."""
-    out: dict[str, str] = {}
-    for v in values:
-        name, sep, path = v.partition("=")
-        if not sep or not name or not path:
-            raise DataError(f"{option} {v!r}: expected NAME=PATH, e.g. {option} kermany=../films/kermany.")
-        if name in out:
-            raise DataError(f"{option} {v!r}: the name {name!r} is given twice; names must be unique.")
-        out[name] = path
-    return out
 
 
 @click.group("similarity")
@@ -62,11 +49,12 @@ def fit_command(data: Sequence[str], out: Path, steps: int | None, batch_size: i
     """Train the estimator on known datasets (membership is the only label) and write EST with its ONNX graph."""
     import dataclasses
 
-    from .estimator import film_paths
+    from salad.data import film_paths
+
     from .fit import BETA_CHOICES, FitConfig, fit_by_eqc, fit_estimator, load_films
     from .model import LossConfig
 
-    sources = _pairs(data, "--data")
+    sources = name_path_pairs(data, "--data")
     if len(sources) < 2:
         raise DataError(f"--data given {len(sources)} time(s); the estimator needs at least 2 known datasets.")
     defaults, paper = FitConfig(seed=seed), LossConfig()
@@ -118,13 +106,15 @@ def attach_command(estimator: Path, bundle: Path, data: Path, holdout: Path | No
 def rank_command(estimator: Path, target: Path, candidates: Sequence[str], json_out: Path | None, plot: Path | None,
                  threads: int | None) -> None:
     """Rank candidate bundles or datasets by ASAP distance to the target films, nearest first."""
+    from salad.data import film_paths
+
     from .attach import collection
     from .distance import rank
-    from .estimator import Estimator, film_paths
+    from .estimator import Estimator
     from .plot import scatter_png
 
     t0 = time.perf_counter()
-    named = _pairs(candidates, "--candidate")
+    named = name_path_pairs(candidates, "--candidate")
     est = Estimator.load(estimator)
     latent = est.latent(threads)
     points = {name: collection(spec, latent, est.sha256) for name, spec in named.items()}

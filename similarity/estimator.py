@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from salad.data import read_samples
 from salad.errors import BackendUnavailableError, BundleError, DataError
 from salad.fsutil import parse_json
 from salad.imageio import read_image
@@ -143,11 +142,3 @@ class Estimator:
     def latent(self, threads: int | None = None) -> Latent:
         """An ONNX Runtime session of this estimator."""
         return Latent(self.graph, self.preprocessing, threads=threads)
-
-
-def film_paths(data: str | os.PathLike[str]) -> list[Path]:
-    """Every film of a folder (searched recursively, any labels) or a CSV manifest; a DataError if there is none."""
-    samples = read_samples(Path(data))
-    if not samples:
-        raise DataError(f"{data}: no films found; expected a folder of images, class folders or a CSV path,label.")
-    return [s.path for s in samples]

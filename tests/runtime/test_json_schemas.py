@@ -33,7 +33,7 @@ def run(*args: str) -> str:
 def test_every_published_schema_is_a_valid_draft_2020_12_schema() -> None:
     kinds = sorted(p.stem for p in JSON_SCHEMAS.glob("*.json"))
     assert {"manifest", "score", "parity", "bench", "evaluation", "inspect", "calibration", "validation", "train",
-            "similarity-ranking"} <= set(kinds)
+            "similarity-ranking", "bundle-choice"} <= set(kinds)
     for kind in kinds:
         schema = json_schema(kind)
         jsonschema.Draft202012Validator.check_schema(schema)
