@@ -12,7 +12,7 @@ from salad.errors import BundleError
 from salad.imageio import read_image
 from salad.runtime import Scorer
 from salad.runtime.drift import DriftGuard
-from tests.conftest import SAMPLE_EVAL
+from tests.conftest import SAMPLE_EVAL, check_json_schema
 from tests.runtime.test_cli import run_python, salad_score
 from tests.similarity.conftest import NIH_NORMAL, films
 
@@ -23,7 +23,7 @@ def test_drift_never_changes_a_score_or_a_label(attached_bundle: Path, tmp_path:
     a = salad_score(attached_bundle, *paths, "--json", plain)
     b = salad_score(attached_bundle, *paths, "--json", drifted, "--drift", "--drift-window", "20")
     assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
-    rows_a, body_b = json.loads(plain.read_text()), json.loads(drifted.read_text())
+    rows_a, body_b = json.loads(plain.read_text()), check_json_schema("score", json.loads(drifted.read_text()))
     strip = lambda rows: [{k: v for k, v in r.items() if k != "ms"} for r in rows]  # noqa: E731 - timings differ
     assert strip(rows_a["results"]) == strip(body_b["results"]) and rows_a["threshold"] == body_b["threshold"]
     drift = body_b["drift"]
@@ -90,7 +90,7 @@ def test_drift_without_an_attached_estimator_runs_the_score_check_and_says_why_s
     out = tmp_path / "scores.json"
     proc = salad_score(bundle_copy, SAMPLE_EVAL, "--drift", "--json", out)
     assert proc.returncode == 0, proc.stderr
-    drift = json.loads(out.read_text())["drift"]
+    drift = check_json_schema("score", json.loads(out.read_text()))["drift"]
     assert set(drift["call"]["checks"]) == {"score", "brighter", "darker"}
     assert "no similarity estimator attached" in drift["checks_off"]["style"]
     assert "style check off" in proc.stderr and "salad similarity attach" in proc.stderr
