@@ -23,6 +23,8 @@ from .base import (
     runner_class,
     runner_names,
 )
+from .choose import BundleFit, rank_bundles
+from .drift import DriftGuard
 from .onnxruntime_runner import OnnxRuntimeRunner
 from .openvino_runner import OpenVinoRunner
 from .parity import ParityReport, ParityRow, compare
@@ -46,6 +48,9 @@ __all__ = [
     "Scorer",
     "Result",
     "Timings",
+    "DriftGuard",
+    "rank_bundles",
+    "BundleFit",
     "compare",
     "ParityReport",
     "ParityRow",
