@@ -245,6 +245,7 @@ def stage_targets() -> None:
     estimators = {n: Estimator.load(WORK / "estimators" / n) for n in ready}
     latents = {n: e.latent(1) for n, e in estimators.items()}
     pre = estimators["full"].preprocessing
+    from salad.drift import exposure
     from salad.manifest import read_manifest
 
     configs = {read_manifest(WORK / "bundles" / site).preprocess_config for site in REAL_SITES}
@@ -266,7 +267,7 @@ def stage_targets() -> None:
             continue
         films, labels = target_films(target)
         if "exposure" not in arrays:  # the exposure drift checks' per-film value (runtime/drift.py)
-            arrays["exposure"] = np.array([float(preprocess(f, bundle_pre).mean()) for f in films])
+            arrays["exposure"] = np.array([exposure(preprocess(f, bundle_pre)) for f in films])
         if "label" not in arrays:
             arrays = {"label": labels, "hist": histogram(films)}
             for site in REAL_SITES:
@@ -478,6 +479,49 @@ def stage_drift() -> dict[str, Any]:
     return out
 
 
+def stage_exposure_dev(seed: int = 0) -> dict[str, Any]:
+    """Which per-film value should the exposure checks use? Decided on *training* films only (targets are held out).
+
+    Per real site: half of its training normals calibrate rise and fall checks of each candidate value; windows of
+    50 of the other normals with 10 % or 40 % of the site's training abnormals, after each gamma/window shift, are
+    judged as the guard would. Written to .work/exposure-dev.json and the report.
+    """
+    path = WORK / "exposure-dev.json"
+    if path.exists():
+        return dict(json.loads(path.read_text()))
+    from salad.drift import Calibration, DriftPolicy
+    from salad.manifest import read_manifest
+    from salad.preprocess import preprocess
+
+    cfg = read_manifest(WORK / "bundles" / REAL_SITES[0]).preprocess_config
+    policy = DriftPolicy()
+    values = {"mean": np.mean, "p25": lambda x: np.percentile(x, 25), "p50": np.median, "p75": lambda x: np.percentile(x, 75),
+              "p90": lambda x: np.percentile(x, 90)}
+    rng = np.random.default_rng(seed)
+    out: dict[str, Any] = {}
+    for site in REAL_SITES:
+        films, labels = raw_films(site, "train")
+        normal, abnormal = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
+        perm = rng.permutation(normal)
+        calib, test = perm[: len(perm) // 2], perm[len(perm) // 2 :]
+        plain = [preprocess(f, cfg) for f in films]
+        out[site] = {}
+        for shift in ("gamma-bright", "gamma-dark", "window"):
+            moved = [preprocess(f, cfg) for f in shifted(films, shift)]
+            out[site][shift] = {}
+            for name, fn in values.items():
+                v0, v = np.array([float(fn(x)) for x in plain]), np.array([float(fn(x)) for x in moved])
+                cals = (Calibration.fit(v0[calib], policy), Calibration.fit(v0[calib], policy, lower=True))
+                rates = []
+                for prev in (0.1, 0.4):
+                    idx = _windows(test, abnormal, 50, prev, rng)
+                    k = policy.rank(50)
+                    rates.append(float((_window_warns(v[idx], k, cals[0], 50) | _window_warns(v[idx], k, cals[1], 50)).mean()))
+                out[site][shift][name] = rates
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    return out
+
+
 # -- timing --------------------------------------------------------------------------------------------------------
 
 _BLOCKER = """
@@ -661,6 +705,17 @@ def markdown(result: dict[str, Any]) -> str:
                          + f" | {_pct(w['n20-p0.4'])} | {_pct(w['n100-p0.4'])} | {'warn' if row['whole_set_warns'] else 'ok'} | "
                          f"{_pct(by.get('score'))} | {_pct(by.get('exposure'))} | {_pct(by.get('style'))} |")
         lines.append("")
+    if "exposure_dev" in result:
+        lines += ["### Choosing the exposure value (training films only)", "",
+                  "Detection of each shift by the brighter/darker checks on windows of 50 *training* films (10 % / 40 % "
+                  "abnormal), calibrated on the other half of the training normals, for each candidate per-film value of "
+                  "the preprocessed film. The shipped value is p75 (`salad/drift.py: EXPOSURE_PERCENTILE`).", "",
+                  "| site | shift | " + " | ".join(result["exposure_dev"][REAL_SITES[0]]["gamma-bright"]) + " |",
+                  "|---|---|" + "---|" * len(result["exposure_dev"][REAL_SITES[0]]["gamma-bright"])]
+        for site, by_shift in result["exposure_dev"].items():
+            for shift, by_value in by_shift.items():
+                lines.append(f"| {site} | {shift} | " + " | ".join(f"{_pct(r[0])} / {_pct(r[1])}" for r in by_value.values()) + " |")
+        lines.append("")
     if "drift_summary" in result:
         ds = result["drift_summary"]
         lines += ["### Acceptance summary", "",
@@ -779,6 +834,12 @@ def fit_timing_command(threads: int) -> None:
     click.echo(json.dumps(stage_fit_timing(threads), indent=2))
 
 
+@main.command("exposure-dev")
+def exposure_dev_command() -> None:
+    """Compare candidate exposure values for the drift checks on training films."""
+    click.echo(json.dumps(stage_exposure_dev(), indent=2))
+
+
 @main.command("all")
 @click.option("--threads", type=int, default=1, show_default=True, help="Threads for bundles and LOSO estimators.")
 @click.option("--fit-threads", type=int, default=2, show_default=True, help="Threads for the full estimator's fit.")
@@ -790,6 +851,7 @@ def all_command(threads: int, fit_threads: int, steps: int) -> None:
     result["estimators"] = stage_estimators({n: fit_threads if n == "full" else threads for n in ESTIMATORS}, steps)
     stage_targets()
     result["analysis"] = analyse()
+    result["exposure_dev"] = stage_exposure_dev()
     result["drift"] = stage_drift()
     result["drift_summary"] = drift_summary(result["drift"])
     result["timing"] = stage_timing()

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from salad.drift import exposure as film_exposure
 from salad.errors import ConfigError, DataError, RunError
 from salad.preprocess import PreprocessConfig, load_image
 from salad.scoring import DEFAULT_SCORE, decide
@@ -116,7 +117,7 @@ def choose_threshold(
 def drift_calibration(val: dict[str, np.ndarray], score_name: str, config: PreprocessConfig, seed: int = 0) -> dict[str, Any]:
     """What the drift checks calibrate on (runtime/drift.py): the validation normals' operating scores and exposures.
 
-    Exposure is the mean of the film as the detector sees it (after the bundle's preprocessing). All normals, or a
+    Exposure is salad.drift.exposure of the film as the detector sees it (after the bundle's preprocessing). All normals, or a
     seeded DRIFT_SAMPLE of them; a film that cannot be read any more is left out of the exposure list (and counted).
     """
     idx = np.flatnonzero(np.asarray(val["label"]) == 0)
@@ -125,7 +126,7 @@ def drift_calibration(val: dict[str, np.ndarray], score_name: str, config: Prepr
     exposure, unreadable = [], 0
     for path in val["path"][idx]:
         try:
-            exposure.append(float(load_image(str(path), config).mean()))
+            exposure.append(film_exposure(load_image(str(path), config)))
         except (DataError, OSError):
             unreadable += 1
     return {"normal_scores": sorted(float(x) for x in np.asarray(val[score_name], dtype=np.float64)[idx]),

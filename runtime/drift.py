@@ -2,7 +2,7 @@
 
 Checks under one batch-level test (salad/drift.py), each calibrated on held-out normals of the bundle's site:
 from the manifest, which export fills from the run's validation normals — the detector's own operating score
-(a rise), and the films' exposure as the detector sees them (the mean after the bundle's preprocessing; a rise
+(a rise), and the films' exposure as the detector sees them (salad.drift.exposure after the bundle's preprocessing; a rise
 or a fall); and, when an estimator is attached (`salad similarity attach`), the style distance of similarity/.
 The report warns when any does.
 """
@@ -18,6 +18,7 @@ import numpy as np
 
 from salad.bundle import Bundle
 from salad.drift import Calibration, DriftPolicy, DriftReport, judge, judge_windows
+from salad.drift import exposure as film_exposure
 from salad.errors import BundleError, DataError
 from salad.imageio import read_image
 from salad.manifest import Manifest, read_manifest
@@ -86,7 +87,7 @@ class DriftGuard:
         if needs_images and images is None:
             raise DataError("the exposure and style drift checks need the films themselves (images), not only their scores.")
         if "brighter" in self.calibrations and images is not None:
-            exposure = np.array([float(preprocess(img, self.preprocessing).mean()) for img in images])
+            exposure = np.array([film_exposure(preprocess(img, self.preprocessing)) for img in images])
             values["brighter"] = values["darker"] = exposure
         if self.style is not None and images is not None:
             values["style"] = self.style.values_of_images(images)

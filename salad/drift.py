@@ -36,6 +36,17 @@ CHECK_MEANING = {
 }
 
 
+#: The exposure checks' per-film value: this percentile of the film as the detector sees it (after the bundle's
+#: preprocessing). The bright quarter (mediastinum, bones, soft tissue) tracks exposure and tone changes while the
+#: lung fields, where consolidation lives, stay below it; chosen over the mean on training films (docs/similarity.md §4).
+EXPOSURE_PERCENTILE = 75.0
+
+
+def exposure(film: np.ndarray) -> float:
+    """A preprocessed film's exposure value for the brighter/darker drift checks."""
+    return float(np.percentile(np.asarray(film, dtype=np.float64), EXPOSURE_PERCENTILE))
+
+
 @dataclass(frozen=True)
 class DriftPolicy:
     """How windows are judged: the order-statistic quantile q, the abnormal share covered, the total α, window sizes."""
