@@ -396,7 +396,7 @@ def eqc_choices(cand: dict[str, np.ndarray]) -> dict[str, str]:
 # -- drift ---------------------------------------------------------------------------------------------------------
 
 PREVALENCES = (0.1, 0.2, 0.3, 0.4)
-WINDOW_SIZES = (20, 50, 100)
+WINDOW_SIZES = (20, 50, 100, 200)
 DRAWS = 2000
 
 
@@ -696,13 +696,14 @@ def markdown(result: dict[str, Any]) -> str:
         off = "".join(f" {name} check off: {why}." for name, why in rec.get("checks_off", {}).items())
         lines += [f"### bundle {site}", "", f"Thresholds — {thr}.{off}", "",
                   "| target | AUC cost | " + " | ".join(f"n={n} p={p}" for n in (50,) for p in PREVALENCES)
-                  + " | n=20 p=0.4 | n=100 p=0.4 | whole set | score only | exposure only | style only |",
-                  "|---|---|" + "---|" * (len(PREVALENCES) + 6)]
+                  + " | n=20 p=0.4 | n=100 p=0.4 | n=200 p=0.4 | whole set | score only | exposure only | style only |",
+                  "|---|---|" + "---|" * (len(PREVALENCES) + 7)]
         for t, row in rec["targets"].items():
             w, by = row["warn_rate"], row["warn_rate_by_check"]["n50-p0.4"]
             lines.append(f"| {t}{' (same site)' if t == site else ''} | {_f(row['auc_cost'])} | "
                          + " | ".join(_pct(w[f'n50-p{p}']) for p in PREVALENCES)
-                         + f" | {_pct(w['n20-p0.4'])} | {_pct(w['n100-p0.4'])} | {'warn' if row['whole_set_warns'] else 'ok'} | "
+                         + f" | {_pct(w['n20-p0.4'])} | {_pct(w['n100-p0.4'])} | {_pct(w['n200-p0.4'])} | "
+                         f"{'warn' if row['whole_set_warns'] else 'ok'} | "
                          f"{_pct(by.get('score'))} | {_pct(by.get('exposure'))} | {_pct(by.get('style'))} |")
         lines.append("")
     if "exposure_dev" in result:
@@ -719,7 +720,7 @@ def markdown(result: dict[str, Any]) -> str:
     if "drift_summary" in result:
         ds = result["drift_summary"]
         lines += ["### Acceptance summary", "",
-                  f"- false alarms on same-site windows, worst over bundles, n = 20/50/100 and 10–40 % abnormal: "
+                  f"- false alarms on same-site windows, worst over bundles, n = 20/50/100/200 and 10–40 % abnormal: "
                   f"{100 * ds['max_false_alarm']:.1f} %",
                   "- at n = 50:",
                   f"- detection on other real sites' windows, worst: {_pct(ds['min_detect_other_sites'])}",
