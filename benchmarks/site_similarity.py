@@ -414,19 +414,11 @@ def _windows(normal: np.ndarray, abnormal: np.ndarray, n: int, prevalence: float
     return np.concatenate([draw(normal, n - a), draw(abnormal, a)], axis=1)
 
 
-def _window_warns(windows: np.ndarray, k: int, cal: Any, n: int) -> np.ndarray:
-    """Vectorised verdicts of one check on (draws, n) windows of per-film values, as salad.drift.judge gives them."""
-    if cal.lower:
-        return np.sort(windows, axis=1)[:, windows.shape[1] - k] < cal.thresholds[n]  # the k-th largest
-    return np.sort(windows, axis=1)[:, k - 1] > cal.thresholds[n]
-
-
 def stage_drift() -> dict[str, Any]:
     """Attach the full estimator to each bundle, then false alarms on same-site windows and detection on the others.
 
-    Both checks of `salad score --drift` (runtime/drift.py) judge the same windows: the detector's own score,
-    calibrated on the bundle's validation normals, and the style distance, calibrated at attach; a window warns
-    when either does.
+    Every check of `salad score --drift` (runtime/drift.py) judges the same windows, vectorised with the guard's own
+    order statistic and thresholds (salad/drift.py); a window warns when any check does.
     """
     from salad.drift import judge
     from salad.runtime.drift import DriftGuard
@@ -452,26 +444,21 @@ def stage_drift() -> dict[str, Any]:
                 values["score"] = t[f"score:{site}"]
             if "brighter" in cals:
                 values["brighter"] = values["darker"] = t["exposure"]
-            # the vectorised windows below must judge exactly as the guard does
-            first = {name: v[:50] for name, v in values.items()}
-            assert judge(first, cals, policy).warn == any(_window_warns(v[None, :], policy.rank(50), cals[name], 50)[0]
-                                                          for name, v in first.items())
+            first = {name: v[:50] for name, v in values.items()}  # the vectorised verdicts are the guard's
+            assert judge(first, cals, policy).warn == any(cals[name].warn_windows(v, policy, 50) for name, v in first.items())
             normal, abnormal = np.flatnonzero(t["label"] == 0), np.flatnonzero(t["label"] == 1)
             row: dict[str, Any] = {"auc_cost": aucs[site][site] - aucs[target][site] if target.partition("~")[0] == site else None,
                                    "warn_rate": {}, "warn_rate_by_check": {}}
             for n in WINDOW_SIZES:
                 for prev in PREVALENCES:
                     idx = _windows(normal, abnormal, n, prev, rng)
-                    k = policy.rank(n)
-                    by_check = {name: _window_warns(v[idx], k, cals[name], n) for name, v in values.items()}
+                    by_check = {name: cals[name].warn_windows(v[idx], policy, n) for name, v in values.items()}
                     row["warn_rate"][f"n{n}-p{prev}"] = float(np.logical_or.reduce(list(by_check.values())).mean())
                     rates = {name: float(w.mean()) for name, w in by_check.items()}
                     if "brighter" in by_check:
                         rates["exposure"] = float((by_check["brighter"] | by_check["darker"]).mean())
                     row["warn_rate_by_check"][f"n{n}-p{prev}"] = rates
-            size = max(s for s in policy.sizes if s <= len(t["label"]))
-            whole = {name: judge({name: v}, {name: cals[name]}, policy).checks[name].warn for name, v in values.items()}
-            assert all(cals[name].size_for(len(v)) == size for name, v in values.items())
+            whole = {name: c.warn for name, c in judge(values, cals, policy).checks.items()}
             row["whole_set_warns"] = any(whole.values())
             row["whole_set_by_check"] = whole
             rec["targets"][target] = row
@@ -515,8 +502,8 @@ def stage_exposure_dev(seed: int = 0) -> dict[str, Any]:
                 rates = []
                 for prev in (0.1, 0.4):
                     idx = _windows(test, abnormal, 50, prev, rng)
-                    k = policy.rank(50)
-                    rates.append(float((_window_warns(v[idx], k, cals[0], 50) | _window_warns(v[idx], k, cals[1], 50)).mean()))
+                    warned = [cal.warn_windows(v[idx], policy, 50) for cal in cals]
+                    rates.append(float((warned[0] | warned[1]).mean()))
                 out[site][shift][name] = rates
     path.write_text(json.dumps(out, indent=2) + "\n")
     return out

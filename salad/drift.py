@@ -27,14 +27,6 @@ from salad.errors import DataError
 STYLE_CALIBRATION_FILE = "similarity/drift.json"
 #: The drift checks a report can hold; the false-alarm budget is split evenly between them.
 CHECKS = ("score", "brighter", "darker", "style")
-#: What each check flags, for people reading a report.
-CHECK_MEANING = {
-    "score": "films further from the detector's memory bank than held-out normals of its site",
-    "brighter": "films brighter, as the detector sees them, than held-out normals of its site",
-    "darker": "films darker, as the detector sees them, than held-out normals of its site",
-    "style": "films whose style (the attached similarity estimator) is unlike the bundle's training films",
-}
-
 
 #: The exposure checks' per-film value: this percentile of the film as the detector sees it (after the bundle's
 #: preprocessing). The bright quarter (mediastinum, bones, soft tissue) tracks exposure and tone changes while the
@@ -75,6 +67,11 @@ class DriftPolicy:
         """k: the order statistic (1-based) a window of n films is judged by."""
         return max(1, math.ceil(self.quantile * n))
 
+    def size_for(self, n: int) -> int | None:
+        """The largest calibrated window size ≤ n, whose thresholds judge a window of n films (None: too few films)."""
+        fitting = [s for s in sorted(self.sizes) if s <= n]
+        return fitting[-1] if fitting else None
+
     def normals_in_worst_window(self, n: int) -> int:
         """The normal films of a window of n at the largest abnormal share covered."""
         return max(self.rank(n), math.floor((1.0 - self.max_abnormal) * n))
@@ -88,10 +85,18 @@ class DriftPolicy:
                    sizes=tuple(int(s) for s in d["sizes"]), draws=int(d["draws"]))
 
 
+def order_statistic(windows: np.ndarray, policy: DriftPolicy, *, lower: bool = False) -> np.ndarray:
+    """Each window's statistic (windows along the last axis, k = ⌈q·n⌉): the k-th smallest value for a rise check,
+    the k-th largest for a fall check."""
+    v = np.sort(np.asarray(windows, dtype=np.float64), axis=-1)
+    n = v.shape[-1]
+    k = policy.rank(n)
+    return v[..., n - k] if lower else v[..., k - 1]
+
+
 def window_statistic(values: np.ndarray, policy: DriftPolicy) -> float:
-    """The k-th smallest per-film value of one window (k = ⌈q·n⌉)."""
-    v = np.sort(np.asarray(values, dtype=np.float64))
-    return float(v[policy.rank(len(v)) - 1])
+    """A rise check's statistic of one window: its k-th smallest per-film value."""
+    return float(order_statistic(values, policy))
 
 
 @dataclass(frozen=True)
@@ -130,14 +135,18 @@ class Calibration:
         return cls(thresholds, usual, int(len(v)), lower)
 
     def statistic(self, values: np.ndarray, policy: DriftPolicy) -> float:
-        """The window's statistic: the k-th smallest value (a rise check) or the k-th largest (a fall check)."""
-        v = np.asarray(values, dtype=np.float64)
-        return -window_statistic(-v, policy) if self.lower else window_statistic(v, policy)
+        """One window's statistic under this check's direction (order_statistic)."""
+        return float(order_statistic(values, policy, lower=self.lower))
 
-    def size_for(self, n: int) -> int | None:
-        """The largest calibrated window size ≤ n (None: too few films for a verdict)."""
-        fitting = [s for s in sorted(self.thresholds) if s <= n]
-        return fitting[-1] if fitting else None
+    def warn_windows(self, windows: np.ndarray, policy: DriftPolicy, size: int) -> np.ndarray:
+        """Vectorised verdicts on windows of films (windows along the last axis), judged with the thresholds of `size`."""
+        return self.warns(order_statistic(windows, policy, lower=self.lower), size)
+
+    def warns(self, statistics: np.ndarray | float, size: int) -> np.ndarray:
+        """Whether each statistic is past the threshold of windows of `size` films (below it for a fall check)."""
+        threshold = self.thresholds[size]
+        stats = np.asarray(statistics)
+        return stats < threshold if self.lower else stats > threshold
 
     def to_dict(self) -> dict[str, Any]:
         return {"thresholds": {str(k): v for k, v in self.thresholds.items()},
@@ -156,14 +165,11 @@ class CheckVerdict:
     statistic: float
     threshold: float
     usual: float
-    lower: bool = False
-
-    @property
-    def warn(self) -> bool:
-        return self.statistic < self.threshold if self.lower else self.statistic > self.threshold
+    lower: bool
+    warn: bool
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "warn": self.warn}
+        return asdict(self)
 
 
 @dataclass
@@ -194,16 +200,16 @@ def judge(values: Mapping[str, np.ndarray], calibrations: Mapping[str, Calibrati
     n = len(next(iter(values.values())))
     if any(len(v) != n for v in values.values()):
         raise DataError(f"drift checks got different film counts: { {k: len(v) for k, v in values.items()} }.")
-    sizes = {name: calibrations[name].size_for(n) for name in values}
-    if any(s is None for s in sizes.values()):
-        smallest = min(min(calibrations[name].thresholds) for name in values)
-        return WindowVerdict(start, start + n, n, None, note=f"too few films for a verdict (the smallest calibrated window is {smallest})")
+    size = policy.size_for(n)
+    if size is None:
+        note = f"too few films for a verdict (the smallest calibrated window is {min(policy.sizes)})"
+        return WindowVerdict(start, start + n, n, None, note=note)
     checks = {}
     for name, v in values.items():
-        cal, size = calibrations[name], sizes[name]
-        assert size is not None
-        checks[name] = CheckVerdict(cal.statistic(v, policy), cal.thresholds[size], cal.usual[size], cal.lower)
-    return WindowVerdict(start, start + n, n, min(s for s in sizes.values() if s is not None), checks)
+        cal = calibrations[name]
+        statistic = cal.statistic(v, policy)
+        checks[name] = CheckVerdict(statistic, cal.thresholds[size], cal.usual[size], cal.lower, bool(cal.warns(statistic, size)))
+    return WindowVerdict(start, start + n, n, size, checks)
 
 
 def judge_windows(values: Mapping[str, np.ndarray], calibrations: Mapping[str, Calibration], policy: DriftPolicy,
