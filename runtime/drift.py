@@ -20,7 +20,7 @@ from salad.bundle import Bundle
 from salad.drift import Calibration, DriftPolicy, DriftReport, judge, judge_windows
 from salad.drift import exposure as film_exposure
 from salad.errors import BundleError, DataError
-from salad.imageio import read_image
+from salad.imageio import read_images
 from salad.manifest import Manifest, read_manifest
 from salad.preprocess import PreprocessConfig, preprocess
 
@@ -47,8 +47,8 @@ class DriftGuard:
     def from_bundle(cls, bundle: str | os.PathLike[str], manifest: Manifest | None = None, threads: int | None = None) -> DriftGuard:
         """Read the checks a bundle supports; a BundleError if neither can run (or if an attached estimator is damaged)."""
         root = Path(bundle)
-        manifest = manifest or read_manifest(root, verify=True)
-        b = Bundle(root, manifest)
+        manifest = manifest or read_manifest(root, verify=False)  # the fields used are under the integrity digest;
+        b = Bundle(root, manifest)  # the style check verifies the files it reads (similarity.attach.Attached)
         off: dict[str, str] = {}
         style = None
         from salad.similarity.attach import FILES, StyleCheck  # lazily: the similarity stage is optional here
@@ -74,6 +74,11 @@ class DriftGuard:
         return cls(root, policy, calibrations, b.threshold.score, manifest.preprocess_config, style, off)
 
     @property
+    def needs_images(self) -> bool:
+        """Whether a check reads the films themselves (exposure, style), not only their scores."""
+        return self.style is not None or "brighter" in self.calibrations
+
+    @property
     def score(self) -> Calibration | None:
         """The score check's calibration (None: off)."""
         return self.calibrations.get("score")
@@ -83,8 +88,7 @@ class DriftGuard:
         values: dict[str, np.ndarray] = {}
         if self.score is not None:
             values["score"] = np.asarray(scores, dtype=np.float64)
-        needs_images = self.style is not None or "brighter" in self.calibrations
-        if needs_images and images is None:
+        if self.needs_images and images is None:
             raise DataError("the exposure and style drift checks need the films themselves (images), not only their scores.")
         if "brighter" in self.calibrations and images is not None:
             exposure = np.array([film_exposure(preprocess(img, self.preprocessing)) for img in images])
@@ -103,16 +107,11 @@ class DriftGuard:
                            self.style.attached.estimator_sha256 if self.style else None)
 
     def check_results(self, results: Sequence[Result], window: int | None = None) -> tuple[DriftReport | None, list[str]]:
-        """Scored films (their files are read again for the exposure and style checks) → (report or None, files skipped)."""
-        images: list[np.ndarray] = []
-        kept: list[Result] = []
-        skipped: list[str] = []
-        for r in (r for r in results if r.ok):
-            try:
-                images.append(read_image(Path(str(r.path))))
-                kept.append(r)
-            except (DataError, OSError) as exc:
-                skipped.append(f"{r.path}: {exc}")
-        if not kept:
+        """Scored films (read again when the exposure or style check needs them) → (report or None, files skipped)."""
+        ok = [r for r in results if r.ok]
+        if not self.needs_images:
+            return (self.check(np.array([r.scores[self.score_name] for r in ok]), None, window) if ok else None), []
+        images, kept, skipped = read_images([Path(str(r.path)) for r in ok])
+        if not images:
             return None, skipped
-        return self.check(np.array([r.scores[self.score_name] for r in kept]), images, window), skipped
+        return self.check(np.array([ok[i].scores[self.score_name] for i in kept]), images, window), skipped

@@ -10,6 +10,7 @@ import math
 import os
 import stat
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from salad.errors import DataError
+from salad.progress import progress
 
 #: Decompression-bomb guard: no radiograph has more pixels than this (about 13k × 13k).
 MAX_PIXELS = 1 << 27
@@ -74,6 +76,22 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         f"{p}: not an image this toolkit reads (suffix {p.suffix!r}). "
         f"Expected one of {sorted(IMAGE_SUFFIXES)} or a DICOM file with a 'DICM' preamble."
     )
+
+
+def read_images(paths: Sequence[str | os.PathLike[str]], desc: str | None = None) -> tuple[list[np.ndarray], list[int], list[str]]:
+    """The films of `paths` that can be read (as read_image gives them), their indices, and "path: why" for the others.
+
+    desc: a progress bar with this label (salad.progress) when there are many films.
+    """
+    films, kept, skipped = [], [], []
+    bar = progress(paths, desc=desc or "reading films", unit="film", disable=desc is None or len(paths) < 50)
+    for i, p in enumerate(bar):
+        try:
+            films.append(read_image(p))
+            kept.append(i)
+        except (DataError, OSError) as exc:
+            skipped.append(f"{p}: {exc}")
+    return films, kept, skipped
 
 
 def _check_file(path: Path) -> int:

@@ -34,6 +34,7 @@ from salad.manifest import (
     pending_name,
     read_manifest,
     sha256_file,
+    verify_files,
 )
 from salad.preprocess import PreprocessConfig
 
@@ -151,15 +152,16 @@ class Attached:
 
     @classmethod
     def from_bundle(cls, bundle: str | os.PathLike[str], manifest: Manifest | None = None) -> Attached:
-        """Read (and, without a manifest already verified, verify) the bundle's attached estimator."""
+        """Read the bundle's attached estimator, verifying the sha256 of the files it reads (and only those)."""
         root = Path(bundle)
-        manifest = manifest or read_manifest(root, verify=True)
+        manifest = manifest or read_manifest(root, verify=False)
         missing = [f for f in FILES if f not in manifest.files]
         if missing:
             raise BundleError(
                 f"{root}: no similarity estimator attached ({', '.join(missing)} not in the manifest). Attach one with "
                 f"`salad similarity attach ESTIMATOR {root} --data TRAINING_FILMS`."
             )
+        verify_files(root, manifest, only=FILES)
         info = json.loads(manifest.path_of(root, DRIFT_FILE).read_text(encoding="utf-8"))
         if not isinstance(info, dict) or info.get("schema") != DRIFT_SCHEMA:
             raise BundleError(f"{root / DRIFT_FILE}: schema {info.get('schema') if isinstance(info, dict) else None!r}; "

@@ -270,9 +270,9 @@ def fit_by_eqc(datasets: Mapping[str, np.ndarray], out: str | os.PathLike[str], 
     for beta in betas:
         where = out.parent / f".{out.name}.beta-{beta:g}"
         cfg = replace(config, loss=replace(config.loss, beta=float(beta)))
-        done = where / INFO
-        if resume and done.is_file() and json.loads(done.read_text())["config"] == cfg.to_dict():
-            info = json.loads(done.read_text())
+        done = json.loads((where / INFO).read_text()) if resume and (where / INFO).is_file() else None
+        if done is not None and done["config"] == cfg.to_dict():
+            info = done
         else:
             info = fit_estimator(datasets, where, cfg, sources=sources, resume=resume, force=True, threads=threads, progress=progress)
         candidates[float(beta)] = (where, info)
