@@ -1,6 +1,6 @@
 """Does averaging the score over test-time views make the CPU preset robust to positioning and exposure? (issue 14)
 
-    python benchmarks/view_averaging.py [--seeds 0 1] [--work DIR]
+    python benchmarks/view_averaging.py [--seeds 0 --seeds 1 --seeds 2] [--work DIR]
 
 Kermany development split only. Trains the CPU preset on `dev_train.csv` (one thread; runs kept in --work and
 reused), then scores `dev_val.csv` plain and under the moderate rotate, zoom-in, collimation and gamma-dark
@@ -41,7 +41,7 @@ def views() -> dict[str, list[Callable[[np.ndarray], np.ndarray]]]:
 
 
 @click.command()
-@click.option("--seeds", type=int, multiple=True, default=(0, 1), show_default=True)
+@click.option("--seeds", type=int, multiple=True, default=(0, 1, 2), show_default=True)
 @click.option("--work", type=click.Path(path_type=Path), default=REPO / "runs" / "view-averaging", show_default=True)
 def main(seeds: tuple[int, ...], work: Path) -> None:
     from salad.acquisition import shift_by_name
