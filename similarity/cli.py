@@ -18,6 +18,8 @@ from salad.clitools import deprecated_alias, friendly_errors, name_path_pairs
 from salad.errors import DataError
 from salad.fsutil import write_atomic
 
+from .forms import DEFAULT_FORM, FORMS
+
 RANKING_SCHEMA = "salad-similarity-ranking/1"
 
 
@@ -39,13 +41,16 @@ def similarity_group() -> None:
 @click.option("--beta", "betas", type=click.FloatRange(0, 1), multiple=True,
               help="β: pixel/latent vs style terms; repeat to fit one estimator per value and keep the lowest EQC "
                    "(the paper's label-free choice). Default: 0.3, 0.6 (the paper's) and 1.0.")
+@click.option("--form", type=click.Choice(FORMS), default=DEFAULT_FORM, show_default=True,
+              help="The equations: the paper's as written, or salad-edge-v1 (Grams divided by H·W, plain distances in "
+                   "the triplets, EQC from centroids); recorded in estimator.json.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted fit of the same data and settings.")
 @click.option("--force", is_flag=True, help="Replace an existing estimator directory.")
 @friendly_errors
 def fit_command(data: Sequence[str], out: Path, steps: int | None, batch_size: int | None, films: int | None,
-                alpha: float | None, betas: Sequence[float], seed: int, threads: int | None, resume: bool, force: bool) -> None:
+                alpha: float | None, betas: Sequence[float], form: str, seed: int, threads: int | None, resume: bool, force: bool) -> None:
     """Train the estimator on known datasets (membership is the only label) and write EST with its ONNX graph."""
     import dataclasses
 
@@ -59,7 +64,7 @@ def fit_command(data: Sequence[str], out: Path, steps: int | None, batch_size: i
         raise DataError(f"--data given {len(sources)} time(s); the estimator needs at least 2 known datasets.")
     defaults, paper = FitConfig(seed=seed), LossConfig()
     betas = tuple(betas) or BETA_CHOICES
-    loss = dataclasses.replace(paper, alpha=paper.alpha if alpha is None else alpha, beta=betas[0])
+    loss = dataclasses.replace(paper, alpha=paper.alpha if alpha is None else alpha, beta=betas[0], form=form)
     cfg = dataclasses.replace(defaults, steps=steps or defaults.steps, batch=batch_size or defaults.batch,
                               max_films=films or defaults.max_films, loss=loss)
     known = {name: load_films(film_paths(path), desc=f"reading {name}") for name, path in sources.items()}
@@ -69,7 +74,7 @@ def fit_command(data: Sequence[str], out: Path, steps: int | None, batch_size: i
         info = fit_by_eqc(known, out, cfg, betas, sources=sources, resume=resume, force=force, threads=threads)
         eqcs = ", ".join(f"β {b}: {e:.3f}" for b, e in info["selection"]["eqc_by_beta"].items())
         click.echo(f"EQC by β ({eqcs}): kept β = {info['selection']['chosen_beta']:g}")
-    click.echo(f"estimator {out}: {len(known)} datasets, EQC {info['eqc']:.3f}, {info['training']['seconds'] / 60:.1f} min")
+    click.echo(f"estimator {out}: {len(known)} datasets, {form} form, EQC {info['eqc']:.3f}, {info['training']['seconds'] / 60:.1f} min")
 
 
 @similarity_group.command("attach")

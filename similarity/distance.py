@@ -2,7 +2,7 @@
 
 A collection is an (n, d) array of latent points of its films (d = 2 for the ASAP estimator). The distance
 between a target T and a known collection A is the mean Euclidean distance over all pairs (t, a), t ∈ T,
-a ∈ A (docs/similarity.md §2). Candidates are ranked by it, smallest first.
+a ∈ A (docs/similarity.md §2): the paper's ψ, the same in both forms. Candidates are ranked by it, smallest first.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from itertools import combinations
 import numpy as np
 
 from salad.errors import DataError
+
+from .forms import DEFAULT_FORM, PAPER, check_form
 
 #: Pairs are computed in blocks of this many target rows, so 10⁴ × 10⁵ points never build one huge matrix.
 _BLOCK = 1024
@@ -74,18 +76,23 @@ def spread(points: np.ndarray) -> float:
     return float(d.sum() / (len(p) * (len(p) - 1)))
 
 
-def eqc(points_by_dataset: Mapping[str, np.ndarray]) -> float:
-    """ASAP's embedding quality criterion: over pairs of datasets, mean of (spread_i + spread_j) / (2 · d(i, j)); lower is better.
+def eqc(points_by_dataset: Mapping[str, np.ndarray], form: str = DEFAULT_FORM) -> float:
+    """ASAP's embedding quality criterion over pairs of datasets (i, k); lower is better. Needs ≥ 2 datasets.
 
-    d(i, j) is the distance between the datasets' centroids: the inter-dataset distance of the paper, which
-    the mean pairwise distance would not be (that includes both spreads). Needs ≥ 2 datasets.
+    paper: EQC = 2/(I² − I) · Σ_{i<k} (ξ_i + ξ_k) / ψ_ik, ξ the spread and ψ_ik the collection distance (mean over
+    every pair of their points). salad-edge-v1: the mean over pairs of (ξ_i + ξ_k) / (2 · ‖centroid_i − centroid_k‖).
     """
+    check_form(form)
     if len(points_by_dataset) < 2:
         raise DataError(f"EQC needs at least 2 datasets, received {len(points_by_dataset)}.")
     spreads = {k: spread(v) for k, v in points_by_dataset.items()}
-    centres = {k: _points(v, k).mean(0) for k, v in points_by_dataset.items()}
     ratios = []
     for i, j in combinations(points_by_dataset, 2):
-        gap = float(np.linalg.norm(centres[i] - centres[j]))
-        ratios.append((spreads[i] + spreads[j]) / (2.0 * max(gap, 1e-12)))
+        if form == PAPER:
+            gap = collection_distance(points_by_dataset[i], points_by_dataset[j])
+            ratios.append((spreads[i] + spreads[j]) / max(gap, 1e-12))
+        else:
+            ci, cj = _points(points_by_dataset[i], i).mean(0), _points(points_by_dataset[j], j).mean(0)
+            gap = float(np.linalg.norm(ci - cj))
+            ratios.append((spreads[i] + spreads[j]) / (2.0 * max(gap, 1e-12)))
     return float(np.mean(ratios))

@@ -4,6 +4,7 @@ Balanced triplet sampling (anchor dataset uniform, positive from the same datase
 uniformly chosen other one), light geometric augmentation of every film, Adam with a cosine schedule,
 a checkpoint every `checkpoint_every` steps for `--resume`, then the encoder is exported to ONNX, checked
 against PyTorch in ONNX Runtime, and the estimator directory is written atomically (docs/similarity.md §3).
+The form of the equations (config.loss.form: the paper's or salad-edge-v1) is recorded in estimator.json's config.
 """
 
 from __future__ import annotations
@@ -246,7 +247,7 @@ def fit_estimator(datasets: Mapping[str, np.ndarray], out: str | os.PathLike[str
                       "onnxruntime_vs_torch_max_abs": worst},
             "points": {"file": POINTS, "sha256": sha256_file(tmp / POINTS)},
             "datasets": {name: {"films": int(len(points[name])), "source": (sources or {}).get(name, "")} for name in points},
-            "eqc": eqc(points), "config": config.to_dict(), "training": record,
+            "eqc": eqc(points, config.loss.form), "config": config.to_dict(), "training": record,
         }
         write_atomic(tmp / INFO, (json.dumps(info, indent=2) + "\n").encode("utf-8"))
     _checkpoint_path(out).unlink(missing_ok=True)

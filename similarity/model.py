@@ -3,7 +3,8 @@
 A ResNet-18-style encoder (7×7 stride-2 stem, max-pool, four stages of two basic blocks) on 64² grey films,
 global pooling, two linear layers to a 2-D latent z, and a decoder that mirrors it (two linear layers,
 four stages of two basic blocks with ×2 upsampling, the stem's inverse). Style is the Gram matrix of each
-stage's feature map; docs/similarity.md §1 gives the loss and the choices the paper leaves open.
+stage's feature map. The loss follows the paper's equations (form "paper") or this toolkit's earlier reading
+(form "salad-edge-v1", similarity/forms.py); docs/similarity.md §1 gives both.
 """
 
 from __future__ import annotations
@@ -15,15 +16,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .forms import DEFAULT_FORM, PAPER, check_form
+
 
 @dataclass(frozen=True)
 class LossConfig:
-    """α, β, the stage weights w_p and the triplet margin (the paper's values by default)."""
+    """α, β, the stage weights w_p, the triplet margin γ and the form of the equations (the paper's by default)."""
 
     alpha: float = 0.5
     beta: float = 0.6
     stage_weights: tuple[float, ...] = (0.2, 0.2, 0.3, 0.3)
     margin: float = 1.0
+    form: str = DEFAULT_FORM
+
+    def __post_init__(self) -> None:
+        check_form(self.form)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "stage_weights": list(self.stage_weights)}
@@ -126,20 +133,36 @@ class LatentOnly(nn.Module):
         return self.net.encode(image)[0]
 
 
-def gram(f: torch.Tensor) -> torch.Tensor:
-    """S = FᵀF / (H·W) for a (B, C, H, W) map with F its (H·W, C) matrix: the (B, C, C) style of each film."""
+def gram(f: torch.Tensor, form: str = DEFAULT_FORM) -> torch.Tensor:
+    """The (B, C, C) style of each film of a (B, C, H, W) map, F its (H·W, C) matrix.
+
+    paper: S = FᵀF, the plain sum over positions the paper writes; salad-edge-v1: FᵀF / (H·W), the mean.
+    """
     b, c, h, w = f.shape
     flat = f.reshape(b, c, h * w)
-    return flat @ flat.transpose(1, 2) / float(h * w)
+    s = flat @ flat.transpose(1, 2)
+    return s if form == PAPER else s / float(h * w)
 
 
-def gram_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-film distance between Grams: the root mean squared entry difference (Frobenius / C), plain, not squared."""
+def gram_distance(a: torch.Tensor, b: torch.Tensor, form: str = DEFAULT_FORM) -> torch.Tensor:
+    """Per-film distance between Grams in the style triplet.
+
+    paper: the squared Frobenius norm ‖S − S'‖² (sum of squared entries); salad-edge-v1: the root mean squared
+    entry difference (Frobenius / C), not squared.
+    """
+    if form == PAPER:
+        return (a - b).pow(2).sum(dim=(1, 2))
     return (a - b).pow(2).mean(dim=(1, 2)).clamp_min(1e-12).sqrt()
 
 
+def latent_distance(a: torch.Tensor, b: torch.Tensor, form: str = DEFAULT_FORM) -> torch.Tensor:
+    """Per-film distance between latent points in the latent triplet: ‖z − z'‖² (paper) or ‖z − z'‖ (salad-edge-v1)."""
+    d2 = (a - b).pow(2).sum(dim=1)
+    return d2 if form == PAPER else d2.sqrt()
+
+
 def triplet(anchor_pos: torch.Tensor, anchor_neg: torch.Tensor, margin: float) -> torch.Tensor:
-    """mean(max(0, d(a, p) − d(a, n) + margin)) from the two distance vectors."""
+    """mean(max(0, d(a, p) − d(a, n) + γ)) from the two distance vectors."""
     return F.relu(anchor_pos - anchor_neg + margin).mean()
 
 
@@ -147,21 +170,23 @@ def asap_loss(net: StyleNet, anchor: torch.Tensor, positive: torch.Tensor, negat
               config: LossConfig) -> tuple[torch.Tensor, dict[str, float]]:
     """α·(β·L_mse + (1−β)·L_style-rec) + (1−α)·(β·L_triplet + (1−β)·L_style-triplet) over a batch of triplets.
 
-    L_mse and L_style-rec are averaged over all three films of each triplet; L_style-rec = Σ_p w_p ·
-    mean((S_p − Ŝ_p)²) between encoder stage p and its mirrored decoder stage; L_triplet uses the Euclidean
-    distance of z, L_style-triplet = Σ_p w_p · triplet on gram_distance of the encoder Grams.
+    L_mse and L_style-rec are averaged over all three films of each triplet (and over pixels or Gram entries,
+    as their names say); L_style-rec = Σ_p w_p · mean((S_p − Ŝ_p)²) between encoder stage p and its mirrored
+    decoder stage; L_triplet uses latent_distance of z, L_style-triplet = Σ_p w_p · triplet on gram_distance of
+    the encoder Grams; the form (config.form) decides gram, gram_distance and latent_distance.
     """
     n = anchor.shape[0]
     x = torch.cat([anchor, positive, negative])
     z, recon, enc, dec = net(x)
     mse = F.mse_loss(recon, x)
     weights = config.stage_weights
-    grams = [gram(f) for f in enc]
-    style_rec = sum(w * (g - gram(d)).pow(2).mean() for w, g, d in zip(weights, grams, dec, strict=True))
+    form = config.form
+    grams = [gram(f, form) for f in enc]
+    style_rec = sum(w * (g - gram(d, form)).pow(2).mean() for w, g, d in zip(weights, grams, dec, strict=True))
     za, zp, zn = z[:n], z[n : 2 * n], z[2 * n :]
-    lat = triplet((za - zp).norm(dim=1), (za - zn).norm(dim=1), config.margin)
+    lat = triplet(latent_distance(za, zp, form), latent_distance(za, zn, form), config.margin)
     style_tri = sum(
-        w * triplet(gram_distance(g[:n], g[n : 2 * n]), gram_distance(g[:n], g[2 * n :]), config.margin)
+        w * triplet(gram_distance(g[:n], g[n : 2 * n], form), gram_distance(g[:n], g[2 * n :], form), config.margin)
         for w, g in zip(weights, grams, strict=True)
     )
     a, b = config.alpha, config.beta

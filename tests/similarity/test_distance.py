@@ -41,12 +41,22 @@ def test_ranking_is_ascending_and_names_every_candidate() -> None:
         rank(target, {})
 
 
-def test_eqc_is_spread_over_centroid_distance() -> None:
+def test_eqc_salad_edge_v1_is_spread_over_centroid_distance() -> None:
     square = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     s = spread(square)
     assert s == pytest.approx((4 * 1.0 + 2 * math.sqrt(2)) / 6)
-    assert eqc({"a": square, "b": square + [10.0, 0.0]}) == pytest.approx(s / 10.0)
-    assert eqc({"a": square, "b": square + [10.0, 0.0]}) < eqc({"a": square, "b": square + [2.0, 0.0]})
+    v1 = "salad-edge-v1"
+    assert eqc({"a": square, "b": square + [10.0, 0.0]}, v1) == pytest.approx(s / 10.0)
+    assert eqc({"a": square, "b": square + [10.0, 0.0]}, v1) < eqc({"a": square, "b": square + [2.0, 0.0]}, v1)
+
+
+def test_eqc_paper_is_the_spreads_over_the_mean_pairwise_distance() -> None:
+    square = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    far, near = square + [10.0, 0.0], square + [2.0, 0.0]
+    assert eqc({"a": square, "b": far}) == pytest.approx(2 * spread(square) / brute(square, far), rel=1e-12)
+    assert eqc({"a": square, "b": far}) < eqc({"a": square, "b": near})
+    with pytest.raises(DataError, match="expected one of paper, salad-edge-v1"):
+        eqc({"a": square, "b": far}, "centroids")
 
 
 def test_non_finite_points_are_refused_naming_the_problem() -> None:

@@ -1,4 +1,4 @@
-"""The ASAP loss terms against a direct computation with explicit loops over films, stages, channels and positions."""
+"""The ASAP loss terms, in both forms, against a direct computation with explicit loops over films, stages, channels and positions."""
 
 from __future__ import annotations
 
@@ -9,32 +9,35 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the estimator's losses need torch (salad-edge[train])")
 
+from salad.similarity.forms import FORMS, PAPER  # noqa: E402
 from salad.similarity.model import LossConfig, NetConfig, StyleNet, asap_loss, gram  # noqa: E402
 
 
-def direct_gram(f: np.ndarray) -> np.ndarray:
-    """S[c, d] = Σ_positions F[pos, c]·F[pos, d] / positions, one film, by loops."""
+def direct_gram(f: np.ndarray, form: str) -> np.ndarray:
+    """S[c, d] = Σ_positions F[pos, c]·F[pos, d] (paper), divided by the positions (salad-edge-v1); one film, by loops."""
     c, h, w = f.shape
     s = np.zeros((c, c))
     for i in range(c):
         for j in range(c):
-            s[i, j] = sum(f[i, y, x] * f[j, y, x] for y in range(h) for x in range(w)) / (h * w)
-    return s
+            s[i, j] = sum(f[i, y, x] * f[j, y, x] for y in range(h) for x in range(w))
+    return s if form == PAPER else s / (h * w)
 
 
-def test_gram_matches_the_direct_sum() -> None:
+@pytest.mark.parametrize("form", FORMS)
+def test_gram_matches_the_direct_sum(form: str) -> None:
     f = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    got = gram(f).numpy()
+    got = gram(f, form).numpy()
     for b in range(2):
-        np.testing.assert_allclose(got[b], direct_gram(f[b].numpy()), rtol=1e-10)
+        np.testing.assert_allclose(got[b], direct_gram(f[b].numpy(), form), rtol=1e-10)
 
 
-def test_asap_loss_matches_a_direct_computation() -> None:
+@pytest.mark.parametrize("form", FORMS)
+def test_asap_loss_matches_a_direct_computation(form: str) -> None:
     torch.manual_seed(0)
     net = StyleNet(NetConfig(size=64, widths=(4, 4, 8, 8), blocks=1, hidden=8)).double().eval()  # eval: BN is per-film
     gen = torch.Generator().manual_seed(1)
     a, p, n = (torch.rand(2, 1, 64, 64, generator=gen, dtype=torch.float64) * 2 - 1 for _ in range(3))
-    cfg = LossConfig(alpha=0.3, beta=0.7, stage_weights=(0.1, 0.2, 0.3, 0.4), margin=1.0)
+    cfg = LossConfig(alpha=0.3, beta=0.7, stage_weights=(0.1, 0.2, 0.3, 0.4), margin=1.0, form=form)
     total, parts = asap_loss(net, a, p, n, cfg)
 
     x = torch.cat([a, p, n])
@@ -44,20 +47,22 @@ def test_asap_loss_matches_a_direct_computation() -> None:
     mse = float(np.mean([(xs[i] - rs[i]) ** 2 for i in range(6)]))
     style_rec = 0.0
     for w, fe, fd in zip(cfg.stage_weights, enc, dec, strict=True):
-        diffs = [direct_gram(fe[i].numpy()) - direct_gram(fd[i].numpy()) for i in range(6)]
+        diffs = [direct_gram(fe[i].numpy(), form) - direct_gram(fd[i].numpy(), form) for i in range(6)]
         style_rec += w * float(np.mean([d ** 2 for d in diffs]))
 
     def tri(dp: float, dn: float) -> float:
         return max(0.0, dp - dn + cfg.margin)
 
-    lat = float(np.mean([tri(math.dist(z[i], z[2 + i]), math.dist(z[i], z[4 + i])) for i in range(2)]))
+    power = 2 if form == PAPER else 1  # the paper's triplets compare squared distances
+    lat = float(np.mean([tri(math.dist(z[i], z[2 + i]) ** power, math.dist(z[i], z[4 + i]) ** power) for i in range(2)]))
     style_tri = 0.0
     for w, fe in zip(cfg.stage_weights, enc, strict=True):
-        g = [direct_gram(fe[i].numpy()) for i in range(6)]
+        g = [direct_gram(fe[i].numpy(), form) for i in range(6)]
         c = g[0].shape[0]
 
         def gd(u: np.ndarray, v: np.ndarray, c: int = c) -> float:
-            return math.sqrt(float(((u - v) ** 2).sum()) / (c * c))
+            squared = float(((u - v) ** 2).sum())  # ‖u − v‖²_F
+            return squared if form == PAPER else math.sqrt(squared / (c * c))
 
         style_tri += w * float(np.mean([tri(gd(g[i], g[2 + i]), gd(g[i], g[4 + i])) for i in range(2)]))
     want = cfg.alpha * (cfg.beta * mse + (1 - cfg.beta) * style_rec) + (1 - cfg.alpha) * (cfg.beta * lat + (1 - cfg.beta) * style_tri)
