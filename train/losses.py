@@ -1,5 +1,9 @@
 """SALAD's instance-discrimination and neighbourhood-aggregation losses and progressive anchors.
 
+Two forms of the latent loss (docs/fidelity.md): "replace" (the public reference code: for anchors
+−log(p_ii + Σ_{N_k(i)} p_ij) replaces −log p_ii) and "sum" (the paper's Eq. 3: L_ss + L_agg, i.e.
+−log p_ii for every film plus −log Σ_{N_k(i)} p_ij for anchors).
+
 Everything is in log space: log p_ij = z_i·m_j/τ − logsumexp_j'(z_i·m_j'/τ) over the full bank,
 so the aggregation term −log(p_ii + Σ_{j∈N_k(i)} p_ij) is a logsumexp over {i} ∪ N_k(i) minus the
 same normaliser. The bank is chunked so N can be large.
@@ -25,8 +29,10 @@ def discrimination_terms(
     tau: float,
     anchor_neighbours: torch.Tensor | None = None,
     is_anchor: torch.Tensor | None = None,
+    form: str = "replace",
 ) -> torch.Tensor:
-    """Per-sample loss [B]: −log p_ii for non-anchors, −log(p_ii + Σ_{N_k(i)} p_ij) for anchors.
+    """Per-sample loss [B]: −log p_ii for non-anchors; for anchors −log(p_ii + Σ_{N_k(i)} p_ij) ("replace")
+    or −log p_ii − log Σ_{N_k(i)} p_ij ("sum", the paper's L_ss + L_agg).
 
     `anchor_neighbours` is [N, k] (bank indices, self excluded) and `is_anchor` a bool [N] mask; both
     are fixed for a round. `bank` is detached: gradients flow into z only.
@@ -43,10 +49,22 @@ def discrimination_terms(
     nb = anchor_neighbours[idx[anchor]]  # [A, k]
     za = z[anchor]
     nb_logits = torch.einsum("ad,akd->ak", za, bank[nb]) / tau
-    group = torch.cat([own[anchor][:, None], nb_logits], dim=1)
     loss = loss.clone()
-    loss[anchor] = lse[anchor] - torch.logsumexp(group, dim=1)
+    if form == "sum":
+        loss[anchor] = loss[anchor] + lse[anchor] - torch.logsumexp(nb_logits, dim=1)
+    else:
+        group = torch.cat([own[anchor][:, None], nb_logits], dim=1)
+        loss[anchor] = lse[anchor] - torch.logsumexp(group, dim=1)
     return loss
+
+
+#: The latent-loss forms `discrimination_terms` accepts (TrainConfig.latent_loss).
+LATENT_FORMS = ("replace", "sum")
+
+
+def neighbours_of_round(k: int, growth: int, round_idx: int) -> int:
+    """Neighbourhood size of round r ≥ 1: k, plus `growth` per round after the first (growth 0: fixed k)."""
+    return k + growth * max(0, round_idx - 1)
 
 
 @torch.no_grad()
@@ -82,7 +100,7 @@ def select_anchors(rows: torch.Tensor, tau: float, k: int, round_idx: int) -> tu
     un-augmented eval-mode embeddings: the momentum bank mixes augmented views of several epochs).
     """
     n = rows.shape[0]
-    entropy, neighbours = bank_entropy_and_neighbours(rows, tau, k)
+    entropy, neighbours = bank_entropy_and_neighbours(rows, tau, max(1, min(k, n - 1)))
     count = anchor_count(n, round_idx)
     is_anchor = torch.zeros(n, dtype=torch.bool, device=rows.device)
     if count > 0:

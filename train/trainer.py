@@ -38,7 +38,7 @@ from salad.train.config import (  # noqa: F401 - moved to train/config.py; impor
     round_of,
 )
 from salad.train.datasets import preload, training_pair
-from salad.train.losses import discrimination_terms, select_anchors
+from salad.train.losses import discrimination_terms, neighbours_of_round, select_anchors
 from salad.train.memory_bank import MemoryBank
 from salad.train.models import SaladAutoencoder
 from salad.train.rundir import (  # noqa: F401 - moved to train/rundir.py; importable from here as before
@@ -234,7 +234,8 @@ class Trainer:
             if use_agg and rnd > 0 and (round_start or self.is_anchor is None):
                 # Entropies and neighbour sets from clean (un-augmented, eval-mode) embeddings of this round's model.
                 clean = embed_all(self.model, images).to(self.device)
-                self.is_anchor, self.neighbours = select_anchors(clean, cfg.tau, cfg.neighbours, rnd)
+                k = neighbours_of_round(cfg.neighbours, cfg.neighbours_growth, rnd)
+                self.is_anchor, self.neighbours = select_anchors(clean, cfg.tau, k, rnd)
             for g in self.opt.param_groups:
                 g["lr"] = self._lr(epoch)
             self.model.train()
@@ -254,7 +255,7 @@ class Trainer:
                     terms = discrimination_terms(
                         z, idx_d, self.bank.rows, cfg.tau,
                         self.neighbours if use_agg and rnd > 0 else None,
-                        self.is_anchor if use_agg and rnd > 0 else None,
+                        self.is_anchor if use_agg and rnd > 0 else None, form=cfg.latent_loss,
                     )
                     disc = terms.mean()
                 else:
@@ -387,7 +388,9 @@ def prepare_data(
         abnormal = [s for s in samples if s.label == 1 and s.path not in held]
         want = int(round(cfg.known_anomaly_ratio * len(train_normals) / (1.0 - cfg.known_anomaly_ratio)))
         if want > len(abnormal):
-            raise DataError(f"{data}: --known-anomaly-ratio {cfg.known_anomaly_ratio} needs {want} abnormal films, found {len(abnormal)}.")
+            raise DataError(f"{data}: --known-anomaly-ratio {cfg.known_anomaly_ratio} needs {want} abnormal films, found {len(abnormal)} "
+                            "outside validation. Give a folder with normal/ and a folder of confirmed abnormal films (any other "
+                            "name), or a CSV path,label[,patient_id]; or lower --known-anomaly-ratio.")
         rng = random.Random(cfg.seed)
         train += rng.sample(abnormal, want)
     if len(train) < cfg.batch_size:

@@ -106,7 +106,8 @@ def main(verbose: int, quiet: bool) -> None:
               help="Training data: a folder of normal images, a folder of class folders, or a CSV (path,label[,patient_id]).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory to create.")
 @click.option("--preset", type=LazyChoice(_preset_names, metavar="NAME"), default="cpu", show_default=True,
-              help="A preset of train/config.py: cpu fits 2 CPU cores in ≤ 20 min; paper: the MICCAI 2020 chest settings (GPU).")
+              help="A preset of train/config.py: cpu fits 2 CPU cores in ≤ 20 min; cpu-ar: SALAD with 10 % confirmed abnormal films in "
+                   "--data (the paper's AR setting); paper: the MICCAI 2020 chest settings (GPU).")
 @click.option("--val", type=click.Path(exists=True, path_type=Path), default=None,
               help="Labelled validation data for thresholds and monitoring (default: 10% of the training normals, by patient).")
 @click.option("--method", type=LazyChoice(_method_names, metavar="NAME"), default=None,
@@ -123,6 +124,9 @@ def main(verbose: int, quiet: bool) -> None:
 @click.option("--lr-schedule", type=click.Choice(["constant", "cosine"]), default=None)
 @click.option("--tau", type=float, default=None, help="Softmax temperature τ.")
 @click.option("--neighbours", type=int, default=None, help="k neighbours of an anchor.")
+@click.option("--neighbours-growth", type=int, default=None, help="Neighbours added to k per round after the first (0: k fixed).")
+@click.option("--latent-loss", type=click.Choice(["replace", "sum"]), default=None,
+              help="Anchors' loss: replace (the reference code: replaces -log p_ii) or sum (the paper's Eq. 3, L_ss + L_agg).")
 @click.option("--lam", type=float, default=None, help="Weight λ of the discrimination loss.")
 @click.option("--k", "score_k", type=int, default=None, help="K nearest bank rows in the score.")
 @click.option("--score", "score", type=click.Choice(list(SCORE_NAMES)), default=None,
