@@ -212,7 +212,7 @@ def test_store_cuts_a_half_written_row_and_drops_inbox_entries_that_have_a_row(f
     scored_uid, waiting_uid = sop_uid(films["raw"]), sop_uid(films["j2k"])
     store.put(scored_uid, films["raw"].read_bytes())
     store.put(waiting_uid, films["j2k"].read_bytes())
-    store.append_row({"sop_instance_uid": scored_uid, "score": 0.5}, processed=scored_uid)
+    store.append_row({"sop_instance_uid": scored_uid, "score": 0.5})
     store.close()
     partial = b'{"sop_instance_uid": "' + waiting_uid.encode() + b'", "sco'
     with open(tmp_path / "out" / "scores.jsonl", "ab") as fh:  # kill -9 in the middle of the next row
@@ -220,7 +220,7 @@ def test_store_cuts_a_half_written_row_and_drops_inbox_entries_that_have_a_row(f
     (tmp_path / "out" / "inbox" / ".x.dcm.tmp-999999999-ab12").write_bytes(b"half")  # a dead writer's temporary
 
     again = Store(tmp_path / "out")
-    assert again.recovered == {"cut_bytes": len(partial), "temporaries": 1, "already_scored": 1}
+    assert again.recovered == {"cut_bytes": len(partial), "damaged_lines": 1, "temporaries": 1, "already_scored": 1}
     assert [q.uid for q in again.queued()] == [waiting_uid]  # scored again: its row never completed
     assert again.processed == {scored_uid}
     assert [r["sop_instance_uid"] for r in again.rows()] == [scored_uid]
