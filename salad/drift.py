@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from salad.errors import DataError
+from salad.spotcheck import SpotReport
 
 #: The bundle file that holds the style check's calibration (written by `salad similarity attach`).
 STYLE_CALIBRATION_FILE = "similarity/drift.json"
@@ -228,21 +229,26 @@ class DriftReport:
     policy: dict[str, Any] = field(default_factory=dict)
     checks_off: dict[str, str] = field(default_factory=dict)
     estimator_sha256: str | None = None
+    #: The confirmed-normal spot check (salad/spotcheck.py), when the call was given confirmed normals.
+    spot_check: SpotReport | None = None
 
     @property
     def warn(self) -> bool:
-        return self.call.warn or any(w.warn for w in self.windows)
+        return self.call.warn or any(w.warn for w in self.windows) or (self.spot_check is not None and self.spot_check.warn)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"warn": self.warn, "call": self.call.to_dict(), "windows": [w.to_dict() for w in self.windows],
-                "checks_off": self.checks_off, "estimator_sha256": self.estimator_sha256, "policy": self.policy}
+        out = {"warn": self.warn, "call": self.call.to_dict(), "windows": [w.to_dict() for w in self.windows],
+               "checks_off": self.checks_off, "estimator_sha256": self.estimator_sha256, "policy": self.policy}
+        if self.spot_check is not None:
+            out["spot_check"] = self.spot_check.to_dict()
+        return out
 
     def lines(self) -> list[str]:
-        """Human-readable lines: one for the call, one per warning window, one per check that could not run."""
+        """Human-readable lines: one for the call, one per warning window, one per check that could not run, the spot check's."""
         out = [_line("drift (all films)", self.call)]
         out += [_line(f"drift (films {w.start + 1}–{w.stop})", w) for w in self.windows if w.warn]
         out += [f"drift: {name} check off: {why}" for name, why in self.checks_off.items()]
-        return out
+        return out + (self.spot_check.lines() if self.spot_check is not None else [])
 
 
 def _comparison(c: CheckVerdict) -> str:
