@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,12 +20,12 @@ from salad.train.trainer import load_checkpoint, train_run  # noqa: E402
 from ..conftest import SAMPLE_EVAL, SAMPLE_TRAIN, tiny_config  # noqa: E402
 
 
-def _unit(n: int, d: int = 8, seed: int = 0) -> torch.Tensor:
+def _unit(n: int, d: int = 8, seed: int = 0) -> Any:
     g = torch.Generator().manual_seed(seed)
     return F.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=1)
 
 
-def _setup() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[list[float]]]:
+def _setup() -> tuple[Any, Any, Any, Any, Any, list[list[float]]]:
     bank, z = _unit(10), _unit(2, seed=2)
     idx = torch.tensor([3, 7])
     neighbours = torch.tensor([[(i + 1) % 10, (i + 2) % 10] for i in range(10)])
