@@ -118,5 +118,5 @@ def evaluate_run(
     if plots:
         from salad.train.plots import write_detection_plots
 
-        write_detection_plots(labels, out[name], Path(plots))
+        write_detection_plots(labels, out[name], Path(plots), score_name=name)
     return result

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 
 
-def write_detection_plots(labels: np.ndarray, scores: np.ndarray, out: Path, threshold: float | None = None) -> dict[str, Path]:
-    """Write roc.png, pr.png and histogram.png into `out`; return their paths."""
+def write_detection_plots(labels: np.ndarray, scores: np.ndarray, out: Path, threshold: float | None = None,
+                          score_name: str = "anomaly score") -> dict[str, Path]:
+    """Write roc.png, pr.png and histogram.png into `out`; return their paths. score_name labels the plotted score."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -21,7 +22,7 @@ def write_detection_plots(labels: np.ndarray, scores: np.ndarray, out: Path, thr
     fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=110)
     ax.plot(fpr, tpr, lw=2, label=f"AUC {auc(fpr, tpr):.3f}")
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
-    ax.set(xlabel="false positive rate (1 − specificity)", ylabel="true positive rate (sensitivity)", title="ROC")
+    ax.set(xlabel="false positive rate (1 − specificity)", ylabel="true positive rate (sensitivity)", title=f"ROC of {score_name}")
     ax.legend(loc="lower right")
     fig.tight_layout()
     paths["roc"] = out / "roc.png"
@@ -31,19 +32,19 @@ def write_detection_plots(labels: np.ndarray, scores: np.ndarray, out: Path, thr
     fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=110)
     ax.plot(rec, prec, lw=2, label=f"AUPRC {auc(rec, prec):.3f}")
     ax.axhline(float(np.mean(labels)), ls="--", color="grey", lw=1, label="prevalence")
-    ax.set(xlabel="recall", ylabel="precision", title="Precision–recall", ylim=(0, 1.02))
+    ax.set(xlabel="recall", ylabel="precision", title=f"Precision–recall of {score_name}", ylim=(0, 1.02))
     ax.legend(loc="lower left")
     fig.tight_layout()
     paths["pr"] = out / "pr.png"
     fig.savefig(paths["pr"])
     plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
+    fig, ax = plt.subplots(figsize=(10, 3.6), dpi=110)
     bins = np.linspace(float(scores.min()), float(scores.max()), 40).tolist()
     ax.hist(scores[labels == 0], bins=bins, alpha=0.6, label="normal")
     ax.hist(scores[labels == 1], bins=bins, alpha=0.6, label="abnormal")
     if threshold is not None:
         ax.axvline(threshold, color="k", ls="--", label=f"threshold {threshold:.4f}")
-    ax.set(xlabel="anomaly score", ylabel="films", title="Score distribution")
+    ax.set(xlabel=f"{score_name} (higher: more abnormal)", ylabel="films", title=f"Distribution of {score_name}")
     ax.legend()
     fig.tight_layout()
     paths["histogram"] = out / "histogram.png"

@@ -37,6 +37,7 @@ from salad.train.config import (  # noqa: F401 - moved to train/config.py; impor
     method_of,
     round_of,
 )
+from salad.train.console import epoch_line, say, validation_line
 from salad.train.datasets import preload, training_pair
 from salad.train.losses import discrimination_terms, neighbours_of_round, select_anchors
 from salad.train.memory_bank import MemoryBank
@@ -106,6 +107,9 @@ class Replicas:
 
 class Trainer:
     """Owns one run directory: builds the model and bank, trains, checkpoints, resumes, scores validation."""
+
+    #: Print a line per epoch and the validation figure at the end (train/console.py); `salad -q` silences them.
+    log_epochs = True
 
     def __init__(
         self, cfg: TrainConfig, out: Path, train: Sequence[Sample], val: Sequence[Sample], data_desc: dict[str, Any],
@@ -292,6 +296,8 @@ class Trainer:
                 fh.write(json.dumps(row) + "\n")
             postfix = {"loss": f"{row['loss']:.3f}"} | ({"val_auc": f"{row['val_auc']:.3f}"} if "val_auc" in row else {})
             bar.set_postfix(postfix)
+            if self.log_epochs:
+                say(epoch_line(row, cfg.epochs))
             self.save(epoch)
         if not main:
             return {}
@@ -314,6 +320,8 @@ class Trainer:
                 normal_images = images[self.bank.labels.cpu() == 0].numpy()
                 summary["validation"] = write_validation(self.out, cfg, val_labels, outputs[cfg.score].numpy(),
                                                          normal_images, val_images.numpy())
+        if self.log_epochs:
+            say(validation_line(summary, cfg.score, len(self.val_samples)))
         return summary
 
 
@@ -405,11 +413,16 @@ def train_run(
     val: str | Path | None = None,
     resume: bool = False,
     force: bool = False,
+    log_epochs: bool = True,
 ) -> dict[str, Any]:
-    """Train a run directory from `data`; the public entry point behind `salad train`."""
+    """Train a run directory from `data`; the public entry point behind `salad train`.
+
+    log_epochs: print a line per epoch and the validation figure on stderr (off in the demo, which prints its steps).
+    """
     out = Path(out)
     train, val_samples, desc = prepare_data(data, val, cfg)
     trainer = Trainer(cfg, out, train, val_samples, desc)
+    trainer.log_epochs = log_epochs
     if claim_run_dir(out, resume, force):
         trainer.load()
     return trainer.fit()
