@@ -67,13 +67,30 @@ def _need_dicom_extra() -> None:
               help="Seconds between status lines on stderr (0: none).")
 @click.option("--retry-max", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
               help="Longest wait between forwarding attempts while the PACS is unreachable (seconds).")
+@click.option("--allow", "allow", multiple=True, metavar="AE[@HOST]",
+              help="A sender that may associate: its AE title, optionally @ its address, network (10.0.0.0/24) or name; "
+                   "`*@HOST` for any AE from HOST. Repeatable. Without --allow or --any-sender: senders on this machine only.")
+@click.option("--any-sender", is_flag=True, help="Accept associations from any calling AE and address (the called AE is still checked).")
+@click.option("--max-associations", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Associations open at once; more are rejected as busy (transient).")
+@click.option("--max-per-sender", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Associations open at once from one calling AE and address, so that one sender cannot take every slot.")
+@click.option("--idle-timeout", type=click.FloatRange(min=1), default=30.0, show_default=True,
+              help="Seconds a peer may stay silent (before its association request, or between messages) before it is aborted.")
+@click.option("--tls-cert", type=click.Path(path_type=Path), default=None,
+              help="DICOM TLS: this node's certificate (PEM); with --tls-key. --check: the client certificate.")
+@click.option("--tls-key", type=click.Path(path_type=Path), default=None, help="DICOM TLS: the certificate's private key (PEM).")
+@click.option("--tls-ca", type=click.Path(path_type=Path), default=None,
+              help="DICOM TLS: CA certificates (PEM); senders must present a certificate signed by one. --check: verifies the node.")
 @click.option("--check", is_flag=True, help="C-ECHO the node at --host/--port/--ae-title and exit (0: it answered).")
 @click.option("-v", "--verbose", is_flag=True, help="Log every association (pynetdicom's own log).")
 @friendly_errors
 def serve_command(
     bundle: Path | None, out: Path | None, port: int | None, host: str | None, ae_title: str, runtime: str, precision: str,
     device: str | None, batch: int, threads: int | None, forward: str | None, watch: Path | None, settle: float,
-    status_every: float, retry_max: float, check: bool, verbose: bool,
+    status_every: float, retry_max: float, allow: tuple[str, ...], any_sender: bool, max_associations: int,
+    max_per_sender: int, idle_timeout: float, tls_cert: Path | None, tls_key: Path | None, tls_ca: Path | None,
+    check: bool, verbose: bool,
 ) -> None:
     """Score films as they arrive: a DICOM Storage SCP (C-STORE, C-ECHO) and/or a watch folder, with BUNDLE.
 
@@ -84,15 +101,27 @@ def serve_command(
     """
     _need_dicom_extra()
     _configure_logging(verbose)
+    from .admission import Admission, check_ae_title
     from .scp import echo
+    from .tls import client_context, server_context
 
+    ae_title = check_ae_title(ae_title, "--ae-title")
+    if (tls_cert is None) != (tls_key is None) and not (check and tls_cert is None):
+        raise ConfigError("--tls-cert and --tls-key go together: give both (PEM files), or neither for plain DICOM.")
     if check:
         target = host or "127.0.0.1"
-        ms = echo(target, port or DEFAULT_PORT, ae_title)
-        click.echo(f"ok: {ae_title}@{target}:{port or DEFAULT_PORT} answered C-ECHO in {ms:.0f} ms")
+        tls = client_context(tls_cert, tls_key, tls_ca) if tls_cert or tls_ca else None
+        ms = echo(target, port or DEFAULT_PORT, ae_title, tls=tls)
+        click.echo(f"ok: {ae_title}@{target}:{port or DEFAULT_PORT} answered C-ECHO in {ms:.0f} ms{' over TLS' if tls else ''}")
         return
     if bundle is None or out is None:
         raise ConfigError("salad serve needs BUNDLE and --out RESULTS (or --check to test a running node).")
+    if tls_ca is not None and tls_cert is None:
+        raise ConfigError("--tls-ca needs --tls-cert and --tls-key: the node's own certificate comes first.")
+    admission = Admission.build(
+        ae_title, allow, any_sender, per_sender=max_per_sender, max_associations=max_associations, idle_timeout_s=idle_timeout,
+    )
+    tls_context = server_context(tls_cert, tls_key, tls_ca) if tls_cert is not None and tls_key is not None else None
     from .forward import parse_forward
     from .node import Node, NodeConfig
 
@@ -100,7 +129,13 @@ def serve_command(
         bundle=bundle, out=out, runtime=runtime, precision=precision, device=device, max_batch=batch, threads=threads,
         host=host or "0.0.0.0", port=port if port is not None or watch is not None else DEFAULT_PORT, ae_title=ae_title,
         forward=parse_forward(forward) if forward else None, watch=watch, settle_s=settle, status_every_s=status_every,
-        retry_max_s=retry_max,
+        retry_max_s=retry_max, admission=admission, tls=tls_context,
     )
+    if config.port is not None:
+        logging.getLogger("salad.serve").info(
+            "associations: called AE %s, from %s; at most %d at once (%d per sender), idle %.0f s; %s", ae_title,
+            admission.describe(), max_associations, max_per_sender, idle_timeout,
+            f"DICOM TLS ({'client certificates required' if tls_ca else 'no client certificates'})" if tls_context else "no TLS",
+        )
     stats = Node(config).run()
     click.echo(f"served: received {stats.received}, scored {stats.scored}, failed {stats.failed}, refused {stats.refused}")

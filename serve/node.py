@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -24,20 +25,20 @@ from pydicom.uid import generate_uid
 
 from salad.errors import SaladError
 from salad.fsutil import write_atomic, writer_lock
-from salad.imageio import MAX_FILE_BYTES, RADIOGRAPH_MODALITIES
+from salad.imageio import MAX_FILE_BYTES
 from salad.manifest import MANIFEST, sha256_file
 from salad.runtime import Result, Scorer
 
+from .admission import Admission, film_refusal
+from .audit import AuditLog
 from .forward import Destination, Forwarder, parse_forward
 from .health import Stats
 from .ledger import film_key, pixel_sha256
 from .recovery import check_folders, log_recovered, regenerate_srs
 from .scp import (
-    ACCEPTED_SOP_CLASSES,
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH,
     OUT_OF_RESOURCES,
-    SOP_CLASS_NOT_SUPPORTED,
     SUCCESS,
     sop_class_name,
     start_scp,
@@ -73,6 +74,10 @@ class NodeConfig:
     retry_base_s: float = 0.5
     retry_max_s: float = 60.0
     drain_timeout_s: float = 30.0
+    #: Who may associate and the association limits (serve/admission.py); None: AE `ae_title`, this machine's senders.
+    admission: Admission | None = None
+    #: DICOM TLS for the listener (serve/tls.py); None: plain TCP.
+    tls: ssl.SSLContext | None = None
     #: Largest film taken in (C-STORE or watch folder), checked before the bytes are read or stored.
     max_film_bytes: int = MAX_FILE_BYTES
     #: Failed deliveries of one SR before it is moved to RESULTS/deadletter/ with its reason.
@@ -147,18 +152,9 @@ class Node:
         uid = ids["sop_instance_uid"] or ""
         modality = str(header.get("Modality", "") or "").strip().upper() if header is not None else ""
         what = f"{sop_class_name(sop_class)}, modality {modality or 'missing'}, SOP Instance UID {uid or 'missing'}"
-        if sop_class not in ACCEPTED_SOP_CLASSES:
-            return self._refuse(ids, source, SOP_CLASS_NOT_SUPPORTED, (
-                f"{what}: not a projection radiograph; this node stores CR and DX films only "
-                "(the detector was trained on chest X-rays). Refused with 0x0122 (SOP class not supported)."
-            ))
-        if header is None:
-            return self._refuse(ids, source, CANNOT_UNDERSTAND, f"{what}: the dataset cannot be decoded; re-send it from the modality.")
-        if modality and modality not in RADIOGRAPH_MODALITIES:
-            return self._refuse(ids, source, DATASET_DOES_NOT_MATCH, (
-                f"{what}: the modality is not a projection radiograph (expected one of {sorted(RADIOGRAPH_MODALITIES)}). "
-                "Fix the export at the modality."
-            ))
+        refusal = film_refusal(sop_class, header)  # serve/admission.py: SOP class, context, modality, chest, view
+        if refusal is not None:
+            return self._refuse(ids, source, refusal.status, f"{what}: {refusal.reason}")
         if not is_uid(uid):
             return self._refuse(ids, source, DATASET_DOES_NOT_MATCH, f"{what}: no valid SOP Instance UID; fix the export at the modality.")
         sha = pixel_sha256(data)
@@ -322,6 +318,10 @@ class Node:
         if self.forwarder is not None:
             self.store.queue_for_forwarding(path)
             self.forwarder.wake.set()
+        AuditLog(self.store.root).append(
+            "sr", sop_instance_uid=str(header.SOPInstanceUID), sr_sop_instance_uid=str(report.SOPInstanceUID),
+            sr=str(path.relative_to(self.store.root)), label=result.label, forward_to=str(self.config.forward or "") or None,
+        )
         return str(path.relative_to(self.store.root))
 
     # -- health ----------------------------------------------------------------------------------
@@ -385,7 +385,7 @@ class Node:
                               on_error=self._watch_failed, on_ok=lambda: self.stats.clear("watch"))
         ae = server = None
         if c.port is not None:  # first: a port in use fails before any thread starts
-            ae, server = start_scp(c.ae_title, c.host, c.port, self.receive)
+            ae, server = start_scp(c.ae_title, c.host, c.port, self.receive, admission=c.admission, tls=c.tls, audit=AuditLog(c.out))
         for t in threads:
             t.start()
         if watcher is not None:

@@ -18,13 +18,22 @@ from pydicom.uid import generate_uid
 
 import salad
 
-#: Local coding scheme for the measurement: no standard code names this detector's score.
+#: Local coding scheme for the measurements no standard code names (this detector's scores), declared in the SR's
+#: Coding Scheme Identification Sequence (PS3.3 C.12.1.1.4) so that a reader can tell whose codes they are.
 SCHEME = "99SALAD"
+SCHEME_NAME = "salad-edge local codes"
 ANOMALY_SCORE = CodedConcept("ANOMALY_SCORE", SCHEME, "Anomaly score")
 KNN_ANGLE = CodedConcept("KNN_ANGLE", SCHEME, "Mean angle to the k nearest normal films / pi")
+#: The operating scores (salad.scoring.SCORE_NAMES) by name: the one the bundle's threshold applies to decided.
+SCORE_CODES = {"score": ANOMALY_SCORE, "knn_angle": KNN_ANGLE}
 ABNORMAL = CodedConcept("263654008", "SCT", "Abnormal")
 NORMAL = CodedConcept("17621005", "SCT", "Normal")
 CHEST_XRAY = CodedConcept("399208008", "SCT", "Plain chest X-ray")
+#: The procedure when the film does not state its body part (BodyPartExamined absent or empty).
+RADIOGRAPHY = CodedConcept("363680008", "SCT", "Radiographic imaging procedure")
+#: BodyPartExamined → anatomic location, ViewPosition → view (PS3.16 CID 4031 and CID 4010 codes, as pydicom names them).
+BODY_PARTS = {"CHEST": codes.SCT.Chest, "THORAX": codes.SCT.Chest}
+VIEWS = {"PA": codes.SCT.PosteroAnterior, "AP": codes.SCT.AnteroPosterior}
 SR_SERIES_NUMBER = 990
 
 
@@ -39,22 +48,36 @@ def build_report(
     source: Dataset, *, score: float, knn_angle: float, label: int, threshold: float, decided_by: str,
     bundle_sha256: str, runtime: str, precision: str,
 ) -> Dataset:
-    """The Comprehensive SR for one scored image; `source` may be read without pixels."""
+    """The Comprehensive SR for one scored image; `source` may be read without pixels.
+
+    It names the film's body part (finding site) and view as the film states them, the algorithm (name, version,
+    the bundle's sha256), the threshold (Threshold Value, its method the operating score it applies to) and the decision.
+    """
     algorithm = hd.sr.AlgorithmIdentification(
         name="salad-edge", version=salad.__version__,
-        parameters=[f"bundle_sha256={bundle_sha256}", f"threshold={threshold!r} on {decided_by}", f"runtime={runtime}/{precision}"],
+        parameters=[f"bundle_sha256={bundle_sha256}", f"decided_by={decided_by}", f"threshold={threshold!r}",
+                    f"runtime={runtime}/{precision}"],
     )
+    body_part = BODY_PARTS.get(str(source.get("BodyPartExamined", "") or "").strip().upper())
+    view = VIEWS.get(str(source.get("ViewPosition", "") or "").strip().upper())
+    sites = [hd.sr.FindingSite(anatomic_location=body_part)] if body_part is not None else None
+    unit = codes.UCUM.NoUnits
     measurements = [
-        hd.sr.Measurement(name=ANOMALY_SCORE, value=float(score), unit=codes.UCUM.NoUnits, algorithm_id=algorithm),
-        hd.sr.Measurement(name=KNN_ANGLE, value=float(knn_angle), unit=codes.UCUM.NoUnits, algorithm_id=algorithm),
+        hd.sr.Measurement(name=ANOMALY_SCORE, value=float(score), unit=unit, algorithm_id=algorithm, finding_sites=sites),
+        hd.sr.Measurement(name=KNN_ANGLE, value=float(knn_angle), unit=unit, algorithm_id=algorithm, finding_sites=sites),
+        hd.sr.Measurement(name=codes.DCM.ThresholdValue, value=float(threshold), unit=unit, method=SCORE_CODES[decided_by],
+                          algorithm_id=algorithm),
     ]
-    finding = hd.sr.QualitativeEvaluation(name=codes.DCM.Finding, value=ABNORMAL if label == 1 else NORMAL)
+    evaluations = [hd.sr.QualitativeEvaluation(name=codes.DCM.Finding, value=ABNORMAL if label == 1 else NORMAL)]
+    if view is not None:
+        evaluations.append(hd.sr.QualitativeEvaluation(name=codes.DCM.ImageView, value=view))
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             identifier="salad anomaly score", uid=generate_uid(entropy_srcs=["salad-track", str(source.SOPInstanceUID)])
         ),
         measurements=measurements,
-        qualitative_evaluations=[finding],
+        qualitative_evaluations=evaluations,
+        finding_sites=sites,
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
         algorithm_id=algorithm,
     )
@@ -67,13 +90,19 @@ def build_report(
                 observer_type=codes.DCM.Device, observer_identifying_attributes=device
             )
         ),
-        procedure_reported=CHEST_XRAY,
+        procedure_reported=CHEST_XRAY if body_part is not None else RADIOGRAPHY,
         imaging_measurements=[group],
         title=codes.DCM.ImagingMeasurementReport,
     )
     series_uid, instance_uid = sr_uids(source, bundle_sha256)
     options: dict[str, Any] = {"manufacturer": "salad-edge", "is_complete": True, "is_final": False, "is_verified": False}
-    return hd.sr.ComprehensiveSR(
+    sr = hd.sr.ComprehensiveSR(
         evidence=[source], content=report, series_instance_uid=series_uid, series_number=SR_SERIES_NUMBER,
         sop_instance_uid=instance_uid, instance_number=1, series_description="salad-edge anomaly score", **options,
     )
+    scheme = Dataset()
+    scheme.CodingSchemeDesignator = SCHEME
+    scheme.CodingSchemeName = SCHEME_NAME
+    scheme.CodingSchemeResponsibleOrganization = "salad-edge"
+    sr.CodingSchemeIdentificationSequence = [scheme]
+    return sr

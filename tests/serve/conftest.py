@@ -53,17 +53,19 @@ def films(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """pydicom-data's CR films (raw, JPEG 2000 lossless and lossy), a JPEG Lossless one, an MR and a CT.
 
     pydicom-data has no JPEG Lossless CR: its JPEG Lossless SV1 film (JPEG-LL.dcm, NM) is relabelled CR, as in
-    tests/runtime/test_input_scoring.py, with its pixel data untouched.
+    tests/runtime/test_input_scoring.py, with its pixel data untouched, and its BodyPartExamined (WHOLE BODY)
+    removed: the node scores chest films and films that do not state a body part (serve/admission.py).
     """
     folder = tmp_path_factory.mktemp("films")
     ds = pydicom.dcmread(testdata("JPEG-LL.dcm"))
     ds.Modality = "CR"
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = CR
+    del ds.BodyPartExamined
     ds.save_as(folder / "jpeg-lossless-cr.dcm", enforce_file_format=True)
     return {
         "raw": testdata("RG1_UNCR.dcm"),
         "j2k-lossless": testdata("RG1_J2KR.dcm"),
-        "j2k": testdata("RG3_J2KI.dcm"),
+        "j2k": testdata("RG1_J2KI.dcm"),
         "jpeg-lossless": folder / "jpeg-lossless-cr.dcm",
         "mr": testdata("MR2_UNCR.dcm"),
         "ct": testdata("693_UNCR.dcm"),
