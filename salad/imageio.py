@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from salad.errors import DataError
+from salad.filmcheck import check_film
 from salad.progress import progress
 
 #: Decompression-bomb guard: no radiograph has more pixels than this (about 13k × 13k).
@@ -69,13 +70,21 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     p = Path(path)
     _check_file(p)
     if p.suffix.lower() in DICOM_SUFFIXES or (p.suffix.lower() not in RASTER_SUFFIXES and _has_dicom_preamble(p)):
-        return read_dicom(p)
-    if p.suffix.lower() in RASTER_SUFFIXES:
-        return read_raster(p)
-    raise DataError(
-        f"{p}: not an image this toolkit reads (suffix {p.suffix!r}). "
-        f"Expected one of {sorted(IMAGE_SUFFIXES)} or a DICOM file with a 'DICM' preamble."
-    )
+        reader = read_dicom
+    elif p.suffix.lower() in RASTER_SUFFIXES:
+        reader = read_raster
+    else:
+        raise DataError(
+            f"{p}: not an image this toolkit reads (suffix {p.suffix!r}). "
+            f"Expected one of {sorted(IMAGE_SUFFIXES)} or a DICOM file with a 'DICM' preamble."
+        )
+    try:
+        image = reader(p)
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError, struct.error) as exc:
+        # A decoder's own error on a damaged file (pydicom converts tags lazily): still a refusal naming the file.
+        raise DataError(f"{p}: cannot read this film ({type(exc).__name__}: {' '.join(str(exc).split())}). "
+                        "The file is damaged or malformed; re-copy or re-export it.") from None
+    return check_film(image, str(p))
 
 
 def read_images(paths: Sequence[str | os.PathLike[str]], desc: str | None = None) -> tuple[list[np.ndarray], list[int], list[str]]:
@@ -89,8 +98,8 @@ def read_images(paths: Sequence[str | os.PathLike[str]], desc: str | None = None
         try:
             films.append(read_image(p))
             kept.append(i)
-        except (DataError, OSError) as exc:
-            skipped.append(f"{p}: {exc}")
+        except (DataError, OSError) as exc:  # a DataError names its file already
+            skipped.append(str(exc) if isinstance(exc, DataError) and str(exc).startswith(str(p)) else f"{p}: {exc}")
     return films, kept, skipped
 
 
@@ -312,18 +321,18 @@ def read_dicom(path: Path) -> np.ndarray:
                 "before its pixel data: it is truncated. Re-send it from the modality."
             )
         raise DataError(f"{path}: DICOM has no pixel data (is it a structured report or presentation state?).")
-    samples = int(ds.get("SamplesPerPixel", 1))
+    samples = _int_tag(ds, "SamplesPerPixel", 1, path)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise DataError(
             f"{path}: colour DICOM ({photometric}, {samples} samples per pixel); "
             "expected a grey radiograph (MONOCHROME1 or MONOCHROME2)."
         )
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = _int_tag(ds, "NumberOfFrames", 1, path)
     if frames != 1:
         raise DataError(f"{path}: multi-frame DICOM ({frames} frames); expected a single radiograph.")
-    rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
-    bits = int(ds.get("BitsAllocated", 16) or 16)
+    rows, cols = _int_tag(ds, "Rows", 0, path), _int_tag(ds, "Columns", 0, path)
+    bits = _int_tag(ds, "BitsAllocated", 16, path)
     expected = rows * cols * math.ceil(bits / 8)
     if rows * cols > MAX_PIXELS or rows <= 0 or cols <= 0 or expected > MAX_DECODED_BYTES:
         raise DataError(
@@ -388,6 +397,23 @@ def _check_modality(ds: Any, path: Path) -> None:
             f"{path}: DICOM has no Modality tag and its SOP class {sop or 'is missing'} is not CR or DX image storage; "
             f"expected a radiograph (Modality one of {sorted(RADIOGRAPH_MODALITIES)}). Fix the export at the modality."
         )
+
+
+def _int_tag(ds: Any, keyword: str, default: int, path: Path) -> int:
+    """A whole-number DICOM tag (IS/US), `default` when absent or empty; a text value is a DataError naming tag and value."""
+    try:
+        raw = ds.get(keyword, None)
+    except Exception:  # pydicom converts IS lazily and may raise on bad text
+        raw = ds[keyword].repval if keyword in ds else None
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return default
+    try:
+        return int(str(raw).strip())
+    except (TypeError, ValueError, OverflowError):
+        raise DataError(
+            f"{path}: DICOM {keyword} = {str(raw)!r} is not a whole number; expected e.g. {default or 1}. "
+            "Fix the tag at the modality (or its export settings) and re-send the film."
+        ) from None
 
 
 def _numeric_tags(ds: Any, path: Path) -> dict[str, list[float]]:

@@ -62,7 +62,8 @@ def test_constant_and_thumbnail_images_are_refused_by_name(tmp_path: Path) -> No
     message = str(info.value)
     assert "2 of 7 calibration film(s) are not usable X-rays" in message
     assert "blank.png: every pixel has the value 0.50" in message and "(a constant image, not an X-ray)" in message
-    assert "icon.png: decoded to 12×12 pixels, smaller than half the model input 64×64: a thumbnail" in message
+    # the reader refuses a 12×12 icon itself (salad.filmcheck), before calibration's own half-the-input rule
+    assert "icon.png: 12×12 pixels; a radiograph has at least 64 pixels on its shorter side" in message
 
 
 def test_the_shipped_normals_are_used_with_their_list_hash() -> None:
