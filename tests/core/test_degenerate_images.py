@@ -158,6 +158,7 @@ def test_a_text_in_a_whole_number_tag_is_a_typed_refusal(tmp_path: Path, keyword
     """The value is written into the file as a faulty modality writes it (pydicom keeps the bad IS/US text)."""
     ds = pydicom.dcmread(pydicom_data("RG1_UNCR.dcm"))
     tag = pydicom.datadict.tag_for_keyword(keyword)
+    assert tag is not None
     ds[tag] = pydicom.DataElement(tag, "IS", "1")  # IS holds text, so the bad value survives a save
     ds[tag]._value = text
     path = tmp_path / f"{keyword}.dcm"
