@@ -105,13 +105,17 @@ class Admission:
     idle_timeout_s: float = 30.0
 
     @classmethod
-    def build(cls, called_ae: str, allow: Iterable[str], any_sender: bool, **limits: float) -> Admission:
+    def build(
+        cls, called_ae: str, allow: Iterable[str], any_sender: bool, *, per_sender: int = 4, max_associations: int = 32,
+        idle_timeout_s: float = 30.0,
+    ) -> Admission:
         """From the command line: `--allow` entries, `--any-sender` (which excludes them) and the limits."""
         entries = [parse_allow(a) for a in allow]
         if any_sender and entries:
             raise ConfigError("--any-sender accepts every sender; drop it or drop the --allow entries.")
         senders = None if any_sender else tuple(entries) if entries else cls.senders
-        return cls(called_ae=check_ae_title(called_ae, "--ae-title"), senders=senders, **limits)  # type: ignore[arg-type]
+        return cls(called_ae=check_ae_title(called_ae, "--ae-title"), senders=senders, per_sender=per_sender,
+                   max_associations=max_associations, idle_timeout_s=idle_timeout_s)
 
     def describe(self) -> str:
         """The allow-list as the ready line prints it."""

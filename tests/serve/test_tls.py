@@ -7,6 +7,7 @@ certificates, one signed by the CA and one self-signed.
 from __future__ import annotations
 
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
@@ -62,8 +63,9 @@ def test_a_tls_client_stores_a_film_that_is_scored_and_others_cannot_associate(
     nodes.append(node)
     assert "DICOM TLS (client certificates required)" in node.text()
 
+    silent = socket.create_connection(("127.0.0.1", port))  # connects and never starts its TLS handshake
     assoc = associate(port, tls=client(certs, "client"))
-    assert assoc.is_established
+    assert assoc.is_established  # the silent peer does not hold up the listener
     chest = film(tmp_path, "chest")
     try:
         assert int(assoc.send_c_store(chest).Status) == 0x0000
@@ -82,6 +84,7 @@ def test_a_tls_client_stores_a_film_that_is_scored_and_others_cannot_associate(
         capture_output=True, text=True, timeout=60,
     )
     assert check.returncode == 0 and check.stdout.strip().endswith("over TLS"), check.stderr
+    silent.close()
     assert node.stop() == 0
     accepted = [a for a in audit(node.out) if a["event"] == "association" and a["outcome"] == "accepted"]
     assert [a["tls_client"] for a in accepted] == ["MODALITY", "MODALITY"]  # the store, then --check's C-ECHO
