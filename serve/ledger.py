@@ -87,7 +87,7 @@ def repair(path: Path) -> tuple[int, int]:
     lines = data.split(b"\n")
     tail = lines.pop()  # after the last newline: empty, or a line cut by kill -9 / a full disk of an older version
     kept: list[bytes] = []
-    damaged: list[bytes] = [tail] if tail else []
+    damaged: list[bytes] = []
     for line in lines:
         try:
             json.loads(line)
@@ -97,6 +97,7 @@ def repair(path: Path) -> tuple[int, int]:
             damaged.append(junk)
             if row is not None:
                 kept.append(json.dumps(row, allow_nan=False, separators=(", ", ": ")).encode("utf-8"))
+    damaged += [tail] if tail else []
     if not damaged:
         return 0, 0
     write_atomic(path.with_name(f"{path.name}.damaged-{time.time_ns()}"), b"\n".join(damaged) + b"\n")

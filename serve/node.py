@@ -143,7 +143,7 @@ class Node:
         sop_class = str(getattr(getattr(header, "file_meta", None), "MediaStorageSOPClassUID", "") or header.get("SOPClassUID", ""))
         status = self._accept(sop_class, header, data, source)
         if status == OUT_OF_RESOURCES:  # a full disk: not taken in, so the next pass tries again
-            raise OSError(f"{rel} could not be stored (answered {status:#06x}); retried on the next pass")
+            raise OSError(f"{rel} could not be stored (answered {status:#06x})")
         return "stored" if status == SUCCESS else f"refused {status:#06x}"
 
     def _accept(self, sop_class: str, header: Dataset | None, data: bytes, source: str) -> int:
@@ -390,6 +390,7 @@ class Node:
             t.start()
         if watcher is not None:
             watcher.start(self._stop_intake)
+        self.write_health()
         where = [f"AE {c.ae_title} on {c.host}:{c.port}"] if c.port is not None else []
         where += [f"watching {c.watch}"] if c.watch is not None else []
         log.info(
@@ -397,7 +398,6 @@ class Node:
             ", ".join(where), c.bundle, self.scorer.runtime, self.scorer.precision, self.bundle_sha256[:12],
             self.scorer.activation_ms, c.out, len(self.store.queued()), f"; forwarding SRs to {c.forward}" if c.forward else "",
         )
-        self.write_health()
         if ready is not None:
             ready(self)
         try:

@@ -53,6 +53,7 @@ class Watcher:
         self.on_error = on_error or (lambda why: None)
         self.on_ok = on_ok or (lambda: None)
         self.thread: threading.Thread | None = None
+        self._file_failures = 0
         self.seen = store.watched()
         self._pending: dict[str, tuple[int, int, float]] = {}  # path → (size, mtime_ns, unchanged since)
 
@@ -76,15 +77,21 @@ class Watcher:
         failures = 0
         while not stop.is_set():
             try:
-                self.scan()
+                if self.scan_failures() == 0:
+                    self.on_ok()
                 failures = 0
-                self.on_ok()
             except Exception as exc:  # noqa: BLE001 - the watch thread must not die: report and go on
                 failures += 1
                 why = f"watch folder {self.folder}: a pass failed ({type(exc).__name__}: {exc}); retrying"
                 log.error("%s", why)
                 self.on_error(why)
             stop.wait(min(30.0, self.poll_s * 2 ** min(failures, 6)))
+
+    def scan_failures(self) -> int:
+        """One pass (scan); return how many files could not be taken in (each reported through on_error)."""
+        self._file_failures = 0
+        self.scan()
+        return self._file_failures
 
     def scan(self) -> int:
         """One pass: take in every settled new file; return how many were taken in."""
@@ -118,6 +125,7 @@ class Watcher:
                 except Exception as exc:  # noqa: BLE001 - one bad file must not stop the others
                     why = f"watch folder: {path} could not be taken in ({type(exc).__name__}: {exc}); retried on the next pass"
                     log.error("%s", why)
+                    self._file_failures += 1
                     self.on_error(why)
                     continue
                 taken += 1
