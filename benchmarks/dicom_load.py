@@ -5,8 +5,9 @@ memory flat; kill -9 during the load and a restart score every acknowledged inst
 for the watch folder with files copied in while the node is down.
 
 Films: pydicom-data's CR films (raw RG3_UNCR, JPEG 2000 RG3_J2KI and RG1_J2KI) and its JPEG Lossless film
-relabelled CR, cycled, each copy a new instance (new SOP Instance UID). Senders: pynetdicom's own storescu
-application, one process per association. The node: `salad serve` as a subprocess, sampled for RSS.
+relabelled CR, cycled, each copy a new instance (new SOP Instance UID); their BodyPartExamined (EXTREMITY, WHOLE
+BODY) is removed, since the node scores chest films and films that state no body part (serve/admission.py).
+Senders: pynetdicom's own storescu application, one process per association. The node: `salad serve` as a subprocess, sampled for RSS.
 
 Phases: `steady` (the load, measured: a burst, so latency there is mostly the backlog), `kill` (the load again
 into a fresh results folder; kill -9 after --kill-after rows, restart, then each sender re-sends what it was not
@@ -55,6 +56,7 @@ def make_films(folder: Path, n: int, senders: int) -> list[list[Path]]:
         if ds.get("Modality") != "CR":  # JPEG-LL.dcm (NM): the pydicom-data JPEG Lossless film, sent as a CR plate sends it
             ds.Modality = "CR"
             ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = CR
+        ds.pop("BodyPartExamined", None)  # the tibia and the bone scan: not refused as non-chest, the load is the same
         sources.append(ds)
     groups: list[list[Path]] = [[] for _ in range(senders)]
     for i in range(n):
