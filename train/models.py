@@ -7,6 +7,9 @@ multiplier scales every channel count (0.25 makes CPU-sized models); the embeddi
 from __future__ import annotations
 
 import math
+import pickle
+import re
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -237,8 +240,32 @@ class EmbeddingNet(nn.Module):
 
 
 def load_weights(model: nn.Module, path: str) -> None:
-    """Load a local weights file (state dict, `weights_only=True`); no download is ever attempted."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    """Load a local weights file (state dict, `weights_only=True`); no download is ever attempted.
+
+    A file that is not a state dict of tensors (a pickle of other objects, a whole pickled model, a damaged
+    file) is a DataError naming it: weights_only refuses to run a pickle's code, and this says why.
+    """
+    try:
+        with warnings.catch_warnings():  # torch warns about the pickle protocol before refusing
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's message wraps the reason in advice (retry with weights_only=False) that must not be followed: keep the reason
+        parts = [" ".join(part.split()) for part in re.split(r"\n\s*\n", str(exc))]
+        reason = "; ".join(part for part in parts if part and "weights_only" not in part and "Check the documentation" not in part)
+        reason = reason[:200] or "it holds objects other than tensors"
+        raise DataError(
+            f"{path}: not a plain state dict of tensors; torch.load(weights_only=True) refused it ({reason}). Loading it "
+            "would run code stored in the pickle, which this toolkit never does. Save the weights as "
+            "torch.save(model.state_dict(), PATH) and pass that file."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DataError(f"{path}: cannot read these weights ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); "
+                        "expected a file written by torch.save(model.state_dict(), PATH). Is it complete?") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        kinds = sorted({type(v).__name__ for v in state.values()}) if isinstance(state, dict) else [type(state).__name__]
+        raise DataError(f"{path}: holds {', '.join(kinds)}, not a state dict of tensors (name → tensor); expected a file "
+                        "written by torch.save(model.state_dict(), PATH).")
     own = model.state_dict()
     for key, value in list(state.items()):
         if key in own and value.ndim == 4 and value.shape[1] == 3 and own[key].shape[1] == 1:
