@@ -16,6 +16,8 @@ the accepted variant is still there, and nothing hidden (.NAME.*, .*) is left be
 P defaults to fp16: the tiny model's int8 variant may be refused by the calibration gate
 (|ΔAUC| > 0.005) on some CPUs, and a refused calibration never reaches the commit under test.
 Usage: nice -n 10 python benchmarks/fault_sweep.py [--exports 30] [--calibrations 30] [--pairs 10] [--seed 0]
+The DICOM node's faults (kill -9 under load, full disk, duplicate UIDs, re-sends, refused SRs, slow writers,
+a huge sparse file, symlinks out) are benchmarks/node_faults.py: `fault_sweep.py --node --bundle BUNDLE`.
 """
 
 from __future__ import annotations
@@ -231,7 +233,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=None, help="Scratch folder (default: a new temporary one, removed after).")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--node", action="store_true", help="Run the DICOM node's sweep instead (benchmarks/node_faults.py).")
+    ap.add_argument("--bundle", type=Path, default=None, help="With --node: the bundle the node serves.")
     args = ap.parse_args(argv)
+    if args.node:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from node_faults import main as node_main
+
+        if args.bundle is None:
+            ap.error("--node needs --bundle BUNDLE")
+        return node_main(["--bundle", str(args.bundle), "--seed", str(args.seed), "--out", str(args.out)])
     rng = random.Random(args.seed)
     started = time.perf_counter()
     work = args.work or Path(tempfile.mkdtemp(prefix="fault-sweep-"))
