@@ -74,12 +74,12 @@ def calibrate_command(
                f"ΔAUC {report.delta_auc:+.4f}{'' if acc['delta_auc'] is not None else ' (on the reference films)'}"
                if report.delta_auc is not None else None,
                f"max |Δscore| {acc['max_abs_score_diff']:.3g}" if acc["max_abs_score_diff"] is not None else None]
-    speed = ", ".join(f"{k} ×{v:.2f}" for k, v in d["speedup"].items() if k.startswith("encoder"))
+    speed = report.speedup_line()
     floats = len(report.layers_in_float)
     click.echo(
         f"added {', '.join(report.graphs.values())} to {bundle}\n"
         f"vs PyTorch: {', '.join(f for f in figures if f)}"
         + (f"; {floats} layer(s) kept float" if precision == "int8" else "") + "\n"
-        + (f"CPU encoder speed-up vs fp32 (median): {speed}\n" if speed else "")
+        + (f"speed: {speed}\n" if speed else "")
         + f"report: {report.files.get('markdown')}"
     )

@@ -106,6 +106,28 @@ class CalibrationReport:
             return None
         return float(getattr(base, stat)) / max(float(getattr(variant, stat)), 1e-12)
 
+    def busy_reason(self) -> str | None:
+        """Why the latency figures are not ones to quote (the load when they were taken), or None on a quiet machine."""
+        from salad.runtime.bench import machine_busy
+
+        load, cores = self.environment.get("load_average"), self.environment.get("cores")
+        if not load or not cores or not machine_busy(load, int(cores)):
+            return None
+        return f"the machine was busy (1-minute load average {load[0]:.1f} on {cores} cores)"
+
+    def speedup_line(self) -> str | None:
+        """The printed speed-up: the variant vs fp32 on ONNX Runtime (like with like); on a busy machine none, saying why."""
+        batches = sorted({b for per in self.latency.values() for b in per})
+        pairs = [(b, s) for b in batches if (s := self.speedup("encoder", b)) is not None]
+        if not pairs:
+            return None
+        why = self.busy_reason()
+        if why:
+            return (f"no speed-up figure: {why}; re-run `salad bench {self.bundle} --precision fp32 --precision "
+                    f"{self.precision} --batch 1` on a quiet machine")
+        figures = ", ".join(f"batch {b} ×{s:.2f}" for b, s in pairs)
+        return f"{self.precision} encoder vs fp32 encoder, both on ONNX Runtime CPU (median; >1: {self.precision} is faster): {figures}"
+
     # -- output ---------------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
@@ -195,8 +217,10 @@ class CalibrationReport:
                 lines.append(f"| {g} | {cells} |")
             sp = [f"{g} batch {b}: ×{self.speedup(g, b):.2f} (median), ×{self.speedup(g, b, 'min_ms'):.2f} (min)"
                   for g in ("encoder", "model") for b in batches if self.speedup(g, b) is not None]
-            if sp:
-                lines += ["", "Speed-up of the variant over fp32 (>1 is faster): " + "; ".join(sp) + "."]
+            if sp and self.busy_reason():
+                lines += ["", f"{(self.speedup_line() or '').capitalize()}: speed-ups taken on a busy machine are not figures to quote."]
+            elif sp:
+                lines += ["", "Speed-up of the variant over fp32 on ONNX Runtime (>1 is faster): " + "; ".join(sp) + "."]
             env = self.environment
             lines += ["", f"Measured on {env.get('cpu', '?')} ({env.get('cores', '?')} cores; "
                       f"{', '.join(env.get('int8_flags', [])) or 'no VNNI'}), "

@@ -29,7 +29,7 @@ from salad.machine import library_versions, machine_info
 
 from .command import bench_command, configurations, run_bench, write_outputs
 from .floor import count_macs, gemm_peaks, measure_floor
-from .report import BenchReport, BenchRow
+from .report import BenchReport, BenchRow, Speedup, machine_busy
 from .settings import (
     BASELINE_PRECISION,
     BASELINE_RUNTIME,
@@ -45,8 +45,8 @@ from .worker import Job, measure_configuration
 
 __all__ = [
     "BASELINE_PRECISION", "BASELINE_RUNTIME", "DEFAULT_BATCHES", "DEFAULT_DATA", "DEFAULT_FILMS", "DEFAULT_ITERS",
-    "DEFAULT_WARMUP", "SCHEMA", "BenchReport", "BenchRow", "Job", "Stats", "configurations",
+    "DEFAULT_WARMUP", "SCHEMA", "BenchReport", "BenchRow", "Job", "Speedup", "Stats", "configurations",
     "bench_command", "count_macs", "current_rss_mb", "gemm_peaks", "library_versions",
-    "machine_info", "measure_configuration", "measure_floor", "peak_rss_mb", "reset_peak_rss",
+    "machine_busy", "machine_info", "measure_configuration", "measure_floor", "peak_rss_mb", "reset_peak_rss",
     "run_bench", "write_outputs",
 ]

@@ -105,6 +105,32 @@ def machine_busy(load_average: Sequence[float] | None, usable_cpus: int) -> bool
     return load_average is not None and len(load_average) > 0 and load_average[0] > 0.5 * usable_cpus
 
 
+@dataclass(frozen=True)
+class Speedup:
+    """One like-with-like ratio at one batch: `baseline` p50 / `variant` p50, end to end (> 1: the variant is faster)."""
+
+    variant: str  # "onnxruntime/int8"
+    baseline: str  # "onnxruntime/fp32" (same runtime) or "torch/fp32" (PyTorch eager)
+    batch: int
+    variant_ms: float
+    baseline_ms: float
+
+    @property
+    def ratio(self) -> float:
+        return self.baseline_ms / self.variant_ms
+
+    @property
+    def same_runtime(self) -> bool:
+        """int8 or fp16 against fp32 on the same runtime (rather than a runtime against PyTorch)."""
+        return self.variant.split("/")[0] == self.baseline.split("/")[0]
+
+    def describe(self) -> str:
+        """'onnxruntime int8 vs onnxruntime fp32 at batch 1: 0.78× (0.730 vs 0.570 ms)' — what is compared, and by how much."""
+        name = "PyTorch eager fp32" if self.baseline == f"{BASELINE_RUNTIME}/{BASELINE_PRECISION}" else self.baseline.replace("/", " ")
+        return (f"{self.variant.replace('/', ' ')} vs {name} at batch {self.batch}: {self.ratio:.2f}× "
+                f"({self.variant_ms:.3f} vs {self.baseline_ms:.3f} ms p50 end to end)")
+
+
 @dataclass
 class BenchReport:
     """Everything one `salad bench` invocation measured: header, rows, floor, and what to be careful about."""
@@ -137,6 +163,30 @@ class BenchReport:
     def busy(self) -> bool:
         """Whether these figures were taken on a busy machine (then they are not figures to quote)."""
         return machine_busy(self.header.get("load_average_start"), int(self.header["machine"]["cpus_usable"]))
+
+    def busy_reason(self) -> str | None:
+        """Why these figures are not ones to quote (the load at the start), or None on a quiet machine."""
+        if not self.busy:
+            return None
+        load = self.header.get("load_average_start") or [0.0]
+        return (f"the machine was busy: 1-minute load average {load[0]:.1f} on {self.header['machine']['cpus_usable']} "
+                "usable CPUs when the bench started (busy above half the CPUs)")
+
+    def fastest_row(self, batch: int) -> BenchRow | None:
+        """The fastest measured variant (any runtime × precision but the PyTorch baseline) at `batch`, end to end p50."""
+        rows = [r for r in self.rows if r.batch == batch and not r.is_baseline]
+        return min(rows, key=lambda r: r.end_to_end.p50_ms) if rows else None
+
+    def speedups(self, batch: int) -> list[Speedup]:
+        """Like with like at `batch`: each non-fp32 precision vs fp32 on the same runtime, then each variant vs PyTorch eager."""
+        at = {(r.runtime, r.precision): r for r in self.rows if r.batch == batch}
+        base = at.get((BASELINE_RUNTIME, BASELINE_PRECISION))
+        out = [Speedup(f"{rt}/{p}", f"{rt}/fp32", batch, r.end_to_end.p50_ms, at[(rt, "fp32")].end_to_end.p50_ms)
+               for (rt, p), r in at.items() if p != "fp32" and (rt, "fp32") in at]
+        if base is not None:
+            out += [Speedup(f"{rt}/{p}", f"{BASELINE_RUNTIME}/{BASELINE_PRECISION}", batch, r.end_to_end.p50_ms, base.end_to_end.p50_ms)
+                    for (rt, p), r in at.items() if not r.is_baseline]
+        return out
 
     def fastest(self) -> list[str]:
         """Which runtime is fastest end to end at each precision × batch where several were measured, and by how much."""
@@ -265,13 +315,14 @@ class BenchReport:
         for axis in (ax1.yaxis,):
             axis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
             axis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-        ax1.legend(fontsize=8)
+        ax1.legend(fontsize=10)
         ax2.axhline(1.0, color="grey", lw=0.8)
         ax2.set_xticks(range(len(batches)), [str(b) for b in batches])
         ax2.set(xlabel="batch", ylabel="× PyTorch eager fp32 (p50, end to end)", title="speedup vs torch")
-        ax2.legend(fontsize=8)
+        ax2.legend(fontsize=10)
         h = self.header
-        fig.suptitle(f"{Path(h['bundle']['path']).name}: {h['machine']['cpu']}, {h['threads']} thread(s)", fontsize=9)
+        fig.suptitle(f"End-to-end latency of the bundle {h['bundle']['path']} on {h['machine']['cpu']}, {h['threads']} thread(s)",
+                     fontsize=11)
         fig.tight_layout()
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120)
