@@ -14,6 +14,18 @@ import click
 
 from salad.clitools import deprecated_alias, friendly_errors
 
+#: Reference films stored by default.
+REFERENCE_FILMS = 32
+
+
+def count_validation_films(run: Path) -> int:
+    """Rows of RUN/val.csv (the films reference films are drawn from); 0 if it is missing or unreadable."""
+    try:
+        with open(run / "val.csv", encoding="utf-8") as fh:
+            return max(0, sum(1 for line in fh if line.strip()) - 1)
+    except OSError:
+        return 0
+
 
 @click.command("export", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -22,8 +34,9 @@ from salad.clitools import deprecated_alias, friendly_errors
 @click.option("--bank-as-input", is_flag=True,
               help="The scorer takes the memory bank as input 'bank' [N,200] (stored as bank.npy) instead of holding it.")
 @click.option("--slim", is_flag=True, help="Leave checkpoint.pt out of the bundle (the manifest keeps its sha256).")
-@click.option("--reference-films", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Validation films stored with their PyTorch outputs as the parity oracle.")
+@click.option("--reference-films", type=click.IntRange(min=1), default=None,
+              help="Validation films stored with their PyTorch outputs as the parity oracle.  "
+                   f"[default: {REFERENCE_FILMS}, or every validation film of the run if it has fewer]")
 @deprecated_alias("--reference-images", "--reference-films", "reference_films", type=click.IntRange(min=1))
 @click.option("--operating-point", default="specificity:0.95", show_default=True,
               help="Where the threshold sits on the run's validation scores: specificity:X or sensitivity:X.")
@@ -31,12 +44,14 @@ from salad.clitools import deprecated_alias, friendly_errors
 @click.option("--allow-below-floors", is_flag=True,
               help="Export a run whose labelled validation AUC does not beat its training-free floors (for testing).")
 @friendly_errors
-def export_command(run: Path, out: Path, force: bool, bank_as_input: bool, slim: bool, reference_films: int,
+def export_command(run: Path, out: Path, force: bool, bank_as_input: bool, slim: bool, reference_films: int | None,
                    operating_point: str, opset: int, allow_below_floors: bool) -> None:
     """Export training run RUN to a verified ONNX bundle (encoder, scorer, merged model, manifest)."""
     from salad.export import export_bundle
     from salad.manifest import read_manifest
 
+    if reference_films is None:  # the default caps itself to the films there are; an explicit count is honoured or refused
+        reference_films = min(REFERENCE_FILMS, count_validation_films(run)) or REFERENCE_FILMS
     bundle = export_bundle(
         run, out, force=force, bank_as_input=bank_as_input, slim=slim, reference_images=reference_films,
         operating_point=operating_point, opset=opset, allow_below_floors=allow_below_floors)
