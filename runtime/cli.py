@@ -36,8 +36,10 @@ PROGRESS_MIN_FILMS = 64
 
 
 @click.command("score")
-@click.argument("bundle", type=click.Path(path_type=Path))
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+# readable=False: an unreadable film is its own error row (salad.data.scan_images, salad.imageio), an unreadable bundle
+# a one-line error (exit 1); click's own check would stop the whole call with a usage error (exit 2), nothing scored.
+@click.argument("bundle", type=click.Path(path_type=Path, readable=False))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path, readable=False))
 @click.option("--runtime", type=LazyChoice(runner_names), default="onnxruntime", show_default=True,
               help="Backend that runs the bundle's graph.")
 @click.option("--precision", type=click.Choice(list(PRECISIONS)), default="fp32", show_default=True,
@@ -59,12 +61,19 @@ PROGRESS_MIN_FILMS = 64
                    "validation normals, and style if `salad similarity attach` added an estimator. Never changes a score or a label.")
 @click.option("--drift-window", type=click.IntRange(min=4), default=50, show_default=True,
               help="Films per window of the drift report (the whole call is judged too).")
+@click.option("--confirmed-normal", "confirmed", multiple=True, type=click.Path(path_type=Path),
+              help="Films a radiologist read as normal (files or folders; repeat). Implies --drift: the report adds their "
+                   "false-positive rate with its 95 % interval, warns when it is above twice the design rate, and keeps a "
+                   "running estimate across calls in --confirmed-state. They get no row of their own.")
+@click.option("--confirmed-state", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The spot check's running-estimate file.  [default: salad-spot-check.json beside the --json file, "
+                   "or in the current folder]")
 @runner_option_flags()
 @friendly_errors
 def score_command(
     bundle: Path, paths: Sequence[Path], runtime: str, precision: str, device: str | None, batch: int, json_out: Path | None,
     url: str | None, triton_url: str | None, triton_model: str, drift: bool = False, drift_window: int = 50,
-    **backend: Any,
+    confirmed: Sequence[Path] = (), confirmed_state: Path | None = None, **backend: Any,
 ) -> None:
     """Score X-ray files, folders (searched recursively) and DICOM with BUNDLE.
 
@@ -73,7 +82,9 @@ def score_command(
     still scored, and the exit code is 1 if anything failed.
     """
     entries = scan_images(paths)
-    guard = None
+    guard, spot = None, None
+    spot_failed: list[Result] = []  # confirmed normals that could not be scored
+    drift = drift or bool(confirmed)  # the spot check is part of the drift report
     if drift:  # before scoring, so a bundle where no drift check can run fails fast
         from .drift import DriftGuard
 
@@ -94,10 +105,19 @@ def score_command(
         for start in range(0, len(files), batch):  # one inference batch at a time, so the bar moves
             done += scorer.score(files[start : start + batch], on_error="record")
             bar.update(len(done) - bar.n)
+        if confirmed:
+            from .spotcheck import default_state_path, spot_check
+
+            spot, spot_failed = spot_check(scorer, confirmed, confirmed_state or default_state_path(json_out))
     scored = iter(done)
     results = [Result.failure(str(e.path), e.error) if isinstance(e, Unreadable) else next(scored) for e in entries]
     failed = [r for r in results if not r.ok]
     drift_report = guard.check_results(results, drift_window)[0] if guard else None
+    if drift_report is not None:
+        drift_report.spot_check = spot
+    elif spot is not None:  # no film of the call could be judged: the spot check still reports
+        for line in spot.lines():
+            click.echo(line, err=True)
     if json_out is not None:
         payload = {
             "schema": SCORE_SCHEMA,
@@ -123,9 +143,9 @@ def score_command(
         click.echo(format_table(results, scorer.threshold_score))
     for line in drift_report.lines() if drift_report is not None else []:
         click.echo(line, err=True)
-    for r in failed:
+    for r in failed + spot_failed:
         click.echo("error: " + " ".join(str(r.error).split()), err=True)  # one line per file, whatever the decoder said
-    if failed:
+    if failed or spot_failed:
         sys.exit(EXIT_ERROR)  # could not score some films (the others were): salad.errors.EXIT_CODES
 
 
@@ -143,7 +163,7 @@ def format_table(results: Sequence[Result], decided_by: str = "score") -> str:
 
 
 @click.command("parity")
-@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("bundle", type=click.Path(path_type=Path, readable=False))
 @click.option("--runtime", "runtimes", multiple=True, type=LazyChoice(runner_names),
               help="Runtime to compare with the PyTorch reference; repeat for several.  [default: onnxruntime]")
 @click.option("--precision", "precisions", multiple=True, type=click.Choice(list(PRECISIONS)),
