@@ -149,12 +149,12 @@ def design_rate(threshold: Mapping[str, Any]) -> tuple[float, str]:
     point = threshold.get("operating_point") or {}
     if isinstance(point, Mapping) and "specificity" in point:
         spec = float(point["specificity"])
-        return 1.0 - spec, f"operating point specificity {spec:g}"
+        return round(1.0 - spec, 12), f"operating point specificity {spec:g}"  # 1 − 0.95 is 0.050000000000000044
     achieved = (threshold.get("achieved") or {}).get("specificity")
     if achieved is None:
         raise BundleError("the manifest's threshold states no specificity (neither an operating point nor one achieved on "
                           "validation normals), so the spot check has no design rate to compare with; re-export the bundle.")
-    return 1.0 - float(achieved), f"specificity {float(achieved):.4g} achieved on the validation normals"
+    return round(1.0 - float(achieved), 12), f"specificity {float(achieved):.4g} achieved on the validation normals"
 
 
 @dataclass(frozen=True)
@@ -234,7 +234,8 @@ class SpotReport:
             if e is None:
                 continue
             verdict = (f"WARNING: the detector flags this site's normals more often than twice its design rate "
-                       f"(lower bound {pct(e.lower)} > {pct(self.line)})" if e.warn else "ok")
+                       f"(lower bound {pct(e.lower)} > {pct(self.line)})" if e.warn
+                       else f"ok (warns when the lower bound exceeds {pct(self.line)})")
             out.append(f"spot check ({what}): {e.flagged} of {e.films} confirmed normal(s) flagged abnormal, false-positive "
                        f"rate {pct(e.fpr)} ({100 * self.confidence:g} % CI {pct(e.lower)}–{pct(e.upper)}); design "
                        f"{pct(self.design)} → {verdict}")

@@ -121,4 +121,4 @@ def test_the_report_states_counts_interval_verdict_and_films_needed() -> None:
     assert [k["films"] for k in d["films_needed"]] == [films_needed(0.05, 3.0), films_needed(0.05, 5.0)]
     lines = report.lines()
     assert lines[0].startswith("spot check (this call): 12 of 50") and "WARNING" in lines[0]
-    assert "running, 3 call(s)" in lines[1] and lines[1].endswith("→ ok") and "needed" in lines[2]
+    assert "running, 3 call(s)" in lines[1] and "→ ok (warns when the lower bound exceeds 10.0 %)" in lines[1] and "needed" in lines[2]
