@@ -113,7 +113,7 @@ class _Gate:
         try:
             with self.lock:
                 key = (calling.strip(), address)
-                alive = {a for a in self.open.get(key, set()) if a.is_alive()}
+                alive = {a for a in self.open.get(key, set()) if a.is_alive() and not (a.is_released or a.is_aborted)}
                 echo_only = all(str(cx.abstract_syntax) == Verification for cx in rq.presentation_context_definition_list)
                 decision = self.admission.refuse(called, calling, address, len(alive), echo_only)
                 if decision is None:
