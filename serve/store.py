@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import threading
@@ -22,6 +23,8 @@ from salad.errors import DataError
 from salad.fsutil import fsync_dir, pid_alive, temp_name, write_atomic
 
 from .ledger import Ledger, append_line, film_key, repair, split_key
+
+log = logging.getLogger("salad.serve")
 
 ROWS = "scores.jsonl"
 WATCHED = "watched.jsonl"
@@ -180,7 +183,12 @@ class Store:
 
     def keep_for_sr(self, item: Queued) -> None:
         """A scored film whose SR failed: move it from inbox/ to nosr/, where the next start makes its SR."""
-        os.replace(item.path, self.no_sr / item.path.name)
+        try:
+            os.replace(item.path, self.no_sr / item.path.name)
+        except OSError as exc:  # its row exists, so a restart drops it from inbox/ anyway; say that no SR will come
+            log.error("%s could not be kept for its SR (%s); its row has no SR", item.path, exc.strerror or exc)
+            self.done(item)
+            return
         fsync_dir(self.no_sr)
 
     def waiting_for_sr(self) -> list[Path]:
