@@ -218,7 +218,8 @@ class CalibrationReport:
             sp = [f"{g} batch {b}: ×{self.speedup(g, b):.2f} (median), ×{self.speedup(g, b, 'min_ms'):.2f} (min)"
                   for g in ("encoder", "model") for b in batches if self.speedup(g, b) is not None]
             if sp and self.busy_reason():
-                lines += ["", f"{(self.speedup_line() or '').capitalize()}: speed-ups taken on a busy machine are not figures to quote."]
+                line = self.speedup_line() or ""
+                lines += ["", f"{line[:1].upper()}{line[1:]}: speed-ups taken on a busy machine are not figures to quote."]
             elif sp:
                 lines += ["", "Speed-up of the variant over fp32 on ONNX Runtime (>1 is faster): " + "; ".join(sp) + "."]
             env = self.environment

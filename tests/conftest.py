@@ -98,3 +98,38 @@ def check_json_schema(kind: str, payload: dict) -> dict:  # type: ignore[type-ar
     errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(payload)]
     assert not errors, f"{kind}: " + "\n".join(errors)
     return payload
+
+
+@dataclasses.dataclass
+class DemoRun:
+    """One `salad demo --quick` on the shipped films, laid out as the README's walkthrough expects (ROOT/runs/demo)."""
+
+    root: Path  # the working directory of the README's commands: runs/demo, and salad/sample (a link to the package)
+    out: Path  # ROOT/runs/demo
+    output: str  # what the demo printed
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    """The demo run once per session (quick, the machine treated as busy); tests/test_demo.py and the walkthrough share it.
+
+    SALAD_TEST_DEMO_ROOT=ROOT reuses a run made in ROOT by `salad demo --quick --machine busy --out runs/demo > runs/demo.out`
+    (to iterate on the report's tests without training again; CI always runs the demo).
+    """
+    if not HAS_TORCH:
+        pytest.skip("torch is not installed (install salad-edge[train])")
+    import os
+
+    if os.environ.get("SALAD_TEST_DEMO_ROOT"):
+        reuse = Path(os.environ["SALAD_TEST_DEMO_ROOT"])
+        return DemoRun(reuse, reuse / "runs" / "demo", (reuse / "runs" / "demo.out").read_text())
+    from click.testing import CliRunner
+
+    from salad.cli import main
+
+    root = tmp_path_factory.mktemp("readme")
+    (root / "salad").symlink_to(Path(salad.__file__).parent, target_is_directory=True)
+    out = root / "runs" / "demo"
+    result = CliRunner().invoke(main, ["demo", "--quick", "--out", str(out), "--force", "--machine", "busy"])
+    assert result.exit_code == 0, result.output
+    return DemoRun(root, out, result.output)

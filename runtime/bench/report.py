@@ -312,13 +312,13 @@ class BenchReport:
                 title="p50 with IQR bars, p95 dotted")
         ax1.set_xticks(batches, [str(b) for b in batches])
         ax1.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-        for axis in (ax1.yaxis,):
-            axis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-            axis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax1.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax1.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap on a log axis
         ax1.legend(fontsize=10)
         ax2.axhline(1.0, color="grey", lw=0.8)
         ax2.set_xticks(range(len(batches)), [str(b) for b in batches])
-        ax2.set(xlabel="batch", ylabel="× PyTorch eager fp32 (p50, end to end)", title="speedup vs torch")
+        ax2.set(xlabel="batch", ylabel="× PyTorch eager fp32 (p50, end to end)",
+                title="speed-up vs torch" + (": busy machine, not figures to quote" if self.busy else ""))
         ax2.legend(fontsize=10)
         h = self.header
         fig.suptitle(f"End-to-end latency of the bundle {h['bundle']['path']} on {h['machine']['cpu']}, {h['threads']} thread(s)",

@@ -124,6 +124,7 @@ def compare(
     max_batch: int = 32,
     raise_on_failure: bool = False,
     runner_options: Mapping[str, Any] | None = None,
+    reference_films: bool = True,
 ) -> ParityReport:
     """Compare each runtime × precision with the PyTorch reference on the bundle's reference films (+ `data`).
 
@@ -134,7 +135,8 @@ def compare(
     Every metric of every row is measured first; with raise_on_failure a ParityError then lists
     every failing check. Unknown runtimes, missing backends or precisions raise before any work.
     The --data films are read and preprocessed once and held in memory (4·S² bytes each), so every
-    runtime sees the same tensors.
+    runtime sees the same tensors. reference_films=False leaves the bundle's reference films out when `data`
+    is compared (they are validation films: the demo reports parity on test films only).
     """
     root = Path(bundle)
     manifest = read_manifest(root, verify=True)
@@ -152,8 +154,10 @@ def compare(
     tol, notes = resolve_tolerances(manifest, precisions, tolerances)
 
     images, names, stored = read_reference(root, manifest)
-    inputs = _InputSet(images, names, len(images), stored)
     no_torch = torch_reference_reason(root)
+    if not reference_films and data is not None and no_torch is None:
+        images, names, stored = images[:0], [], {k: np.asarray(v)[:0] for k, v in stored.items()}
+    inputs = _InputSet(images, names, len(images), stored)
     if data is not None and no_torch is None:
         inputs.add_data(Path(data), manifest)
         data_labels = inputs.labels[inputs.n_reference :] if inputs.labels is not None else np.zeros(0)

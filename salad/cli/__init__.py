@@ -185,21 +185,22 @@ def evaluate(run: Path, labelled: Path | None, json_out: Path | None, plots: Pat
 @click.option("--data", type=click.Path(exists=True, path_type=Path), default=None,
               help="Your own data (folder, class folders or CSV); default: the real chest X-rays shipped with salad-edge.")
 @click.option("--quick", is_flag=True, help="A shorter training budget (half of the CPU preset's epochs).")
-@click.option("--force", is_flag=True, help="Replace an existing --out.")
+@click.option("--force", is_flag=True, help="Replace an existing --out that is a demo output (or a run or bundle), never another folder.")
+@click.option("--machine", type=click.Choice(["auto", "busy", "quiet"]), default="auto", hidden=True,
+              help="For tests: treat the machine as busy or quiet whatever its load average (auto: by the load).")
 @friendly_errors
-def demo(out: Path, data: Path | None, quick: bool, force: bool) -> None:
+def demo(out: Path, data: Path | None, quick: bool, force: bool, machine: str) -> None:
     """Train → evaluate → export → calibrate → parity → bench → score, and write a report."""
     from salad.cli.demo import run_demo
 
-    result = run_demo(out, data=data, quick=quick, force=force, echo=click.echo)
+    result = run_demo(out, data=data, quick=quick, force=force, echo=click.echo, machine=machine)
     auc = result.metrics.get("evaluation", {}).get("auc")
     verdicts = ", ".join(f"{k} {'PASS' if v else 'FAIL'}" for k, v in result.parity.items())
-    speedup = f"{result.int8_speedup:.1f}x" if result.int8_speedup else "n/a"
-    if result.int8_speedup and result.bench_busy:
-        speedup += " (taken on a busy machine: not a figure to quote)"
-    click.echo(f"AUC {auc:.3f}" if auc is not None else "AUC n/a (no abnormal films to evaluate on)")
-    click.echo(f"parity: {verdicts}")
-    click.echo(f"int8 speed-up vs PyTorch eager fp32 (batch 1, end to end): {speedup}")
+    click.echo(f"AUC {auc:.3f} on the test films" if auc is not None else "AUC n/a (no abnormal films to evaluate on)")
+    if result.operating is not None:
+        click.echo(f"operating point: {result.operating.describe()}")
+    click.echo(f"parity (test films): {verdicts}")
+    click.echo(f"speed (batch 1, end to end): {result.headline.summary if result.headline else 'n/a'}")
     if not all(result.parity.values()):
         sys.exit(EXIT_CHECKS_FAILED)
 
