@@ -9,7 +9,7 @@
 #   SMOKE=1 benchmarks/paper_gpu.sh                     # CPU plumbing check: 64², width 0.125, 2 epochs, K 20
 #
 # Environment: INPUT (the packed films), OUT (result folder), PYTHON, DEVICE (cuda), and the schedule overrides
-# SIZE, WIDTH, PRETRAIN_EPOCHS, ROUNDS, ROUND_EPOCHS, BATCH_SIZE, K, THREADS (empty: the paper preset's value).
+# SIZE, WIDTH, PRETRAIN_EPOCHS, ROUNDS, ROUND_EPOCHS, BATCH_SIZE, K, THREADS, CHECKPOINT_EVERY (empty: the paper preset's value).
 # Precision: fp32 training with PyTorch's defaults (no autocast); the export and its parity check are fp32.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,13 +21,14 @@ if [[ "${SMOKE:-0}" == 1 ]]; then
   ROUND_EPOCHS=${ROUND_EPOCHS:-1} THREADS=${THREADS:-1} K=${K:-20}
 fi
 DEVICE=${DEVICE:-cuda}
+CHECKPOINT_EVERY=${CHECKPOINT_EVERY:-50}  # once per round: a checkpoint of the width-1.0 model is ~380 MB
 if [[ ! -f "$INPUT" ]]; then
   echo "error: $INPUT not found; make it with: python benchmarks/make_paper_gpu_input.py pack" >&2
   exit 1
 fi
 overrides=()
 for pair in size:SIZE width:WIDTH pretrain-epochs:PRETRAIN_EPOCHS rounds:ROUNDS round-epochs:ROUND_EPOCHS \
-            batch-size:BATCH_SIZE k:K threads:THREADS; do
+            batch-size:BATCH_SIZE k:K threads:THREADS checkpoint-every:CHECKPOINT_EVERY; do
   var=${pair#*:}
   value=${!var:-}
   if [[ -n "$value" ]]; then overrides+=("--${pair%%:*}" "$value"); fi

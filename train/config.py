@@ -105,6 +105,8 @@ class TrainConfig:
     device: str = "cpu"
     threads: int = 0  # 0 = torch default (all cores)
     weights: str | None = None  # optional local pretrained encoder weights (resnet18)
+    #: Write checkpoint.pt every N epochs (and after the last): a width-1.0 checkpoint with Adam state is ~380 MB.
+    checkpoint_every: int = 1
 
     @property
     def epochs(self) -> int:
@@ -142,6 +144,8 @@ class TrainConfig:
             raise ConfigError(f"--known-anomaly-ratio {self.known_anomaly_ratio}; expected a fraction in [0, 1).")
         if self.latent_loss not in ("replace", "sum"):
             raise ConfigError(f"latent loss {self.latent_loss!r}; expected 'replace' (reference code) or 'sum' (the paper's Eq. 3).")
+        if self.checkpoint_every < 1:
+            raise ConfigError(f"checkpoint every {self.checkpoint_every} epochs; expected ≥ 1.")
         if self.neighbours_growth < 0:
             raise ConfigError(f"neighbours growth {self.neighbours_growth}; expected ≥ 0 neighbours added per round.")
         if self.lr_schedule not in ("constant", "cosine"):

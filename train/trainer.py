@@ -182,7 +182,7 @@ class Trainer:
         state = load_checkpoint(self.out / "checkpoint.pt") if state is None else state
         saved = state["config"]["train"]
         mine = self.cfg.to_dict()
-        diff = {k: (saved.get(k), mine[k]) for k in mine if k not in ("device", "threads") and saved.get(k) != mine[k]}
+        diff = {k: (saved.get(k), mine[k]) for k in mine if k not in ("device", "threads", "checkpoint_every") and saved.get(k) != mine[k]}
         if diff:
             raise ConfigError(
                 f"{self.out}: cannot resume, the checkpoint was trained with other settings {diff} "
@@ -298,7 +298,8 @@ class Trainer:
             bar.set_postfix(postfix)
             if self.log_epochs:
                 say(epoch_line(row, cfg.epochs))
-            self.save(epoch)
+            if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
+                self.save(epoch)
         if not main:
             return {}
         if cfg.bank_refresh:

@@ -139,6 +139,8 @@ def main(verbose: int, quiet: bool) -> None:
 @click.option("--seed", type=int, default=None)
 @click.option("--device", type=DEVICE, default=None, help="cpu, cuda or cuda:N (one process; --nproc takes a GPU each).")
 @click.option("--threads", type=int, default=None, help="torch CPU threads (0 = all cores).")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=None,
+              help="Write checkpoint.pt every N epochs and after the last (default 1; --resume continues from the last one).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--force", is_flag=True, help="Delete an existing --out and start again.")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,

@@ -78,3 +78,12 @@ def test_training_with_the_paper_form_and_growing_k_records_both(tmp_path: Path)
     assert all(math.isfinite(row["disc"]) for row in losses) and losses[-1]["anchors"] > 0
     with pytest.raises(ConfigError, match="latent_loss"):  # resuming with the other form is refused, not mixed
         train_run(SAMPLE_TRAIN, tmp_path / "run", dataclasses.replace(cfg, latent_loss="replace"), val=SAMPLE_EVAL, resume=True)
+
+
+def test_checkpoint_every_n_epochs_still_ends_with_the_finished_run(tmp_path: Path) -> None:
+    cfg = tiny_config(checkpoint_every=2, pretrain_epochs=1, rounds=2, round_epochs=1)  # 3 epochs: saves after 2 and 3
+    train_run(SAMPLE_TRAIN, tmp_path / "run", cfg, val=SAMPLE_EVAL)
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert state["finished"] is True and state["epoch"] == 2
+    with pytest.raises(ConfigError, match="checkpoint every 0 epochs"):
+        tiny_config(checkpoint_every=0).validate()
