@@ -1,15 +1,11 @@
 """The DICOM node's fault sweep (issue 24): no acknowledged film without a row or SR, no duplicate row, under every fault.
 
-Each fault runs a real `salad serve` subprocess on a tiny bundle; films are real chest CRs (pydicom-data
-RG1_UNCR cut to 480x480, new UIDs) sent by a pynetdicom SCU (one association per batch, the status of every
-C-STORE kept) or exported into a watch folder; SRs go to a pynetdicom Storage SCP standing in for a PACS.
-Faults: kill -9 under load (then a restart, and the unacknowledged films re-sent as a modality does), a full
-disk (RESULTS on a small tmpfs, then grown), duplicate UIDs (a different film under a known UID, and
-identical re-sends), re-sends after an error row, SRs the PACS refuses and a wrong called AE at the PACS,
-slow watch-folder writers, a 64 GiB sparse file and symlinks out of the watch folder.
-Checked after each: every acknowledged film (C-STORE 0x0000, or complete in the watch folder) has a scored
-row and its SR, or an error row when it was sent broken on purpose; no (SOP Instance UID, pixel sha256) has
-two scored rows; every line of scores.jsonl is a row; every SR reached the PACS or deadletter/ with a reason.
+Each fault runs a real `salad serve` subprocess on a tiny bundle; films are real chest CRs (RG1_UNCR cut to
+480x480, new UIDs) sent by a pynetdicom SCU (every C-STORE status kept) or exported into a watch folder; SRs go
+to a pynetdicom Storage SCP standing in for a PACS. Checked after each: every acknowledged film (C-STORE 0x0000,
+or complete in the watch folder) has a scored row and its SR, or an error row when sent broken on purpose; no
+(SOP Instance UID, pixel sha256) has two scored rows; every line of scores.jsonl is a row; every SR reached
+the PACS or deadletter/ with a reason.
 Usage: nice -n 10 python benchmarks/node_faults.py --bundle BUNDLE [--seed 0]  (also: fault_sweep.py --node)
 """
 
@@ -22,6 +18,7 @@ import os
 import platform
 import random
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -76,13 +73,16 @@ class Node:
         self.cmd = cmd
 
     def start(self) -> Node:
+        self.offset = self.log.stat().st_size if self.log.exists() else 0  # a restart appends: wait for its own lines
         with open(self.log, "ab") as fh:
             self.proc = subprocess.Popen(self.cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
         self.wait_for(r"INFO ready: ")
         return self
 
     def text(self) -> str:
-        return self.log.read_text(errors="replace")
+        with open(self.log, "rb") as fh:
+            fh.seek(self.offset)
+            return fh.read().decode(errors="replace")
 
     def wait_for(self, pattern: str, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
@@ -98,9 +98,9 @@ class Node:
         self.proc.terminate()
         return self.proc.wait(180)
 
-    def kill9(self) -> None:
+    def kill9(self) -> int:
         self.proc.kill()
-        self.proc.wait(30)
+        return self.proc.wait(30)
 
 
 def send(port: int, files: list[Path], stop: threading.Event | None = None) -> dict[Path, int]:
@@ -128,8 +128,6 @@ def send(port: int, files: list[Path], stop: threading.Event | None = None) -> d
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -196,8 +194,7 @@ class Pacs:
         return 0x0000
 
     def close(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
+        self.server.shutdown() if self.server is not None else None
 
 
 def acked_of(statuses: dict[Path, int]) -> set[tuple[str, str]]:
@@ -226,6 +223,7 @@ def kill9_under_load(bundle: Path, work: Path, rng: random.Random, rounds: int, 
         delay = rng.uniform(0.5, 4.0)
         time.sleep(delay)
         node.kill9()
+        at_kill = {"rows_at_kill": len(rows(out)[0]), "queued_at_kill": len(list((out / "inbox").glob("*.dcm")))}
         sender.join(120)
         acked = acked_of(statuses)
         node = Node(bundle, out, "--batch", "4", port=port).start()
@@ -234,12 +232,24 @@ def kill9_under_load(bundle: Path, work: Path, rng: random.Random, rounds: int, 
         wait_drained(out)
         node.stop()
         results.append({"fault": "kill -9 under load", "round": i, "kill_after_s": round(delay, 2), "sent": n,
-                        "acked_before_kill": sum(s == 0 for s in statuses.values()), **audit(out, acked)})
+                        "acked_before_kill": sum(s == 0 for s in statuses.values()), **at_kill, **audit(out, acked)})
     return results
 
 
+def fill(disk: Path) -> Path:
+    """Write a filler file until the disk is full (ENOSPC); remove it to free the space."""
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as fh:
+        for chunk in (65536, 4096, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    fh.write(b"\0" * chunk)
+    return filler
+
+
 def disk_full(bundle: Path, work: Path, sizes: list[str], n: int) -> list[dict[str, Any]]:
-    """RESULTS on a tmpfs of each size: send n films and MR refusals until full, kill -9, grow the disk, restart, re-send."""
+    """RESULTS on a tmpfs of each size: films and MR refusals until it fills, then a filler takes the rest and more are
+    sent (rows and stores fail); kill -9, free and grow the disk, restart, re-send what was not acknowledged."""
     results = []
     mr = pydicom.dcmread(str(get_testdata_file("MR_small.dcm")))
     for size in sizes:
@@ -250,15 +260,20 @@ def disk_full(bundle: Path, work: Path, sizes: list[str], n: int) -> list[dict[s
             mr.SOPInstanceUID = mr.file_meta.MediaStorageSOPInstanceUID = generate_uid()
             mrs.append(work / f"disk-{size}-films" / f"mr-{k:03d}.dcm")
             mr.save_as(mrs[-1], enforce_file_format=True)
+        half = n // 2
         with tmpfs(disk, size):
             out = disk / "out"
             node = Node(bundle, out, port=port, log=work / f"disk-{size}.log").start()  # the log off the full disk
-            statuses = send(port, [f for pair in zip(files, mrs, strict=True) for f in pair])
-            time.sleep(3.0)  # scoring on the full disk: rows and SRs fail, films stay queued
+            statuses = send(port, [f for pair in zip(files[:half], mrs[:half], strict=True) for f in pair])
+            time.sleep(2.0)
+            filler = fill(disk)
+            statuses |= send(port, [f for pair in zip(files[half:], mrs[half:], strict=True) for f in pair])
+            time.sleep(2.0)  # scoring on the full disk: rows and SRs fail, films stay queued
             full_log = node.text()
             node.kill9()
+            filler.unlink()
             subprocess.run(["mount", "-o", "remount,size=256m", str(disk)], check=True)
-            node = Node(bundle, out, port=port, log=work / f"disk-{size}-restart.log").start()
+            node = Node(bundle, out, port=port, log=work / f"disk-{size}.log").start()
             again = send(port, [f for f in files if statuses.get(f) != 0])
             wait_drained(out)
             node.stop()
@@ -400,8 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--disk-sizes", default="2m,3m,5m")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
-    rng = random.Random(args.seed)
-    started = time.perf_counter()
+    rng, started = random.Random(args.seed), time.perf_counter()
     faults: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="node-faults-") as tmp:
         work = Path(tmp)
