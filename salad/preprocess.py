@@ -17,6 +17,9 @@ import numpy as np
 from salad.errors import DataError
 from salad.imageio import cv2, read_image
 
+#: Largest model input side: no network here takes more than a few hundred pixels, and a side of 4096 is already a
+#: 64 MiB float32 tensor per film (a damaged config asking for more would exhaust memory, not score).
+MAX_SIZE = 4096
 RESIZE_MODES = ("stretch", "letterbox")
 #: display: the reader's [0, 1] as it is; minmax: per-film stretch; the others normalise each film's intensity
 #: after resizing, so exposure and window differences between sites and machines matter less:
@@ -50,8 +53,8 @@ class PreprocessConfig:
     border: str = "keep"
 
     def __post_init__(self) -> None:
-        if self.size < 32:
-            raise DataError(f"preprocessing size {self.size} is too small; expected ≥ 32 pixels.")
+        if not isinstance(self.size, int) or isinstance(self.size, bool) or not 32 <= self.size <= MAX_SIZE:
+            raise DataError(f"preprocessing size {self.size!r}; expected a whole number of pixels from 32 to {MAX_SIZE}.")
         if self.channels != 1:
             raise DataError(f"preprocessing channels={self.channels}; SALAD models take 1 grey channel.")
         if self.resize_mode not in RESIZE_MODES:

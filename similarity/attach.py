@@ -24,7 +24,7 @@ import salad
 from salad.data import Sample, list_hash, read_samples
 from salad.drift import STYLE_CALIBRATION_FILE, Calibration, DriftPolicy
 from salad.errors import BundleError, DataError
-from salad.fsutil import pid_alive, sigterm_as_interrupt, sweep_stale, writer_lock
+from salad.fsutil import parse_json, pid_alive, sigterm_as_interrupt, sweep_stale, writer_lock
 from salad.manifest import (
     JOURNAL,
     Manifest,
@@ -36,10 +36,9 @@ from salad.manifest import (
     sha256_file,
     verify_files,
 )
-from salad.preprocess import PreprocessConfig
 
 from .distance import per_film_distance
-from .estimator import Estimator, Latent, load_points
+from .estimator import Estimator, Latent, load_points, preprocessing_of, short
 
 FOLDER = "similarity"
 GRAPH_FILE = f"{FOLDER}/estimator.onnx"
@@ -47,6 +46,8 @@ POINTS_FILE = f"{FOLDER}/points.npz"
 DRIFT_FILE = STYLE_CALIBRATION_FILE
 FILES = (GRAPH_FILE, POINTS_FILE, DRIFT_FILE)
 DRIFT_SCHEMA = "salad-similarity-drift/2"
+#: The fix for a damaged attached estimator.
+REATTACH = "Re-attach with `salad similarity attach ESTIMATOR BUNDLE --data TRAINING_FILMS --force`."
 #: Share of the training films held out (by patient when known) to calibrate the drift threshold, without --holdout.
 HOLDOUT_FRACTION = 0.2
 
@@ -162,15 +163,27 @@ class Attached:
                 f"`salad similarity attach ESTIMATOR {root} --data TRAINING_FILMS`."
             )
         verify_files(root, manifest, only=FILES)
-        info = json.loads(manifest.path_of(root, DRIFT_FILE).read_text(encoding="utf-8"))
+        path = manifest.path_of(root, DRIFT_FILE)
+        info = parse_json(path.read_bytes(), path, BundleError, REATTACH)
         if not isinstance(info, dict) or info.get("schema") != DRIFT_SCHEMA:
             raise BundleError(f"{root / DRIFT_FILE}: schema {info.get('schema') if isinstance(info, dict) else None!r}; "
-                              f"expected {DRIFT_SCHEMA!r}. Re-attach with `salad similarity attach … --force`.")
+                              f"expected {DRIFT_SCHEMA!r}. {REATTACH}")
+        est = info.get("estimator")
+        if not isinstance(est, dict) or not isinstance(est.get("sha256"), str):
+            raise BundleError(f"{path}: estimator is {short(est)}; expected {{sha256, preprocessing, latent_dim, …}}. {REATTACH}")
+        preprocessing_of(est.get("preprocessing"), path)
+        try:
+            DriftPolicy.from_dict(info["policy"])
+            Calibration.from_dict(info["style"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise BundleError(f"{path}: the drift policy or style thresholds are damaged ({type(exc).__name__}: {exc}). "
+                              f"{REATTACH}") from None
         graph = manifest.path_of(root, GRAPH_FILE)
-        if manifest.files[GRAPH_FILE] != info["estimator"]["sha256"]:
+        if manifest.files[GRAPH_FILE] != est["sha256"]:
             raise BundleError(f"{root / GRAPH_FILE}: not the estimator drift.json names (sha256 "
-                              f"{manifest.files[GRAPH_FILE][:12]}… vs {info['estimator']['sha256'][:12]}…). Re-attach with --force.")
-        pts = load_points(manifest.path_of(root, POINTS_FILE))
+                              f"{manifest.files[GRAPH_FILE][:12]}… vs {est['sha256'][:12]}…). Re-attach with --force.")
+        dim = est.get("latent_dim")
+        pts = load_points(manifest.path_of(root, POINTS_FILE), dim if isinstance(dim, int) else None, ("reference", "held_out"))
         return cls(root, info, pts["reference"], pts["held_out"], graph)
 
     @property
@@ -187,7 +200,7 @@ class Attached:
         return DriftPolicy.from_dict(self.info["policy"])
 
     def latent(self, threads: int | None = None) -> Latent:
-        return Latent(self.graph, PreprocessConfig.from_dict(self.info["estimator"]["preprocessing"]), threads=threads)
+        return Latent(self.graph, preprocessing_of(self.info["estimator"]["preprocessing"], self.root / DRIFT_FILE), threads=threads)
 
 
 class StyleCheck:
