@@ -345,7 +345,7 @@ def render_markdown(result: DemoResult, parity: Any, bench: Any, scored: list[tu
     md.append("## Films and what each served\n\n| films | normal | abnormal | list | used for |\n|---|---|---|---|---|")
     md += ["| " + " | ".join(r) + " |" for r in _film_rows(result)]
     md.append("\n## Steps\n\n| step | result | seconds |\n|---|---|---|")
-    md += [f"| {i}. {s.title} | {s.result} | {s.seconds:.0f} |" for i, s in enumerate(result.steps, 1)]
+    md += [f"| {i}. {s.title} | {s.result.replace('|', chr(92) + '|')} | {s.seconds:.0f} |" for i, s in enumerate(result.steps, 1)]
     metrics = result.metrics.get("evaluation")
     if metrics is not None and result.operating is not None:
         md.append(f"\n## Detection on the test films\n\nAUC **{metrics['auc']:.3f}**, AUPRC **{metrics['auprc']:.3f}** "
