@@ -72,9 +72,28 @@ def fit(form: str, pool_name: str, beta: float, threads: int, steps: int) -> dic
             "steps": info["training"]["steps"], "final_losses": info["training"]["final_losses"]}
 
 
+def inputs(key: str) -> np.ndarray:
+    """The estimator input (n, 1, 64, 64) of a target or a bundle's training normals ("cand~SITE"), cached on disk."""
+    from salad.preprocess import preprocess
+    from salad.similarity.fit import PREPROCESSING
+
+    path = FORMS_WORK / "inputs" / f"{key}.npy"
+    if path.exists():
+        return np.load(path, allow_pickle=False)
+    if key.startswith("cand~"):
+        films, _ = raw_films(key.partition("~")[2], "train", normals_only=True)
+    else:
+        films, _ = target_films(key)
+    x = np.stack([preprocess(f, PREPROCESSING) for f in films])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{key}.tmp.npy")
+    np.save(tmp, x)
+    os.replace(tmp, path)
+    return x
+
+
 def embed(names: list[str]) -> dict[str, np.ndarray]:
     """Every target's and every bundle's training normals' points through each named estimator (cached)."""
-    from salad.preprocess import preprocess
     from salad.similarity.estimator import Estimator
 
     cache: dict[str, np.ndarray] = {}
@@ -85,15 +104,12 @@ def embed(names: list[str]) -> dict[str, np.ndarray]:
     if not todo:
         return cache
     latents = {n: Estimator.load(FORMS_WORK / n).latent(1) for n in todo}
-    pre = Estimator.load(FORMS_WORK / todo[0]).preprocessing
     for site in REAL_SITES:
-        films, _ = raw_films(site, "train", normals_only=True)
-        x = np.stack([preprocess(f, pre) for f in films])
+        x = inputs(f"cand~{site}")
         for n in todo:
             cache[f"{n}|cand|{site}"] = latents[n].embed(x)
     for target in tqdm(target_names(), desc="embedding targets", leave=False):
-        films, _ = target_films(target)
-        x = np.stack([preprocess(f, pre) for f in films])
+        x = inputs(target)
         for n in todo:
             cache[f"{n}|target|{target}"] = latents[n].embed(x)
     tmp = POINTS.with_name("points.tmp.npz")
@@ -196,9 +212,14 @@ def markdown(result: dict[str, Any]) -> str:
                     s = methods[method][variant]
                     lines.append(f"| {method} | {form} | {100 * s['top1']:.0f} % | {100 * s['real_targets_top1']:.0f} % | "
                                  f"{_f(s['auc_lost_mean'])} | {_f(s['spearman_mean'], 2)} | {_f(s['pooled_pearson_distance_vs_auc'], 2)} |")
+            s = result["committed"][variant].get(method)
+            if s is not None:
+                lines.append(f"| {method} | salad-edge-v1, committed | {100 * s['top1']:.0f} % | {100 * s['real_targets_top1']:.0f} % | "
+                             f"{_f(s['auc_lost_mean'])} | {_f(s['spearman_mean'], 2)} | {_f(s['pooled_pearson_distance_vs_auc'], 2)} |")
         lines.append("")
     lines += ["`asap` = full pool at the paper's β = 0.6; `asap-eqc` = the full pool's fit with the lowest EQC (own form's "
-              "formula) among the β fitted: " + "; ".join(f"{form}: {c}" for form, c in a["eqc_choice"].items()) + "; "
+              "formula) among the β fitted: " + "; ".join(f"{form} → {c.get('full', '–')}" for form, c in a["eqc_choice"].items())
+              + "; committed = the committed site-similarity run's salad-edge-v1 estimators (another machine); "
               "`-loso` = the target's source site and its variants left out of the pool.", "",
               "## Choices per target (every bundle a candidate)", "", "| target | oracle | " + " | ".join(
                   f"{m} {form}" for form, ms in a["methods"].items() for m in ms) + " |",
@@ -214,12 +235,28 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def fitted() -> dict[str, dict[str, Any]]:
+    """The record of every finished fit under .work/forms (whichever process fitted it), paper first, by pool and β."""
+    from salad.similarity.forms import FORMS
+
+    out = {}
+    for form in FORMS:
+        for pool_name in POOLS:
+            for beta in BETAS:
+                if (FORMS_WORK / estimator_name(form, pool_name, beta) / "estimator.json").exists():
+                    out[estimator_name(form, pool_name, beta)] = fit(form, pool_name, beta, 1, 0)
+    return out
+
+
 def report(configuration: str) -> dict[str, Any]:
     """Analyse whatever is fitted and write site_similarity_forms.json / .md."""
-    fits = json.loads((FORMS_WORK / "fits.json").read_text())
+    fits = fitted()
     points = embed(sorted(fits))
-    result = {"schema": "salad-site-similarity-forms/1", "machine": machine(), "configuration": configuration,
+    result: dict[str, Any] = {"schema": "salad-site-similarity-forms/1", "machine": machine(), "configuration": configuration,
               "targets": target_names(), "fits": fits, "analysis": analyse(fits, points)}
+    committed = json.loads((OUT / "site_similarity.json").read_text())["analysis"]["summary"]
+    result["committed"] = {v: {m: {k: x for k, x in committed[v][m].items() if k != "per_target"}
+                               for m in ("asap", "asap-eqc", "asap-loso", "asap-eqc-loso") if m in committed[v]} for v in committed}
     for form in result["analysis"]["methods"].values():  # distances stay in the JSON; per-target rows are in per_target
         for m in form.values():
             m["distance"] = {t: {c: round(v, 6) for c, v in d.items()} for t, d in m["distance"].items()}
@@ -243,18 +280,20 @@ def run_command(pools: str, betas: str, threads: int, steps: int, configuration:
     """Fit both forms (paper first, one estimator at a time, β in the given order), then report."""
     from salad.similarity.forms import FORMS
 
-    record_path = FORMS_WORK / "fits.json"
-    FORMS_WORK.mkdir(parents=True, exist_ok=True)
-    fits = json.loads(record_path.read_text()) if record_path.exists() else {}
     for beta in (float(b) for b in betas.split(",")):
         for pool_name in pools.split(","):
             for form in FORMS:
-                name = estimator_name(form, pool_name, beta)
                 t0 = time.perf_counter()
-                fits[name] = fit(form, pool_name, beta, threads, steps)
-                click.echo(f"{name}: EQC {fits[name]['eqc']:.3f} ({time.perf_counter() - t0:.0f} s)", err=True)
-                record_path.write_text(json.dumps(fits, indent=1) + "\n")
+                eqc = fit(form, pool_name, beta, threads, steps)["eqc"]
+                click.echo(f"{estimator_name(form, pool_name, beta)}: EQC {eqc:.3f} ({time.perf_counter() - t0:.0f} s)", err=True)
     click.echo(markdown(report(configuration)))
+
+
+@main.command("inputs")
+def inputs_command() -> None:
+    """Preprocess every target and the bundles' training normals for the estimators (cached; fits may run meanwhile)."""
+    for key in [*(f"cand~{s}" for s in REAL_SITES), *target_names()]:
+        click.echo(f"{key}: {inputs(key).shape}", err=True)
 
 
 @main.command("report")
