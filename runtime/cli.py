@@ -61,7 +61,7 @@ PROGRESS_MIN_FILMS = 64
                    "validation normals, and style if `salad similarity attach` added an estimator. Never changes a score or a label.")
 @click.option("--drift-window", type=click.IntRange(min=4), default=50, show_default=True,
               help="Films per window of the drift report (the whole call is judged too).")
-@click.option("--confirmed-normal", "confirmed", multiple=True, type=click.Path(path_type=Path),
+@click.option("--confirmed-normal", "confirmed", multiple=True, type=click.Path(path_type=Path, readable=False),
               help="Films a radiologist read as normal (files or folders; repeat). Implies --drift: the report adds their "
                    "false-positive rate with its 95 % interval, warns when it is above twice the design rate, and keeps a "
                    "running estimate across calls in --confirmed-state. They get no row of their own.")

@@ -20,6 +20,7 @@ import numpy as np
 
 from salad.bundle import BANK_INPUT, IMAGE_INPUT, Bundle
 from salad.errors import BundleError, ConfigError, DataError
+from salad.filmcheck import check_film
 from salad.manifest import PRECISIONS, Manifest, read_manifest
 from salad.preprocess import PreprocessConfig, load_image, preprocess
 from salad.scoring import SCORE_NAMES, decide
@@ -274,7 +275,7 @@ def _check_array(image: np.ndarray, name: str | None) -> np.ndarray:
             f"{what}: values span [{lo:g}, {hi:g}]; expected a grey image in [0, 1] "
             "(divide 8-bit images by 255, or read files with salad.imageio.read_image)."
         )
-    return values
+    return check_film(values, what)  # the reader's rule: too small, too thin or blank is refused, never labelled
 
 
 def _non_finite_rows(out: dict[str, np.ndarray]) -> dict[int, str]:

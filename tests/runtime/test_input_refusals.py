@@ -165,3 +165,31 @@ def test_choose_bundle_skips_a_dicom_whose_number_of_frames_is_text(tiny_bundle:
     assert escaped is None and code == 0, err
     assert "tiny" in out
     assert f"{target / 'frames.dcm'}: DICOM NumberOfFrames = 'x1' is not a whole number" in out + err
+
+
+def test_the_python_api_refuses_degenerate_arrays_by_the_same_rule(tiny_bundle: Path) -> None:
+    """Scorer.score on arrays: a constant or 1-pixel-high array is an error result, a real film's array is labelled."""
+    from salad.imageio import read_image
+    from salad.runtime import Scorer
+
+    film = read_image(sorted((SAMPLE_EVAL / "normal").glob("*.jpeg"))[0])
+    with Scorer.from_bundle(tiny_bundle) as scorer:
+        blank, line, real = scorer.score([np.full((100, 100), 0.5, np.float32), film[:1], film], on_error="record")
+    assert blank.label is None and "array input: every pixel has the value 0.5 (a constant image" in str(blank.error)
+    assert line.label is None and "array input: 224×1 pixels; a radiograph has at least 64" in str(line.error)
+    assert real.ok and real.label in (0, 1)
+
+
+def test_parity_and_evaluate_refuse_a_labelled_set_with_a_degenerate_film(tiny_bundle: Path, tiny_run: Path, tmp_path: Path) -> None:
+    """Checks on labelled films stop with one line naming the film and why (a verdict on a set with a blank in it would mislead)."""
+    labelled = tmp_path / "labelled"
+    good_films(labelled / "normal", 2)
+    (labelled / "pneumonia").mkdir()
+    for src in sorted((SAMPLE_EVAL / "pneumonia").glob("*.jpeg"))[:2]:
+        shutil.copy(src, labelled / "pneumonia" / src.name)
+    dot = png(labelled / "normal" / "dot.png", np.full((1, 1), 100, np.uint8))
+    for args in (["parity", str(tiny_bundle), "--runtime", "onnxruntime", "--labelled", str(labelled)],
+                 ["evaluate", str(tiny_run), "--labelled", str(labelled)]):
+        code, _, err, escaped = invoke(args)
+        assert escaped is None and code == 1, (args, err)
+        assert f"error: {dot}: 1×1 pixels; a radiograph has at least 64 pixels" in err, err

@@ -161,10 +161,11 @@ def test_bank_as_input_bundle_scores_like_the_initializer_bundle(tiny_bundle: Pa
 def test_close_releases_the_runner_and_score_reactivates(tiny_bundle: Path) -> None:
     scorer = Scorer.from_bundle(tiny_bundle)
     assert not scorer.runner.is_active  # lazy: nothing loaded until first use
-    first = scorer.score(np.full((80, 64), 0.5, np.float32))
+    film = read_image(sorted((Path(salad.__file__).parent / "sample" / "train" / "normal").glob("*.jpeg"))[0])
+    first = scorer.score(film)
     scorer.close()
     assert not scorer.runner.is_active
-    assert scorer.score(np.full((80, 64), 0.5, np.float32))[0].score == first[0].score
+    assert scorer.score(film)[0].score == first[0].score
     scorer.close()
 
 
