@@ -21,6 +21,7 @@ import numpy as np
 
 from salad.drift import STYLE_CALIBRATION_FILE
 from salad.errors import BundleError
+from salad.graphbank import bank_digest
 from salad.manifest import MANIFEST, GraphSpec, Manifest, read_manifest
 from salad.scoring import DEFAULT_SCORE, SCORE_NAMES
 
@@ -136,6 +137,13 @@ class Bundle:
         except (OSError, ValueError) as exc:
             raise BundleError(f"{path}: cannot read the memory bank the graph takes as input ({exc}).") from exc
         bank = np.ascontiguousarray(bank, dtype=np.float32)
+        expected = self.manifest.bank.get("sha256")
+        if bank_digest(bank) != expected or bank.shape != (self.manifest.bank.get("rows"), self.manifest.embedding_dim):
+            raise BundleError(
+                f"{path}: holds a memory bank of shape {list(bank.shape)} with sha256 {bank_digest(bank)[:12]}…; the manifest's bank "
+                f"is {self.manifest.bank.get('rows')} × {self.manifest.embedding_dim} with sha256 {str(expected)[:12]}…. "
+                "The bank file was swapped or edited; re-copy or re-export the bundle."
+            )
         return bank
 
     def load_bank(self) -> np.ndarray:

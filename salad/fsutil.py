@@ -5,10 +5,12 @@ Standard library only (a console installs salad-edge[runtime] without extra pack
 Lock: `fcntl.flock` on a small lock file rather than the `filelock` package — the consoles are Linux
 (macOS for development), flock is released by the kernel when the holder dies (even under
 `kill -9`, so there is never a stale lock to break), and it adds no dependency to the runtime
-extra. The lock file is `.NAME.lock` beside the bundle (or `BUNDLE/.lock` where the parent is not
-writable) and holds the holder's pid for the error message. The holder deletes it on release; a
-waiter that then wins the flock on the deleted file notices (its inode is no longer the path's) and
-opens the path again, the standard cure for the unlink race. A `kill -9` leaves the file, unlocked.
+extra. The lock is keyed on the real path (symbolic links resolved), so two writers that name one
+bundle or results folder through different aliases exclude each other. The lock file is `.NAME.lock`
+beside the real folder (or `FOLDER/.lock` where its parent is not writable) and holds the holder's
+pid for the error message. The holder deletes it on release; a waiter that then wins the flock on the
+deleted file notices (its inode is no longer the path's) and opens the path again, the standard cure
+for the unlink race. A `kill -9` leaves the file, unlocked.
 
 Policy: a second writer waits up to `SALAD_LOCK_TIMEOUT_S` seconds (default 10, so short writers
 such as a journal roll-forward simply queue), then fails with a BundleError naming the holder's pid.
@@ -68,9 +70,14 @@ def lock_timeout() -> float:
     return max(value, 0.0)
 
 
+def real_path(target: str | os.PathLike[str]) -> Path:
+    """`target` with every symbolic link resolved (as far as it exists): the one name a lock is keyed on."""
+    return Path(os.path.realpath(target))
+
+
 def lock_path(target: Path) -> Path:
-    """Where the writer lock of directory `target` lives: `.NAME.lock` beside it."""
-    target = Path(os.path.abspath(target))
+    """Where the writer lock of directory `target` lives: `.NAME.lock` beside it, symbolic links resolved."""
+    target = real_path(target)
     return target.parent / f".{target.name}.lock"
 
 
@@ -80,7 +87,7 @@ def _open_lock(target: Path) -> tuple[int, Path]:
     try:
         return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644), path
     except OSError as exc:
-        inner = Path(os.path.abspath(target)) / ".lock"
+        inner = real_path(target) / ".lock"
         if exc.errno not in (errno.EACCES, errno.EROFS, errno.EPERM) or not inner.parent.is_dir():
             raise BundleError(f"{path}: cannot create the writer lock ({exc.strerror}); the bundle's folder must be writable.") from exc
         try:
@@ -105,9 +112,10 @@ def writer_lock(target: str | os.PathLike[str], timeout: float | None = None, wh
     """Hold the exclusive writer lock of `target` (a bundle or a Triton repository) for the block.
 
     Re-entrant within one process. Waits up to `timeout` (default `lock_timeout()`) seconds, then
-    raises a BundleError naming the holder's pid.
+    raises a BundleError naming the holder's pid. Keyed on the real path: an alias (symbolic link to
+    the folder or to a folder above it) takes the same lock.
     """
-    target = Path(os.path.abspath(target))
+    target = real_path(target)
     fd, path = _open_lock(target)
     key = str(path)
     with _held_guard:
@@ -160,8 +168,28 @@ def writer_lock(target: str | os.PathLike[str], timeout: float | None = None, wh
 
 def holds_lock(target: str | os.PathLike[str]) -> bool:
     """True if this process holds the writer lock of `target` (re-entrancy for nested writers)."""
-    target = Path(os.path.abspath(target))
+    target = real_path(target)
     return str(lock_path(target)) in _held or str(target / ".lock") in _held
+
+
+def writer_active(target: str | os.PathLike[str]) -> bool:
+    """Whether a live process holds the writer lock of `target`; read-only (creates nothing, changes nothing).
+
+    A reader uses it to wait for a commit in progress instead of reading a half-committed bundle.
+    """
+    target = real_path(target)
+    for path in (lock_path(target), target / ".lock"):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing releases a shared lock taken just now
+    return False
 
 
 @contextlib.contextmanager
@@ -216,7 +244,7 @@ def sweep_stale(target: str | os.PathLike[str]) -> list[Path]:
     Call with the writer lock held. A `.NAME.old-PID` left with no NAME (a writer killed between its
     two renames) is the previous, complete directory: it is renamed back rather than removed.
     """
-    target = Path(os.path.abspath(target))
+    target = real_path(target)
     removed: list[Path] = []
     if target.parent.is_dir():
         for entry in sorted(target.parent.iterdir()):
@@ -306,8 +334,13 @@ def fsync_dir(folder: Path) -> None:
 
 
 def parse_json(data: str | bytes, path: Path, error: type[SaladError] = BundleError, fix: str = "") -> Any:
-    """The JSON in `data` (read from `path`); damaged or non-UTF-8 content is `error` naming the file and the fix."""
+    """The JSON in `data` (read from `path`); damaged, non-UTF-8 or absurdly nested content is `error` naming the file and the fix."""
     try:
         return json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise error(f"{path}: not valid JSON ({exc}).{' ' + fix if fix else ''}") from exc
+    except RecursionError:
+        raise error(
+            f"{path}: JSON nested too deeply to read (thousands of levels; no salad-edge file nests more than a few); "
+            f"the file is damaged or was not written by salad-edge.{' ' + fix if fix else ''}"
+        ) from None

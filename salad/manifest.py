@@ -2,8 +2,10 @@
 
 A bundle is a directory a console can verify and run without the training code. Loading checks the
 schema version first, then every field's type and range, that every path stays inside the bundle
-and is a listed file, the integrity digest of the decision-making fields, and (by default) the
-sha256 of every file the manifest lists, naming any mismatch.
+and is a listed file, the integrity digest of the decision-making fields and of every file's
+checksum, and (by default) the sha256 of every file the manifest lists, naming any mismatch, and
+that the bank each scoring graph uses is the manifest's (salad/graphbank.py). A commit journal is
+never applied by a reader (salad/journal.py).
 
 The schema's constants and field rules are in salad/schema.py, the atomic writes (whole bundles and
 the commit journal) in salad/journal.py; their names are re-exported here, where callers look.
@@ -24,16 +26,19 @@ from salad.fsutil import (
     parse_json,
     write_atomic,
 )
+from salad.graphbank import check_banks
 from salad.journal import (
     atomic_directory,
+    check_journal,
     commit_journal,
-    complete_for_reader,
     complete_journal,
     is_bundle,
     pending_name,
+    wait_for_commit,
 )
 from salad.preprocess import PreprocessConfig
 from salad.schema import (
+    CHECKSUMS,
     DEFAULT_TOLERANCES,
     JOURNAL,
     MANIFEST,
@@ -47,8 +52,9 @@ from salad.schema import (
 
 __all__ = [
     "DEFAULT_TOLERANCES", "JOURNAL", "MANIFEST", "PRECISIONS", "PROTECTED_FIELDS", "SCHEMA_VERSION", "GraphSpec",
-    "Manifest", "TensorSpec", "atomic_directory", "commit_journal", "complete_journal", "confined", "is_bundle",
-    "manifest_problems", "path_problem", "pending_name", "read_manifest", "sha256_file", "verify_files",
+    "Manifest", "TensorSpec", "atomic_directory", "check_journal", "commit_journal", "complete_journal", "confined",
+    "current_manifest", "is_bundle", "manifest_problems", "parse_manifest", "path_problem", "pending_name", "read_manifest",
+    "sha256_file", "verify_files",
 ]
 
 
@@ -159,13 +165,22 @@ class Manifest:
         return cls(**kwargs)
 
     def field_digests(self) -> dict[str, str]:
-        """sha256 of each decision-making field's canonical JSON (what `integrity` records)."""
+        """sha256 of each decision-making field's canonical JSON (what `integrity.fields` records)."""
         d = self.to_dict()
         return {name: _digest(d[name]) for name in PROTECTED_FIELDS}
 
+    def checksum_digests(self) -> dict[str, str]:
+        """sha256 of every file entry a reader trusts, by role (what `integrity.checksums` records).
+
+        "graphs['model']": the graph's file, sha256 and external data; "files['bank.npy']": that file's sha256.
+        """
+        out = {f"graphs[{k!r}]": _digest([g.file, g.sha256, list(g.external_data)]) for k, g in self.graphs.items()}
+        out.update({f"files[{name!r}]": _digest([name, digest]) for name, digest in self.files.items()})
+        return out
+
     def to_json(self) -> str:
         """manifest.json's text, with a fresh integrity digest of the decision-making fields."""
-        self.integrity = {"algorithm": "sha256", "fields": self.field_digests()}
+        self.integrity = {"algorithm": "sha256", "fields": self.field_digests(), CHECKSUMS: self.checksum_digests()}
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
     def write(self, bundle: Path) -> None:
@@ -205,9 +220,8 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")).hexdigest()
 
 
-
 def _check_integrity(path: Path, raw: dict[str, Any], manifest: Manifest) -> None:
-    """The recorded digests of the decision-making fields must match the fields as read."""
+    """The recorded digests of the decision-making fields and of every file entry must match the manifest as read."""
     recorded = raw.get("integrity")
     fields = recorded.get("fields") if isinstance(recorded, dict) else None
     fix = ("Re-export the bundle (salad-export RUN --out BUNDLE --force), or change such fields deliberately with "
@@ -216,6 +230,20 @@ def _check_integrity(path: Path, raw: dict[str, Any], manifest: Manifest) -> Non
         raise BundleError(
             f"{path}: no integrity digest of the decision-making fields {list(PROTECTED_FIELDS)} (written by an older "
             f"salad-edge or edited by hand). {fix}"
+        )
+    checksums = recorded.get(CHECKSUMS) if isinstance(recorded, dict) else None
+    if not isinstance(checksums, dict):
+        raise BundleError(
+            f"{path}: no integrity digest of the files' checksums (written by an older salad-edge, or edited by hand). {fix}"
+        )
+    now = manifest.checksum_digests()
+    edited = sorted(k for k in checksums.keys() | now.keys() if checksums.get(k) != now.get(k))
+    if edited:
+        files = {f"graphs[{k!r}]": g.file for k, g in manifest.graphs.items()}
+        named = [f"{k} ({files[k]})" if k in files else k for k in edited]
+        raise BundleError(
+            f"{path}: the checksum entries {', '.join(named)} differ from what was recorded when the manifest was written (integrity "
+            f"digest mismatch): a file's sha256 or name was edited, e.g. after the file was swapped. {fix}"
         )
     actual = manifest.field_digests()
     changed = [name for name in PROTECTED_FIELDS if fields.get(name) != actual[name]]
@@ -229,11 +257,11 @@ def _check_integrity(path: Path, raw: dict[str, Any], manifest: Manifest) -> Non
 # -- reading ------------------------------------------------------------------------------------------------
 
 
-def _load(root: Path) -> tuple[Manifest, bytes]:
-    path = root / MANIFEST
-    if not path.is_file():
-        raise BundleError(f"{root}: not a bundle (no {MANIFEST}). Create one with `salad-export RUN --out {root}`.")
-    data = path.read_bytes()
+def parse_manifest(data: bytes, path: Path) -> Manifest:
+    """A manifest's text (read from `path`: manifest.json, or a commit journal's new manifest), fully checked.
+
+    Schema version, every field's type and range, paths, and the integrity digest; files are not read.
+    """
     raw = parse_json(data, path)
     version = raw.get("schema_version") if isinstance(raw, dict) else None
     if version != SCHEMA_VERSION:
@@ -252,36 +280,60 @@ def _load(root: Path) -> tuple[Manifest, bytes]:
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{path}: manifest is missing or has malformed field {exc}.") from exc
     _check_integrity(path, raw, manifest)
-    return manifest, data
+    return manifest
+
+
+def _load(root: Path) -> tuple[Manifest, bytes]:
+    path = root / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{root}: not a bundle (no {MANIFEST}). Create one with `salad-export RUN --out {root}`.")
+    data = path.read_bytes()
+    return parse_manifest(data, path), data
+
+
+def _verify(root: Path, manifest: Manifest, graphs: Sequence[tuple[str, str]] | None) -> None:
+    """The listed files' sha256 (all, or those `graphs` read), then the bank each of those scoring graphs uses."""
+    if graphs is None:
+        verify_files(root, manifest)
+        check_banks(root, manifest, sorted(manifest.graphs))
+        return
+    verify_files(root, manifest, only=[f for name, p in graphs for f in manifest.graph_files(name, p)])
+    check_banks(root, manifest, [manifest.graph_key(name, p) for name, p in graphs])
+
+
+def current_manifest(bundle: str | os.PathLike[str], verify: bool = True) -> Manifest:
+    """manifest.json as it stands, ignoring any commit journal: for a writer that holds the bundle's lock."""
+    root = Path(bundle)
+    manifest, _ = _load(root)
+    if verify:
+        _verify(root, manifest, None)
+    return manifest
 
 
 def read_manifest(
     bundle: str | os.PathLike[str], verify: bool = True, *, graphs: Sequence[tuple[str, str]] | None = None,
 ) -> Manifest:
-    """Read BUNDLE/manifest.json: schema, field types/ranges, paths, integrity digest and (by default) every listed file's sha256.
+    """Read BUNDLE/manifest.json: schema, field types/ranges, paths, integrity digests and (by default) every listed file's sha256.
 
     graphs: verify only the files these (name, precision) graphs read (e.g. [("model", "fp16")] for a
-    console's cold start) instead of every file; the manifest itself is always fully checked.
-    A commit journal left by a killed writer is completed first (this needs write access).
+    console's cold start) instead of every file; the manifest itself is always fully checked. Verifying
+    also checks that the bank each scoring graph uses is the manifest's. Read-only: a commit journal is
+    waited for while a live writer finishes it, and otherwise refused (salad.journal.wait_for_commit), never applied.
     """
     root = Path(bundle)
-    if (root / JOURNAL).exists():
-        complete_for_reader(root)
+    wait_for_commit(root)
     manifest, data = _load(root)
     if not verify:
         return manifest
-    only = None if graphs is None else [f for name, p in graphs for f in manifest.graph_files(name, p)]
     try:
-        verify_files(root, manifest, only=only)
+        _verify(root, manifest, graphs)
     except BundleError:
         # A writer may have committed between our read of manifest.json and the hashes: read once more.
         if not (root / JOURNAL).exists() and (root / MANIFEST).read_bytes() == data:
             raise
-        if (root / JOURNAL).exists():
-            complete_for_reader(root)
+        wait_for_commit(root)
         manifest, _ = _load(root)
-        only = None if graphs is None else [f for name, p in graphs for f in manifest.graph_files(name, p)]
-        verify_files(root, manifest, only=only)
+        _verify(root, manifest, graphs)
     return manifest
 
 

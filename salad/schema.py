@@ -24,6 +24,9 @@ JOURNAL = ".journal.json"
 PRECISIONS = ("fp32", "fp16", "int8")
 #: Fields that decide a film's label; their digests are recorded by Manifest.write and checked on every read.
 PROTECTED_FIELDS = ("threshold", "scores", "k", "preprocessing", "bank", "embedding_dim")
+#: The integrity entry beside them that covers every file a reader opens: each graph's file, sha256 and
+#: external data, and `files` (bank, reference films, similarity estimator, checkpoint) with their sha256.
+CHECKSUMS = "checksums"
 _HEX = frozenset("0123456789abcdef")
 
 #: Default parity tolerances per precision (docs/architecture.md §9). fp16/int8 are set from measurements by calibration.
