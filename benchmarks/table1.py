@@ -183,7 +183,10 @@ def write_table(out: Path) -> str:
             s = c["schedule"]
             lines += [f"{c['n_normal']} normal / {c['n_abnormal']} abnormal test films. Schedule: {s['pretrain_epochs']} "
                       f"pre-training + {s['rounds']} × {s['round_epochs']} epochs = {s['epochs']}, batch {s['batch_size']}, "
-                      f"{s['size']}², width {s['width']}. Machine: {c['machine']['cpu']}, {c['machine']['threads']} threads.", ""]
+                      f"{s['size']}², width {s['width']}. Machine: {c['machine']['cpu']}, {c['machine']['cores']} cores, "
+                      f"{c['machine']['threads']} torch thread(s) a cell at niceness {c['machine']['niceness']}; 1-min load "
+                      f"average {min(m['machine']['load_average_end'][0] for m in mine):.0f}–"
+                      f"{max(m['machine']['load_average_end'][0] for m in mine):.0f} at the cells' ends.", ""]
         lines += ["| row | AR % | AUC | AUPRC | other output AUC | paper NIH AUC / AUPRC | train min |", "|---|---|---|---|---|---|---|"]
         for row, (_, ar, _) in ROWS.items():
             rs = [c for c in mine if c["row"] == row]
