@@ -55,13 +55,17 @@ def test_quiet_machine_headline_compares_int8_with_fp32_on_the_same_runtime(tmp_
         shutil.copy(f, data / "pneumonia")
     out = tmp_path / "demo"
     result = CliRunner().invoke(main, ["demo", "--quick", "--data", str(data), "--out", str(out), "--machine", "quiet"])
-    assert result.exit_code == 0, result.output
-    assert "parity (test films): onnxruntime/fp32 PASS" in result.output and "FAIL" not in result.output
+    # Variants are judged on the validation films and checked on the test films: on 29 test films one swapped pair
+    # moves the AUC by 0.005, so an int8 variant may pass the one and fail the other (exit 3, the report says so).
+    parity = json.loads((out / "parity.json").read_text())
+    failed = [row for row in parity["rows"] if not row["passed"]]
+    assert result.exit_code == (3 if failed else 0), result.output
+    assert "parity (test films): onnxruntime/fp32 PASS" in result.output and all(r["precision"] != "fp32" for r in failed)
     manifest = (out / "bundle" / "manifest.json").read_text()
     for precision in ("fp16", "int8"):
-        # A variant is either in the bundle and passes parity, or was judged on the validation films and left out.
+        # A variant is either in the bundle and checked on the test films, or was judged on the validation films and left out.
         if f"{precision}: accepted" in result.output:
-            assert f"onnxruntime/{precision} PASS" in result.output and f'"model.{precision}"' in manifest
+            assert f"onnxruntime/{precision} " in result.output.split("parity (test films):")[1] and f'"model.{precision}"' in manifest
         else:
             assert f"{precision}: REJECTED" in result.output and f'"model.{precision}"' not in manifest
     bench = BenchReport.from_dict(json.loads((out / "bench.json").read_text()))

@@ -44,10 +44,14 @@ def test_every_walkthrough_command_runs_on_the_demo_output(demo_run: DemoRun) ->
     for command in walkthrough_commands(README.read_text()):
         done = subprocess.run(shlex.split(command), cwd=demo_run.root, env=env, capture_output=True, text=True, timeout=900,
                               check=False)
-        # A calibration gate may reject a variant (exit 3, as the README says): then the bundle keeps its other graphs
-        # and the rejection report says why. Every other command succeeds.
-        rejected = command.startswith("salad calibrate") and done.returncode == 3 and "variant was not added" in done.stdout + done.stderr
-        assert done.returncode == 0 or rejected, f"{command}\nexit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        # A check may fail on the demo's 40 validation / test films (exit 3, as the README's table says): a calibration
+        # gate rejects a variant (the bundle keeps its other graphs) or a variant misses a parity tolerance on the
+        # test films, and the command says which. Everything else, and every other command, succeeds.
+        said = done.stdout + done.stderr
+        check_failed = done.returncode == 3 and (
+            (command.startswith("salad calibrate") and "variant was not added" in said)
+            or (command.startswith("salad parity") and "parity: FAILED" in said))
+        assert done.returncode == 0 or check_failed, f"{command}\nexit {done.returncode}\n{said[-6000:]}"
         assert "Traceback" not in done.stderr, command
 
 
