@@ -1,6 +1,6 @@
 """The input of benchmarks/paper_gpu.sh: Kermany films pre-resized to 256² in one xz-compressed array, and its unpacking.
 
-    python benchmarks/make_paper_gpu_input.py pack                # → benchmarks/paper_gpu/kermany256.npz.xz (≈ 55 MB)
+    python benchmarks/make_paper_gpu_input.py pack                # → benchmarks/paper_gpu/kermany256.npz.xz (56.2 MB)
     python benchmarks/make_paper_gpu_input.py unpack ARCHIVE DIR  # → DIR/train.csv, DIR/test.csv and PNG films
     python benchmarks/make_paper_gpu_input.py report WORK OUT.json  # paper_gpu.sh's result JSON from its run folders
 
@@ -9,7 +9,8 @@ The archive travels with the source tree to a GPU machine (git-ignored, not comm
 patients that supply the known anomalies (AR 10 % draws ≈ 105 of them; those of a tenth of the patients label the
 run's validation) — and `--test` normal plus as many pneumonia films of kermany_holdout.csv for a held-out AUC.
 Films are stretched to 256² with area interpolation (the paper preset's size and resize mode), stored as uint8;
-xz at preset 6 keeps ≈ 36 KB a film where numpy's zip keeps ≈ 48 KB.
+xz at preset 6 keeps ≈ 36 KB a film where numpy's zip keeps ≈ 48 KB. Measured: 1,049 normals + 250 pneumonia +
+292 held-out films (146 + 146) → 56,228,640 bytes; unpacking takes ≈ 20 s on 2 busy cores.
 """
 
 from __future__ import annotations

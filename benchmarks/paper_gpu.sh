@@ -4,7 +4,7 @@
 # parallel: at batch 16 one run leaves most of an H100 idle), each exported to a verified bundle and evaluated on
 # held-out Kermany films; writes $OUT/result.json. Target: under 9 minutes on one H100-class GPU.
 #
-#   python benchmarks/make_paper_gpu_input.py pack      # once, on a machine with the Kermany films (≈ 55 MB, git-ignored)
+#   python benchmarks/make_paper_gpu_input.py pack      # once, where the Kermany films are (56.2 MB, git-ignored)
 #   benchmarks/paper_gpu.sh                             # on the GPU machine: needs salad-edge[train,export] and CUDA PyTorch
 #   SMOKE=1 benchmarks/paper_gpu.sh                     # CPU plumbing check: 64², width 0.125, 2 epochs, K 20
 #
