@@ -21,7 +21,7 @@ from salad.errors import BundleError
 from salad.schema import confined
 
 if TYPE_CHECKING:
-    from salad.manifest import Manifest
+    from salad.manifest_model import Manifest
 
 # Field numbers of onnx.proto (stable since IR version 3).
 _MODEL_GRAPH, _GRAPH_INITIALIZER = 7, 5

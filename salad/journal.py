@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from salad.errors import BundleError
 from salad.fsutil import (
@@ -34,10 +34,8 @@ from salad.fsutil import (
     writer_active,
     writer_lock,
 )
+from salad.manifest_model import Manifest, current_manifest, parse_manifest, sha256_file
 from salad.schema import JOURNAL, MANIFEST, confined, path_problem
-
-if TYPE_CHECKING:
-    from salad.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +87,6 @@ def check_journal(root: Path, *, hashes: bool = True) -> tuple[list[tuple[str, s
     where a roll-forward expects it; and (`hashes`) every file the new manifest lists will have its
     sha256 once the renames are done. A BundleError naming the journal and the damage otherwise.
     """
-    from salad.manifest import parse_manifest, sha256_file
-
     journal = root / JOURNAL
 
     def damaged(why: str) -> BundleError:
@@ -175,8 +171,6 @@ def complete_journal(root: str | os.PathLike[str]) -> bool:
 
 
 def _set_aside(root: Path, damage: BundleError) -> None:
-    from salad.manifest import current_manifest
-
     try:
         current_manifest(root, verify=True)
     except BundleError as exc:
