@@ -107,7 +107,7 @@ def test_only_entry_points_import_the_cli_layer() -> None:
     assert not wrong, "\n".join(wrong)
 
 
-#: Stage folders → their names under the salad namespace (pyproject.toml's package-dir).
+#: Stage folders → their names under the salad namespace (setup.py's package_dir).
 PACKAGES = {"salad": "salad", "train": "salad.train", "export": "salad.export", "calibration": "salad.calibration",
             "runtime": "salad.runtime"}
 #: docs/architecture.md §1: no module in these folders is longer than this many lines.

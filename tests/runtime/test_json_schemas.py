@@ -27,7 +27,7 @@ def check(kind: str, payload: dict[str, Any]) -> dict[str, Any]:
 def run(*args: str) -> str:
     result = CliRunner().invoke(main, list(args))
     assert result.exit_code == 0, result.output
-    return result.output
+    return result.stdout  # the JSON; progress and per-epoch lines go to stderr
 
 
 def test_every_published_schema_is_a_valid_draft_2020_12_schema() -> None:
