@@ -56,10 +56,12 @@ def test_quiet_machine_headline_compares_int8_with_fp32_on_the_same_runtime(tmp_
     out = tmp_path / "demo"
     result = CliRunner().invoke(main, ["demo", "--quick", "--data", str(data), "--out", str(out), "--machine", "quiet"])
     # Variants are judged on the validation films and checked on the test films: on 29 test films one swapped pair
-    # moves the AUC by 0.005, so an int8 variant may pass the one and fail the other (exit 3, the report says so).
+    # moves the AUC by 0.005, so an int8 variant may pass the one and fail the other: reported, still exit 0.
     parity = json.loads((out / "parity.json").read_text())
     failed = [row for row in parity["rows"] if not row["passed"]]
-    assert result.exit_code == (3 if failed else 0), result.output
+    assert result.exit_code == 0, result.output
+    for row in failed:
+        assert f"{row['runtime']}/{row['precision']}" in result.output.split("not verified on the test films:")[1]
     assert "parity (test films): onnxruntime/fp32 PASS" in result.output and all(r["precision"] != "fp32" for r in failed)
     manifest = (out / "bundle" / "manifest.json").read_text()
     for precision in ("fp16", "int8"):
@@ -160,7 +162,8 @@ def test_calibrate_prints_no_speedup_on_a_busy_machine(demo_run: DemoRun) -> Non
     from salad.calibration.measure import Timed
     from salad.calibration.report import CalibrationReport
 
-    d = json.loads((demo_run.out / "bundle" / "calibration" / "int8.json").read_text())
+    reports = demo_run.out / "bundle" / "calibration"  # int8.json when the variant was accepted, int8.rejected.json if not
+    d = json.loads(next(p for p in (reports / "int8.json", reports / "int8.rejected.json") if p.is_file()).read_text())
     latency = {g: {int(b): Timed(**t) for b, t in per.items()} for g, per in d["latency"].items()}
     base: dict[str, object] = dict(bundle=str(demo_run.out / "bundle"), precision="int8", accepted=True, graphs={}, settings={},
                                    tolerances={}, parity={}, reference_films={}, latency=latency)

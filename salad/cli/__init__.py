@@ -203,7 +203,13 @@ def demo(out: Path, data: Path | None, quick: bool, force: bool, machine: str) -
         click.echo(f"operating point: {result.operating.describe()}")
     click.echo(f"parity (test films): {verdicts}")
     click.echo(f"speed (batch 1, end to end): {result.headline.summary if result.headline else 'n/a'}")
-    if not all(result.parity.values()):
+    missed = sorted(name for name, ok in result.parity.items() if not ok and not name.endswith("/fp32"))
+    if missed:
+        # On 40 test films one flipped decision is 2.5 % disagreement: a variant that misses a tolerance here is
+        # reported as not verified, not a failed demo. The fp32 bundle must match PyTorch whatever the films.
+        click.echo(f"not verified on the test films: {', '.join(missed)} (see parity.md; judge a variant on ≥ 100 films of "
+                   "your own with `salad calibrate` and `salad parity` before deploying it)")
+    if not all(ok for name, ok in result.parity.items() if name.endswith("/fp32")):
         sys.exit(EXIT_CHECKS_FAILED)
 
 
