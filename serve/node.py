@@ -121,6 +121,7 @@ class Node:
         self._worker_error: BaseException | None = None
         self.store: Store | None = None
         self.forwarder: Forwarder | None = None
+        self.audit = AuditLog(config.out)  # who sent what: one line per association, instance (C-STORE or watch folder) and SR
 
     # -- intake ----------------------------------------------------------------------------------
 
@@ -142,6 +143,8 @@ class Node:
             return "unreadable"
         sop_class = str(getattr(getattr(header, "file_meta", None), "MediaStorageSOPClassUID", "") or header.get("SOPClassUID", ""))
         status = self._accept(sop_class, header, data, source)
+        self.audit.append("instance", source="watch", path=rel, sop_instance_uid=str(header.get("SOPInstanceUID", "")) or None,
+                          sop_class_uid=sop_class or None, status=f"{status:#06x}")
         if status == OUT_OF_RESOURCES:  # a full disk: not taken in, so the next pass tries again
             raise OSError(f"{rel} could not be stored (answered {status:#06x})")
         return "stored" if status == SUCCESS else f"refused {status:#06x}"
@@ -318,10 +321,8 @@ class Node:
         if self.forwarder is not None:
             self.store.queue_for_forwarding(path)
             self.forwarder.wake.set()
-        AuditLog(self.store.root).append(
-            "sr", sop_instance_uid=str(header.SOPInstanceUID), sr_sop_instance_uid=str(report.SOPInstanceUID),
-            sr=str(path.relative_to(self.store.root)), label=result.label, forward_to=str(self.config.forward or "") or None,
-        )
+        self.audit.append("sr", sop_instance_uid=str(header.SOPInstanceUID), sr_sop_instance_uid=str(report.SOPInstanceUID),
+                          sr=str(path.relative_to(self.store.root)), label=result.label, forward_to=str(self.config.forward or "") or None)
         return str(path.relative_to(self.store.root))
 
     # -- health ----------------------------------------------------------------------------------
@@ -385,7 +386,7 @@ class Node:
                               on_error=self._watch_failed, on_ok=lambda: self.stats.clear("watch"))
         ae = server = None
         if c.port is not None:  # first: a port in use fails before any thread starts
-            ae, server = start_scp(c.ae_title, c.host, c.port, self.receive, admission=c.admission, tls=c.tls, audit=AuditLog(c.out))
+            ae, server = start_scp(c.ae_title, c.host, c.port, self.receive, admission=c.admission, tls=c.tls, audit=self.audit)
         for t in threads:
             t.start()
         if watcher is not None:

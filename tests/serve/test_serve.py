@@ -202,6 +202,11 @@ def test_watch_folder_scores_each_complete_file_once_across_restarts(
     assert errors["watch:day2/notes.txt"].startswith(f"{watch / 'day2' / 'notes.txt'}: not a readable DICOM file")
     assert errors["watch:day2/mr.dcm"].startswith("MR Image Storage (1.2.840.10008.5.1.4.1.1.4), modality MR")
     assert len(Store(out).watched()) == 6
+    # the audit log names every watch-folder instance it decided on, with its status (not the unreadable notes.txt)
+    audit = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]
+    instances = {a["path"]: a["status"] for a in audit if a["event"] == "instance" and a.get("source") == "watch"}
+    assert instances["a.dcm"] == instances["b.dcm"] == instances["day2/c.dcm"] == "0x0000"
+    assert instances["day2/mr.dcm"] != "0x0000" and "day2/notes.txt" not in instances
 
 
 # -- the store's crash recovery, file by file ----------------------------------------------------
