@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from setuptools import find_namespace_packages, setup
 
-#: Stage folder → the name it is installed under (docs/architecture.md; `runtime/` is `salad.runtime`, …).
+#: Stage folder (and the CLI layer's) → the name it is installed under (docs/architecture.md §1; `runtime/` is `salad.runtime`, …).
 STAGES = {
     "salad": "salad",
     "train": "salad.train",
@@ -19,6 +19,7 @@ STAGES = {
     "runtime": "salad.runtime",
     "serve": "salad.serve",
     "similarity": "salad.similarity",
+    "cli": "salad.cli",  # the CLI layer: the `salad` command and the demo, which import every stage
 }
 
 

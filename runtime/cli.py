@@ -1,6 +1,6 @@
 """`salad score`, `parity`, `inspect` and `build-engine`: thin click commands over Scorer, compare, Bundle, EngineLoader.
 
-Registered in the `salad` group by salad/cli.py; importing this module pulls in neither torch nor
+Registered in the `salad` group by the CLI layer (cli/, salad.cli); importing this module pulls in neither torch nor
 onnx, so both run on a console with only salad-edge[runtime].
 """
 

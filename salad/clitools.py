@@ -1,8 +1,8 @@
 """Click helpers shared by every command (the core's and the stages'): clean exits, lazily listed choices and
 the option grammar every command shares (deprecated aliases, repeatable lists, devices).
 
-Kept apart from salad/cli.py, which dispatches to the stage commands, so that a stage's command module
-imports these without importing the dispatcher that imports it (no import cycle).
+Kept in the core, apart from the CLI layer (cli/, installed as salad.cli), which dispatches to the stage commands,
+so that a stage's command module imports these without importing the dispatcher that imports it (no import cycle).
 """
 
 from __future__ import annotations

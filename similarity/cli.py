@@ -1,6 +1,6 @@
 """`salad similarity fit | attach | rank`: thin click commands over similarity/ (docs/similarity.md).
 
-Registered lazily by salad/cli.py. Module level imports click and the core only; `fit` imports torch
+Registered lazily by the CLI layer (cli/, salad.cli). Module level imports click and the core only; `fit` imports torch
 inside the command, so `attach` and `rank` run under the `[runtime]` install.
 """
 

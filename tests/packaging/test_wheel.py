@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-#: Stage folders → the names a console imports them by (docs/architecture.md §1).
+#: Stage folders and the CLI layer → the names a console imports them by (docs/architecture.md §1).
 STAGES = {"salad": "salad", "train": "salad.train", "export": "salad.export", "calibration": "salad.calibration",
-          "runtime": "salad.runtime", "serve": "salad.serve", "similarity": "salad.similarity"}
+          "runtime": "salad.runtime", "serve": "salad.serve", "similarity": "salad.similarity", "cli": "salad.cli"}
 #: Package data: what the commands open at run time besides modules (sample films, JSON Schemas, the typing marker).
 DATA = ("salad/py.typed", "salad/schemas", "salad/sample")
 _JUNK = shutil.ignore_patterns("__pycache__", "*.pyc", ".mypy_cache", ".ruff_cache", ".pytest_cache")
@@ -59,7 +59,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 def test_every_package_of_every_stage_folder_is_in_the_wheel(wheel: tuple[Path, str]) -> None:
     names = set(zipfile.ZipFile(wheel[0]).namelist())
     packages = [d for folder in STAGES for d in [REPO / folder, *(REPO / folder).rglob("*")] if (d / "__init__.py").is_file()]
-    assert {"runtime/parity", "runtime/bench", "export/triton", "salad/cli"} <= {str(d.relative_to(REPO)) for d in packages}
+    assert {"runtime/parity", "runtime/bench", "export/triton", "cli"} <= {str(d.relative_to(REPO)) for d in packages}
     missing = [_installed_name(f) for d in packages for f in sorted(d.glob("*.py")) if _installed_name(f) not in names]
     assert not missing, f"modules of the tree that the wheel lacks (a console install would fail to import them): {missing}"
     loose = [str(f.relative_to(REPO)) for folder in STAGES for f in (REPO / folder).rglob("*.py")

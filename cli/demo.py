@@ -4,8 +4,8 @@ train → evaluate → export → calibrate fp16/int8 → parity of every availa
 score a few films (including a real DICOM) → DIR/report.html (self-contained) + report.md.
 The labelled films are split by patient into a validation part (threshold, calibration, int8's accuracy
 bound) and a test part (AUC and parity only), so no figure of the report comes from a film that tuned it.
-Part of the CLI layer (salad/cli/), the one place that imports every stage; it calls only their public
-APIs (each stage package's `__all__`), which tests/test_style.py checks. Rendering is salad/cli/demo_report.py.
+Part of the CLI layer (cli/, installed as salad.cli), the one place that imports every stage; it calls only their public
+APIs (each stage package's `__all__`), which tests/test_style.py checks. Rendering is cli/demo_report.py.
 """
 
 from __future__ import annotations

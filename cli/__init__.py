@@ -1,7 +1,7 @@
-"""The `salad` command line (the CLI layer: this package and salad/cli/demo.py): thin click commands.
+"""The `salad` command line (the CLI layer: the top-level cli/ folder, installed as salad.cli): thin click commands.
 
-The CLI layer is the only place that imports every stage (docs/architecture.md §1); each command calls
-one public function.
+The CLI layer is the only place that imports every stage; the core (salad/) imports no stage, not even
+lazily (docs/architecture.md §1); each command calls one public function.
 
 Stage modules are imported inside each command so that `salad score` on a console never imports
 torch or onnx. A SaladError becomes a one-line message and its exit code (salad.errors), never a traceback.
