@@ -4,13 +4,16 @@
 the runner for the bundle's merged "model" graph at the requested precision, and activates it on
 first use. Every runtime therefore sees exactly the same preprocessed tensors, and every label
 comes from the one decision rule (salad.scoring.decide) at the threshold stored in the bundle.
+Listeners (the drift guard, a progress bar) bind to its events (runtime/events.py): `prepared` for each
+film decoded, `scored` for each Result, so a film is decoded once whoever else needs it.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -21,11 +24,13 @@ import numpy as np
 from salad.bundle import BANK_INPUT, IMAGE_INPUT, Bundle
 from salad.errors import BundleError, ConfigError, DataError
 from salad.filmcheck import check_film
+from salad.imageio import read_image
 from salad.manifest import PRECISIONS, Manifest, read_manifest
-from salad.preprocess import PreprocessConfig, load_image, preprocess
+from salad.preprocess import PreprocessConfig, preprocess
 from salad.scoring import SCORE_NAMES, decide
 
 from .base import BundleGraph, Runner, create_runner
+from .events import PREPARED, SCORED, Events, InterventionEvent, NotificationEvent, P, Prepared, Scored
 
 ImageInput: TypeAlias = "str | os.PathLike[str] | np.ndarray"
 #: Arrays may exceed [0, 1] by this much (rounding in a caller's own scaling) before they are refused.
@@ -94,6 +99,9 @@ class Scorer:
         self._extra_feed: dict[str, np.ndarray] = {}
         #: Milliseconds the last `activate()` took (engine load or build): the cold-start cost.
         self.activation_ms = 0.0
+        #: The handlers bound to this scorer's events (PREPARED, SCORED: runtime/events.py).
+        self.events = Events()
+        self._taken = 0  # films taken in so far: the `index` of their events
 
     @classmethod
     def from_bundle(
@@ -134,6 +142,18 @@ class Scorer:
     def max_batch(self) -> int:
         return self.runner.max_batch
 
+    def bind(self, event: NotificationEvent[P] | InterventionEvent[P, Any], handler: Callable[[P], object]) -> None:
+        """Call `handler` on each `event` (runtime.events.PREPARED, SCORED) of this scorer."""
+        self.events.bind(event, handler)
+
+    def unbind(self, event: NotificationEvent[P] | InterventionEvent[P, Any], handler: Callable[[P], object]) -> None:
+        self.events.unbind(event, handler)
+
+    def bound(self, event: NotificationEvent[P] | InterventionEvent[P, Any],
+              handler: Callable[[P], object]) -> AbstractContextManager[None]:
+        """`with scorer.bound(PREPARED, handler):` — bound for the block only."""
+        return self.events.bound(event, handler)
+
     def activate(self) -> None:
         """Load the engine now (otherwise the first `score` call does it)."""
         if self.runner.is_active:
@@ -166,12 +186,15 @@ class Scorer:
 
         With on_error="record", an image that cannot be read or preprocessed gives a Result with
         `error` set and the others are still scored; with "raise" (default) its DataError propagates.
+        Each film decoded is announced as PREPARED, each Result as SCORED, in input order (runtime/events.py).
         """
         if on_error not in ("raise", "record"):
             raise ConfigError(f"on_error={on_error!r}; expected 'raise' or 'record'.")
         items = _expand(inputs)
         self.activate()
         results: list[Result | None] = [None] * len(items)
+        first = self._taken  # the event index of items[0]
+        self._taken += len(items)
         for start in range(0, len(items), self.max_batch):
             chunk = items[start : start + self.max_batch]
             done: list[tuple[int, str | None, float]] = []
@@ -179,7 +202,7 @@ class Scorer:
             for offset, (name, item) in enumerate(chunk):
                 t0 = time.perf_counter_ns()
                 try:
-                    tensors.append(self._prepare(name, item))
+                    image, tensor = self._prepare(name, item)
                 except Exception as exc:
                     # "record" keeps one bad film from stopping the others, whatever its reader raised
                     # (a decoder's own error type included): that film gets an error row instead.
@@ -189,36 +212,46 @@ class Scorer:
                     results[start + offset] = _failed(name, exc, ms)
                     continue
                 done.append((start + offset, name, (time.perf_counter_ns() - t0) / 1e6))
-            if not tensors:
-                continue
-            out = self.runner.infer({IMAGE_INPUT: np.stack(tensors), **self._extra_feed})
-            per_image = self.runner.last_inference_ms / len(tensors)
-            labels = decide(out[self.threshold_score], self.threshold)
-            bad = _non_finite_rows(out)
-            for j, (index, name, pre_ms) in enumerate(done):
-                if j in bad:
-                    error = DataError(
-                        f"{name or 'array input'}: the {self.runtime}/{self.precision} runtime returned non-finite "
-                        f"{bad[j]} for this film, so it is not labelled. Run `salad parity {self.bundle}` "
-                        "to check the bundle on this runtime."
-                    )
-                    if on_error == "raise":
-                        raise error
-                    results[index] = _failed(name, error, pre_ms)
-                    continue
-                results[index] = Result(
-                    path=name,
-                    score=float(out["score"][j]),
-                    knn_angle=float(out["knn_angle"][j]),
-                    label=int(labels[j]),
-                    timings=Timings(preprocess_ms=pre_ms, inference_ms=per_image, batch_size=len(tensors)),
-                )
+                tensors.append(tensor)
+                self.events.notify(PREPARED, Prepared(first + start + offset, name, image, tensor))
+            if tensors:
+                self._infer(tensors, done, results, on_error)
+            for index in range(start, start + len(chunk)):
+                result = results[index]
+                if result is not None:
+                    self.events.notify(SCORED, Scored(first + index, result))
         return [r for r in results if r is not None]
 
-    def _prepare(self, name: str | None, item: str | os.PathLike[str] | np.ndarray) -> np.ndarray:
-        if isinstance(item, np.ndarray):
-            return preprocess(_check_array(item, name), self.preprocess_config)
-        return load_image(item, self.preprocess_config)
+    def _infer(self, tensors: list[np.ndarray], done: list[tuple[int, str | None, float]], results: list[Result | None],
+               on_error: Literal["raise", "record"]) -> None:
+        """One batch through the runner: a Result (or, for a non-finite output, an error row) for each film of `done`."""
+        out = self.runner.infer({IMAGE_INPUT: np.stack(tensors), **self._extra_feed})
+        per_image = self.runner.last_inference_ms / len(tensors)
+        labels = decide(out[self.threshold_score], self.threshold)
+        bad = _non_finite_rows(out)
+        for j, (index, name, pre_ms) in enumerate(done):
+            if j in bad:
+                error = DataError(
+                    f"{name or 'array input'}: the {self.runtime}/{self.precision} runtime returned non-finite "
+                    f"{bad[j]} for this film, so it is not labelled. Run `salad parity {self.bundle}` "
+                    "to check the bundle on this runtime."
+                )
+                if on_error == "raise":
+                    raise error
+                results[index] = _failed(name, error, pre_ms)
+                continue
+            results[index] = Result(
+                path=name,
+                score=float(out["score"][j]),
+                knn_angle=float(out["knn_angle"][j]),
+                label=int(labels[j]),
+                timings=Timings(preprocess_ms=pre_ms, inference_ms=per_image, batch_size=len(tensors)),
+            )
+
+    def _prepare(self, name: str | None, item: str | os.PathLike[str] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the display-ready film, the runner's input): read or checked once, preprocessed once."""
+        image = _check_array(item, name) if isinstance(item, np.ndarray) else read_image(item)
+        return image, preprocess(image, self.preprocess_config)
 
     # -- bundle checks ---------------------------------------------------------------------------
 
