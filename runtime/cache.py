@@ -1,20 +1,38 @@
-"""Where built engines and timing caches live on disk, so a console pays the build cost once.
+"""Where built engines, optimised models and compiled-model blobs live on disk, so a console pays each cost once.
 
 Order: an explicit `cache_dir`, then $SALAD_CACHE_DIR, then $XDG_CACHE_HOME/salad-edge, then
 ~/.cache/salad-edge. Files are written atomically (temp file, then rename) so that two processes
-building the same engine never leave half a file behind.
+building the same engine never leave half a file behind. The start-up caches (ONNX Runtime's
+optimised model, OpenVINO's compiled blobs) are optional: $SALAD_NO_CACHE=1 or `use_cache=False`
+turns them off, and a cache folder that cannot be created only costs speed (a warning), never a score.
+The bundle itself is never written to: its files and their digests stay as exported.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from salad import fsutil
 from salad.errors import SaladError
 
+log = logging.getLogger(__name__)
+
 ENV_VAR = "SALAD_CACHE_DIR"
+#: Set to 1 to start every runtime from the bundle's own graphs: no start-up cache is read or written.
+DISABLE_ENV = "SALAD_NO_CACHE"
+#: First line of a self-checking cache entry; the second is its JSON header (payload sha256, size, key).
+ENTRY_MAGIC = b"salad-cache-entry/1\n"
+
+
+class CacheEntryError(SaladError):
+    """A cache entry that is truncated, altered or of another format: ignored and rebuilt."""
 
 
 def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -33,6 +51,37 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     return root
 
 
+def start_cache_disabled() -> bool:
+    """Whether $SALAD_NO_CACHE turns the start-up caches off ("", "0", "false" and "no" leave them on)."""
+    return os.environ.get(DISABLE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def start_cache_folder(name: str, cache_dir: str | os.PathLike[str] | None = None, use_cache: bool = True) -> Path | None:
+    """`cache_root(cache_dir)/name`, created; None when the start-up caches are off or the folder cannot be made."""
+    if not use_cache or start_cache_disabled():
+        return None
+    try:
+        folder = cache_root(cache_dir) / name
+        folder.mkdir(parents=True, exist_ok=True)
+    except (OSError, SaladError) as exc:
+        log.warning("start-up cache off: %s (set $%s or pass cache_dir to relocate it)", exc, ENV_VAR)
+        return None
+    return folder
+
+
+def cache_key(parts: Mapping[str, Any]) -> str:
+    """The sha256 of `parts` as canonical JSON: every fact that changes what is cached changes the key."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def cpu_fingerprint() -> str:
+    """The CPU model and a digest of its instruction-set flags: optimised layouts depend on both (AVX2 vs AVX-512)."""
+    from salad.machine import cpu_model_and_flags
+
+    model, flags = cpu_model_and_flags()
+    return f"{model} / flags {hashlib.sha256(' '.join(sorted(flags)).encode()).hexdigest()[:16]}"
+
+
 def slug(text: str) -> str:
     """A file-name-safe version of a GPU or library name: "NVIDIA H100 80GB HBM3" → "NVIDIA-H100-80GB-HBM3"."""
     return re.sub(r"[^A-Za-z0-9._]+", "-", text).strip("-") or "unknown"
@@ -42,3 +91,85 @@ def write_atomic(path: Path, data: bytes | bytearray | memoryview) -> None:
     """Write `data` to `path` in the cache (its folder made first) with salad.fsutil.write_atomic: old or new, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fsutil.write_atomic(path, bytes(data))
+
+
+def write_entry(path: Path, payload: bytes, key: Mapping[str, Any]) -> None:
+    """One self-checking file: magic, a JSON header (payload sha256 and size, the key's parts), the payload; atomic."""
+    header = {"sha256": hashlib.sha256(payload).hexdigest(), "size": len(payload), "key": dict(key)}
+    write_atomic(path, ENTRY_MAGIC + json.dumps(header, sort_keys=True, default=str).encode() + b"\n" + payload)
+
+
+def read_entry(path: Path) -> bytes | None:
+    """The payload of the entry at `path`, None if there is none; CacheEntryError if it does not check out."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise CacheEntryError(f"{path}: unreadable cache entry ({exc}).") from exc
+    if not data.startswith(ENTRY_MAGIC):
+        raise CacheEntryError(f"{path}: not a salad cache entry (no {ENTRY_MAGIC.strip().decode()!r} line).")
+    end = data.find(b"\n", len(ENTRY_MAGIC))
+    try:
+        header = json.loads(data[len(ENTRY_MAGIC):end])
+        expected, size = str(header["sha256"]), int(header["size"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CacheEntryError(f"{path}: cache entry header unreadable ({exc}).") from exc
+    payload = data[end + 1:] if end >= 0 else b""
+    if len(payload) != size or hashlib.sha256(payload).hexdigest() != expected:
+        raise CacheEntryError(
+            f"{path}: cache entry holds {len(payload)} bytes that do not match its sha256 {expected[:16]}… ({size} bytes)."
+        )
+    return payload
+
+
+#: Suffix of the sha256 seal written beside a file a library caches itself (OpenVINO's compiled blobs).
+SEAL_SUFFIX = ".sha256"
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def check_seals(folder: Path, pattern: str) -> tuple[dict[str, int], list[str]]:
+    """Files matching `pattern` whose seal matches (name → mtime), and the names removed for lacking one or not matching.
+
+    A library that writes its own cache files (not atomically, with no checksum) may leave a half-written or altered
+    file; removing it makes the library build it again rather than load it.
+    """
+    kept: dict[str, int] = {}
+    removed: list[str] = []
+    for path in sorted(folder.glob(pattern)):
+        seal = path.with_name(path.name + SEAL_SUFFIX)
+        try:
+            ok = seal.read_text(encoding="ascii").strip() == _sha256(path)
+            mtime = path.stat().st_mtime_ns
+        except (OSError, ValueError):
+            ok, mtime = False, 0
+        if ok:
+            kept[path.name] = mtime
+            continue
+        log.warning("%s: cached file without a matching sha256 seal (half-written or altered); removed, it is built again.", path)
+        for stale in (path, seal):
+            stale.unlink(missing_ok=True)
+        removed.append(path.name)
+    return kept, removed
+
+
+def seal_new(folder: Path, pattern: str, before: dict[str, int], removed: list[str]) -> str:
+    """Seal the files matching `pattern` that are new or changed since `before`; how the start used the cache.
+
+    "loaded" (sealed files there, none added), "written" (a first file), "rebuilt" (a file replaced, or one removed by
+    check_seals and built again) or "off" (nothing there).
+    """
+    after = {p.name: p.stat().st_mtime_ns for p in folder.glob(pattern)}
+    fresh = [name for name, mtime in after.items() if before.get(name) != mtime]
+    for name in fresh:
+        try:
+            write_atomic(folder / (name + SEAL_SUFFIX), _sha256(folder / name).encode("ascii"))
+        except OSError as exc:
+            log.warning("%s: cannot seal this cached file (%s); the next start builds it again.", folder / name, exc)
+    if any(name in before for name in fresh) or (fresh and removed):
+        return "rebuilt"
+    return "written" if fresh else "loaded" if after else "off"

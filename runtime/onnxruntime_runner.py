@@ -4,24 +4,37 @@ onnxruntime is imported when the runner activates, never at `import salad.runtim
 TensorRT execution provider is preferred when the installed onnxruntime-gpu has it, with its engine
 and timing caches on disk (keyed by ONNX Runtime itself on the graph and the GPU), and the CUDA
 provider takes any node TensorRT cannot.
+
+On the CPU provider the runner starts from ONNX Runtime's own optimised form of the graph (ORT format,
+every graph optimisation already applied), cached under salad.runtime.cache's folder and keyed on the
+graph's content, the onnxruntime version, the providers, the optimisation level and the CPU: the first
+start optimises and writes it (one self-checking file, written atomically), later starts load it with
+the optimiser off. Scores are the same bytes either way. A damaged entry is ignored with a warning and
+rebuilt; $SALAD_NO_CACHE=1 or `use_cache=False` starts from the bundle's graph every time.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
+from salad import fsutil
 from salad.errors import BackendError, BackendUnavailableError, BundleError
 
 from .base import BATCH, BundleGraph, Runner, importable, register_runner
-from .cache import cache_root
+from .cache import CacheEntryError, cache_key, cache_root, cpu_fingerprint, read_entry, start_cache_folder, write_entry
 
 CPU_EP = "CPUExecutionProvider"
 CUDA_EP = "CUDAExecutionProvider"
 TRT_EP = "TensorrtExecutionProvider"
+#: The cache folder (under salad.runtime.cache's root) of the optimised ORT-format models.
+OPTIMISED_FOLDER = "ort-optimised"
+
+log = logging.getLogger(__name__)
 
 
 @register_runner("onnxruntime", extra="runtime", devices=("cpu", "cuda"))
@@ -30,14 +43,16 @@ class OnnxRuntimeRunner(Runner):
 
     Options: `threads` (intra-op threads, default: ONNX Runtime's choice), `providers` (explicit
     execution-provider list, overriding the device default), `use_tensorrt` (on cuda, use the
-    TensorRT provider when available; default True), `cache_dir` (TensorRT provider caches).
+    TensorRT provider when available; default True), `cache_dir` (TensorRT provider caches and the
+    optimised model), `use_cache` (start from the cached optimised model on the CPU; default True).
     """
 
     options: ClassVar[dict[str, str]] = {
         "threads": "intra-op threads (default: ONNX Runtime's choice)",
         "providers": "explicit execution-provider list, overriding the device default",
         "use_tensorrt": "on cuda, use the TensorRT provider when available",
-        "cache_dir": "TensorRT provider caches",
+        "cache_dir": "TensorRT provider caches and the optimised-model cache",
+        "use_cache": "on the CPU, start from the cached optimised model (default True; $SALAD_NO_CACHE=1 turns it off)",
     }
 
     def __init__(
@@ -50,12 +65,16 @@ class OnnxRuntimeRunner(Runner):
         providers: Sequence[str] | None = None,
         use_tensorrt: bool = True,
         cache_dir: str | Path | None = None,
+        use_cache: bool = True,
     ) -> None:
         super().__init__(graph, max_batch=max_batch, device=device)
         self.threads = threads
         self.requested_providers = list(providers) if providers else None
         self.use_tensorrt = use_tensorrt
         self.cache_dir = cache_dir
+        self.use_cache = use_cache
+        #: How this start used the optimised-model cache: status "loaded", "written", "rebuilt" or "off", and the entry.
+        self.start_cache: dict[str, Any] = {"status": "off", "path": None}
         self.session: Any = None
         self.providers: list[str] = []
 
@@ -123,19 +142,87 @@ class OnnxRuntimeRunner(Runner):
         path = self.graph.path
         if not path.is_file():
             raise BundleError(f"{path}: graph file missing from the bundle. Re-copy or re-export the bundle.")
+        providers = [p for p, _ in config]
+        entry, key = self._cache_entry(ort, providers)
+        self.start_cache = {"status": "off", "path": str(entry) if entry else None}
+        self.session = self._load_cached(ort, entry, config) if entry is not None else None
+        if self.session is None:
+            self.session = self._build_session(ort, config, entry, key)
+        self.providers = list(self.session.get_providers())
+        self._check_session()
+
+    def _options(self, ort: Any, level: Any) -> Any:
         options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.graph_optimization_level = level
         options.log_severity_level = 3  # errors only: a console log is not the place for optimiser notes
         if self.threads:
             options.intra_op_num_threads = int(self.threads)
+        return options
+
+    def _cache_entry(self, ort: Any, providers: Sequence[str]) -> tuple[Path | None, dict[str, Any]]:
+        """The cache file of this graph's optimised model and its key's parts; no file off the CPU provider or when off.
+
+        Threads are not in the key: the optimised graph does not depend on them. GPU providers keep their own caches.
+        """
+        key = {"graph_sha256": self.graph.content_sha256, "onnxruntime": str(ort.__version__), "providers": list(providers),
+               "optimisation": "ORT_ENABLE_ALL", "format": "ORT", "cpu": cpu_fingerprint()}
+        folder = start_cache_folder(OPTIMISED_FOLDER, self.cache_dir, self.use_cache) if list(providers) == [CPU_EP] else None
+        if folder is None:
+            return None, key
+        return folder / f"{self.graph.key}-{cache_key(key)[:32]}.ort", key
+
+    def _load_cached(self, ort: Any, entry: Path, config: list[tuple[str, dict[str, Any]]]) -> Any:
+        """A session on the cached optimised model with the optimiser off; None (a warning if damaged) to build one."""
         try:
-            self.session = ort.InferenceSession(
-                str(path), sess_options=options, providers=[p for p, _ in config], provider_options=[o for _, o in config]
-            )
+            payload = read_entry(entry)
+        except CacheEntryError as exc:
+            log.warning("%s Rebuilding it from %s.", exc, self.graph.path)
+            self.start_cache["status"] = "rebuilt"
+            return None
+        if payload is None:
+            return None
+        options = self._options(ort, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+        options.add_session_config_entry("session.load_model_format", "ORT")
+        try:
+            session = ort.InferenceSession(payload, sess_options=options, providers=[p for p, _ in config],
+                                           provider_options=[o for _, o in config])
+        except Exception as exc:  # onnxruntime's own exception types: a stale or foreign entry
+            log.warning("%s: onnxruntime cannot load this cached optimised model (%s: %s). Rebuilding it from %s.",
+                        entry, type(exc).__name__, exc, self.graph.path)
+            self.start_cache["status"] = "rebuilt"
+            return None
+        self.start_cache["status"] = "loaded"
+        return session
+
+    def _build_session(self, ort: Any, config: list[tuple[str, dict[str, Any]]], entry: Path | None, key: dict[str, Any]) -> Any:
+        """A session on the bundle's graph with every optimisation; with `entry`, its optimised model saved there."""
+        path = self.graph.path
+        options = self._options(ort, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+        tmp = entry.with_name(fsutil.temp_name(f".{entry.name}.tmp-")) if entry is not None else None
+        if tmp is not None:
+            options.optimized_model_filepath = str(tmp)
+            options.add_session_config_entry("session.save_model_format", "ORT")
+        providers, provider_options = [p for p, _ in config], [o for _, o in config]
+        try:
+            session = ort.InferenceSession(str(path), sess_options=options, providers=providers, provider_options=provider_options)
         except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidGraph, …)
-            raise BundleError(f"{path}: onnxruntime cannot load the graph ({type(exc).__name__}: {exc}).") from exc
-        self.providers = list(self.session.get_providers())
-        self._check_session()
+            if tmp is None:
+                raise BundleError(f"{path}: onnxruntime cannot load the graph ({type(exc).__name__}: {exc}).") from exc
+            tmp.unlink(missing_ok=True)  # the cache folder may be what failed: try once without saving
+            log.warning("%s: optimised model not cached (%s: %s).", entry, type(exc).__name__, exc)
+            self.start_cache["status"] = "off"
+            return self._build_session(ort, config, None, key)
+        if entry is not None and tmp is not None:
+            try:
+                write_entry(entry, tmp.read_bytes(), key)
+                if self.start_cache["status"] == "off":
+                    self.start_cache["status"] = "written"
+            except OSError as exc:
+                log.warning("%s: optimised model not cached (%s); the next start optimises the graph again.", entry, exc)
+                self.start_cache["status"] = "off"
+            finally:
+                tmp.unlink(missing_ok=True)
+        return session
 
     def _check_session(self) -> None:
         """The session's inputs and outputs must be the manifest's: a mismatch means a wrong or stale file."""
@@ -163,4 +250,5 @@ class OnnxRuntimeRunner(Runner):
             "inter_op_threads": int(options.inter_op_num_threads) if options is not None else None,
             "graph_optimization_level": str(options.graph_optimization_level) if options is not None else None,
             "execution_mode": str(options.execution_mode) if options is not None else None,
+            "start_cache": dict(self.start_cache),
         }

@@ -5,11 +5,20 @@ fp16 (cast) and int8 (Q/DQ) ONNX files directly, with no conversion step, and co
 CPU with the batch axis left dynamic. The inference precision is pinned to f32 for every graph: on a
 CPU with AVX512-BF16 or AMX, OpenVINO's default would otherwise run an fp32 graph in bfloat16 and move
 scores by ~1e-3, a hundred times the fp32 parity tolerance (docs/architecture.md, "How to add a runtime").
+
+Start-up: the graph is compiled from its path with OpenVINO's model cache (CACHE_DIR) in a folder of
+salad.runtime.cache's root keyed on the graph's content, so a second start imports the compiled blob
+instead of reading and compiling the ONNX file ($SALAD_NO_CACHE=1 or `use_cache=False` turns it off).
+openvino is imported without its model-conversion tools (openvino.tools.ovc and its telemetry, most of
+the import time), which OpenVINO's own package treats as optional: the runner never converts a model.
 """
 
 from __future__ import annotations
 
+import logging
+import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -17,11 +26,38 @@ import numpy as np
 from salad.errors import BackendUnavailableError, BundleError, SaladError
 
 from .base import BundleGraph, Runner, importable, register_runner
+from .cache import check_seals, seal_new, start_cache_folder
 
 #: The OpenVINO device every graph is compiled for (the runner's only device kind is "cpu").
 OV_DEVICE = "CPU"
 #: What the compiled model must compute in, whatever the CPU could do faster (bf16, f16).
 PINNED_PRECISION = "f32"
+#: The cache folder (under salad.runtime.cache's root) of OpenVINO's compiled blobs, one sub-folder per graph.
+BLOB_FOLDER = "openvino"
+#: OpenVINO's converter package: optional in OpenVINO's own __init__, not needed to compile an ONNX file.
+CONVERTER = "openvino.tools.ovc"
+#: OpenVINO's compiled-model files in CACHE_DIR; each gets a sha256 seal beside it (salad.runtime.cache.check_seals).
+BLOB_PATTERN = "*.blob"
+
+log = logging.getLogger(__name__)
+
+
+def import_openvino() -> Any:
+    """`import openvino` without importing its model converter (and the converter's telemetry and HTTP stack).
+
+    Only where openvino is not imported yet; the converter stays importable afterwards by its own name.
+    """
+    if "openvino" in sys.modules:
+        return sys.modules["openvino"]
+    blocked = CONVERTER not in sys.modules
+    if blocked:
+        sys.modules[CONVERTER] = None  # type: ignore[assignment]  # makes `from openvino.tools.ovc import …` an ImportError
+    try:
+        import openvino
+    finally:
+        if blocked and sys.modules.get(CONVERTER, 0) is None:
+            del sys.modules[CONVERTER]
+    return openvino
 
 
 @register_runner("openvino", extra="openvino", devices=("cpu",))
@@ -29,11 +65,14 @@ class OpenVinoRunner(Runner):
     """Runs one bundle graph as an openvino.CompiledModel on the CPU, in f32 arithmetic.
 
     Option `threads` sets INFERENCE_NUM_THREADS (default: OpenVINO's choice). The latency hint is
-    set, so one request uses one stream and every thread on one batch, as a console scores.
+    set, so one request uses one stream and every thread on one batch, as a console scores. Options
+    `cache_dir` and `use_cache` relocate or turn off the compiled-model cache (CACHE_DIR).
     """
 
     options: ClassVar[dict[str, str]] = {
         "threads": "inference threads (INFERENCE_NUM_THREADS; default: OpenVINO's choice)",
+        "cache_dir": "root of the compiled-model cache (CACHE_DIR is a folder in it)",
+        "use_cache": "start from OpenVINO's compiled-model cache (default True; $SALAD_NO_CACHE=1 turns it off)",
     }
 
     def __init__(
@@ -43,6 +82,8 @@ class OpenVinoRunner(Runner):
         max_batch: int = 32,
         device: str | None = None,
         threads: int | None = None,
+        cache_dir: str | Path | None = None,
+        use_cache: bool = True,
     ) -> None:
         super().__init__(graph, max_batch=max_batch, device=device)
         if threads is not None and threads < 1:
@@ -50,6 +91,11 @@ class OpenVinoRunner(Runner):
                 f"threads={threads}; expected a positive count (e.g. 2), or none for OpenVINO's choice."
             )
         self.threads = threads
+        self.cache_dir, self.use_cache = cache_dir, use_cache
+        #: OpenVINO's CACHE_DIR for this graph, or None when the cache is off.
+        self.blob_dir: Path | None = None
+        #: How this start used the cache: "loaded", "written", "rebuilt" or "off" (salad.runtime.cache.seal_new).
+        self.start_cache: dict[str, Any] = {"status": "off", "path": None}
         self.compiled: Any = None
         self.request: Any = None
 
@@ -60,8 +106,8 @@ class OpenVinoRunner(Runner):
         return None
 
     def _config(self) -> dict[Any, Any]:
-        """compile_model properties: f32 arithmetic, the latency hint and, when given, the thread count."""
-        import openvino as ov
+        """compile_model properties: f32 arithmetic, the latency hint, the model cache and, when given, the thread count."""
+        ov = import_openvino()
         import openvino.properties as props
         import openvino.properties.hint as hints
 
@@ -71,22 +117,49 @@ class OpenVinoRunner(Runner):
         }
         if self.threads:
             config[props.inference_num_threads] = int(self.threads)
+        if self.blob_dir is not None:
+            config[props.cache_dir] = str(self.blob_dir)
         return config
 
+    def _blob_dir(self) -> Path | None:
+        """CACHE_DIR for this graph: OpenVINO keys blobs on the model and its settings; the folder adds the content.
+
+        Compiled from a path, OpenVINO's key names the file rather than its bytes, so the graph's sha256 (with its
+        external data) names the folder: a bundle re-exported in place never meets a stale blob.
+        """
+        folder = start_cache_folder(BLOB_FOLDER, self.cache_dir, self.use_cache)
+        if folder is None:
+            return None
+        blobs = folder / self.graph.content_sha256[:32]
+        try:
+            blobs.mkdir(exist_ok=True)
+        except OSError:
+            return None
+        return blobs
+
     def _activate(self) -> None:
-        import openvino as ov
+        ov = import_openvino()
 
         path = self.graph.path
         if not path.is_file():
             raise BundleError(f"{path}: graph file missing from the bundle. Re-copy or re-export the bundle.")
+        self.blob_dir = self._blob_dir()
+        before, removed = check_seals(self.blob_dir, BLOB_PATTERN) if self.blob_dir is not None else ({}, [])
         core = ov.Core()
         try:
-            model = core.read_model(str(path))  # the ONNX frontend; external data is read from beside it
-            self.compiled = core.compile_model(model, OV_DEVICE, self._config())
+            # From the path: on a cache hit OpenVINO imports the blob without reading the ONNX file (external data
+            # is read from beside it otherwise).
+            self.compiled = core.compile_model(str(path), OV_DEVICE, self._config())
         except Exception as exc:  # openvino raises RuntimeError and its own types for unreadable graphs
             raise BundleError(
                 f"{path}: openvino cannot load the graph ({type(exc).__name__}: {exc})."
             ) from exc
+        if self.blob_dir is not None:
+            status = seal_new(self.blob_dir, BLOB_PATTERN, before, removed)
+            if status == "rebuilt" and not removed:
+                log.warning("%s: OpenVINO could not use its cached blob (another version?) and compiled the graph again.",
+                            self.blob_dir)
+            self.start_cache = {"status": status, "path": str(self.blob_dir)}
         self._check_model()
         precision = self.inference_precision
         if precision != PINNED_PRECISION:
@@ -127,11 +200,12 @@ class OpenVinoRunner(Runner):
         self.compiled = None
 
     def info(self) -> dict[str, Any]:
-        import openvino as ov
+        ov = import_openvino()
         import openvino.properties as props
         import openvino.properties.hint as hints
 
-        info: dict[str, Any] = {**super().info(), "library": f"openvino {ov.get_version()}"}
+        info: dict[str, Any] = {**super().info(), "library": f"openvino {ov.get_version()}",
+                                "start_cache": dict(self.start_cache)}
         if self.compiled is not None:
             info.update(
                 {

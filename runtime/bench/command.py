@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -39,6 +40,9 @@ from .settings import (
     THREAD_ENV,
 )
 from .worker import Job, run_worker
+
+#: The runner option that marks a runtime with a start-up cache: it gets a first and a cached start.
+START_CACHE_OPTION = "use_cache"
 
 
 def _film_paths(data: Path, limit: int) -> list[Path]:
@@ -164,8 +168,19 @@ def run_bench(
             for b in batches:
                 job = Job(str(root.resolve()), runtime, precision, int(b), iters, warmup, n_threads, device, str(films_file),
                           dict(runner_options or {}))
+                first = None
+                if START_CACHE_OPTION in runner_class(runtime).options:
+                    # A private, empty cache folder per configuration: the first start fills it, the cached start reads it.
+                    folder = workdir / f"cache-{runtime}-{precision}-b{b}"
+                    folder.mkdir()
+                    job = dataclasses.replace(job, options={**job.options, "cache_dir": str(folder)})
+                    say(f"measuring {job.label}: first start (empty cache, fresh process)")
+                    first = run_worker("--start", job.to_json(), workdir, env, f"{job.label} first start")
                 say(f"measuring {job.label} ({warmup} warm-up + {iters} timed runs, fresh process)")
-                row = BenchRow.from_worker(run_worker("--worker", job.to_json(), workdir, env, job.label))
+                result = run_worker("--worker", job.to_json(), workdir, env, job.label)
+                result["first_start"] = first["cold_start"] if first else result["cold_start"]
+                result["cached_start"] = result["cold_start"] if first else None
+                row = BenchRow.from_worker(result)
                 say(f"  end to end p50 {row.end_to_end.p50_ms:.3f} ms, inference p50 {row.inference.p50_ms:.3f} ms")
                 rows.append(row)
     load_end = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
@@ -200,6 +215,9 @@ def run_bench(
             "inference": "runner.infer on preprocessed batches",
             "clock": "time.perf_counter_ns" + ("; CUDA events on GPU" if any(r.device_inference for r in rows) else ""),
             "isolation": "one fresh process per configuration",
+            "cold_start": "Scorer construction (bundle verification) → runner active → first score of one batch",
+            "first_and_cached_start": "runtimes with a start-up cache: first start in a fresh process on an empty private "
+                                      "cache folder, cached start in the next fresh process on what it left there",
             "peak_rss": rows[0].memory.get("method") if rows else None,
             "throughput": "batch / end-to-end p50",
         },

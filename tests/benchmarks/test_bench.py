@@ -65,6 +65,20 @@ def test_smoke_json_rows_pair_every_configuration_with_torch(smoke: tuple[dict, 
     assert all(r["speedup_vs_torch"] == 1.0 for r in rows if r["runtime"] == "torch")
 
 
+def test_smoke_reports_first_and_cached_starts(smoke: tuple[dict, str, Path, str]) -> None:
+    report, markdown, _, output = smoke
+    for r in report["results"]:
+        first, cached = r["first_start"], r["cached_start"]
+        assert first["total_ms"] >= first["activate_ms"] > 0
+        if r["runtime"] == "torch":  # no start-up cache: one start, no cached one
+            assert cached is None and first == r["cold_start"]
+        else:  # the cached start is the measuring process's, on the folder the first start filled
+            assert cached == r["cold_start"] and cached["total_ms"] > 0
+            assert r["runtime_info"]["start_cache"]["status"] == "loaded"
+    assert "| first start ms | cached start ms |" in markdown
+    assert "first start ms" in output and "cached start ms" in output
+
+
 def test_smoke_json_reads_back_into_the_same_report(smoke: tuple[dict, str, Path, str]) -> None:
     from salad.runtime.bench import BenchReport
 

@@ -1,0 +1,160 @@
+"""Start-up caches on real bundles: ONNX Runtime's optimised model and OpenVINO's compiled blobs.
+
+A second start reads what the first wrote (and writes nothing), a damaged entry is rebuilt with a warning,
+the scores are the same bytes with and without a cache, and the bundle is never written to.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import salad
+from salad.manifest import read_manifest
+from salad.runtime import Scorer
+from salad.runtime.cache import DISABLE_ENV, SEAL_SUFFIX, read_entry
+from salad.scoring import SCORES
+
+FILMS = sorted((Path(salad.__file__).parent / "sample" / "eval").rglob("*.jpeg"))[:12]
+
+
+def start(bundle: Path, runtime: str, cache: Path, **options: object) -> tuple[bytes, dict[str, object]]:
+    """Every score of the registry for 12 shipped films, as bytes, and how the start used its cache."""
+    with Scorer.from_bundle(bundle, runtime=runtime, max_batch=4, threads=1, cache_dir=cache, **options) as scorer:
+        results = scorer.score(FILMS)
+        status = dict(scorer.runner.start_cache)  # type: ignore[attr-defined]
+    assert all(r.ok for r in results), [r.error for r in results if not r.ok]
+    return np.array([[r.scores[name] for name in SCORES] for r in results], dtype=np.float64).tobytes(), status
+
+
+def bundle_state(bundle: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(bundle)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(bundle.rglob("*"))}
+
+
+@pytest.mark.parametrize("fixture", ["tiny_bundle", "external_bank_bundle"])
+def test_onnxruntime_second_start_loads_the_optimised_model_and_scores_the_same_bytes(
+    fixture: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    bundle: Path = request.getfixturevalue(fixture)
+    state = bundle_state(bundle)
+    plain, off = start(bundle, "onnxruntime", tmp_path, use_cache=False)
+    assert off == {"status": "off", "path": None}
+    assert not any(tmp_path.rglob("*.ort")), "use_cache=False wrote a cache entry"
+
+    first, written = start(bundle, "onnxruntime", tmp_path)
+    assert written["status"] == "written"
+    entry = Path(str(written["path"]))
+    assert entry.is_file() and entry.parent.parent == tmp_path
+    assert read_entry(entry)  # a whole, self-checking entry
+    mtime = entry.stat().st_mtime_ns
+
+    cached, loaded = start(bundle, "onnxruntime", tmp_path)
+    assert loaded == {"status": "loaded", "path": str(entry)}
+    assert entry.stat().st_mtime_ns == mtime, "the second start rewrote the cache entry"
+    assert plain == first == cached  # fp32 parity stays exact: the same bytes with and without the cache
+    assert [p.name for p in entry.parent.iterdir()] == [entry.name]  # no temporary left behind
+    assert bundle_state(bundle) == state  # the bundle is read, never written
+    read_manifest(bundle, verify=True)
+
+
+@pytest.mark.parametrize("damage", ["flip a byte", "truncate", "foreign file"])
+def test_a_damaged_onnxruntime_entry_is_ignored_with_a_warning_and_rebuilt(
+    damage: str, tiny_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    reference, written = start(tiny_bundle, "onnxruntime", tmp_path)
+    entry = Path(str(written["path"]))
+    data = bytearray(entry.read_bytes())
+    if damage == "flip a byte":
+        data[-len(data) // 3] ^= 0x10  # inside the model: a weight or an op, not the header
+    elif damage == "truncate":
+        del data[len(data) // 2:]
+    else:
+        data = bytearray(b"not a cache entry\n")
+    entry.write_bytes(bytes(data))
+
+    with caplog.at_level(logging.WARNING):
+        scores, rebuilt = start(tiny_bundle, "onnxruntime", tmp_path)
+    assert rebuilt["status"] == "rebuilt"
+    assert any(str(entry) in r.getMessage() and "Rebuilding" in r.getMessage() for r in caplog.records), caplog.text
+    assert scores == reference
+    assert read_entry(entry)  # whole again
+    assert start(tiny_bundle, "onnxruntime", tmp_path)[1]["status"] == "loaded"
+
+
+def test_the_environment_turns_the_cache_off(tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(DISABLE_ENV, "1")
+    for runtime in ("onnxruntime", "openvino"):
+        assert start(tiny_bundle, runtime, tmp_path)[1]["status"] == "off"
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+def test_a_cache_folder_that_cannot_be_made_costs_speed_not_scores(
+    tiny_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("in the way\n")
+    reference, _ = start(tiny_bundle, "onnxruntime", tmp_path / "cache")
+    with caplog.at_level(logging.WARNING):
+        for runtime in ("onnxruntime", "openvino"):
+            scores, status = start(tiny_bundle, runtime, blocker / "cache")
+            assert status["status"] == "off"
+            if runtime == "onnxruntime":
+                assert scores == reference
+    assert "start-up cache off" in caplog.text
+
+
+def test_openvino_cache_dir_receives_a_sealed_blob_that_the_second_start_loads(tiny_bundle: Path, tmp_path: Path) -> None:
+    state = bundle_state(tiny_bundle)
+    plain, off = start(tiny_bundle, "openvino", tmp_path, use_cache=False)
+    assert off["status"] == "off" and not any(tmp_path.rglob("*.blob"))
+
+    first, written = start(tiny_bundle, "openvino", tmp_path)
+    assert written["status"] == "written"
+    folder = Path(str(written["path"]))
+    assert folder.parent == tmp_path / "openvino"
+    blobs = sorted(folder.glob("*.blob"))
+    assert blobs and all(b.stat().st_size > 0 and b.with_name(b.name + SEAL_SUFFIX).is_file() for b in blobs)
+    mtimes = [b.stat().st_mtime_ns for b in blobs]
+
+    cached, loaded = start(tiny_bundle, "openvino", tmp_path)
+    assert loaded["status"] == "loaded"
+    assert sorted(folder.glob("*.blob")) == blobs and [b.stat().st_mtime_ns for b in blobs] == mtimes
+    assert plain == first == cached
+    assert bundle_state(tiny_bundle) == state
+
+
+def test_an_altered_openvino_blob_is_removed_with_a_warning_and_compiled_again(
+    tiny_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    reference, written = start(tiny_bundle, "openvino", tmp_path)
+    (blob,) = Path(str(written["path"])).glob("*.blob")
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0x01  # same size, one bit: OpenVINO itself would import it
+    blob.chmod(0o600)
+    blob.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING):
+        scores, rebuilt = start(tiny_bundle, "openvino", tmp_path)
+    assert rebuilt["status"] == "rebuilt"
+    assert str(blob) in caplog.text and "sha256 seal" in caplog.text
+    assert scores == reference
+    assert start(tiny_bundle, "openvino", tmp_path)[1]["status"] == "loaded"
+
+
+def test_openvino_is_imported_without_its_converter_which_stays_importable(tiny_bundle: Path, tmp_path: Path) -> None:
+    body = (
+        "import sys\n"
+        "from salad.runtime import Scorer\n"
+        f"with Scorer.from_bundle({str(tiny_bundle)!r}, runtime='openvino', cache_dir={str(tmp_path)!r}) as s:\n"
+        "    assert s.runner.info()['inference_precision'] == 'f32'\n"
+        "assert 'openvino' in sys.modules and 'openvino.tools.ovc' not in sys.modules\n"
+        "from openvino.tools.ovc import convert_model\n"
+        "print('converter importable:', callable(convert_model))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", body], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "converter importable: True" in proc.stdout
