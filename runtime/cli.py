@@ -10,6 +10,7 @@ import json
 import math
 import sys
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from salad.progress import progress
 from salad.tables import fixed_width
 
 from .base import runner_class, runner_names
+from .events import SCORED
 from .options import check_taken, given, options_for, runner_option_flags
 from .parity import compare, parse_tolerance_options
 from .scorer import Result, Scorer
@@ -100,11 +102,13 @@ def score_command(
     scorer = Scorer.from_bundle(bundle, runtime=runtime, precision=precision, device=device, max_batch=batch,
                                 **remote, **options_for(runtime, options))
     files = [e for e in entries if isinstance(e, Path)]
-    done: list[Result] = []
+    watch = None
     with scorer, progress(total=len(files), desc="scoring", unit="film", disable=len(files) < PROGRESS_MIN_FILMS) as bar:
-        for start in range(0, len(files), batch):  # one inference batch at a time, so the bar moves
-            done += scorer.score(files[start : start + batch], on_error="record")
-            bar.update(len(done) - bar.n)
+        with ExitStack() as listening:  # the bar and the drift guard listen to the scorer: each film is decoded once
+            listening.enter_context(scorer.bound(SCORED, lambda _: bar.update()))
+            if guard is not None:
+                watch = listening.enter_context(guard.watching(scorer))
+            done = scorer.score(files, on_error="record")
         if confirmed:
             from .spotcheck import default_state_path, spot_check
 
@@ -112,7 +116,7 @@ def score_command(
     scored = iter(done)
     results = [Result.failure(str(e.path), e.error) if isinstance(e, Unreadable) else next(scored) for e in entries]
     failed = [r for r in results if not r.ok]
-    drift_report = guard.check_results(results, drift_window)[0] if guard else None
+    drift_report = watch.report(drift_window) if watch is not None else None
     if drift_report is not None:
         drift_report.spot_check = spot
     elif spot is not None:  # no film of the call could be judged: the spot check still reports

@@ -4,13 +4,15 @@ Checks under one batch-level test (salad/drift.py), each calibrated on held-out 
 from the manifest, which export fills from the run's validation normals — the detector's own operating score
 (a rise), and the films' exposure as the detector sees them (salad.drift.exposure after the bundle's preprocessing; a rise
 or a fall); and, when an estimator is attached (`salad similarity attach`), the style distance of similarity/.
-The report warns when any does.
+The report warns when any does. The guard reads no film itself: `DriftGuard.watching(scorer)` listens to the Scorer's
+`prepared` and `scored` events (runtime/events.py), so each film is decoded once, by the Scorer.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,11 +22,11 @@ from salad.bundle import Bundle
 from salad.drift import Calibration, DriftPolicy, DriftReport, judge, judge_windows
 from salad.drift import exposure as film_exposure
 from salad.errors import BundleError, DataError
-from salad.imageio import read_images
 from salad.manifest import Manifest, read_manifest
 from salad.preprocess import PreprocessConfig, preprocess
 
-from .scorer import Result
+from .events import PREPARED, SCORED, Prepared, Scored
+from .scorer import Scorer
 
 if TYPE_CHECKING:
     from salad.similarity.attach import StyleCheck
@@ -83,16 +85,22 @@ class DriftGuard:
         """The score check's calibration (None: off)."""
         return self.calibrations.get("score")
 
-    def check(self, scores: np.ndarray, images: Sequence[np.ndarray] | None = None, window: int | None = None) -> DriftReport:
-        """Verdicts for films in arrival order: their operating scores and the display-ready films themselves."""
+    def check(self, scores: np.ndarray, images: Sequence[np.ndarray] | None = None, window: int | None = None, *,
+              exposures: np.ndarray | None = None) -> DriftReport:
+        """Verdicts for films in arrival order: their operating scores and the display-ready films themselves.
+
+        `exposures`: the films' exposure values when the caller has them already (a DriftWatch); else from `images`.
+        """
         values: dict[str, np.ndarray] = {}
         if self.score is not None:
             values["score"] = np.asarray(scores, dtype=np.float64)
-        if self.needs_images and images is None:
+        need = ("brighter" in self.calibrations and exposures is None) or self.style is not None
+        if need and images is None:
             raise DataError("the exposure and style drift checks need the films themselves (images), not only their scores.")
-        if "brighter" in self.calibrations and images is not None:
-            exposure = np.array([film_exposure(preprocess(img, self.preprocessing)) for img in images])
-            values["brighter"] = values["darker"] = exposure
+        if "brighter" in self.calibrations:
+            if exposures is None:
+                exposures = np.array([film_exposure(preprocess(img, self.preprocessing)) for img in images or ()])
+            values["brighter"] = values["darker"] = np.asarray(exposures, dtype=np.float64)
         if self.style is not None and images is not None:
             values["style"] = self.style.values_of_images(images)
         n = len(next(iter(values.values())))
@@ -106,12 +114,55 @@ class DriftGuard:
         return DriftReport(call, wins, self.policy.to_dict(), dict(self.checks_off),
                            self.style.attached.estimator_sha256 if self.style else None)
 
-    def check_results(self, results: Sequence[Result], window: int | None = None) -> tuple[DriftReport | None, list[str]]:
-        """Scored films (read again when the exposure or style check needs them) → (report or None, files skipped)."""
-        ok = [r for r in results if r.ok]
-        if not self.needs_images:
-            return (self.check(np.array([r.scores[self.score_name] for r in ok]), None, window) if ok else None), []
-        images, kept, skipped = read_images([Path(str(r.path)) for r in ok])
-        if not images:
-            return None, skipped
-        return self.check(np.array([ok[i].scores[self.score_name] for i in kept]), images, window), skipped
+    @contextmanager
+    def watching(self, scorer: Scorer) -> Iterator[DriftWatch]:
+        """Listen to `scorer` for a with-block: every film it scores there is one the report judges, decoded once."""
+        watch = DriftWatch(self, same_preprocessing=scorer.preprocess_config == self.preprocessing)
+        with ExitStack() as stack:
+            stack.enter_context(scorer.bound(PREPARED, watch.on_prepared))
+            stack.enter_context(scorer.bound(SCORED, watch.on_scored))
+            yield watch
+
+
+class DriftWatch:
+    """What the guard keeps of the films a Scorer scores: per film its score, exposure and (for the style check) the film.
+
+    `prepared` holds a film's values until its `scored` event: a film scored (not refused) joins the report, in order.
+    """
+
+    def __init__(self, guard: DriftGuard, same_preprocessing: bool = True) -> None:
+        self.guard, self.same_preprocessing = guard, same_preprocessing
+        self.scores: list[float] = []
+        self.exposures: list[float] = []
+        self.images: list[np.ndarray] = []
+        #: Films scored whose drift values are missing (a `prepared` handler that failed, logged by the Scorer).
+        self.skipped: list[str] = []
+        self._pending: dict[int, tuple[float | None, np.ndarray | None]] = {}
+
+    def on_prepared(self, event: Prepared) -> None:
+        guard = self.guard
+        value = None
+        if "brighter" in guard.calibrations:  # the film as the detector sees it: the scorer's own tensor when it can be
+            value = film_exposure(event.tensor if self.same_preprocessing else preprocess(event.image, guard.preprocessing))
+        self._pending[event.index] = (value, event.image if guard.style is not None else None)
+
+    def on_scored(self, event: Scored) -> None:
+        pending, result = self._pending.pop(event.index, None), event.result
+        if not result.ok:
+            return
+        if pending is None and self.guard.needs_images:
+            self.skipped.append(str(result.path))
+            return
+        exposure, image = pending or (None, None)
+        self.scores.append(result.scores[self.guard.score_name])
+        if exposure is not None:
+            self.exposures.append(exposure)
+        if image is not None:
+            self.images.append(image)
+
+    def report(self, window: int | None = None) -> DriftReport | None:
+        """The verdicts on the films scored so far (None when none was)."""
+        if not self.scores:
+            return None
+        return self.guard.check(np.array(self.scores), self.images if self.guard.style is not None else None, window,
+                                exposures=np.array(self.exposures) if "brighter" in self.guard.calibrations else None)

@@ -33,10 +33,11 @@ def test_drift_never_changes_a_score_or_a_label(attached_bundle: Path, tmp_path:
     # the Python API gives the same verdicts, and scoring after it is unchanged too
     guard = DriftGuard.from_bundle(attached_bundle)
     with Scorer.from_bundle(attached_bundle) as scorer:
-        results = scorer.score(paths)
-        again = [r.to_dict() for r in scorer.score(paths)]
-    report, skipped = guard.check_results(results, window=20)
-    assert report is not None and not skipped
+        with guard.watching(scorer) as watch:
+            scorer.score(paths)
+        again = [r.to_dict() for r in scorer.score(paths)]  # after the block: the guard no longer listens
+    report = watch.report(window=20)
+    assert report is not None and not watch.skipped and len(watch.scores) == 70
     for name in ("score", "brighter", "darker", "style"):
         assert report.call.checks[name].statistic == pytest.approx(drift["call"]["checks"][name]["statistic"])
     assert strip(again) == strip(rows_a["results"])
