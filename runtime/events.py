@@ -19,7 +19,7 @@ from salad.errors import ConfigError
 if TYPE_CHECKING:
     import numpy as np
 
-    from .scorer import Result
+    from .result import Result
 
 logger = logging.getLogger("salad.runtime.events")
 

@@ -14,7 +14,6 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeAlias
@@ -31,58 +30,11 @@ from salad.scoring import SCORE_NAMES, decide
 
 from .base import BundleGraph, Runner, create_runner
 from .events import PREPARED, SCORED, Events, InterventionEvent, NotificationEvent, P, Prepared, Scored
+from .result import Result, Timings
 
 ImageInput: TypeAlias = "str | os.PathLike[str] | np.ndarray"
 #: Arrays may exceed [0, 1] by this much (rounding in a caller's own scaling) before they are refused.
 RANGE_SLACK = 1e-3
-
-
-@dataclass(frozen=True)
-class Timings:
-    """Per-image costs in milliseconds. `inference_ms` is the batch's runner time shared equally by its images."""
-
-    preprocess_ms: float
-    inference_ms: float
-    batch_size: int
-
-    @property
-    def total_ms(self) -> float:
-        return self.preprocess_ms + self.inference_ms
-
-
-@dataclass(frozen=True)
-class Result:
-    """One scored image: score and knn_angle in [0, 1], label 1 = abnormal at the bundle threshold.
-
-    A failed image (unreadable file, bad array) has `error` set, NaN scores and no label.
-    """
-
-    path: str | None
-    score: float
-    knn_angle: float
-    label: int | None
-    timings: Timings
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    @property
-    def scores(self) -> dict[str, float]:
-        """Every score of the bundle's registry (salad.scoring.SCORES) by name."""
-        return {name: getattr(self, name) for name in SCORE_NAMES}
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON row of `salad score --json`: path, score, knn_angle, label, ms (or path, error)."""
-        if self.error is not None:
-            return {"path": self.path, "error": self.error}
-        return {"path": self.path, **self.scores, "label": self.label, "ms": round(self.timings.total_ms, 3)}
-
-    @classmethod
-    def failure(cls, name: str | None, exc: BaseException, ms: float = 0.0) -> Result:
-        """The error row of a film that could not be scored: the message names the file, no scores, no label."""
-        return _failed(name, exc, ms)
 
 
 class Scorer:
@@ -209,7 +161,7 @@ class Scorer:
                     if on_error == "raise":
                         raise
                     ms = (time.perf_counter_ns() - t0) / 1e6
-                    results[start + offset] = _failed(name, exc, ms)
+                    results[start + offset] = Result.failure(name, exc, ms)
                     continue
                 done.append((start + offset, name, (time.perf_counter_ns() - t0) / 1e6))
                 tensors.append(tensor)
@@ -238,7 +190,7 @@ class Scorer:
                 )
                 if on_error == "raise":
                     raise error
-                results[index] = _failed(name, error, pre_ms)
+                results[index] = Result.failure(name, error, pre_ms)
                 continue
             results[index] = Result(
                 path=name,
@@ -322,11 +274,3 @@ def _non_finite_rows(out: dict[str, np.ndarray]) -> dict[int, str]:
         for j in np.flatnonzero(~finite).tolist():
             bad[j] = f"{bad[j]}, {key}" if j in bad else key
     return bad
-
-
-def _failed(name: str | None, exc: BaseException, ms: float) -> Result:
-    message = str(exc)
-    if name and name not in message:
-        message = f"{name}: {message}"
-    nan = float("nan")
-    return Result(path=name, score=nan, knn_angle=nan, label=None, timings=Timings(ms, 0.0, 0), error=message)

@@ -1,4 +1,4 @@
-"""The memory bank a scoring graph really uses, checked against the manifest's `bank.sha256` without onnx.
+"""The memory bank a scoring graph really uses, read and hashed without onnx (to check it against `bank.sha256`).
 
 A graph's sha256 says the file is the one the manifest lists; this says the bank inside it is the one
 the manifest describes (rows, dim, sha256 of the float32 [N, D] rows), so a graph from another bundle,
@@ -13,21 +13,19 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from salad.errors import BundleError
 from salad.schema import confined
 
-if TYPE_CHECKING:
-    from salad.manifest_model import Manifest
-
 # Field numbers of onnx.proto (stable since IR version 3).
 _MODEL_GRAPH, _GRAPH_INITIALIZER = 7, 5
 _T_DIMS, _T_DATA_TYPE, _T_FLOAT_DATA, _T_NAME, _T_RAW_DATA, _T_EXTERNAL, _T_LOCATION = 1, 2, 4, 8, 9, 13, 14
 _FLOAT = 1  # TensorProto.FLOAT
-_BANK_INPUT = "bank"
+#: The input name of a scoring graph that is fed its bank (`--bank-as-input`) instead of carrying it.
+BANK_INPUT = "bank"
 
 
 class _Damaged(ValueError):
@@ -159,35 +157,3 @@ def bank_digest(rows: np.ndarray) -> str:
     for start in range(0, max(rows.shape[0], 1), block):
         h.update(np.ascontiguousarray(rows[start:start + block], dtype=np.float32).data)
     return h.hexdigest()
-
-
-def check_banks(root: Path, manifest: Manifest, keys: list[str]) -> None:
-    """Refuse a scoring graph among `keys` whose bank (initializer, or the bank.npy it is fed) is not the manifest's.
-
-    Call after the files' sha256 were verified. Encoders carry no bank and are skipped.
-    """
-    bank = manifest.bank
-    expected, rows, dim = bank.get("sha256"), bank.get("rows"), manifest.embedding_dim
-    fix = "The graph or bank file was swapped or edited; re-copy or re-export the bundle."
-    for key in keys:
-        spec = manifest.graphs[key]
-        if not any(t.name in manifest.scores.get("outputs", ()) for t in spec.outputs):
-            continue
-        if any(t.name == _BANK_INPUT for t in spec.inputs):
-            path = manifest.path_of(root, str(bank.get("file")))
-            try:
-                values = np.load(path, allow_pickle=False)
-            except (OSError, ValueError) as exc:
-                raise BundleError(f"{path}: cannot read the memory bank ({exc}). {fix}") from exc
-            where, shape = f"{path} (the bank {spec.file} is fed)", tuple(values.shape)
-        else:
-            path = manifest.path_of(root, spec.file)
-            values = carried_bank(path, str(bank.get("initializer") or "bank_t"), root).T  # a view: [N, D]
-            stored = f", stored in {bank['external_data']}" if bank.get("external_data") else ""
-            where, shape = f"{path} (its bank initializer{stored})", tuple(values.shape)
-        digest = bank_digest(values)
-        if shape != (rows, dim) or digest != expected:
-            raise BundleError(
-                f"{where}: holds a memory bank of shape {list(shape)} with sha256 {digest[:12]}…; the manifest's "
-                f"bank is {rows} × {dim} with sha256 {str(expected)[:12]}…. {fix}"
-            )

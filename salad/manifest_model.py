@@ -3,7 +3,7 @@
 Parsing checks the schema version first, then every field's type and range, that every path stays
 inside the bundle and is a listed file, and the integrity digest of the decision-making fields and of
 every file's checksum; verifying checks the sha256 of every listed file and that the bank each scoring
-graph uses is the manifest's (salad/graphbank.py). Below the commit journal (salad/journal.py), which
+graph uses is the manifest's (read by salad/graphbank.py). Below the commit journal (salad/journal.py), which
 parses the manifests it carries with this module; readers go through salad/manifest.py.
 """
 
@@ -17,12 +17,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from salad.errors import BundleError
 from salad.fsutil import (
     parse_json,
     write_atomic,
 )
-from salad.graphbank import check_banks
+from salad.graphbank import BANK_INPUT, bank_digest, carried_bank
 from salad.preprocess import PreprocessConfig
 from salad.schema import (
     CHECKSUMS,
@@ -186,7 +188,7 @@ class Manifest:
         """The files that running graph `name` at `precision` reads: its ONNX file, external data, and bank.npy if it takes the bank."""
         spec = self.graph(name, precision)
         out = [spec.file, *spec.external_data]
-        if any(t.name == "bank" for t in spec.inputs) and self.bank.get("file"):
+        if any(t.name == BANK_INPUT for t in spec.inputs) and self.bank.get("file"):
             out.append(str(self.bank["file"]))
         return out
 
@@ -272,6 +274,38 @@ def load_with_bytes(root: Path) -> tuple[Manifest, bytes]:
         raise BundleError(f"{root}: not a bundle (no {MANIFEST}). Create one with `salad-export RUN --out {root}`.")
     data = path.read_bytes()
     return parse_manifest(data, path), data
+
+
+def check_banks(root: Path, manifest: Manifest, keys: list[str]) -> None:
+    """Refuse a scoring graph among `keys` whose bank (initializer, or the bank.npy it is fed) is not the manifest's.
+
+    Call after the files' sha256 were verified. Encoders carry no bank and are skipped.
+    """
+    bank = manifest.bank
+    expected, rows, dim = bank.get("sha256"), bank.get("rows"), manifest.embedding_dim
+    fix = "The graph or bank file was swapped or edited; re-copy or re-export the bundle."
+    for key in keys:
+        spec = manifest.graphs[key]
+        if not any(t.name in manifest.scores.get("outputs", ()) for t in spec.outputs):
+            continue
+        if any(t.name == BANK_INPUT for t in spec.inputs):
+            path = manifest.path_of(root, str(bank.get("file")))
+            try:
+                values = np.load(path, allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise BundleError(f"{path}: cannot read the memory bank ({exc}). {fix}") from exc
+            where, shape = f"{path} (the bank {spec.file} is fed)", tuple(values.shape)
+        else:
+            path = manifest.path_of(root, spec.file)
+            values = carried_bank(path, str(bank.get("initializer") or "bank_t"), root).T  # a view: [N, D]
+            stored = f", stored in {bank['external_data']}" if bank.get("external_data") else ""
+            where, shape = f"{path} (its bank initializer{stored})", tuple(values.shape)
+        digest = bank_digest(values)
+        if shape != (rows, dim) or digest != expected:
+            raise BundleError(
+                f"{where}: holds a memory bank of shape {list(shape)} with sha256 {digest[:12]}…; the manifest's "
+                f"bank is {rows} × {dim} with sha256 {str(expected)[:12]}…. {fix}"
+            )
 
 
 def verify_bundle(root: Path, manifest: Manifest, graphs: Sequence[tuple[str, str]] | None) -> None:

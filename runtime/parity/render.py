@@ -6,16 +6,64 @@ renderings only format them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Protocol
 
 from salad.bundle import REFERENCE_FILE
 from salad.scoring import SCORES
 from salad.tables import fixed_width
 
-from .checks import format_value
+from .checks import Check, format_value
 
-if TYPE_CHECKING:
-    from .model import ParityReport, ParityRow
+
+class RowView(Protocol):
+    """What the renderings read of a row (model.ParityRow): typed here so that model imports render, not the reverse."""
+
+    @property
+    def runtime(self) -> str: ...
+    @property
+    def precision(self) -> str: ...
+    @property
+    def device(self) -> str: ...
+    @property
+    def images(self) -> int: ...
+    @property
+    def metrics(self) -> Mapping[str, float | None]: ...
+    @property
+    def checks(self) -> Sequence[Check]: ...
+    @property
+    def disagreements(self) -> Sequence[str]: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def passed(self) -> bool: ...
+    @property
+    def failed_checks(self) -> Sequence[Check]: ...
+
+
+class ReportView(Protocol):
+    """What the renderings read of a report (model.ParityReport)."""
+
+    @property
+    def bundle(self) -> Path: ...
+    @property
+    def images(self) -> Mapping[str, int]: ...
+    @property
+    def data(self) -> str | None: ...
+    @property
+    def threshold(self) -> float: ...
+    @property
+    def threshold_score(self) -> str: ...
+    @property
+    def rows(self) -> Sequence[RowView]: ...
+    @property
+    def notes(self) -> Sequence[str]: ...
+    @property
+    def passed(self) -> bool: ...
+    @property
+    def failures(self) -> Sequence[str]: ...
+
 
 #: The columns of both renderings: (heading, metric key). Further metrics are in the JSON.
 COLUMNS = (
@@ -29,7 +77,7 @@ COLUMNS = (
 )
 
 
-def describe_reference(report: ParityReport) -> str:
+def describe_reference(report: ReportView) -> str:
     """One sentence: which films, and where their PyTorch outputs come from."""
     n_ref = report.images.get("reference", 0)
     text = f"{n_ref} reference films with the PyTorch outputs stored in {REFERENCE_FILE}"
@@ -39,17 +87,17 @@ def describe_reference(report: ParityReport) -> str:
     return text + "."
 
 
-def _cell(row: ParityRow, key: str) -> str:
+def _cell(row: RowView, key: str) -> str:
     check = next((c for c in row.checks if c.metric == key), None)
     text = format_value(row.metrics.get(key))
     return text + " ✗" if check is not None and not check.passed else text
 
 
-def _status(row: ParityRow) -> str:
+def _status(row: RowView) -> str:
     return "PASS" if row.passed else f"FAIL ({len(row.failed_checks)})"
 
 
-def render_table(report: ParityReport) -> str:
+def render_table(report: ReportView) -> str:
     """Fixed-width table, one line per runtime × precision; failing metrics are marked ✗, failures listed below."""
     header = ("runtime", "precision", "device", *(h for h, _ in COLUMNS), "result")
     rows = [header] + [
@@ -70,7 +118,7 @@ def _md(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def render_markdown(report: ParityReport) -> str:
+def render_markdown(report: ReportView) -> str:
     """A markdown document: verdict, what was compared, the table, every failure, the tolerances used."""
     verdict = "passed" if report.passed else "FAILED"
     out = [
