@@ -116,17 +116,30 @@ def test_only_entry_points_import_the_cli_layer() -> None:
     assert not wrong, "\n".join(wrong)
 
 
-#: Stage folders → their names under the salad namespace (setup.py's package_dir).
-PACKAGES = {"salad": "salad", "train": "salad.train", "export": "salad.export", "calibration": "salad.calibration",
-            "runtime": "salad.runtime"}
+#: Every stage folder and the CLI layer → its name under the salad namespace (setup.py's package_dir): the rules
+#: below (module length, import cycles) hold in each of them but those in NOT_YET.
+PACKAGES = {folder: "salad" if folder == "salad" else f"salad.{folder}" for folder in ALLOWED_STAGES}
+#: Folders these rules do not reach yet, each with the violation that keeps it out (remove the entry once it is fixed).
+NOT_YET = {"serve": "serve/node.py and serve/recovery.py import each other (recovery's type-only NodeConfig)"}
+CHECKED = {folder: name for folder, name in PACKAGES.items() if folder not in NOT_YET}
 #: docs/architecture.md §1: no module in these folders is longer than this many lines.
 MAX_MODULE_LINES = 450
 
 
+def test_every_folder_the_wheel_installs_is_checked() -> None:
+    """setup.py's stage map and this file's agree, so a new stage folder cannot escape the rules above and below."""
+    import ast
+
+    tree = ast.parse((REPO / "setup.py").read_text())
+    (stages,) = [ast.literal_eval(n.value) for n in ast.walk(tree)
+                 if isinstance(n, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "STAGES" for t in n.targets)]
+    assert stages == PACKAGES, f"setup.py installs {stages}; tests/test_style.py checks {PACKAGES}"
+
+
 def _modules() -> dict[str, Path]:
-    """Every module of the package, by its dotted name (a package by its __init__)."""
+    """Every module of the checked folders, by its dotted name (a package by its __init__)."""
     out = {}
-    for folder, name in PACKAGES.items():
+    for folder, name in CHECKED.items():
         for path in (REPO / folder).rglob("*.py"):
             parts = list(path.relative_to(REPO / folder).with_suffix("").parts)
             if parts[-1] == "__init__":
