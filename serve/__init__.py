@@ -14,7 +14,7 @@ from salad.lazy import lazy_attribute
 
 #: name → module: imported on first use, so that `salad --help` (which loads salad.serve.cli) works
 #: without the dicom extra, and `salad serve` can then name the extra to install.
-_LAZY = {"Node": "salad.serve.node", "NodeConfig": "salad.serve.node", "parse_forward": "salad.serve.forward",
+_LAZY = {"Node": "salad.serve.node", "NodeConfig": "salad.serve.config", "parse_forward": "salad.serve.forward",
          "Store": "salad.serve.store"}
 
 __all__ = ["Node", "NodeConfig", "Store", "parse_forward"]

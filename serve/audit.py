@@ -39,16 +39,23 @@ class AuditLog:
 
         Never raises: an audit line that cannot be written (a full disk) must not change what a sender is answered.
         """
-        line = json.dumps({"time": now_iso(), "event": event, **fields}, allow_nan=False, default=str) + "\n"
-        data = line.encode()
+        return self.append_many([(event, fields)])
+
+    def append_many(self, records: list[tuple[str, dict[str, Any]]]) -> bool:
+        """Lines for (event, fields) records with one write() and one fsync (a scored batch's SR lines); False if refused."""
+        if not records:
+            return True
+        at = now_iso()
+        text = "".join(json.dumps({"time": at, "event": event, **fields}, allow_nan=False, default=str) + "\n"
+                       for event, fields in records)
         with _lock:
             try:
                 if self.path not in _repaired:
                     _cut_torn_line(self.path)
                     _repaired.add(self.path)
-                _append(self.path, data)
+                _append(self.path, text.encode())
             except OSError as exc:
-                log.error("%s: audit line not written (%s): %s", self.path, exc.strerror or exc, line.strip())
+                log.error("%s: audit line(s) not written (%s): %s", self.path, exc.strerror or exc, text.strip())
                 return False
         return True
 

@@ -18,7 +18,7 @@ from .ledger import film_key
 from .store import Store
 
 if TYPE_CHECKING:
-    from .node import NodeConfig
+    from .config import NodeConfig
 
 log = logging.getLogger("salad.serve")
 

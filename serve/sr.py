@@ -44,22 +44,23 @@ def sr_uids(source: Dataset, bundle_sha256: str) -> tuple[str, str]:
     return str(series), str(instance)
 
 
-def build_report(
+def tracking_uid(source: Dataset) -> str:
+    """The measurement group's tracking UID for `source`: the same film gives the same UID."""
+    return str(generate_uid(entropy_srcs=["salad-track", str(source.SOPInstanceUID)]))
+
+
+def report_content(
     source: Dataset, *, score: float, knn_angle: float, label: int, threshold: float, decided_by: str,
     bundle_sha256: str, runtime: str, precision: str,
-) -> Dataset:
-    """The Comprehensive SR for one scored image; `source` may be read without pixels.
-
-    It names the film's body part (finding site) and view as the film states them, the algorithm (name, version,
-    the bundle's sha256), the threshold (Threshold Value, its method the operating score it applies to) and the decision.
-    """
+) -> hd.sr.MeasurementReport:
+    """The content tree (TID 1500) for one scored image: measurements, decision, body part and view as the film states them."""
     algorithm = hd.sr.AlgorithmIdentification(
         name="salad-edge", version=salad.__version__,
         parameters=[f"bundle_sha256={bundle_sha256}", f"decided_by={decided_by}", f"threshold={threshold!r}",
                     f"runtime={runtime}/{precision}"],
     )
-    body_part = BODY_PARTS.get(str(source.get("BodyPartExamined", "") or "").strip().upper())
-    view = VIEWS.get(str(source.get("ViewPosition", "") or "").strip().upper())
+    body_part = BODY_PARTS.get(body_part_of(source))
+    view = VIEWS.get(view_of(source))
     sites = [hd.sr.FindingSite(anatomic_location=body_part)] if body_part is not None else None
     unit = codes.UCUM.NoUnits
     measurements = [
@@ -72,9 +73,7 @@ def build_report(
     if view is not None:
         evaluations.append(hd.sr.QualitativeEvaluation(name=codes.DCM.ImageView, value=view))
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            identifier="salad anomaly score", uid=generate_uid(entropy_srcs=["salad-track", str(source.SOPInstanceUID)])
-        ),
+        tracking_identifier=hd.sr.TrackingIdentifier(identifier="salad anomaly score", uid=tracking_uid(source)),
         measurements=measurements,
         qualitative_evaluations=evaluations,
         finding_sites=sites,
@@ -84,7 +83,7 @@ def build_report(
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=generate_uid(entropy_srcs=["salad-device", bundle_sha256]), name="salad-edge", model_name=bundle_sha256[:16],
     )
-    report = hd.sr.MeasurementReport(
+    return hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(
             observer_device_context=hd.sr.ObserverContext(
                 observer_type=codes.DCM.Device, observer_identifying_attributes=device
@@ -94,11 +93,19 @@ def build_report(
         imaging_measurements=[group],
         title=codes.DCM.ImagingMeasurementReport,
     )
-    series_uid, instance_uid = sr_uids(source, bundle_sha256)
+
+
+def document(source: Dataset, content: Dataset, bundle_sha256: str, instance_uid: str | None = None) -> hd.sr.ComprehensiveSR:
+    """The Comprehensive SR around `content`: patient and study from `source`, its evidence, UIDs, flags, the local scheme.
+
+    `instance_uid` replaces the derived SOP Instance UID (a UID collision's SR must not replace the other film's).
+    """
+    series_uid, derived_uid = sr_uids(source, bundle_sha256)
     options: dict[str, Any] = {"manufacturer": "salad-edge", "is_complete": True, "is_final": False, "is_verified": False}
     sr = hd.sr.ComprehensiveSR(
-        evidence=[source], content=report, series_instance_uid=series_uid, series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=instance_uid, instance_number=1, series_description="salad-edge anomaly score", **options,
+        evidence=[source], content=content, series_instance_uid=series_uid, series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=instance_uid or derived_uid, instance_number=1, series_description="salad-edge anomaly score",
+        **options,
     )
     scheme = Dataset()
     scheme.CodingSchemeDesignator = SCHEME
@@ -106,3 +113,26 @@ def build_report(
     scheme.CodingSchemeResponsibleOrganization = "salad-edge"
     sr.CodingSchemeIdentificationSequence = [scheme]
     return sr
+
+
+def body_part_of(source: Dataset) -> str:
+    return str(source.get("BodyPartExamined", "") or "").strip().upper()
+
+
+def view_of(source: Dataset) -> str:
+    return str(source.get("ViewPosition", "") or "").strip().upper()
+
+
+def build_report(
+    source: Dataset, *, score: float, knn_angle: float, label: int, threshold: float, decided_by: str,
+    bundle_sha256: str, runtime: str, precision: str, instance_uid: str | None = None,
+) -> Dataset:
+    """The Comprehensive SR for one scored image, built whole by highdicom; `source` may be read without pixels.
+
+    It names the film's body part (finding site) and view as the film states them, the algorithm (name, version,
+    the bundle's sha256), the threshold (Threshold Value, its method the operating score it applies to) and the decision.
+    The node renders the same document from a prepared template (serve/sr_template.py); this is its reference.
+    """
+    content = report_content(source, score=score, knn_angle=knn_angle, label=label, threshold=threshold,
+                             decided_by=decided_by, bundle_sha256=bundle_sha256, runtime=runtime, precision=precision)
+    return document(source, content[0], bundle_sha256, instance_uid)  # the report's one root item

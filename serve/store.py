@@ -1,9 +1,10 @@
 """The node's results folder: the disk queue (inbox/), the rows (scores.jsonl, also the ledger), sr/ and outbox/.
 
 Everything that must survive `kill -9` is a file written atomically (salad.fsutil.write_atomic) or one
-appended, fsynced whole line (serve.ledger.append_line). scores.jsonl is the one record of what was
-scored: a film (SOP Instance UID and pixel sha256) with a scored row is never scored again, and one still
-in inbox/ without a row is scored after a restart. docs/architecture.md §11 walks through each crash window.
+appended, fsynced whole line (serve.ledger.append_line); a batch's SRs and rows share their fsyncs.
+scores.jsonl is the one record of what was scored: a film (SOP Instance UID and pixel sha256) with a scored
+row is never scored again, and one still in inbox/ without a row is scored after a restart.
+docs/architecture.md §11 walks through each crash window.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from salad.errors import DataError
-from salad.fsutil import fsync_dir, pid_alive, temp_name, write_atomic
+from salad.fsutil import file_mode, fsync_dir, pid_alive, temp_name, write_atomic
 
 from .ledger import Ledger, append_line, film_key, repair, split_key
 
@@ -198,10 +199,15 @@ class Store:
 
     def append_row(self, row: dict[str, Any]) -> None:
         """Append one row to scores.jsonl as one whole, fsynced line; an OSError (disk full) leaves no part of it."""
-        line = (json.dumps(row, allow_nan=False, separators=(", ", ": ")) + "\n").encode("utf-8")
+        self.append_rows([row])
+
+    def append_rows(self, rows: list[dict[str, Any]]) -> None:
+        """Append rows to scores.jsonl with one write and one fsync (a batch's group commit): all whole, or none on OSError."""
+        data = b"".join((json.dumps(row, allow_nan=False, separators=(", ", ": ")) + "\n").encode("utf-8") for row in rows)
         with self._lock:
-            append_line(self._rows_fd, line)
-            self.ledger.add(row)
+            append_line(self._rows_fd, data)
+            for row in rows:
+                self.ledger.add(row)
 
     def record_watched(self, path: str, size: int, mtime_ns: int, outcome: str) -> None:
         """Note a watch-folder file as taken in (idempotence across restarts)."""
@@ -229,18 +235,39 @@ class Store:
     def sr_path(self, key: str) -> Path:
         return self.sr / f"{key}.dcm"
 
-    def queue_for_forwarding(self, sr: Path) -> Path:
-        """Hard-link a written SR into outbox/ (atomically, replacing an older copy); a copy where links fail."""
-        target = self.outbox / sr.name
-        tmp = self.outbox / temp_name(f".{sr.name}.tmp-")
-        try:
-            os.link(sr, tmp)
-        except OSError:
-            write_atomic(target, sr.read_bytes())
-            return target
-        os.replace(tmp, target)
-        fsync_dir(self.outbox)
-        return target
+    def write_srs(self, reports: list[tuple[str, bytes]]) -> list[Path | OSError]:
+        """Write sr/KEY.dcm for each (key, bytes): each file fsynced and renamed into place, then sr/ fsynced once.
+
+        Per report its path, or the OSError that kept it from disk (a full disk): the others are still written.
+        """
+        done: list[Path | OSError] = []
+        for key, data in reports:
+            path = self.sr_path(key)
+            try:
+                _write_synced(path, data)
+            except OSError as exc:
+                done.append(exc)
+                continue
+            done.append(path)
+        if any(isinstance(d, Path) for d in done):
+            fsync_dir(self.sr)
+        return done
+
+    def queue_for_forwarding(self, srs: list[Path]) -> None:
+        """Hard-link written SRs into outbox/ (atomically, replacing older copies), then fsync outbox/ once; a copy where links fail."""
+        linked = False
+        for sr in srs:
+            target = self.outbox / sr.name
+            tmp = self.outbox / temp_name(f".{sr.name}.tmp-")
+            try:
+                os.link(sr, tmp)
+            except OSError:
+                write_atomic(target, sr.read_bytes())
+                continue
+            os.replace(tmp, target)
+            linked = True
+        if linked:
+            fsync_dir(self.outbox)
 
     def outbox_items(self) -> list[Path]:
         """SRs waiting to be forwarded, oldest first."""
@@ -255,6 +282,22 @@ class Store:
         fsync_dir(self.dead_letter)
         fsync_dir(self.outbox)
         return target
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    """write_atomic without its directory fsync (the caller fsyncs the folder once for a batch): old or new, never half."""
+    tmp = path.with_name(temp_name(f".{path.name}.tmp-"))
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, file_mode())
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
 
 
 def _mtime_ns(path: Path) -> int:
