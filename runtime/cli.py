@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from salad.clitools import DEVICE, LazyChoice, deprecated_alias, friendly_errors
 from salad.data import Unreadable, scan_images
@@ -31,6 +32,8 @@ from .parity import compare, parse_tolerance_options
 from .scorer import Result, Scorer
 
 LABELS = {0: "normal", 1: "abnormal"}
+#: The ways `salad choose-bundle --by` ranks candidate bundles for a site's films.
+RANKINGS = ("score", "style")
 #: The shape of `salad score --json` (salad/schemas/score.json).
 SCORE_SCHEMA = "salad-score/1"
 #: Fewer films than this are scored without a progress bar (a bar for a handful only adds noise).
@@ -302,21 +305,44 @@ def build_engine_command(
 @click.option("--target", required=True, type=click.Path(exists=True, path_type=Path),
               help="The new site's films: a folder (searched recursively) or a CSV path,label.")
 @click.option("--candidate", "candidates", multiple=True, required=True, metavar="NAME=BUNDLE",
-              help="A candidate bundle; repeat. Every candidate must threshold the same score.")
+              help="A candidate bundle; repeat. --by score: every candidate must threshold the same score; "
+                   "--by style: a bundle with an attached estimator, or a folder/CSV of films.")
+@click.option("--by", type=click.Choice(RANKINGS), default="score", show_default=True,
+              help="score: the films' mean operating score on each bundle, lowest first (runs every bundle); style: the "
+                   "ASAP distance of the films to each candidate's training films, nearest first (runs --estimator only).")
+@click.option("--estimator", type=click.Path(exists=True, path_type=Path), default=None,
+              help="--by style: the similarity estimator (`salad similarity fit`).")
+@click.option("--plot", type=click.Path(path_type=Path), default=None,
+              help="--by style: scatter PNG of the collections.  [default: beside --json, same name .png]")
 @click.option("--runtime", type=LazyChoice(runner_names), default="onnxruntime", show_default=True,
-              help="Backend that runs the bundles' graphs.")
+              help="--by score: the backend that runs the bundles' graphs.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the ranking here ('-' for stdout).")
 @runner_option_flags()
 @friendly_errors
-def choose_bundle_command(target: Path, candidates: Sequence[str], runtime: str, json_out: Path | None, **backend: Any) -> None:
-    """Rank candidate bundles for TARGET films by how far the films lie from each bundle's memory bank (lowest first)."""
+def choose_bundle_command(target: Path, candidates: Sequence[str], by: str, estimator: Path | None, plot: Path | None,
+                          runtime: str, json_out: Path | None, **backend: Any) -> None:
+    """Rank candidate bundles for TARGET films: by each bundle's own scores (lowest first) or by style (nearest first)."""
     from salad.clitools import name_path_pairs
     from salad.data import film_paths
 
     from .choose import CHOICE_SCHEMA, rank_bundles, read_films
 
-    named = name_path_pairs(candidates, "--candidate")
     options = given(backend)
+    if by == "style":
+        off = [f"--{k.replace('_', '-')}" for k in options if k != "threads"]
+        if click.get_current_context().get_parameter_source("runtime") is not ParameterSource.DEFAULT:
+            off.insert(0, "--runtime")
+        if estimator is None:
+            raise ConfigError("--by style needs --estimator EST, a `salad similarity fit` directory.")
+        if off:
+            raise ConfigError(f"{', '.join(off)} given with --by style; they are for --by score, which runs the bundles. "
+                              "--by style runs the estimator only (--threads sets its ONNX Runtime threads).")
+        from salad.similarity.cli import rank_by_style
+
+        return rank_by_style(estimator, target, candidates, json_out, plot, options.get("threads"))
+    if estimator is not None or plot is not None:
+        raise ConfigError("--estimator and --plot are for --by style; --by score ranks by the bundles' own scores.")
+    named = name_path_pairs(candidates, "--candidate")
     check_taken([runtime], options)
     films, skipped = read_films(film_paths(target))
     fits = rank_bundles(films, named, runtime=runtime, **options_for(runtime, options))

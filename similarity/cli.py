@@ -1,4 +1,5 @@
-"""`salad similarity fit | attach | rank`: thin click commands over similarity/ (docs/similarity.md).
+"""`salad similarity fit | attach`: thin click commands over similarity/ (docs/similarity.md), and the style ranking of
+`salad choose-bundle --by style` (`rank_by_style`; `salad similarity rank` is its deprecated alias).
 
 Registered lazily by the CLI layer (cli/, salad.cli). Module level imports click and the core only; `fit` imports torch
 inside the command, so `attach` and `rank` run under the `[runtime]` install.
@@ -110,7 +111,15 @@ def attach_command(estimator: Path, bundle: Path, data: Path, holdout: Path | No
 @friendly_errors
 def rank_command(estimator: Path, target: Path, candidates: Sequence[str], json_out: Path | None, plot: Path | None,
                  threads: int | None) -> None:
-    """Rank candidate bundles or datasets by ASAP distance to the target films, nearest first."""
+    """Deprecated: `salad choose-bundle --by style` (the same options and output)."""
+    click.echo("warning: `salad similarity rank` is deprecated; use `salad choose-bundle --by style` "
+               "(the same options, the same output).", err=True)
+    rank_by_style(estimator, target, candidates, json_out, plot, threads)
+
+
+def rank_by_style(estimator: Path, target: Path, candidates: Sequence[str], json_out: Path | None, plot: Path | None,
+                  threads: int | None) -> None:
+    """`salad choose-bundle --by style`: candidate bundles or datasets by ASAP distance to the target films, nearest first."""
     from salad.data import film_paths
 
     from .attach import collection

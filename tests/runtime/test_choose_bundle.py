@@ -49,3 +49,16 @@ def test_the_command_reports_each_bundles_own_scores(tiny_bundle: Path, slim_bun
 def test_bad_candidate_syntax_is_one_line(tiny_bundle: Path) -> None:
     done = CliRunner().invoke(main, ["choose-bundle", "--target", str(SAMPLE_TRAIN), "--candidate", "no-equals-sign"])
     assert done.exit_code != 0 and "expected NAME=PATH" in done.output
+
+
+def test_by_takes_only_its_own_options(tiny_bundle: Path) -> None:
+    """--by style runs the estimator only, --by score the bundles: the other method's options are a usage error (exit 2)."""
+    ranking = ["choose-bundle", "--target", str(SAMPLE_TRAIN), "--candidate", f"tiny={tiny_bundle}"]
+    cases = {
+        ("--by", "style"): "--by style needs --estimator EST",
+        ("--by", "style", "--estimator", str(tiny_bundle), "--runtime", "torch"): "--runtime given with --by style",
+        ("--estimator", str(tiny_bundle)): "--estimator and --plot are for --by style",
+    }
+    for extra, message in cases.items():
+        done = CliRunner().invoke(main, [*ranking, *extra])
+        assert done.exit_code == 2 and message in done.output, (extra, done.output)

@@ -2,7 +2,7 @@
 
 Each case damages a copy of the session's real tiny estimator the way a bad copy, a hand edit or another tool
 would, keeping the recorded sha256 consistent where the damage would otherwise be caught by it, and runs
-`salad similarity rank` on real films; the attached form is damaged inside a bundle and read back.
+`salad choose-bundle --by style` on real films; the attached form is damaged inside a bundle and read back.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def test_a_damaged_estimator_is_one_typed_line_naming_the_file(case: str, tiny_e
     damage, name, says = DAMAGE[case]
     est = Path(shutil.copytree(tiny_estimator, tmp_path / "est"))
     damage(est)
-    result = CliRunner().invoke(main, ["similarity", "rank", "--estimator", str(est), "--target", str(target),
+    result = CliRunner().invoke(main, ["choose-bundle", "--by", "style", "--estimator", str(est), "--target", str(target),
                                        "--candidate", f"kermany={SAMPLE_TRAIN}", "--threads", "1"])
     assert result.exit_code == 1 and (result.exception is None or isinstance(result.exception, SystemExit)), result.exception
     lines = result.stderr.strip().splitlines()
@@ -115,7 +115,7 @@ def test_a_damaged_estimator_is_one_typed_line_naming_the_file(case: str, tiny_e
 
 
 def test_an_intact_estimator_still_ranks(tiny_estimator: Path, target: Path) -> None:
-    result = CliRunner().invoke(main, ["similarity", "rank", "--estimator", str(tiny_estimator), "--target", str(target),
+    result = CliRunner().invoke(main, ["choose-bundle", "--by", "style", "--estimator", str(tiny_estimator), "--target", str(target),
                                        "--candidate", f"kermany={SAMPLE_TRAIN}", "--threads", "1"])
     assert result.exit_code == 0, result.output
     assert "kermany" in result.stdout
@@ -132,7 +132,7 @@ def test_rank_refuses_a_target_dicom_whose_number_of_frames_is_text(tiny_estimat
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds.save_as(folder / "frames.dcm", enforce_file_format=True)
-        result = CliRunner().invoke(main, ["similarity", "rank", "--estimator", str(tiny_estimator), "--target", str(folder),
+        result = CliRunner().invoke(main, ["choose-bundle", "--by", "style", "--estimator", str(tiny_estimator), "--target", str(folder),
                                            "--candidate", f"kermany={SAMPLE_TRAIN}", "--threads", "1"])
     assert result.exit_code == 1 and (result.exception is None or isinstance(result.exception, SystemExit)), result.exception
     assert result.stderr.startswith(f"error: {folder / 'frames.dcm'}: DICOM NumberOfFrames = 'x1' is not a whole number")

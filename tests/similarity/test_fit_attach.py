@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from salad.cli import main
 from salad.errors import BundleError, DataError
 from salad.manifest import read_manifest
 from salad.similarity.attach import DRIFT_FILE, FILES, POINTS_FILE, Attached, attach
@@ -77,18 +78,25 @@ def test_attach_twice_needs_force(attached_bundle: Path, tiny_estimator: Path) -
     read_manifest(attached_bundle, verify=True)
 
 
-def test_rank_from_the_command_line(attached_bundle: Path, tiny_estimator: Path, tmp_path: Path) -> None:
-    out = tmp_path / "rank.json"
-    args = ["rank", "--estimator", str(tiny_estimator), "--target", str(NIH_NORMAL),
-            "--candidate", f"bundle={attached_bundle}", "--candidate", f"nih-films={NIH_NORMAL}", "--json", str(out)]
-    done = CliRunner().invoke(similarity_group, args)
+def test_choose_bundle_by_style_from_the_command_line_and_its_deprecated_alias(attached_bundle: Path, tiny_estimator: Path,
+                                                                              tmp_path: Path) -> None:
+    out, old = tmp_path / "rank.json", tmp_path / "old" / "rank.json"
+    ranking = ["--estimator", str(tiny_estimator), "--target", str(NIH_NORMAL),
+               "--candidate", f"bundle={attached_bundle}", "--candidate", f"nih-films={NIH_NORMAL}", "--threads", "1"]
+    done = CliRunner().invoke(main, ["choose-bundle", "--by", "style", *ranking, "--json", str(out)])
     assert done.exit_code == 0, done.output
     body = check_json_schema("similarity-ranking", json.loads(out.read_text()))
     assert body["schema"] == "salad-similarity-ranking/1" and body["target"] == str(NIH_NORMAL)
     distances = [r["distance"] for r in body["ranking"]]
     assert distances == sorted(distances) and {r["candidate"] for r in body["ranking"]} == {"bundle", "nih-films"}
     assert out.with_suffix(".png").stat().st_size > 1000
-    assert "candidate" in done.output and "distance" in done.output
+    assert "candidate" in done.stdout and "distance" in done.stdout and "deprecated" not in done.output
+    # `salad similarity rank` warns and gives the same ranking
+    alias = CliRunner().invoke(main, ["similarity", "rank", *ranking, "--json", str(old)])
+    assert alias.exit_code == 0, alias.output
+    assert "`salad similarity rank` is deprecated; use `salad choose-bundle --by style`" in alias.stderr
+    drop = lambda b: {k: v for k, v in b.items() if k != "seconds"}  # noqa: E731 - the wall time differs
+    assert drop(json.loads(old.read_text())) == drop(body) and alias.stdout == done.stdout
 
 
 def test_rank_refuses_points_of_another_estimator(attached_bundle: Path, tiny_estimator: Path, tmp_path: Path) -> None:
@@ -96,19 +104,19 @@ def test_rank_refuses_points_of_another_estimator(attached_bundle: Path, tiny_es
     info = json.loads((other / "estimator.json").read_text())
     info["graph"]["sha256"] = "0" * 64
     (other / "estimator.json").write_text(json.dumps(info))
-    done = CliRunner().invoke(similarity_group, ["rank", "--estimator", str(other), "--target", str(NIH_NORMAL),
+    done = CliRunner().invoke(main, ["choose-bundle", "--by", "style", "--estimator", str(other), "--target", str(NIH_NORMAL),
                                                  "--candidate", f"b={attached_bundle}"])
     assert done.exit_code == 1 and "sha256 mismatch" in done.output
 
 
 def test_rank_without_an_attached_estimator_names_the_fix(bundle_copy: Path, tiny_estimator: Path) -> None:
-    done = CliRunner().invoke(similarity_group, ["rank", "--estimator", str(tiny_estimator), "--target", str(NIH_NORMAL),
+    done = CliRunner().invoke(main, ["choose-bundle", "--by", "style", "--estimator", str(tiny_estimator), "--target", str(NIH_NORMAL),
                                                  "--candidate", f"b={bundle_copy}"])
     assert done.exit_code == 1 and "salad similarity attach" in done.output
 
 
 def test_bad_candidate_syntax_is_one_line(tiny_estimator: Path) -> None:
-    done = CliRunner().invoke(similarity_group, ["rank", "--estimator", str(tiny_estimator), "--target", str(NIH_NORMAL),
+    done = CliRunner().invoke(main, ["choose-bundle", "--by", "style", "--estimator", str(tiny_estimator), "--target", str(NIH_NORMAL),
                                                  "--candidate", "no-equals-sign"])
     assert done.exit_code == 1 and "expected NAME=PATH" in done.output
 
