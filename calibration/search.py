@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from salad.errors import CalibrationError
+from salad.verdict import Check, metrics
 
 from .builders import VariantBuilder
 from .report import Attempt
@@ -72,9 +73,14 @@ def search(
     return SearchResult(fits, parity, row, attempts, candidates)
 
 
+def _auc_check(delta: float | None, bound: float) -> Check:
+    """|ΔAUC| against --max-auc-drop, by the verdict rule: a rise is the same size of noise as a fall would be."""
+    return metrics()["delta_auc"].check(delta, bound)
+
+
 def _auc_fits(delta: float | None, bound: float) -> bool:
-    """|ΔAUC| within the bound: a rise is the same size of noise as a fall would be (parity also checks |ΔAUC|)."""
-    return delta is not None and np.isfinite(delta) and abs(delta) <= bound
+    """|ΔAUC| measured and within the bound (not measured or NaN never fits)."""
+    return _auc_check(delta, bound).held
 
 
 def _auc_distance(attempt: Attempt) -> float:
@@ -86,7 +92,11 @@ def _attempt_failures(row: Any, max_auc_drop: float | None) -> list[str]:
     out = [c.describe() for c in row.failed_checks]
     delta = row.metrics.get("delta_auc")
     if max_auc_drop is not None and not _auc_fits(delta, max_auc_drop):
-        out.append(f"|ΔAUC| = {'not measured' if delta is None else f'{abs(delta):.4g}'} > --max-auc-drop {max_auc_drop:g}")
+        check = _auc_check(delta, max_auc_drop)
+        shown = "not measured" if delta is None else f"{abs(delta):.4g}"
+        needed = check.passing_tolerance
+        hint = "" if needed is None else f" (--max-auc-drop {needed!r} would pass)"
+        out.append(f"|ΔAUC| = {shown} > --max-auc-drop {max_auc_drop:g}{hint}")
     return out
 
 

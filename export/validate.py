@@ -19,6 +19,7 @@ from salad.errors import ExportValidationError
 from salad.manifest import GraphSpec, Manifest, confined, read_manifest
 from salad.metrics import agreeing, cosines, row_abs_diff
 from salad.scoring import SCORE_NAMES, SCORES
+from salad.verdict import failed, judge
 
 from .spec import BATCH, MIN_OPSET, REFERENCE_FILE, VALIDATION_BATCH_SIZES
 
@@ -58,21 +59,28 @@ def _compare(name: str, got: np.ndarray, want: np.ndarray, threshold: float, dec
 
 
 def _failures(cmp: _Comparison, name: str, where: str, tol: dict[str, float], paths: np.ndarray, threshold: float) -> list[str]:
-    """Human lines for every tolerance `cmp` breaks (none when it passes)."""
+    """Human lines for every tolerance `cmp` breaks (none when it passes), judged by salad.verdict."""
     worst = str(paths[cmp.worst]) if len(paths) else "?"
     diffs = f"max |Δ| {cmp.max_abs:.3g}, max rel {cmp.max_rel:.3g}, worst image {worst}"
-    out = []
-    if cmp.cosine_min is not None and cmp.cosine_min < tol["embedding_cosine_min"]:
-        out.append(f"{where} output {name!r}: min cosine {cmp.cosine_min:.7f} < {tol['embedding_cosine_min']} ({diffs})")
+    measured: dict[str, float | None] = {}
+    if cmp.cosine_min is not None:
+        measured["embedding_cosine_min"] = cmp.cosine_min
     key = _TOLERANCE_OF.get(name)
-    if key is not None and cmp.max_abs > tol[key]:
-        out.append(f"{where} output {name!r}: max |Δ| {cmp.max_abs:.3g} > {tol[key]:g} ({diffs})")
-    if cmp.agreement is not None and cmp.agreement < tol["label_agreement"]:
-        names = ", ".join(str(paths[i]) for i in (cmp.disagree or [])[:5])
-        out.append(
-            f"{where} output {name!r}: labels at threshold {threshold:.6g} agree on {cmp.agreement:.1%} of images "
-            f"< {tol['label_agreement']:.1%} (differ: {names})"
-        )
+    if key is not None:
+        measured[key] = cmp.max_abs
+    if cmp.agreement is not None:
+        measured["label_agreement"] = cmp.agreement
+    out = []
+    for check in failed(judge(measured, tol)):
+        if check.metric == "label_agreement":
+            names = ", ".join(str(paths[i]) for i in (cmp.disagree or [])[:5])
+            out.append(
+                f"{where} output {name!r}: labels at threshold {threshold:.6g} agree on {cmp.agreement:.1%} of images "
+                f"< {tol['label_agreement']:.1%}{check.would_pass()} (differ: {names})"
+            )
+        else:
+            text = check.sentence(".7f", "min cosine") if check.bound == "min" else check.sentence(".3g", "max |Δ|")
+            out.append(f"{where} output {name!r}: {text} ({diffs})")
     return out
 
 

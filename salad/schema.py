@@ -13,7 +13,7 @@ from typing import Any, TypeGuard
 
 from salad.errors import BundleError
 from salad.preprocess import INTENSITY_MODES, RESIZE_MODES
-from salad.scoring import SCORES
+from salad.verdict import default_tolerances
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -29,17 +29,10 @@ PROTECTED_FIELDS = ("threshold", "scores", "k", "preprocessing", "bank", "embedd
 CHECKSUMS = "checksums"
 _HEX = frozenset("0123456789abcdef")
 
-#: Default parity tolerances per precision (docs/architecture.md §9). fp16/int8 are set from measurements by calibration.
-DEFAULT_TOLERANCES: dict[str, dict[str, float]] = {
-    "fp32": {
-        **{s.diff_metric(stat): 1e-5 for s in SCORES.values() for stat in s.toleranced},  # salad.scoring.SCORES
-        "embedding_cosine_min": 0.99999,
-        "label_agreement": 1.0,
-        "spearman": 0.9999,
-        "delta_auc": 1e-4,
-        "delta_auprc": 1e-4,
-    },
-}
+#: Default parity tolerances per precision (docs/architecture.md §9), from the metric definitions (salad/verdict.py).
+#: Only fp32's: a manifest of a variant always lists its own (calibration writes them).
+DEFAULT_TOLERANCES: dict[str, dict[str, float]] = {"fp32": default_tolerances("fp32")}
+
 
 def json_schema(kind: str) -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of `kind`: "manifest", or a JSON output ("score", "parity", "bench", …)."""

@@ -11,7 +11,8 @@ same lines; the exported scorer.onnx is a trace of the torch entry point.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -23,18 +24,25 @@ from salad.errors import ConfigError
 class ScoreDef:
     """One score every bundle outputs: its name, its definition, and the parity figures kept on it.
 
-    The registry `SCORES` is the one list of scores: graph contracts (export/spec.py), default
-    tolerances (salad/schema.py), parity metrics and report columns (runtime/parity), export
-    validation and Result rows derive from it. Adding a score is an entry here plus its maths in
+    The registry `SCORES` is the one list of scores: graph contracts (export/spec.py), the parity
+    metrics with their default tolerances and table columns (salad/verdict.py), export validation
+    and Result rows derive from it. Adding a score is an entry here plus its maths in
     `knn_arccos_scores` (docs/architecture.md §7).
     """
 
     name: str
     definition: str
-    #: Parity statistics of |Δ| on this score that are checked against a tolerance by default (fp32).
-    toleranced: tuple[str, ...] = ("max",)
+    #: Parity statistic of |Δ| on this score → precision → its default tolerance (salad/verdict.py); the
+    #: statistics listed are checked by default. fp16/int8 figures: calibration/TOLERANCES.md.
+    tolerances: Mapping[str, Mapping[str, float]] = field(
+        default_factory=lambda: {"max": {"fp32": 1e-5, "fp16": 0.005, "int8": 0.05}})
     #: Parity statistics of |Δ| on this score shown as columns of the parity table.
     columns: tuple[str, ...] = ("max",)
+
+    @property
+    def toleranced(self) -> tuple[str, ...]:
+        """Parity statistics of |Δ| on this score that are checked against a tolerance by default."""
+        return tuple(self.tolerances)
 
     def diff_metric(self, statistic: str) -> str:
         """The parity metric of |Δ| on this score: "max" → "max_abs_score_diff", "p99" → "p99_abs_score_diff"."""
@@ -46,9 +54,13 @@ DIFF_STATISTICS = ("max", "p99")
 SCORES: dict[str, ScoreDef] = {
     "score": ScoreDef(
         "score", "mean of the K smallest arccos(z·m_j) / mean over all N bank rows of arccos(z·m_j)",
-        toleranced=("max", "p99"), columns=("max", "p99"),
+        tolerances={"max": {"fp32": 1e-5, "fp16": 0.005, "int8": 0.05}, "p99": {"fp32": 1e-5, "fp16": 0.003, "int8": 0.04}},
+        columns=("max", "p99"),
     ),
-    "knn_angle": ScoreDef("knn_angle", "mean of the K smallest arccos(z·m_j) / pi"),
+    "knn_angle": ScoreDef(
+        "knn_angle", "mean of the K smallest arccos(z·m_j) / pi",
+        tolerances={"max": {"fp32": 1e-5, "fp16": 0.001, "int8": 0.03}},
+    ),
 }
 SCORE_NAMES = tuple(SCORES)
 DEFAULT_SCORE = "score"

@@ -19,6 +19,7 @@ from salad.manifest import (
 )
 from salad.metrics import cosines, row_abs_diff
 from salad.scoring import SCORES
+from salad.verdict import default_tolerances, failed, judge
 
 from .config import MODEL_FILE, VERSION
 
@@ -128,18 +129,18 @@ def check_chain(repo: Path, root: Path, manifest: Manifest, encoder: _Graph, sco
         ref = merged.run(None, {image_spec.name: x, **extra})
         for k, v in zip([o.name for o in merged.get_outputs()], ref, strict=True):
             want.setdefault(k, []).append(v)
-    tol = manifest.tolerances(precision)
-    problems, measured = [], {}
-    for name, score in SCORES.items():
-        diff = float(row_abs_diff(np.concatenate(got[name]), np.concatenate(want[name])).max(initial=0.0))
-        measured[score.diff_metric("max")] = diff
-        limit = tol.get(score.diff_metric("max"), 1e-5)
-        if not diff <= limit:
-            problems.append(f"{name}: max |Δ| {diff:.3g} > {limit:g}")
-    cosine = float(cosines(np.concatenate(got["embedding"]), np.concatenate(want["embedding"])).min(initial=1.0))
-    measured["embedding_cosine_min"] = cosine
-    if not cosine >= tol.get("embedding_cosine_min", 0.99999):
-        problems.append(f"embedding: min cosine {cosine:.7f} < {tol.get('embedding_cosine_min', 0.99999)}")
+    tol = {**default_tolerances("fp32"), **manifest.tolerances(precision)}
+    measured = {
+        score.diff_metric("max"): float(row_abs_diff(np.concatenate(got[name]), np.concatenate(want[name])).max(initial=0.0))
+        for name, score in SCORES.items()
+    }
+    measured["embedding_cosine_min"] = float(
+        cosines(np.concatenate(got["embedding"]), np.concatenate(want["embedding"])).min(initial=1.0))
+    output = {score.diff_metric("max"): name for name, score in SCORES.items()}
+    problems = [
+        f"{output[c.metric]}: {c.sentence('.3g', 'max |Δ|')}" if c.metric in output else f"embedding: {c.sentence('.7f')}"
+        for c in failed(judge(measured, tol))
+    ]
     if problems:
         raise ExportValidationError(
             f"the Triton encoder → scorer chain does not reproduce {merged_spec.file} on {len(images)} reference films: "

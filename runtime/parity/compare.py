@@ -24,7 +24,7 @@ from salad.progress import progress
 from ..base import BundleGraph, Runner, create_runner, runner_class
 from ..scorer import Scorer
 from ..torch_runner import TorchRunner
-from .checks import COMPARED_OUTPUTS, METRICS, REFERENCE_RUNTIME, Check, Outputs
+from .checks import COMPARED_OUTPUTS, REFERENCE_RUNTIME, Outputs, judge
 from .measure import measure
 from .model import ParityReport, ParityRow
 from .tolerances import resolve_tolerances
@@ -202,7 +202,7 @@ def _row(
     worst = None if not diff.size or np.all(np.isnan(diff)) else int(np.nanargmax(diff))
     return ParityRow(
         runtime=runtime, precision=precision, device=device, images=len(inputs.images), metrics=metrics,
-        checks=[Check(k, metrics[k], tolerances.get(k), bound) for k, bound in METRICS.items()],
+        checks=judge(metrics, tolerances),
         disagreements=[inputs.names[i] for i in disagree[:20]],
         worst_image=None if worst is None else inputs.names[worst],
     )

@@ -19,8 +19,9 @@ from salad.metrics import (
     spearman,
 )
 from salad.scoring import SCORES
+from salad.verdict import metrics as verdict_metrics
 
-from .checks import COMPARED_OUTPUTS, LABELLED_METRICS, METRICS
+from .checks import COMPARED_OUTPUTS, LABELLED_METRICS
 
 # -- metrics -----------------------------------------------------------------------------------------
 
@@ -41,7 +42,7 @@ def measure(
     """
     ref = {k: np.asarray(reference[k], np.float64) for k in COMPARED_OUTPUTS}
     got = {k: np.asarray(candidate[k], np.float64) for k in COMPARED_OUTPUTS}
-    m: dict[str, float | None] = dict.fromkeys(METRICS)
+    m: dict[str, float | None] = dict.fromkeys(verdict_metrics())
     m.update(dict.fromkeys(LABELLED_METRICS))
     m["embedding_cosine_min"], m["embedding_cosine_mean"] = min_mean(cosines(got[EMBEDDING], ref[EMBEDDING]))
     for name, score in SCORES.items():

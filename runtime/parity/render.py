@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Protocol
 
 from salad.bundle import REFERENCE_FILE
-from salad.scoring import SCORES
 from salad.tables import fixed_width
+from salad.verdict import table_columns
 
 from .checks import Check, format_value
 
@@ -65,16 +65,13 @@ class ReportView(Protocol):
     def failures(self) -> Sequence[str]: ...
 
 
-#: The columns of both renderings: (heading, metric key). Further metrics are in the JSON.
-COLUMNS = (
-    ("label agreement", "label_agreement"),
-    *((f"{stat} |Δ{name}|", score.diff_metric(stat)) for name, score in SCORES.items() for stat in score.columns),
-    ("min cosine", "embedding_cosine_min"),
-    ("Spearman", "spearman"),
-    ("ΔAUC", "delta_auc"),
-    ("ΔAUPRC", "delta_auprc"),
-    ("non-finite", "nonfinite"),
-)
+def columns() -> list[tuple[str, str]]:
+    """The columns of both renderings: (heading, metric key), from salad.verdict. Further metrics are in the JSON."""
+    return [(m.column or m.name, m.name) for m in table_columns()]
+
+
+#: The columns as of import (the renderings call `columns()`, so a score registered later has its own).
+COLUMNS = tuple(columns())
 
 
 def describe_reference(report: ReportView) -> str:
@@ -99,9 +96,10 @@ def _status(row: RowView) -> str:
 
 def render_table(report: ReportView) -> str:
     """Fixed-width table, one line per runtime × precision; failing metrics are marked ✗, failures listed below."""
-    header = ("runtime", "precision", "device", *(h for h, _ in COLUMNS), "result")
+    shown = columns()
+    header = ("runtime", "precision", "device", *(h for h, _ in shown), "result")
     rows = [header] + [
-        (r.runtime, r.precision, r.device, *(_cell(r, k) for _, k in COLUMNS), _status(r)) for r in report.rows
+        (r.runtime, r.precision, r.device, *(_cell(r, k) for _, k in shown), _status(r)) for r in report.rows
     ]
     lines = fixed_width(rows, left=3).split("\n")
     lines += [
@@ -121,6 +119,7 @@ def _md(text: str) -> str:
 def render_markdown(report: ReportView) -> str:
     """A markdown document: verdict, what was compared, the table, every failure, the tolerances used."""
     verdict = "passed" if report.passed else "FAILED"
+    shown = columns()
     out = [
         f"# Parity of `{report.bundle.name}`: {verdict}",
         "",
@@ -129,11 +128,11 @@ def render_markdown(report: ReportView) -> str:
         f"- Decision: abnormal when `{report.threshold_score}` > {report.threshold:.6g} (the bundle threshold)",
         *(f"- Note: {n}" for n in report.notes),
         "",
-        "| " + " | ".join(("runtime", "precision", "device", "films", *(_md(h) for h, _ in COLUMNS), "result")) + " |",
-        "|" + "---|" * (5 + len(COLUMNS)),
+        "| " + " | ".join(("runtime", "precision", "device", "films", *(_md(h) for h, _ in shown), "result")) + " |",
+        "|" + "---|" * (5 + len(shown)),
     ]
     for r in report.rows:
-        cells = (r.runtime, r.precision, r.device, str(r.images), *(_cell(r, k) for _, k in COLUMNS), _status(r))
+        cells = (r.runtime, r.precision, r.device, str(r.images), *(_cell(r, k) for _, k in shown), _status(r))
         out.append("| " + " | ".join(_md(c) for c in cells) + " |")
     failing = [r for r in report.rows if not r.passed]
     if failing:

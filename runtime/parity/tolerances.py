@@ -8,8 +8,7 @@ from typing import Any
 
 from salad.errors import ConfigError
 from salad.manifest import PRECISIONS, Manifest
-
-from .checks import FIXED_TOLERANCES, METRICS
+from salad.verdict import fixed_tolerances, metrics
 
 # -- tolerances --------------------------------------------------------------------------------------
 
@@ -29,13 +28,14 @@ def resolve_tolerances(
     out: dict[str, dict[str, float]] = {}
     for precision in precisions:
         base = manifest.tolerances(precision)
-        unknown = sorted(set(base) - set(METRICS))
+        known = metrics()
+        unknown = sorted(set(base) - set(known))
         if unknown:
             notes.append(f"manifest tolerances for {precision} name unknown metric(s) {unknown}; they are ignored.")
-        tol = {k: float(v) for k, v in base.items() if k in METRICS}
+        tol = {k: float(v) for k, v in base.items() if k in known}
         tol.update(per_precision.get("*", {}))
         tol.update(per_precision.get(precision, {}))
-        tol.update(FIXED_TOLERANCES)
+        tol.update(fixed_tolerances())
         out[precision] = tol
     return out, notes
 
@@ -47,16 +47,17 @@ def _split_overrides(overrides: Mapping[str, Any] | None) -> dict[str, dict[str,
     nested = all(isinstance(v, Mapping) for v in overrides.values())
     groups = dict(overrides) if nested else {"*": overrides}
     out: dict[str, dict[str, float]] = {}
+    known, fixed = metrics(), fixed_tolerances()
     for precision, values in groups.items():
         if precision != "*" and precision not in PRECISIONS:
             raise ConfigError(f"tolerance override for precision {precision!r}; expected one of {list(PRECISIONS)}.")
         for metric, value in values.items():
-            if metric in FIXED_TOLERANCES:
-                raise ConfigError(f"tolerance {metric!r} is fixed at {FIXED_TOLERANCES[metric]:g}: NaN or infinite outputs never pass.")
-            if metric not in METRICS:
+            if metric in fixed:
+                raise ConfigError(f"tolerance {metric!r} is fixed at {fixed[metric]:g}: NaN or infinite outputs never pass.")
+            if metric not in known:
                 raise ConfigError(
                     f"unknown parity metric {metric!r} in tolerance overrides; "
-                    f"expected one of {sorted(set(METRICS) - set(FIXED_TOLERANCES))}."
+                    f"expected one of {sorted(set(known) - set(fixed))}."
                 )
             try:
                 number = float(value)
@@ -64,9 +65,9 @@ def _split_overrides(overrides: Mapping[str, Any] | None) -> dict[str, dict[str,
                 raise ConfigError(f"tolerance {metric}={value!r} is not a number.") from None
             if not math.isfinite(number):
                 raise ConfigError(f"tolerance {metric}={value!r}: expected a finite number.")
-            if METRICS[metric] == "min" and number > 1:
+            if known[metric].bound == "min" and number > 1:
                 raise ConfigError(f"tolerance {metric}={number:g} can never pass: {metric} is at most 1.")
-            if METRICS[metric] != "min" and number < 0:
+            if known[metric].bound != "min" and number < 0:
                 raise ConfigError(f"tolerance {metric}={number:g} can never pass: it bounds a magnitude, so use a value ≥ 0.")
             out.setdefault(precision, {})[metric] = number
     return out
