@@ -23,7 +23,9 @@ FLAGS: dict[str, Callable[[F], F]] = {
     "threads": click.option("--threads", type=click.IntRange(min=1), default=None,
                             help="Inference threads of the runtime (torch, ONNX Runtime, OpenVINO).  [default: its own]"),
     "cache_dir": click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                              help="TensorRT engine and timing cache folder.  [default: salad.runtime.cache's]"),
+                              help="Cache folder: TensorRT engines and timing caches, ONNX Runtime's optimised models, "
+                                   "OpenVINO's compiled blobs ($SALAD_NO_CACHE=1: no start-up cache).  "
+                                   "[default: $SALAD_CACHE_DIR or ~/.cache/salad-edge]"),
     "rebuild": click.option("--rebuild", is_flag=True, default=None, help="TensorRT: build the engine even if cached."),
     "workspace_mb": click.option("--workspace-mb", type=click.IntRange(min=1), default=None,
                                  help="TensorRT builder workspace limit (MiB)."),
