@@ -19,11 +19,14 @@ import click
 import salad
 from salad.clitools import (  # noqa: F401 - describe_os_error: stage CLIs' old import path
     DEVICE,
+    OUTPUT,
     LazyChoice,
     deprecated_alias,
     describe_os_error,
     friendly_errors,
+    is_stdout,
     require,
+    write_output,
 )
 from salad.errors import EXIT_CHECKS_FAILED
 from salad.scoring import SCORE_NAMES
@@ -169,7 +172,7 @@ def train(data: Path, out: Path, preset: str, val: Path | None, resume: bool, fo
 @click.option("--labelled", type=click.Path(exists=True, path_type=Path), default=None,
               help="Labelled films: class folders (normal/ + others) or a CSV (path,label).  [required]")
 @deprecated_alias("--data", "--labelled", "labelled", type=click.Path(exists=True, path_type=Path))
-@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the metrics here.")
+@click.option("--json", "json_out", type=OUTPUT, default=None, help="Write the metrics as JSON here ('-' for stdout).")
 @click.option("--plots", type=click.Path(path_type=Path), default=None, help="Folder for ROC, PR and histogram PNGs.")
 @friendly_errors
 def evaluate(run: Path, labelled: Path | None, json_out: Path | None, plots: Path | None) -> None:
@@ -177,8 +180,10 @@ def evaluate(run: Path, labelled: Path | None, json_out: Path | None, plots: Pat
     require(labelled, "--labelled")
     from salad.train import evaluate_run
 
-    result = evaluate_run(run, labelled, json_out=json_out, plots=plots)
-    click.echo(f"AUC {result['auc']:.4f}  AUPRC {result['auprc']:.4f}  ({result['n_normal']} normal, {result['n_abnormal']} abnormal)")
+    result = evaluate_run(run, labelled, plots=plots)
+    write_output(json_out, json.dumps(result, indent=2) + "\n")
+    if not is_stdout(json_out):
+        click.echo(f"AUC {result['auc']:.4f}  AUPRC {result['auprc']:.4f}  ({result['n_normal']} normal, {result['n_abnormal']} abnormal)")
 
 
 @main.command()

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from salad.clitools import deprecated_alias, friendly_errors
+from salad.clitools import OUTPUT, deprecated_alias, friendly_errors, is_stdout, write_output
 
 #: Reference films stored by default.
 REFERENCE_FILMS = 32
@@ -76,21 +76,13 @@ VALIDATION_SCHEMA = "salad-validation/1"
 
 def _write_json(out: Path | None, payload: dict[str, Any]) -> None:
     """Strict JSON to `out` ('-': stdout), written atomically."""
-    if out is None:
-        return
-    text = json.dumps(payload, indent=2, allow_nan=False) + "\n"
-    if str(out) == "-":
-        click.echo(text, nl=False)
-        return
-    from salad.fsutil import write_atomic
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out, text.encode())
+    if out is not None:
+        write_output(out, json.dumps(payload, indent=2, allow_nan=False) + "\n")
 
 
 @click.command("validate", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
+@click.option("--json", "json_out", type=OUTPUT, default=None,
               help="Write {valid, graphs, failures} here (schema salad-validation/1), passed or failed ('-' for stdout).")
 @friendly_errors
 def validate_command(bundle: Path, json_out: Path | None) -> None:
@@ -110,7 +102,7 @@ def validate_command(bundle: Path, json_out: Path | None) -> None:
         raise
     _write_json(json_out, {"schema": VALIDATION_SCHEMA, "bundle": str(bundle), "valid": True, "graphs": report,
                            "failures": []})
-    if json_out is not None and str(json_out) == "-":
+    if is_stdout(json_out):
         return
     for key, worst in report.items():
         diffs = ", ".join(f"|Δ{k}| {v:.2g}" for k, v in worst.get("max_abs_diff", {}).items())

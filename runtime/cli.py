@@ -17,10 +17,9 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from salad.clitools import DEVICE, LazyChoice, deprecated_alias, friendly_errors
+from salad.clitools import DEVICE, OUTPUT, LazyChoice, deprecated_alias, friendly_errors, is_stdout, write_output
 from salad.data import Unreadable, scan_images
 from salad.errors import EXIT_ERROR, ConfigError
-from salad.fsutil import write_atomic
 from salad.manifest import PRECISIONS
 from salad.progress import progress
 from salad.tables import fixed_width
@@ -52,7 +51,7 @@ PROGRESS_MIN_FILMS = 64
 @click.option("--device", type=DEVICE, default=None, help="cpu, cuda or cuda:N (default: cpu, or cuda:0 for tensorrt).")
 @click.option("--batch", "batch", type=click.IntRange(min=1), default=32, show_default=True,
               help="Films per inference call (the engine's maximum batch).")
-@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
+@click.option("--json", "json_out", type=OUTPUT, default=None,
               help="Write {results, runtime, precision} here instead of printing a table ('-' for stdout).")
 @click.option("--url", default=None, metavar="URL",
               help="The server of a remote runtime (--runtime triton): http://HOST:8000 or grpc://HOST:8001.")
@@ -138,11 +137,7 @@ def score_command(
         if drift_report is not None:
             payload["drift"] = drift_report.to_dict()
         text = json.dumps(payload, indent=2, allow_nan=False)  # strict JSON: a NaN never reaches a consumer
-        if str(json_out) == "-":
-            click.echo(text)
-        else:
-            json_out.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(json_out, (text + "\n").encode())
+        if write_output(json_out, text + "\n"):
             click.echo(
                 f"scored {len(results) - len(failed)} of {len(results)} file(s) with {scorer.runtime}/{scorer.precision} → {json_out}"
             )
@@ -184,9 +179,9 @@ def format_table(results: Sequence[Result], decided_by: str = "score") -> str:
 @click.option("--device", type=DEVICE, default=None,
               help="cpu, cuda or cuda:N for the compared runtimes (the reference runs on cpu).")
 @click.option("--batch", "batch", type=click.IntRange(min=1), default=32, show_default=True, help="Films per inference call.")
-@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
+@click.option("--json", "json_out", type=OUTPUT, default=None,
               help="Write the report as JSON here ('-' for stdout).")
-@click.option("--markdown", "markdown_out", type=click.Path(path_type=Path), default=None,
+@click.option("--markdown", "markdown_out", type=OUTPUT, default=None,
               help="Write the report as markdown here ('-' for stdout).")
 @runner_option_flags()
 @friendly_errors
@@ -208,32 +203,26 @@ def parity_command(
         bundle, runtimes, precisions or None, data=labelled,
         tolerances=parse_tolerance_options(tolerance_options), device=device, max_batch=batch, runner_options=options,
     )
-    to_stdout = "-" in (str(json_out), str(markdown_out))
-    if not to_stdout:
+    if not is_stdout(json_out, markdown_out):
         click.echo(report.format_table())
     for out, text in ((json_out, report.to_json() + "\n"), (markdown_out, report.to_markdown())):
-        if out is None:
-            continue
-        if str(out) == "-":
-            click.echo(text, nl=False)
-        else:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(out, text.encode())
+        write_output(out, text)
     report.raise_if_failed()
 
 
 @click.command("inspect")
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print the description as JSON (schema salad-inspect/1).")
+@click.option("--json", "json_out", type=OUTPUT, default=None, is_flag=False, flag_value="-",
+              help="Write the description as JSON here (schema salad-inspect/1; '-', or --json alone, for stdout).")
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 of the bundle's files (the manifest is still checked).")
 @friendly_errors
-def inspect_command(bundle: Path, as_json: bool, no_verify: bool) -> None:
+def inspect_command(bundle: Path, json_out: Path | None, no_verify: bool) -> None:
     """Show what BUNDLE holds: graphs, precisions, threshold, bank, tolerances and calibration."""
     from salad.bundle import Bundle
 
     info = Bundle.open(bundle, verify=not no_verify).describe()
-    if as_json:
-        click.echo(json.dumps(info, indent=2))
+    write_output(json_out, json.dumps(info, indent=2) + "\n")
+    if is_stdout(json_out):
         return
     t, b = info["threshold"], info["bank"]
     lines = [
@@ -316,7 +305,7 @@ def build_engine_command(
               help="--by style: scatter PNG of the collections.  [default: beside --json, same name .png]")
 @click.option("--runtime", type=LazyChoice(runner_names), default="onnxruntime", show_default=True,
               help="--by score: the backend that runs the bundles' graphs.")
-@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the ranking here ('-' for stdout).")
+@click.option("--json", "json_out", type=OUTPUT, default=None, help="Write the ranking here ('-' for stdout).")
 @runner_option_flags()
 @friendly_errors
 def choose_bundle_command(target: Path, candidates: Sequence[str], by: str, estimator: Path | None, plot: Path | None,
@@ -348,8 +337,8 @@ def choose_bundle_command(target: Path, candidates: Sequence[str], by: str, esti
     fits = rank_bundles(films, named, runtime=runtime, **options_for(runtime, options))
     payload = {"schema": CHOICE_SCHEMA, "target": str(target), "films": len(films), "skipped": skipped,
                "rule": "ascending mean operating score of the target films", "ranking": [f.to_dict() for f in fits]}
-    if json_out is not None and str(json_out) == "-":
-        click.echo(json.dumps(payload, indent=2, allow_nan=False))
+    if is_stdout(json_out):
+        write_output(json_out, json.dumps(payload, indent=2, allow_nan=False) + "\n")
         return
     width = max(len(f.candidate) for f in fits)
     lines = [f"{'rank':>4}  {'candidate'.ljust(width)}  mean score  flagged  validation normals' median"]
@@ -358,7 +347,5 @@ def choose_bundle_command(target: Path, candidates: Sequence[str], by: str, esti
     click.echo("\n".join(lines))
     for s in skipped:
         click.echo(f"skipped: {s}", err=True)
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(json_out, (json.dumps(payload, indent=2, allow_nan=False) + "\n").encode())
+    if write_output(json_out, json.dumps(payload, indent=2, allow_nan=False) + "\n"):
         click.echo(f"ranking → {json_out}", err=True)

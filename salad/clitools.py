@@ -11,12 +11,13 @@ import errno
 import functools
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from salad.errors import EXIT_ERROR, EXIT_INTERRUPTED, DataError, SaladError
-from salad.fsutil import sigterm_as_interrupt
+from salad.fsutil import sigterm_as_interrupt, write_atomic
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -171,6 +172,30 @@ class IntList(click.ParamType):
 def flatten(lists: Sequence[Sequence[int]]) -> list[int]:
     """The values of a repeatable IntList option, in order, each once."""
     return list(dict.fromkeys(n for numbers in lists for n in numbers))
+
+
+#: The type of every `--json` and `--markdown` option: a file to write (never a folder), or `-` for standard output.
+OUTPUT = click.Path(path_type=Path, dir_okay=False, allow_dash=True)
+
+
+def is_stdout(*outputs: Path | None) -> bool:
+    """Whether any of these output options is `-`: the command then prints only that document on standard output."""
+    return any(out is not None and str(out) == "-" for out in outputs)
+
+
+def write_output(out: Path | None, text: str) -> bool:
+    """`text` to the file `out` (its folders made, written atomically), to standard output for `-`, nowhere for None.
+
+    Returns whether a file was written (so the command can say where).
+    """
+    if out is None:
+        return False
+    if is_stdout(out):
+        click.echo(text, nl=not text.endswith("\n"))
+        return False
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out, text.encode("utf-8"))
+    return True
 
 
 def name_path_pairs(values: Sequence[str], option: str) -> dict[str, str]:

@@ -79,7 +79,7 @@ cd "$ROOT"
 
 # 4. The console commands, from the [runtime] environment.
 C=$WORK/runtime/bin
-"$C/salad" inspect "$BUNDLE" --json > "$WORK/inspect.json" || fail "salad inspect"
+"$C/salad" inspect "$BUNDLE" --json "$WORK/inspect.json" > "$WORK/inspect.txt" || fail "salad inspect"
 "$C/salad" score "$BUNDLE" "${FILMS[@]}" --json "$WORK/score.json" > "$WORK/score.txt" || { cat "$WORK/score.txt"; fail "salad score"; }
 "$C/salad" parity "$BUNDLE" --json "$WORK/parity.json" > "$WORK/parity.txt" || { cat "$WORK/parity.txt"; fail "salad parity"; }
 "$DEV/python" - "$WORK" "${#FILMS[@]}" <<'EOF' || fail "the console commands' outputs (above)"

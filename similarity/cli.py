@@ -15,9 +15,8 @@ from pathlib import Path
 
 import click
 
-from salad.clitools import deprecated_alias, friendly_errors, name_path_pairs
+from salad.clitools import OUTPUT, deprecated_alias, friendly_errors, is_stdout, name_path_pairs, write_output
 from salad.errors import DataError
-from salad.fsutil import write_atomic
 
 from .forms import DEFAULT_FORM, FORMS
 
@@ -104,7 +103,7 @@ def attach_command(estimator: Path, bundle: Path, data: Path, holdout: Path | No
 @click.option("--target", required=True, type=click.Path(exists=True, path_type=Path), help="The new site's films (folder or CSV).")
 @click.option("--candidate", "candidates", multiple=True, required=True, metavar="NAME=BUNDLE_OR_DATA",
               help="A bundle with an attached estimator, or a folder/CSV of films; repeat.")
-@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the ranking here ('-' for stdout).")
+@click.option("--json", "json_out", type=OUTPUT, default=None, help="Write the ranking here ('-' for stdout).")
 @click.option("--plot", type=click.Path(path_type=Path), default=None,
               help="Scatter PNG of the collections (default: beside --json, same name .png).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime threads.")
@@ -144,17 +143,15 @@ def rank_by_style(estimator: Path, target: Path, candidates: Sequence[str], json
     width = max(len(r.candidate) for r in ranking)
     table = "\n".join([f"{'rank':>4}  {'candidate'.ljust(width)}  distance"]
                       + [f"{i:>4}  {r.candidate.ljust(width)}  {r.distance:.4f}" for i, r in enumerate(ranking, 1)])
-    png = plot or (json_out.with_suffix(".png") if json_out is not None and str(json_out) != "-" else None)
+    png = plot or (json_out.with_suffix(".png") if json_out is not None and not is_stdout(json_out) else None)
     if png is not None:
         key = f"target: {target.name}"
         scatter_png({**points, key: target_pts}, png, target=key, title=f"ASAP latent space: {target.name} vs candidates")
-    if json_out is not None and str(json_out) == "-":
-        click.echo(json.dumps(payload, indent=2))
+    if is_stdout(json_out):
+        write_output(json_out, json.dumps(payload, indent=2) + "\n")
         return
     click.echo(table)
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(json_out, (json.dumps(payload, indent=2) + "\n").encode("utf-8"))
+    if write_output(json_out, json.dumps(payload, indent=2) + "\n"):
         click.echo(f"ranking → {json_out}" + (f", scatter → {png}" if png else ""), err=True)
     elif png is not None:
         click.echo(f"scatter → {png}", err=True)

@@ -17,7 +17,7 @@ import click
 import numpy as np
 
 from salad.bundle import CHECKPOINT_FILE
-from salad.clitools import DEVICE, IntList, LazyChoice, flatten, friendly_errors
+from salad.clitools import DEVICE, OUTPUT, IntList, LazyChoice, flatten, friendly_errors, is_stdout, write_output
 from salad.data import find_images, read_samples
 from salad.errors import BackendUnavailableError, ConfigError, DataError, SaladError
 from salad.imageio import read_image
@@ -244,12 +244,10 @@ def _attach_ratios(rows: list[BenchRow], floor: dict[str, Any]) -> None:
 
 
 def write_outputs(report: BenchReport, json_out: Path | None, markdown_out: Path | None, plot_out: Path | None) -> list[Path]:
-    """Write the requested files (creating folders) and return their paths."""
+    """Write the requested outputs (files atomically, creating folders; '-': stdout) and return the files' paths."""
     written = []
     for out, text in ((json_out, report.to_json() + "\n"), (markdown_out, report.to_markdown())):
-        if out is not None:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(text, encoding="utf-8")
+        if write_output(out, text) and out is not None:
             written.append(out)
     if plot_out is not None:
         report.plot(plot_out)
@@ -290,8 +288,8 @@ def _command_line() -> str:
               help="Threads for every runtime (torch, ONNX Runtime intra-op, BLAS).  [default: all usable CPUs]")
 @click.option("--device", type=DEVICE, default=None,
               help="cpu, cuda or cuda:N for every runtime, the torch baseline included (default: each runtime's own).")
-@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the results as JSON here.")
-@click.option("--markdown", "markdown_out", type=click.Path(path_type=Path), default=None, help="Write a markdown report here.")
+@click.option("--json", "json_out", type=OUTPUT, default=None, help="Write the results as JSON here ('-' for stdout).")
+@click.option("--markdown", "markdown_out", type=OUTPUT, default=None, help="Write a markdown report here ('-' for stdout).")
 @click.option("--plot", "plot_out", type=click.Path(path_type=Path), default=None, help="Write a PNG plot here (needs matplotlib).")
 @runner_option_flags([name for name in FLAGS if name != "threads"])
 @friendly_errors
@@ -309,6 +307,7 @@ def bench_command(
         data=data, films=films, threads=threads, device=device, command=_command_line(),
         progress=None if quiet() else lambda msg: click.echo(msg, err=True), runner_options=options,
     )
-    click.echo(report.format_table())
+    if not is_stdout(json_out, markdown_out):
+        click.echo(report.format_table())
     for path in write_outputs(report, json_out, markdown_out, plot_out):
         click.echo(f"wrote {path}", err=True)
