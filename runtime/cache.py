@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -179,3 +180,26 @@ def seal_new(folder: Path, pattern: str, before: dict[str, int], removed: list[s
     if any(name in before for name in fresh) or (fresh and removed):
         return "rebuilt"
     return "written" if fresh else "loaded" if after else "off"
+
+
+#: Entries (optimised models, per-graph blob folders) a start-up cache keeps; older ones go when a new one is written.
+KEEP_ENTRIES = 16
+
+
+def prune(folder: Path, keep: int = KEEP_ENTRIES) -> list[str]:
+    """Remove all but the `keep` most recently written entries of `folder` (files or folders; hidden temporaries stay)."""
+    entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    if len(entries) <= keep:
+        return []
+    entries.sort(key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    removed = []
+    for old in entries[keep:]:
+        try:
+            if old.is_dir():
+                shutil.rmtree(old)
+            else:
+                old.unlink()
+            removed.append(old.name)
+        except OSError as exc:  # another process removed or holds it: it goes next time
+            log.debug("%s: not pruned (%s)", old, exc)
+    return removed

@@ -26,7 +26,7 @@ from salad import fsutil
 from salad.errors import BackendError, BackendUnavailableError, BundleError
 
 from .base import BATCH, BundleGraph, Runner, importable, register_runner
-from .cache import CacheEntryError, cache_key, cache_root, cpu_fingerprint, read_entry, start_cache_folder, write_entry
+from .cache import CacheEntryError, cache_key, cache_root, cpu_fingerprint, prune, read_entry, start_cache_folder, write_entry
 
 CPU_EP = "CPUExecutionProvider"
 CUDA_EP = "CUDAExecutionProvider"
@@ -215,6 +215,7 @@ class OnnxRuntimeRunner(Runner):
         if entry is not None and tmp is not None:
             try:
                 write_entry(entry, tmp.read_bytes(), key)
+                prune(entry.parent)
                 if self.start_cache["status"] == "off":
                     self.start_cache["status"] = "written"
             except OSError as exc:

@@ -26,7 +26,7 @@ import numpy as np
 from salad.errors import BackendUnavailableError, BundleError, SaladError
 
 from .base import BundleGraph, Runner, importable, register_runner
-from .cache import check_seals, seal_new, start_cache_folder
+from .cache import check_seals, prune, seal_new, start_cache_folder
 
 #: The OpenVINO device every graph is compiled for (the runner's only device kind is "cpu").
 OV_DEVICE = "CPU"
@@ -156,6 +156,8 @@ class OpenVinoRunner(Runner):
             ) from exc
         if self.blob_dir is not None:
             status = seal_new(self.blob_dir, BLOB_PATTERN, before, removed)
+            if status == "written":
+                prune(self.blob_dir.parent)
             if status == "rebuilt" and not removed:
                 log.warning("%s: OpenVINO could not use its cached blob (another version?) and compiled the graph again.",
                             self.blob_dir)

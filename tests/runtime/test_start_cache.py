@@ -158,3 +158,17 @@ def test_openvino_is_imported_without_its_converter_which_stays_importable(tiny_
     proc = subprocess.run([sys.executable, "-c", body], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "converter importable: True" in proc.stdout
+
+
+def test_a_cache_folder_keeps_the_newest_entries(tmp_path: Path) -> None:
+    import os
+
+    from salad.runtime.cache import KEEP_ENTRIES, prune
+
+    for i in range(KEEP_ENTRIES + 3):
+        entry = tmp_path / f"entry-{i:02d}.ort"
+        entry.write_bytes(b"x")
+        os.utime(entry, ns=(i * 10**9, i * 10**9))
+    (tmp_path / ".entry-99.ort.tmp-1-ab").write_bytes(b"being written")
+    assert prune(tmp_path) == ["entry-02.ort", "entry-01.ort", "entry-00.ort"]
+    assert len(list(tmp_path.glob("entry-*"))) == KEEP_ENTRIES and (tmp_path / ".entry-99.ort.tmp-1-ab").exists()
