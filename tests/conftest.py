@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,12 @@ def tiny_config(**overrides):  # type: ignore[no-untyped-def]
         threads=2,
     )
     return dataclasses.replace(base, **overrides)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_start_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Runtimes' start-up caches in this session's temporary folder, not the user's ~/.cache (an explicit one stays)."""
+    os.environ.setdefault("SALAD_CACHE_DIR", str(tmp_path_factory.mktemp("salad-cache")))
 
 
 @pytest.fixture(scope="session")
