@@ -71,9 +71,9 @@ def test_smoke_reports_first_and_cached_starts(smoke: tuple[dict, str, Path, str
         first, cached = r["first_start"], r["cached_start"]
         assert first["total_ms"] >= first["activate_ms"] > 0
         if r["runtime"] == "torch":  # no start-up cache: one start, no cached one
-            assert cached is None and first == r["cold_start"]
+            assert cached is None and first["total_ms"] == r["cold_start"]["total_ms"] and first["runs"] == 1
         else:  # the cached start is the measuring process's, on the folder the first start filled
-            assert cached == r["cold_start"] and cached["total_ms"] > 0
+            assert cached["total_ms"] == r["cold_start"]["total_ms"] > 0 and cached["runs"] == first["runs"] == 1
             assert r["runtime_info"]["start_cache"]["status"] == "loaded"
     assert "| first start ms | cached start ms |" in markdown
     assert "first start ms" in output and "cached start ms" in output
@@ -232,3 +232,10 @@ def test_gemm_peaks_measure_fp32_and_int8() -> None:
     peaks = gemm_peaks(1, ["fp32", "int8"], size=128)
     assert peaks["fp32_gflops"] > 0 and peaks["numpy_sgemm_gflops"] > 0
     assert peaks["ort_int8_gops"] > 0, peaks.get("int8_note")
+
+
+def test_several_cold_starts_are_summarised_by_each_phase_median() -> None:
+    from salad.runtime.bench.command import median_start
+
+    starts = [{"verify_ms": 1.0, "total_ms": 10.0}, {"verify_ms": 3.0, "total_ms": 30.0}, {"verify_ms": 2.0, "total_ms": 25.0}]
+    assert median_start(starts) == {"verify_ms": 2.0, "total_ms": 25.0, "runs": 3, "total_min_ms": 10.0, "total_max_ms": 30.0}
