@@ -2,8 +2,8 @@
 
 A builder turns the bundle's fp32 encoder into the precision's encoder, merges it with the fp32
 scorer into the precision's model, and says what it did (details, layers kept float, per-layer
-errors). Adding a precision is one class here with `@register_builder("name")`, plus its default
-tolerances in calibration/tolerances.py (docs/architecture.md §7).
+errors). Adding a precision is one class (here or in a plug-in module) with `@register_builder("name",
+tolerances_like=…)`; its default tolerances are the metrics' (salad/verdict.py) (docs/architecture.md §7).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from salad.errors import CalibrationError
+from salad.precision import PRECISIONS, register_precision
+from salad.registry import Registry
 
 from .sources import CalibrationSource, OrtCalibrationReader
 
@@ -54,16 +56,22 @@ class VariantBuilder(Protocol):
     def ranked_layers(self) -> list[Any]: ...
 
 
-#: precision → its builder class (timm-style registry); calibration's precisions are its keys.
-BUILDERS: dict[str, type[VariantBuilder]] = {}
+#: precision → its builder class (salad.registry); `salad calibrate --precision` choices are its names.
+BUILDERS: Registry[type[VariantBuilder]] = Registry("precision to calibrate")
 B = TypeVar("B")
 
 
-def register_builder(precision: str) -> Callable[[B], B]:
-    """Class decorator: make a builder the one `salad calibrate --precision NAME` uses."""
+def register_builder(precision: str, *, description: str = "", tolerances_like: str | None = None) -> Callable[[B], B]:
+    """Class decorator: make a builder the one `salad calibrate --precision NAME` uses.
+
+    A precision the core does not know yet is registered with it (salad.precision), borrowing the
+    default tolerances of `tolerances_like` where its metrics have none of their own.
+    """
 
     def decorate(cls: B) -> B:
-        BUILDERS[precision] = cls  # type: ignore[assignment]
+        if precision not in PRECISIONS:
+            register_precision(precision, description or (cls.__doc__ or "").strip(), tolerances_like=tolerances_like)
+        BUILDERS.register(precision, cls)  # type: ignore[arg-type]
         return cls
 
     return decorate

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from salad.bundle import Bundle
-from salad.errors import BundleError, CalibrationError, CalibrationRejectedError, SaladError
+from salad.errors import BundleError, CalibrationError, CalibrationRejectedError, CalibrationUsageError, SaladError
 from salad.fsutil import sigterm_as_interrupt, sweep_stale, writer_lock
 from salad.manifest import (
     Manifest,
@@ -154,8 +154,8 @@ def _check_request(
     data_labelled: str | os.PathLike[str] | None, min_channels: int, latency_runs: int,
 ) -> None:
     problems = []
-    if precision not in VARIANTS:
-        problems.append(f"precision {precision!r}: calibration makes {list(VARIANTS)} (fp32 is the exported bundle itself)")
+    if precision not in BUILDERS:
+        problems.append(f"precision {precision!r}: calibration makes {BUILDERS.names()} (fp32 is the exported bundle itself)")
     if method not in CALIBRATION_METHODS:
         problems.append(f"--method {method!r}: expected one of {list(CALIBRATION_METHODS)}")
     if images is not None and images < 1:
@@ -174,7 +174,7 @@ def _check_request(
     if data_labelled is not None and not Path(data_labelled).exists():
         problems.append(f"--labelled {data_labelled}: no such file or folder")
     if problems:
-        raise CalibrationError("cannot calibrate:\n  " + "\n  ".join(problems))
+        raise CalibrationUsageError("cannot calibrate:\n  " + "\n  ".join(problems))
 
 
 def _require_torch_reference(root: Path, manifest: Manifest) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from salad.clitools import deprecated_alias, friendly_errors
+from salad.clitools import LazyChoice, deprecated_alias, friendly_errors
 
 # Literal copies of the defaults in salad.calibration (importing them would load numpy, onnx, …):
 # tests/calibration/test_cli.py checks they agree.
@@ -20,9 +20,16 @@ MIN_IMAGES = 100
 MIN_CHANNELS = 16
 
 
+def _precisions() -> list[str]:
+    """The registered builders' precisions (calibration/builders.py), loaded when the option is parsed or listed."""
+    from .builders import BUILDERS
+
+    return BUILDERS.names()
+
+
 @click.command("calibrate", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--precision", required=True, type=click.Choice(["fp16", "int8"]),
+@click.option("--precision", required=True, type=LazyChoice(_precisions),
               help="fp16: float16 encoder (a cast, no films needed); int8: Q/DQ encoder calibrated on --data.")
 @click.option("--data", type=click.Path(exists=True, path_type=Path), default=None,
               help="Real normal films for int8 calibration: a folder of images, class folders (normal/ is used) or a CSV.")

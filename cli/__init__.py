@@ -29,13 +29,13 @@ from salad.clitools import (  # noqa: F401 - describe_os_error: stage CLIs' old 
     write_output,
 )
 from salad.errors import EXIT_CHECKS_FAILED
-from salad.scoring import SCORE_NAMES
+from salad.scoring import SCORES
 
 
 def _encoder_names() -> list[str]:
     from salad.train import ENCODERS
 
-    return sorted(ENCODERS)
+    return ENCODERS.names()
 
 
 def _preset_names() -> list[str]:
@@ -45,9 +45,9 @@ def _preset_names() -> list[str]:
 
 
 def _method_names() -> list[str]:
-    from salad.train import METHODS
+    from salad.train import METHOD_REGISTRY
 
-    return list(METHODS)
+    return METHOD_REGISTRY.names()
 
 
 class StageGroup(click.Group):
@@ -132,7 +132,7 @@ def main(verbose: int, quiet: bool) -> None:
               help="Anchors' loss: replace (the reference code: replaces -log p_ii) or sum (the paper's Eq. 3, L_ss + L_agg).")
 @click.option("--lam", type=float, default=None, help="Weight λ of the discrimination loss.")
 @click.option("--k", "score_k", type=int, default=None, help="K nearest bank rows in the score.")
-@click.option("--score", "score", type=click.Choice(list(SCORE_NAMES)), default=None,
+@click.option("--score", "score", type=LazyChoice(SCORES.names), default=None,
               help="Operating score: the output thresholds, evaluation and decisions use (both are always computed).")
 @click.option("--bank-refresh/--no-bank-refresh", default=None,
               help="Replace the bank by clean embeddings of the training films after training.")

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import click
 
-from salad.clitools import friendly_errors
+from salad.clitools import LazyChoice, friendly_errors
 from salad.manifest import PRECISIONS
 
 
 @click.command("export-triton", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Model repository directory to create.")
-@click.option("--precision", type=click.Choice(list(PRECISIONS)), default="fp32", show_default=True,
+@click.option("--precision", type=LazyChoice(PRECISIONS.names), default="fp32", show_default=True,
               help="Encoder variant of the bundle to serve (fp16/int8 are added by `salad calibrate`); the scorer stays fp32.")
 @click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True,
               help="max_batch_size of every model: the most films Triton runs at once.")

@@ -25,6 +25,7 @@ from salad.bundle import BANK_INPUT, Bundle
 from salad.errors import BackendUnavailableError, BundleError, ConfigError, DataError, SaladError
 from salad.machine import DEVICE_KINDS, parse_device  # noqa: F401 - re-exported: runtime.base.parse_device
 from salad.manifest import GraphSpec, Manifest, TensorSpec
+from salad.registry import Registry
 
 #: The name the manifest gives the dynamic batch axis of every graph input and output.
 BATCH = "batch"
@@ -351,17 +352,16 @@ def format_shape(shape: list[int | str], symbols: Mapping[str, int] | None = Non
 
 # -- registry ------------------------------------------------------------------------------------
 
-RUNNERS: dict[str, type[Runner]] = {}
+#: Runtimes by name (salad.registry): `--runtime` choices, parity rows, bench rows.
+RUNNERS: Registry[type[Runner]] = Registry("runtime", sort=True)
 
 
 def register_runner(name: str, *, extra: str = "runtime", devices: tuple[str, ...] = ("cpu",)) -> Callable[[type[R]], type[R]]:
     """Class decorator: make a Runner subclass available as `--runtime name` (timm-style registry)."""
 
     def decorate(cls: type[R]) -> type[R]:
-        if name in RUNNERS and RUNNERS[name] is not cls:
-            raise ConfigError(f"runtime {name!r} is already registered by {RUNNERS[name].__qualname__}.")
+        RUNNERS.register(name, cls)  # a second runtime of the same name is refused
         cls.name, cls.extra, cls.devices = name, extra, devices
-        RUNNERS[name] = cls
         return cls
 
     return decorate
@@ -369,14 +369,12 @@ def register_runner(name: str, *, extra: str = "runtime", devices: tuple[str, ..
 
 def runner_names() -> list[str]:
     """Registered runtime names (also the `--runtime` choices), whether or not installed here."""
-    return sorted(RUNNERS)
+    return RUNNERS.names()
 
 
 def runner_class(name: str) -> type[Runner]:
     """The Runner class registered as `name`, or an error listing the registered names."""
-    if name not in RUNNERS:
-        raise ConfigError(f"unknown runtime {name!r}; expected one of {runner_names()}.")
-    return RUNNERS[name]
+    return RUNNERS.get(name)
 
 
 def available_runners() -> dict[str, str | None]:

@@ -46,7 +46,7 @@ PROGRESS_MIN_FILMS = 64
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path, readable=False))
 @click.option("--runtime", type=LazyChoice(runner_names), default="onnxruntime", show_default=True,
               help="Backend that runs the bundle's graph.")
-@click.option("--precision", type=click.Choice(list(PRECISIONS)), default="fp32", show_default=True,
+@click.option("--precision", type=LazyChoice(PRECISIONS.names), default="fp32", show_default=True,
               help="Graph variant in the bundle (fp16/int8 are added by `salad calibrate`).")
 @click.option("--device", type=DEVICE, default=None, help="cpu, cuda or cuda:N (default: cpu, or cuda:0 for tensorrt).")
 @click.option("--batch", "batch", type=click.IntRange(min=1), default=32, show_default=True,
@@ -168,7 +168,7 @@ def format_table(results: Sequence[Result], decided_by: str = "score") -> str:
 @click.argument("bundle", type=click.Path(path_type=Path, readable=False))
 @click.option("--runtime", "runtimes", multiple=True, type=LazyChoice(runner_names),
               help="Runtime to compare with the PyTorch reference; repeat for several.  [default: onnxruntime]")
-@click.option("--precision", "precisions", multiple=True, type=click.Choice(list(PRECISIONS)),
+@click.option("--precision", "precisions", multiple=True, type=LazyChoice(PRECISIONS.names),
               help="Graph variant to compare; repeat for several.  [default: every precision in the bundle]")
 @click.option("--labelled", type=click.Path(exists=True, path_type=Path), default=None,
               help="Labelled films (class folders normal/ + others, or a CSV path,label) to compare on as well, "
@@ -263,7 +263,7 @@ def inspect_command(bundle: Path, json_out: Path | None, no_verify: bool) -> Non
 
 @click.command("build-engine")
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--precision", type=click.Choice(list(PRECISIONS)), default="fp32", show_default=True,
+@click.option("--precision", type=LazyChoice(PRECISIONS.names), default="fp32", show_default=True,
               help="Graph variant to build the engine of.")
 @click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True,
               help="Largest batch of the engine's optimisation profile (what `salad score --batch` may use).")

@@ -81,6 +81,10 @@ class CalibrationError(SaladError):
     """A precision variant could not be calibrated (too few images, random data, unreadable films)."""
 
 
+class CalibrationUsageError(ConfigError, CalibrationError):
+    """A calibration request that cannot run as asked (unknown precision or method, values out of range): exit 2."""
+
+
 class CalibrationRejectedError(CalibrationError, ChecksFailedError):
     """A calibrated variant missed its parity tolerances or accuracy budget; the bundle is unchanged."""
 

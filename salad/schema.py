@@ -12,6 +12,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, TypeGuard
 
 from salad.errors import BundleError
+from salad.precision import PRECISIONS
 from salad.preprocess import INTENSITY_MODES, RESIZE_MODES
 from salad.verdict import default_tolerances
 
@@ -21,7 +22,6 @@ MANIFEST = "manifest.json"
 JSON_SCHEMAS = Path(__file__).parent / "schemas"
 #: An interrupted commit: the renames still to do and the complete new manifest (see commit_journal).
 JOURNAL = ".journal.json"
-PRECISIONS = ("fp32", "fp16", "int8")
 #: Fields that decide a film's label; their digests are recorded by Manifest.write and checked on every read.
 PROTECTED_FIELDS = ("threshold", "scores", "k", "preprocessing", "bank", "embedding_dim")
 #: The integrity entry beside them that covers every file a reader opens: each graph's file, sha256 and

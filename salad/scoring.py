@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from salad.errors import ConfigError
+from salad.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -51,26 +52,40 @@ class ScoreDef:
 
 #: Statistics of |Δ| parity measures on every score, in report order.
 DIFF_STATISTICS = ("max", "p99")
-SCORES: dict[str, ScoreDef] = {
-    "score": ScoreDef(
-        "score", "mean of the K smallest arccos(z·m_j) / mean over all N bank rows of arccos(z·m_j)",
+#: Every score a bundle outputs, by name (salad.registry): `--score` choices, parity metrics and columns.
+SCORES: Registry[ScoreDef] = Registry("score")
+#: The registered scores' names as constants: code names a score through these, never as a literal.
+SCORE = "score"
+KNN_ANGLE = "knn_angle"
+
+
+def register_score(score: ScoreDef) -> ScoreDef:
+    """Make `score` one of the bundle's scores (a second one of a name is refused)."""
+    return SCORES.register(score.name, score)
+
+
+for _score in (
+    ScoreDef(
+        SCORE, "mean of the K smallest arccos(z·m_j) / mean over all N bank rows of arccos(z·m_j)",
         tolerances={"max": {"fp32": 1e-5, "fp16": 0.005, "int8": 0.05}, "p99": {"fp32": 1e-5, "fp16": 0.003, "int8": 0.04}},
         columns=("max", "p99"),
     ),
-    "knn_angle": ScoreDef(
-        "knn_angle", "mean of the K smallest arccos(z·m_j) / pi",
+    ScoreDef(
+        KNN_ANGLE, "mean of the K smallest arccos(z·m_j) / pi",
         tolerances={"max": {"fp32": 1e-5, "fp16": 0.001, "int8": 0.03}},
     ),
-}
+):
+    register_score(_score)
+#: The built-in scores every bundle's graphs output, in order (the graph contract).
 SCORE_NAMES = tuple(SCORES)
-DEFAULT_SCORE = "score"
+DEFAULT_SCORE = SCORE
 SCORE_DEFINITIONS = {name: s.definition for name, s in SCORES.items()}
 
 
 def check_score_name(name: str) -> str:
     """`name` if it is one of the scorer's outputs (the run's operating score), else a clear error."""
-    if name not in SCORE_NAMES:
-        raise ConfigError(f"operating score {name!r}; expected one of {SCORE_NAMES} (both are outputs of every bundle).")
+    if name not in SCORES:
+        raise ConfigError(f"operating score {name!r}; expected one of {tuple(SCORES.names())} (every bundle outputs each of them).")
     return name
 
 

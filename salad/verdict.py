@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
+from salad.precision import PRECISIONS
 from salad.scoring import DIFF_STATISTICS, SCORES
 
 #: How a value meets a tolerance: "max" value ≤ tol, "min" value ≥ tol, "abs" |value| ≤ tol (signed differences).
@@ -87,11 +88,16 @@ def fixed_tolerances() -> dict[str, float]:
 
 
 def default_tolerances(precision: str) -> dict[str, float]:
-    """The default tolerance of every metric the precision checks (score metrics first, as manifests list them)."""
+    """The default tolerance of every metric the precision checks (score metrics first, as manifests list them).
+
+    A precision registered with `tolerances_like` borrows that precision's default where a metric has none of its own.
+    """
     scores = {m.name for m in _score_metrics()}
     every = metrics().values()
     ordered = [m for m in every if m.name in scores] + [m for m in every if m.name not in scores]
-    return {m.name: float(m.defaults[precision]) for m in ordered if precision in m.defaults}
+    like = PRECISIONS[precision].tolerances_like if precision in PRECISIONS else None
+    chosen = {m.name: m.defaults.get(precision, m.defaults.get(like) if like else None) for m in ordered}
+    return {name: float(value) for name, value in chosen.items() if value is not None}
 
 
 def judge(measured: Mapping[str, float | None], tolerances: Mapping[str, float | None]) -> list[Check]:

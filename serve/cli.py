@@ -51,7 +51,7 @@ def _need_dicom_extra() -> None:
 @click.option("--ae-title", default="SALAD", show_default=True, help="This node's AE title (the called AE of senders).")
 @click.option("--runtime", type=LazyChoice(runner_names), default="onnxruntime", show_default=True,
               help="Backend that runs the bundle's graph.")
-@click.option("--precision", type=click.Choice(list(PRECISIONS)), default="fp32", show_default=True,
+@click.option("--precision", type=LazyChoice(PRECISIONS.names), default="fp32", show_default=True,
               help="Graph variant in the bundle.")
 @click.option("--device", type=DEVICE, default=None, help="cpu, cuda or cuda:N (default: cpu, or cuda:0 for tensorrt).")
 @click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True,

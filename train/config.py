@@ -10,6 +10,7 @@ from typing import Any
 
 from salad.errors import ConfigError
 from salad.preprocess import PreprocessConfig
+from salad.registry import Registry
 from salad.scoring import DEFAULT_SCORE, check_score_name
 from salad.train.datasets import AugmentConfig
 from salad.train.models import ModelConfig
@@ -34,15 +35,12 @@ class Method:
 
 
 #: Training methods by name (`salad train --method`); add one with `register_method`.
-METHOD_REGISTRY: dict[str, Method] = {}
+METHOD_REGISTRY: Registry[Method] = Registry("training method")
 
 
 def register_method(method: Method) -> Method:
-    """Make `method` available as `--method NAME` (its terms are all Trainer.fit reads)."""
-    if method.name in METHOD_REGISTRY and METHOD_REGISTRY[method.name] != method:
-        raise ConfigError(f"training method {method.name!r} is already registered.")
-    METHOD_REGISTRY[method.name] = method
-    return method
+    """Make `method` available as `--method NAME` (its terms are all Trainer.fit reads); a second one of a name is refused."""
+    return METHOD_REGISTRY.register(method.name, method)
 
 
 for _method in (
@@ -59,9 +57,7 @@ METHODS = tuple(METHOD_REGISTRY)
 
 def method_of(name: str) -> Method:
     """The registered method `name`, or a ConfigError listing the registered ones."""
-    if name not in METHOD_REGISTRY:
-        raise ConfigError(f"method {name!r}; expected one of {list(METHOD_REGISTRY)}.")
-    return METHOD_REGISTRY[name]
+    return METHOD_REGISTRY.get(name)
 
 
 @dataclass

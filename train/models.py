@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from salad.errors import ConfigError, DataError
+from salad.registry import Registry
 from salad.scoring import NORM_EPS
 
 EMBEDDING_DIM = 200
@@ -54,17 +55,13 @@ class ModelConfig:
 
 
 Builder = Callable[[ModelConfig], tuple[nn.Module, nn.Module]]
-ENCODERS: dict[str, Builder] = {}
+#: Encoder/decoder builders by name (salad.registry): `salad train --encoder` choices.
+ENCODERS: Registry[Builder] = Registry("encoder", sort=True)
 
 
 def register_encoder(name: str) -> Callable[[Builder], Builder]:
-    """Register an (encoder, decoder) builder under `name` for configs and CLI choices."""
-
-    def wrap(fn: Builder) -> Builder:
-        ENCODERS[name] = fn
-        return fn
-
-    return wrap
+    """Register an (encoder, decoder) builder under `name` for configs and CLI choices (a second one of a name is refused)."""
+    return ENCODERS.decorator(name)
 
 
 def _ch(c: int, width: float) -> int:
@@ -215,10 +212,8 @@ class SaladAutoencoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        if cfg.encoder not in ENCODERS:
-            raise ConfigError(f"unknown encoder {cfg.encoder!r}; expected one of {sorted(ENCODERS)}.")
         self.config = cfg
-        self.encoder, self.decoder = ENCODERS[cfg.encoder](cfg)
+        self.encoder, self.decoder = ENCODERS.get(cfg.encoder)(cfg)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.encoder(x), dim=1, eps=NORM_EPS)

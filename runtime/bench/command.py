@@ -297,7 +297,7 @@ def _command_line() -> str:
 @click.option("--runtime", "runtimes", multiple=True, type=LazyChoice(runner_names),
               help="Runtime to measure; repeat for several. PyTorch eager fp32 (torch) is always measured as the baseline.  "
                    "[default: onnxruntime]")
-@click.option("--precision", "precisions", multiple=True, type=click.Choice(list(PRECISIONS)),
+@click.option("--precision", "precisions", multiple=True, type=LazyChoice(PRECISIONS.names),
               help="Graph variant to measure; repeat for several.  [default: every precision in the bundle]")
 @click.option("--batch", "batches", type=IntList(), multiple=True,
               help="Films per inference call to measure; repeat for several (a comma list also works: 1,8,32).  "

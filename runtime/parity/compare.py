@@ -12,7 +12,7 @@ import numpy as np
 
 from salad.bundle import CHECKPOINT_FILE, IMAGE_INPUT, REFERENCE_FILE, Bundle
 from salad.data import read_samples
-from salad.errors import BackendUnavailableError, BundleError, ConfigError, SaladError
+from salad.errors import BackendUnavailableError, BundleError, ConfigError
 from salad.manifest import PRECISIONS, Manifest, read_manifest
 from salad.metrics import (
     require_sklearn,
@@ -149,7 +149,7 @@ def compare(
     pairs = [(r, p) for r in runtimes for p in precisions if explicit or r != REFERENCE_RUNTIME or p == "fp32"]
     problems, only_unavailable = _request_problems(root, manifest, pairs)
     if problems:
-        kind = BackendUnavailableError if only_unavailable else SaladError
+        kind = BackendUnavailableError if only_unavailable else ConfigError  # an impossible request: exit 2
         raise kind(f"cannot compare {root}:\n  " + "\n  ".join(problems))
     tol, notes = resolve_tolerances(manifest, precisions, tolerances)
 

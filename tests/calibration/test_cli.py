@@ -48,3 +48,11 @@ def test_registered_in_the_salad_group() -> None:
 
     result = CliRunner().invoke(main, ["calibrate", "--help"])
     assert result.exit_code == 0 and "--max-auc-drop" in result.output
+
+
+def test_calibrate_usage_errors_exit_2(bundle_copy: Path) -> None:
+    unknown = CliRunner().invoke(cli.calibrate_command, [str(bundle_copy), "--precision", "fp32"])
+    assert unknown.exit_code == 2 and "'fp32' is not one of 'fp16', 'int8'" in unknown.output
+    needs = CliRunner().invoke(cli.calibrate_command, [str(bundle_copy), "--precision", "int8", "--max-auc-drop", "0.01"])
+    assert needs.exit_code == 2, needs.output
+    assert "--max-auc-drop needs --labelled LABELLED" in needs.output and "Traceback" not in needs.output

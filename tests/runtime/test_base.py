@@ -148,7 +148,7 @@ def broken_backend() -> Iterator[type[Runner]]:
             return out
 
     yield BrokenScores
-    RUNNERS.pop("test-broken-scores")
+    RUNNERS.unregister("test-broken-scores")
 
 
 def test_outputs_are_checked_against_the_manifest(

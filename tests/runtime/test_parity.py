@@ -159,6 +159,12 @@ def test_cli_tolerance_option_is_validated(tiny_bundle: Path) -> None:
     assert result.exit_code == 2 and "expected [PRECISION:]METRIC=VALUE" in result.output
 
 
+def test_parity_impossible_combinations_exit_2(tiny_bundle: Path) -> None:
+    result = CliRunner().invoke(parity_command, [str(tiny_bundle), "--runtime", "torch", "--precision", "int8"])
+    assert result.exit_code == 2, result.output
+    assert "has no int8 variant" in result.output or "no graph" in result.output
+
+
 # -- acceptance 2: a console without torch or onnx, and a --slim bundle -------------------------------
 
 
