@@ -16,7 +16,6 @@ from typing import Generic, TypeVar
 from salad.errors import ConfigError
 
 T = TypeVar("T")
-V = TypeVar("V")
 
 
 class Registry(Mapping[str, T], Generic[T]):
@@ -45,12 +44,11 @@ class Registry(Mapping[str, T], Generic[T]):
         self._entries[name] = entry
         return entry
 
-    def decorator(self, name: str, prepare: Callable[[V], T] | None = None) -> Callable[[V], V]:
-        """`@REG.decorator("name")`: register the decorated object (or `prepare(obj)`) and return the object."""
+    def decorator(self, name: str) -> Callable[[T], T]:
+        """`@REG.decorator("name")`: register the decorated object as `name` and return it unchanged."""
 
-        def decorate(obj: V) -> V:
-            self.register(name, prepare(obj) if prepare is not None else obj)  # type: ignore[arg-type]
-            return obj
+        def decorate(obj: T) -> T:
+            return self.register(name, obj)
 
         return decorate
 
