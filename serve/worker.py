@@ -75,7 +75,7 @@ class Worker:
 
         False when the rows could not be written (a full disk): the films stay in inbox/ and are scored again.
         """
-        films = [self._film(item) for item in items]
+        films = self._films(items)
         rows = [self._row(film, result, started_ns) for film, result in zip(films, results, strict=True)]
         self._reports(films, results, rows)
         now = time.time_ns()
@@ -93,6 +93,16 @@ class Worker:
         for film, row in zip(films, rows, strict=True):
             self._settle(film, row)
         return True
+
+    def _films(self, items: list[Queued]) -> list[Film]:
+        """The batch's films; a UID collides with a scored row or with another film earlier in this batch."""
+        films: list[Film] = []
+        for item in items:
+            film = self._film(item)
+            if any(f.item.uid == item.uid and f.item.key != item.key for f in films) and not film.collision:
+                film = Film(film.item, film.header, film.sha, True)  # its row is not in the ledger yet, but comes first
+            films.append(film)
+        return films
 
     def _film(self, item: Queued) -> Film:
         """The film's header and pixel sha256: as intake read them, or from its inbox file (after a restart)."""

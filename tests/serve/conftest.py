@@ -17,7 +17,7 @@ from typing import Any
 
 import pydicom
 import pytest
-from pydicom.uid import generate_uid
+from pydicom.uid import UID, generate_uid
 
 #: `salad serve` in a fresh interpreter where torch and onnx cannot be imported (a console's install).
 _SERVE = """
@@ -59,7 +59,7 @@ def films(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("films")
     ds = pydicom.dcmread(testdata("JPEG-LL.dcm"))
     ds.Modality = "CR"
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = CR
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = UID(CR)
     del ds.BodyPartExamined
     ds.save_as(folder / "jpeg-lossless-cr.dcm", enforce_file_format=True)
     return {
