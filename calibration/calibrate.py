@@ -27,6 +27,7 @@ from salad.manifest import (
     read_manifest,
 )
 from salad.metrics import detection_metrics, has_both_classes
+from salad.renames import renamed_keywords
 
 from .builders import BUILDERS, BuildRequest
 from .graphs import CALIBRATION_METHODS, MIN_INT8_CHANNELS
@@ -41,17 +42,18 @@ from .tolerances import default_tolerances
 VARIANTS = tuple(BUILDERS)
 
 
+@renamed_keywords(images="films", min_images="min_films", data_labelled="labelled")
 def calibrate_bundle(
     bundle: str | os.PathLike[str],
     precision: str,
     data: str | os.PathLike[str] | None = None,
     *,
     method: str = "minmax",
-    images: int | None = None,
+    films: int | None = None,
     per_channel: bool = True,
-    min_images: int = MIN_IMAGES,
+    min_films: int = MIN_IMAGES,
     max_auc_drop: float | None = None,
-    data_labelled: str | os.PathLike[str] | None = None,
+    labelled: str | os.PathLike[str] | None = None,
     report_dir: str | os.PathLike[str] | None = None,
     min_channels: int = MIN_INT8_CHANNELS,
     force: bool = False,
@@ -62,14 +64,16 @@ def calibrate_bundle(
     """Add the `precision` ("fp16" or "int8") variant of BUNDLE's encoder and merged model, in place.
 
     data: real normal films for int8 calibration (a folder, class folders or a CSV; label-0 films
-    are used); fp16 needs none. method: minmax | entropy | percentile. images: films to calibrate on
-    (default all found, at most 500); fewer than `min_images` is refused. per_channel: int8 weights
+    are used); fp16 needs none. method: minmax | entropy | percentile. films: how many to calibrate on
+    (default all found, at most 500); fewer than `min_films` is refused. per_channel: int8 weights
     per output channel (default) or per tensor. min_channels: int8 layers with fewer channels in or
     out stay float (they are slower in int8 on CPUs; 0 quantizes every layer).
-    max_auc_drop + data_labelled: accuracy-bounded mode — while |ΔAUC| on the labelled films
+    max_auc_drop + labelled: accuracy-bounded mode — while |ΔAUC| on the labelled films
     exceeds max_auc_drop (or any parity tolerance fails), keep the next most error-prone layer in
     float; fail with the best figure reached if none fits.
     force: replace a variant the bundle already has. latency_runs: timed runs per latency figure.
+    The keywords are the options of `salad calibrate`; the old images=, min_images= and data_labelled= still work
+    with a DeprecationWarning.
 
     Returns the CalibrationReport (also written to report_dir or BUNDLE/calibration/). Raises
     CalibrationError, leaving the bundle unchanged, when the request or the films are not
@@ -77,7 +81,7 @@ def calibrate_bundle(
     the rejected variant's report comes back with accepted=False (the bundle is unchanged either way).
     """
     root = Path(bundle)
-    _check_request(precision, method, images, min_images, max_auc_drop, data_labelled, min_channels, latency_runs)
+    _check_request(precision, method, films, min_films, max_auc_drop, labelled, min_channels, latency_runs)
     if not is_bundle(root):
         read_manifest(root)  # the "not a bundle" error
     with sigterm_as_interrupt(), writer_lock(root):  # one writer at a time; SIGTERM cleans up like Ctrl-C
@@ -98,23 +102,23 @@ def calibrate_bundle(
         notes: list[str] = []
         source = None
         if BUILDERS[precision].needs_films:
-            source = CalibrationSource.from_data(data, manifest.preprocess_config, images=images, min_images=min_images)
+            source = CalibrationSource.from_data(data, manifest.preprocess_config, films=films, min_films=min_films)
         elif data is not None:
             notes.append(f"{precision} is a cast of the weights and needs no calibration films: --data {data} was not used.")
         if max_auc_drop is not None:
             _require_torch_reference(root, manifest)
-            _require_both_classes(data_labelled)
+            _require_both_classes(labelled)
         tolerances = dict(manifest.parity.get(precision) or default_tolerances(precision))
 
         with Staging(root, manifest, precision) as stage:
             builder = BUILDERS[precision](stage, BuildRequest(source, method, per_channel, min_channels))
-            found = search(builder, stage, tolerances, max_auc_drop, data_labelled, threads)
+            found = search(builder, stage, tolerances, max_auc_drop, labelled, threads)
             fits, attempts, candidates, parity, row = found.fits, found.attempts, found.candidates, found.parity, found.row
             reference_films = _reference_film_auc(stage.path, precision)
             report = CalibrationReport(
                 bundle=str(root), precision=precision, accepted=fits,
                 graphs={manifest.graph_key(g, precision): f"{g}.{precision}.onnx" for g in VARIANT_GRAPHS},
-                settings=_settings(precision, data, method, per_channel, min_images, images, min_channels, max_auc_drop, data_labelled),
+                settings=_settings(precision, data, method, per_channel, min_films, films, min_channels, max_auc_drop, labelled),
                 tolerances=tolerances, parity=parity.row_dict(), reference_films=reference_films,
                 calibration=builder.calibration_summary(), layers_in_float=builder.layers_in_float(),
                 layer_errors=builder.layer_errors(), attempts=attempts if max_auc_drop is not None else [],

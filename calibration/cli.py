@@ -71,8 +71,8 @@ def calibrate_command(
     from salad.calibration import calibrate_bundle
 
     report = calibrate_bundle(
-        bundle, precision, data, method=method, images=films, per_channel=per_channel, min_images=min_films,
-        max_auc_drop=max_auc_drop, data_labelled=labelled, report_dir=report_dir, min_channels=min_channels, force=force,
+        bundle, precision, data, method=method, films=films, per_channel=per_channel, min_films=min_films,
+        max_auc_drop=max_auc_drop, labelled=labelled, report_dir=report_dir, min_channels=min_channels, force=force,
         threads=threads,
     )
     d = report.to_dict()

@@ -37,7 +37,7 @@ class SearchResult:
 
 def search(
     builder: VariantBuilder, stage: Staging, tolerances: dict[str, float], max_auc_drop: float | None,
-    data_labelled: str | os.PathLike[str] | None, threads: int | None = None,
+    labelled: str | os.PathLike[str] | None, threads: int | None = None,
 ) -> SearchResult:
     """Build, stage and measure the variant, keeping layers float while --max-auc-drop asks for it (see module)."""
     precision = builder.precision
@@ -50,7 +50,7 @@ def search(
         problems = builder.structure_problems()
         if problems:
             raise CalibrationError(f"the {precision} graphs built for {stage.root} are not valid:\n  " + "\n  ".join(problems))
-        parity = _parity(stage.path, precision, data_labelled, threads)
+        parity = _parity(stage.path, precision, labelled, threads)
         row = parity.rows[0]
         fits = row.passed and (max_auc_drop is None or _auc_fits(row.metrics.get("delta_auc"), max_auc_drop))
         attempts.append(Attempt(list(kept), dict(row.metrics), fits, _attempt_failures(row, max_auc_drop)))
@@ -68,7 +68,7 @@ def search(
         if best is not attempts[-1]:
             builder.build(best.kept_float)
             stage.stage_variant(precision, builder, tolerances)
-            parity = _parity(stage.path, precision, data_labelled, threads)
+            parity = _parity(stage.path, precision, labelled, threads)
             row = parity.rows[0]
     return SearchResult(fits, parity, row, attempts, candidates)
 
@@ -129,11 +129,11 @@ def gate_runtimes() -> list[str]:
             if n != "torch" and "cpu" in cls.devices and not cls.required and ready[n] is None]  # no remote server
 
 
-def _parity(root: Path, precision: str, data_labelled: Any, threads: int | None = None) -> Any:
+def _parity(root: Path, precision: str, labelled: Any, threads: int | None = None) -> Any:
     """Parity of the staged variant on every gate runtime, reported by its worst row (a failing one first)."""
     from salad.runtime.parity import compare
 
-    report = compare(root, gate_runtimes(), [precision], data=data_labelled, device="cpu",
+    report = compare(root, gate_runtimes(), [precision], labelled=labelled, device="cpu",
                      runner_options={"threads": threads} if threads else None)
     if len(report.rows) <= 1:
         return report

@@ -24,6 +24,7 @@ from salad.errors import CalibrationError, DataError
 from salad.imageio import read_image
 from salad.preprocess import PreprocessConfig, preprocess
 from salad.progress import progress
+from salad.renames import renamed_keywords
 
 #: Fewest films int8 calibration accepts by default: activation ranges from fewer are not representative.
 MIN_IMAGES = 100
@@ -61,28 +62,30 @@ class CalibrationSource:
             yield self.images[start : start + size]
 
     @classmethod
+    @renamed_keywords(images="films", min_images="min_films")
     def from_data(
         cls,
         data: str | os.PathLike[str] | None,
         config: PreprocessConfig,
         *,
-        images: int | None = None,
-        min_images: int = MIN_IMAGES,
+        films: int | None = None,
+        min_films: int = MIN_IMAGES,
     ) -> CalibrationSource:
         """Read `--data` (a folder of normals, class folders or a CSV: only label-0 films are used).
 
-        images: use this many films (evenly spread over the sorted list); default all found, at most
+        films: use this many films (evenly spread over the sorted list); default all found, at most
         DEFAULT_MAX_IMAGES. Raises CalibrationError when data is missing, when fewer than
-        `min_images` normal films are found or requested, or when a film is not X-ray-like.
+        `min_films` normal films are found or requested, or when a film is not X-ray-like. The keywords are
+        `salad calibrate`'s options; the old images= and min_images= still work with a DeprecationWarning.
         """
         if data is None:
             raise CalibrationError(
                 "int8 calibration needs real normal films: pass --data NORMALS (a folder of normal X-rays, class folders "
-                f"or a CSV), at least {min_images} of them. There is no fallback to random or synthetic data: activation "
+                f"or a CSV), at least {min_films} of them. There is no fallback to random or synthetic data: activation "
                 "ranges from noise would not be the ranges of X-rays."
             )
-        if min_images < 1:
-            raise CalibrationError(f"--min-films {min_images}: expected a positive number of films.")
+        if min_films < 1:
+            raise CalibrationError(f"--min-films {min_films}: expected a positive number of films.")
         try:
             samples = read_samples(Path(data))
         except DataError as exc:
@@ -90,15 +93,15 @@ class CalibrationSource:
         normals = sorted((s for s in samples if s.label == 0), key=lambda s: str(s.path))
         abnormal = len(samples) - len(normals)
         note = f" ({abnormal} abnormal film(s) in it are not used)" if abnormal else ""
-        if len(normals) < min_images:
+        if len(normals) < min_films:
             raise CalibrationError(
-                f"{data}: found {len(normals)} normal film(s){note}; int8 calibration needs at least {min_images}. "
+                f"{data}: found {len(normals)} normal film(s){note}; int8 calibration needs at least {min_films}. "
                 "Add more normal X-rays (the training normals are fine), or lower --min-films if you accept less "
                 "representative activation ranges."
             )
-        if images is not None and images < min_images:
-            raise CalibrationError(f"--films {images} is below the minimum of {min_images} calibration films; use --films ≥ {min_images}.")
-        wanted = min(len(normals), images if images is not None else DEFAULT_MAX_IMAGES)
+        if films is not None and films < min_films:
+            raise CalibrationError(f"--films {films} is below the minimum of {min_films} calibration films; use --films ≥ {min_films}.")
+        wanted = min(len(normals), films if films is not None else DEFAULT_MAX_IMAGES)
         chosen = evenly_spaced(normals, wanted)  # patients and sources mixed
         arrays, problems = [], []
         for s in progress(chosen, desc="reading calibration films", unit="film"):

@@ -175,7 +175,7 @@ def run_demo(
 
     def do_export() -> tuple[Any, str]:
         n_val = len(read_samples(run / "val.csv"))
-        path = export_bundle(run, bundle, reference_images=max(1, min(32, n_val)))
+        path = export_bundle(run, bundle, reference_films=max(1, min(32, n_val)))
         manifest = json.loads((path / "manifest.json").read_text())
         return manifest, (f"bundle verified: ONNX Runtime = PyTorch on {manifest['reference']['images']} validation films; "
                           f"threshold {manifest['threshold']['value']:.4f} on {manifest['threshold']['score']}")
@@ -188,7 +188,7 @@ def run_demo(
     # fp16 and int8 are judged on the validation films; int8 runs in accuracy-bounded mode: the most error-prone
     # layers stay float until its ΔAUC bound holds there. The test films are never shown to calibration.
     int8_auc_bound = default_tolerances("int8")["delta_auc"]
-    labelled = {"data_labelled": val.path} if val is not None else {}
+    labelled = {"labelled": val.path} if val is not None else {}
     bounded = {"max_auc_drop": int8_auc_bound, **labelled} if labelled else {}
 
     def do_calibrate() -> tuple[Any, str]:
@@ -212,7 +212,7 @@ def run_demo(
                 if why_not is None and name != "torch" and not runner_class(name).required]
 
     def do_parity() -> tuple[Any, str]:
-        report = compare(bundle, runtimes=runtimes, precisions=None, data=test.path if test else None,
+        report = compare(bundle, runtimes=runtimes, precisions=None, labelled=test.path if test else None,
                          reference_films=test is None)
         (out / "parity.md").write_text(report.to_markdown())
         (out / "parity.json").write_text(report.to_json())

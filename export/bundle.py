@@ -23,6 +23,7 @@ from salad.errors import ConfigError, DataError, ExportValidationError, RunError
 from salad.fsutil import parse_json
 from salad.manifest import DEFAULT_TOLERANCES, GraphSpec, Manifest, atomic_directory, sha256_file
 from salad.merge import merge_encoder_scorer
+from salad.renames import renamed_keywords
 from salad.scoring import NORM_EPS, SCORE_DEFINITIONS, SCORE_NAMES, check_k
 
 from .graphs import (
@@ -142,6 +143,7 @@ def _graph_spec(contract: GraphContract, sha256: str, opset: int, external: list
     )
 
 
+@renamed_keywords(reference_images="reference_films")
 def export_bundle(
     run: str | Path,
     out: str | Path,
@@ -149,7 +151,7 @@ def export_bundle(
     force: bool = False,
     bank_as_input: bool = False,
     slim: bool = False,
-    reference_images: int = 32,
+    reference_films: int = 32,
     operating_point: str = "specificity:0.95",
     opset: int = 17,
     external_data_threshold: int = PROTOBUF_LIMIT,
@@ -164,7 +166,8 @@ def export_bundle(
     bank_as_input: the scorer takes the bank as input "bank" [N, 200] (stored once as bank.npy)
     instead of holding it; slim: leave checkpoint.pt out (its sha256 stays in the manifest);
     external_data_threshold: a graph file that would be larger than this many bytes keeps the bank
-    in bank.data (ONNX external data) — protobuf cannot write 2 GiB.
+    in bank.data (ONNX external data) — protobuf cannot write 2 GiB. reference_films: the films whose PyTorch outputs
+    reference.npz keeps (`salad-export --reference-films`; the old reference_images= warns).
     """
     import torch
 
@@ -187,7 +190,7 @@ def export_bundle(
         threshold = choose_threshold(val[loaded.score_name], val["label"], operating_point, loaded.score_name)
         threshold["validation"]["drift"] = drift_calibration(val, loaded.score_name, loaded.preprocessing)
 
-        samples = select_reference(run, reference_images)
+        samples = select_reference(run, reference_films)
         ref = reference_outputs(loaded, samples)
         _check_val_scores(run, val, samples, ref)
 

@@ -53,7 +53,7 @@ def export_command(run: Path, out: Path, force: bool, bank_as_input: bool, slim:
     if reference_films is None:  # the default caps itself to the films there are; an explicit count is honoured or refused
         reference_films = min(REFERENCE_FILMS, count_validation_films(run)) or REFERENCE_FILMS
     bundle = export_bundle(
-        run, out, force=force, bank_as_input=bank_as_input, slim=slim, reference_images=reference_films,
+        run, out, force=force, bank_as_input=bank_as_input, slim=slim, reference_films=reference_films,
         operating_point=operating_point, opset=opset, allow_below_floors=allow_below_floors)
     m = read_manifest(bundle, verify=False)
     t = m.threshold

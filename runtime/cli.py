@@ -200,7 +200,7 @@ def parity_command(
     options = given(backend)
     check_taken(runtimes, options)
     report = compare(
-        bundle, runtimes, precisions or None, data=labelled,
+        bundle, runtimes, precisions or None, labelled=labelled,
         tolerances=parse_tolerance_options(tolerance_options), device=device, max_batch=batch, runner_options=options,
     )
     if not is_stdout(json_out, markdown_out):

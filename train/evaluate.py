@@ -15,6 +15,7 @@ from salad.data import Sample, read_samples
 from salad.errors import DataError, RunError
 from salad.metrics import has_both_classes
 from salad.preprocess import PreprocessConfig
+from salad.renames import renamed_keywords
 from salad.scoring import (
     DEFAULT_SCORE,
     SCORE_DEFINITIONS,
@@ -91,15 +92,17 @@ def detection_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float
 EVALUATION_SCHEMA = "salad-evaluation/1"
 
 
+@renamed_keywords(data="labelled")
 def evaluate_run(
-    run: str | Path, data: str | Path, json_out: str | Path | None = None, plots: str | Path | None = None
+    run: str | Path, labelled: str | Path, json_out: str | Path | None = None, plots: str | Path | None = None
 ) -> dict[str, Any]:
-    """Score labelled `data` with a run; write the metrics JSON and, optionally, ROC/PR/histogram PNGs."""
+    """Score the `labelled` films (`salad evaluate --labelled`; data= warns) with a run; write the metrics JSON and,
+    optionally, ROC/PR/histogram PNGs."""
     loaded = load_run(run)
-    samples = read_samples(data)
+    samples = read_samples(labelled)
     labels = np.array([s.label for s in samples])
     if len(np.unique(labels)) != 2:
-        raise DataError(f"{data}: evaluation needs both normal and abnormal images; found labels {sorted(set(labels.tolist()))}.")
+        raise DataError(f"{labelled}: evaluation needs both normal and abnormal images; found labels {sorted(set(labels.tolist()))}.")
     out = score_samples(loaded, samples)
     name = loaded.score_name
     # Every output of the bundle, so the operating score can be compared with the other.

@@ -20,6 +20,7 @@ from salad.metrics import (
 )
 from salad.preprocess import load_batch
 from salad.progress import progress
+from salad.renames import renamed_keywords
 
 from ..base import BundleGraph, Runner, create_runner, runner_class
 from ..scorer import Scorer
@@ -113,11 +114,12 @@ def _request_problems(root: Path, manifest: Manifest, pairs: Sequence[tuple[str,
     return problems, only_unavailable
 
 
+@renamed_keywords(data="labelled")
 def compare(
     bundle: str | os.PathLike[str],
     runtimes: Sequence[str] = ("onnxruntime",),
     precisions: Sequence[str] | None = None,
-    data: str | os.PathLike[str] | None = None,
+    labelled: str | os.PathLike[str] | None = None,
     tolerances: Mapping[str, float] | Mapping[str, Mapping[str, float]] | None = None,
     *,
     device: str | None = None,
@@ -126,7 +128,7 @@ def compare(
     runner_options: Mapping[str, Any] | None = None,
     reference_films: bool = True,
 ) -> ParityReport:
-    """Compare each runtime × precision with the PyTorch reference on the bundle's reference films (+ `data`).
+    """Compare each runtime × precision with the PyTorch reference on the bundle's reference films (+ `labelled`).
 
     precisions: default every precision the bundle has. tolerances: overrides of the manifest's
     per-precision tolerances, {metric: value} or {precision: {metric: value}}. device: for the
@@ -134,9 +136,10 @@ def compare(
     runner_options: backend options (threads, cache_dir, …); each runtime gets those it declares.
     Every metric of every row is measured first; with raise_on_failure a ParityError then lists
     every failing check. Unknown runtimes, missing backends or precisions raise before any work.
-    The --data films are read and preprocessed once and held in memory (4·S² bytes each), so every
-    runtime sees the same tensors. reference_films=False leaves the bundle's reference films out when `data`
-    is compared (they are validation films: the demo reports parity on test films only).
+    The --labelled films are read and preprocessed once and held in memory (4·S² bytes each), so every
+    runtime sees the same tensors. reference_films=False leaves the bundle's reference films out when `labelled`
+    is compared (they are validation films: the demo reports parity on test films only). The keywords are
+    `salad parity`'s options; the old data= still works with a DeprecationWarning.
     """
     root = Path(bundle)
     manifest = read_manifest(root, verify=True)
@@ -155,19 +158,19 @@ def compare(
 
     images, names, stored = read_reference(root, manifest)
     no_torch = torch_reference_reason(root)
-    if not reference_films and data is not None and no_torch is None:
+    if not reference_films and labelled is not None and no_torch is None:
         images, names, stored = images[:0], [], {k: np.asarray(v)[:0] for k, v in stored.items()}
     inputs = _InputSet(images, names, len(images), stored)
-    if data is not None and no_torch is None:
-        inputs.add_data(Path(data), manifest)
+    if labelled is not None and no_torch is None:
+        inputs.add_data(Path(labelled), manifest)
         data_labels = inputs.labels[inputs.n_reference :] if inputs.labels is not None else np.zeros(0)
         if len(np.unique(data_labels)) < 2:
-            notes.append(f"{data} holds only label-{int(data_labels[0])} films: AUC and AUPRC need normal and abnormal ones.")
+            notes.append(f"{labelled} holds only label-{int(data_labels[0])} films: AUC and AUPRC need normal and abnormal ones.")
         else:
             require_sklearn()  # before any film runs
-    elif data is not None:
+    elif labelled is not None:
         notes.append(
-            f"--data {data} was not used: {no_torch}, so its films have no PyTorch outputs. Compared on the "
+            f"--labelled {labelled} was not used: {no_torch}, so its films have no PyTorch outputs. Compared on the "
             f"{inputs.n_reference} reference films only, against the PyTorch outputs stored in {REFERENCE_FILE}."
         )
     elif no_torch is not None:
@@ -186,7 +189,7 @@ def compare(
     report = ParityReport(
         bundle=root, reference=REFERENCE_FILE + ("+torch" if "data" in counts else ""), images=counts,
         threshold=first.threshold, threshold_score=first.threshold_score, rows=rows, notes=notes,
-        data=str(data) if data is not None else None,
+        data=str(labelled) if labelled is not None else None,
     )
     if raise_on_failure:
         report.raise_if_failed()

@@ -55,7 +55,7 @@ def calibrated(base_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> C
 
     path = use_fixture_tolerances(Path(shutil.copytree(base_bundle, tmp_path_factory.mktemp("calibrated") / "both")))
     reports = {
-        "fp16": calibrate_bundle(path, "fp16", data_labelled=SAMPLE_EVAL, latency_runs=LATENCY_RUNS),
-        "int8": calibrate_bundle(path, "int8", SAMPLE_TRAIN, data_labelled=SAMPLE_EVAL, latency_runs=LATENCY_RUNS),
+        "fp16": calibrate_bundle(path, "fp16", labelled=SAMPLE_EVAL, latency_runs=LATENCY_RUNS),
+        "int8": calibrate_bundle(path, "int8", SAMPLE_TRAIN, labelled=SAMPLE_EVAL, latency_runs=LATENCY_RUNS),
     }
     return Calibrated(path, reports)

@@ -105,8 +105,8 @@ def test_variants_score_on_onnxruntime_cpu(precision: str, calibrated: Calibrate
         ("fp32", {}, r"precision 'fp32': calibration makes \['fp16', 'int8'\]"),
         ("int8", {"method": "kl"}, r"--method 'kl': expected one of \['minmax', 'entropy', 'percentile'\]"),
         ("int8", {"max_auc_drop": 0.01}, r"--max-auc-drop needs --labelled LABELLED"),
-        ("int8", {"max_auc_drop": 1.5, "data_labelled": SAMPLE_EVAL}, r"--max-auc-drop 1.5: expected a number in \[0, 1\)"),
-        ("int8", {"data_labelled": "/no/such/folder"}, r"--labelled /no/such/folder: no such file or folder"),
+        ("int8", {"max_auc_drop": 1.5, "labelled": SAMPLE_EVAL}, r"--max-auc-drop 1.5: expected a number in \[0, 1\)"),
+        ("int8", {"labelled": "/no/such/folder"}, r"--labelled /no/such/folder: no such file or folder"),
     ],
 )
 def test_bad_requests_are_refused_before_any_work(precision: str, options: dict[str, Any], message: str, tmp_path: Path) -> None:
@@ -116,7 +116,7 @@ def test_bad_requests_are_refused_before_any_work(precision: str, options: dict[
 
 def test_bounded_mode_needs_both_classes(bundle_copy: Path) -> None:
     with pytest.raises(CalibrationError, match=r"--labelled .*normal holds only label-0 films; ΔAUC needs normal and abnormal ones"):
-        calibrate_bundle(bundle_copy, "int8", SAMPLE_TRAIN, max_auc_drop=0.005, data_labelled=SAMPLE_TRAIN)
+        calibrate_bundle(bundle_copy, "int8", SAMPLE_TRAIN, max_auc_drop=0.005, labelled=SAMPLE_TRAIN)
 
 
 def test_int8_without_films_or_with_too_few_leaves_the_bundle_alone(bundle_copy: Path) -> None:
@@ -142,7 +142,7 @@ def test_no_code_path_draws_random_numbers(bundle_copy: Path, monkeypatch: pytes
     for name in ("rand", "randn", "random", "random_sample", "normal", "uniform", "standard_normal", "default_rng", "randint"):
         monkeypatch.setattr(np.random, name, refuse)
     use_fixture_tolerances(bundle_copy, ("int8",))  # accepted on any CPU: the tiny model's int8 ΔAUC varies with it
-    report = calibrate_bundle(bundle_copy, "int8", SAMPLE_TRAIN, method="entropy", per_channel=False, images=100, latency_runs=1)
+    report = calibrate_bundle(bundle_copy, "int8", SAMPLE_TRAIN, method="entropy", per_channel=False, films=100, latency_runs=1)
     assert report.accepted and report.calibration["images"] == 100
     assert read_manifest(bundle_copy).graph("model", "int8").details["weights"] == "int8 symmetric, per tensor"
 
@@ -191,7 +191,7 @@ def test_accuracy_bounded_mode_on_a_real_bundle(bundle_copy: Path, calibrated: C
     first = abs(calibrated.reports["int8"].metric("delta_auc") or 0.0)
     bound = first / 2 if first > 0 else 0.0
     try:
-        report = calibrate_bundle(bundle_copy, "int8", SAMPLE_TRAIN, data_labelled=SAMPLE_EVAL, max_auc_drop=bound, latency_runs=1)
+        report = calibrate_bundle(bundle_copy, "int8", SAMPLE_TRAIN, labelled=SAMPLE_EVAL, max_auc_drop=bound, latency_runs=1)
     except CalibrationError as exc:
         assert f"no variant kept |ΔAUC| ≤ {bound:g} and every tolerance" in str(exc) and "the best reached ΔAUC" in str(exc)
         assert not list(bundle_copy.glob("*.int8.onnx"))
@@ -223,7 +223,7 @@ def _fake_parity(delta_auc_for: Any, by_rule: set[str]) -> Any:
     """A stand-in for the parity harness: ΔAUC as a function of how many layers the search kept float."""
     from salad.runtime.parity import METRICS, Check, ParityReport, ParityRow
 
-    def fake(root: Path, precision: str, data_labelled: Any, threads: int | None = None) -> ParityReport:
+    def fake(root: Path, precision: str, labelled: Any, threads: int | None = None) -> ParityReport:
         details = read_manifest(root, verify=False).graph("model", precision).details
         kept = sum(1 for n in details["layers_in_float"] if n not in by_rule)
         metrics: dict[str, float | None] = dict.fromkeys(METRICS, 0.0)
@@ -240,7 +240,7 @@ def test_bounded_loop_keeps_noisiest_layers_float_until_the_bound_holds(bundle_c
 
     by_rule = _float_by_rule(bundle_copy, MIN_INT8_CHANNELS)
     monkeypatch.setattr(cal, "_parity", _fake_parity(lambda kept: -0.010 + 0.004 * kept, by_rule))  # fits from 2 layers on
-    report = calibrate_bundle(bundle_copy, "int8", SAMPLE_TRAIN, data_labelled=SAMPLE_EVAL, max_auc_drop=0.003, latency_runs=1)
+    report = calibrate_bundle(bundle_copy, "int8", SAMPLE_TRAIN, labelled=SAMPLE_EVAL, max_auc_drop=0.003, latency_runs=1)
     assert [len(a.kept_float) for a in report.attempts] == [0, 1, 2] and [a.passed for a in report.attempts] == [False, False, True]
     assert report.attempts[0].failures == ["|ΔAUC| = 0.01 > --max-auc-drop 0.003 (--max-auc-drop 0.01 would pass)"]
     measured = [e for e in report.layer_errors if e.name not in by_rule]
@@ -266,7 +266,7 @@ def test_bounded_loop_fails_with_the_best_figure_when_nothing_fits(bundle_copy: 
             bundle_copy,
             "int8",
             SAMPLE_TRAIN,
-            data_labelled=SAMPLE_EVAL,
+            labelled=SAMPLE_EVAL,
             max_auc_drop=0.005,
             min_channels=MIN_INT8_CHANNELS,
             latency_runs=1,

@@ -141,7 +141,7 @@ def test_int8_encoder_is_symmetric_qdq_that_tensorrt_can_build(calibrated: Calib
 
 def test_per_tensor_weights(base_bundle: Path, tmp_path: Path) -> None:
     manifest = read_manifest(base_bundle)
-    source = CalibrationSource.from_data(SAMPLE_TRAIN, manifest.preprocess_config, images=100)
+    source = CalibrationSource.from_data(SAMPLE_TRAIN, manifest.preprocess_config, films=100)
     prepared = prepare_for_quantization(base_bundle / "encoder.onnx", tmp_path / "prepared.onnx")
     proto = quantize_encoder(tmp_path / "prepared.onnx", tmp_path / "q.onnx", OrtCalibrationReader(source), method="percentile",
                              per_channel=False, exclude=[], ranges_cache=tmp_path / "ranges.json")

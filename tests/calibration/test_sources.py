@@ -38,19 +38,19 @@ def test_too_few_films_says_how_many_were_found(tmp_path: Path) -> None:
     folder = films(tmp_path / "few", 7)
     with pytest.raises(CalibrationError, match=r"few: found 7 normal film\(s\); int8 calibration needs at least 100\. Add more"):
         CalibrationSource.from_data(folder, CONFIG)
-    assert CalibrationSource.from_data(folder, CONFIG, min_images=7).count == 7
+    assert CalibrationSource.from_data(folder, CONFIG, min_films=7).count == 7
 
 
 def test_abnormal_films_are_not_counted(tmp_path: Path) -> None:
     with pytest.raises(CalibrationError, match=r"found 40 normal film\(s\) \(40 abnormal film\(s\) in it are not used\); .*at least 100"):
         CalibrationSource.from_data(SAMPLE_EVAL, CONFIG)
-    source = CalibrationSource.from_data(SAMPLE_EVAL, CONFIG, min_images=40)
+    source = CalibrationSource.from_data(SAMPLE_EVAL, CONFIG, min_films=40)
     assert source.count == 40 and all(p.parent.name == "normal" for p in source.paths)
 
 
 def test_fewer_images_than_the_minimum_are_refused() -> None:
     with pytest.raises(CalibrationError, match=r"--films 50 is below the minimum of 100 calibration films"):
-        CalibrationSource.from_data(SAMPLE_TRAIN, CONFIG, images=50)
+        CalibrationSource.from_data(SAMPLE_TRAIN, CONFIG, films=50)
 
 
 def test_constant_and_thumbnail_images_are_refused_by_name(tmp_path: Path) -> None:
@@ -58,7 +58,7 @@ def test_constant_and_thumbnail_images_are_refused_by_name(tmp_path: Path) -> No
     cv2.imwrite(str(folder / "blank.png"), np.full((512, 512), 128, np.uint8))
     cv2.imwrite(str(folder / "icon.png"), (np.arange(144).reshape(12, 12) % 256).astype(np.uint8))
     with pytest.raises(CalibrationError) as info:
-        CalibrationSource.from_data(folder, CONFIG, min_images=5)
+        CalibrationSource.from_data(folder, CONFIG, min_films=5)
     message = str(info.value)
     assert "2 of 7 calibration film(s) are not usable X-rays" in message
     assert "blank.png: every pixel has the value 0.50" in message and "(a constant image, not an X-ray)" in message
@@ -76,8 +76,8 @@ def test_the_shipped_normals_are_used_with_their_list_hash() -> None:
 
 
 def test_images_are_spread_over_the_list_and_deterministic() -> None:
-    a = CalibrationSource.from_data(SAMPLE_TRAIN, CONFIG, images=120)
-    b = CalibrationSource.from_data(SAMPLE_TRAIN, CONFIG, images=120)
+    a = CalibrationSource.from_data(SAMPLE_TRAIN, CONFIG, films=120)
+    b = CalibrationSource.from_data(SAMPLE_TRAIN, CONFIG, films=120)
     files = sorted(SAMPLE_TRAIN.glob("*.jpeg"))
     assert a.count == 120 and a.found == 200 and a.paths == b.paths
     assert a.paths[0] == files[0] and a.paths[-1] == files[-1] and len(set(a.paths)) == 120

@@ -51,7 +51,7 @@ def test_the_gate_accepts_exactly_what_meets_the_product_tolerances(precision: s
     """Default tolerances on a real bundle: accepted ⇔ every figure within bounds; a refusal names each failing one."""
     before = (bundle_copy / "manifest.json").read_bytes()
     data = SAMPLE_TRAIN if precision == "int8" else None
-    report = calibrate_bundle(bundle_copy, precision, data, data_labelled=SAMPLE_EVAL, raise_on_failure=False,
+    report = calibrate_bundle(bundle_copy, precision, data, labelled=SAMPLE_EVAL, raise_on_failure=False,
                               report_dir=tmp_path / "reports", latency_runs=1)
     assert report.tolerances == default_tolerances(precision)
     checks = {c["metric"]: c for c in report.parity["checks"]}

@@ -29,7 +29,7 @@ def input_bundle(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
     return export_bundle(
         tiny_run, tmp_path_factory.mktemp("bundles") / "input", bank_as_input=True, slim=True,
-        operating_point="sensitivity:0.9", reference_images=20,
+        operating_point="sensitivity:0.9", reference_films=20,
     )
 
 

@@ -25,7 +25,7 @@ def bank_rows(path: Path) -> np.ndarray:
 
 def test_bank_of_200k_rows(make_run: Callable[..., Path], tmp_path: Path) -> None:
     bank = unit_rows(200_000, seed=1)
-    out = export_bundle(make_run(bank=bank), tmp_path / "big", slim=True, reference_images=16)
+    out = export_bundle(make_run(bank=bank), tmp_path / "big", slim=True, reference_films=16)
     m = read_manifest(out)
     assert m.bank["rows"] == 200_000 and m.bank["external_data"] is None
     assert m.graph("scorer").details["parity"]["max_abs_diff"]["score"] <= 1e-5
@@ -56,7 +56,7 @@ def test_known_anomalies_are_dropped_from_the_bank(sample_train: Path, sample_ev
     # from the embeddings (a refreshed bank after one epoch is collapsed onto them: see test_errors).
     cfg = tiny_config(pretrain_epochs=1, rounds=0, bank_refresh=False, known_anomaly_ratio=0.05)
     train_run(data, run, cfg, val=sample_eval)
-    out = export_bundle(run, tmp_path / "bundle", slim=True, reference_images=8)
+    out = export_bundle(run, tmp_path / "bundle", slim=True, reference_films=8)
 
     m = read_manifest(out)
     state = load_run(run)

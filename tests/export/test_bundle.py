@@ -189,7 +189,7 @@ def test_threshold_is_on_validation_scores(bundle: Path, tiny_run: Path) -> None
 @pytest.mark.parametrize("operating", ["score", "knn_angle"])
 def test_the_runs_operating_score_carries_the_threshold(make_run: Callable[..., Path], tmp_path: Path, operating: str) -> None:
     run = make_run(score=operating)
-    bundle = export_bundle(run, tmp_path / "b", reference_images=8)
+    bundle = export_bundle(run, tmp_path / "b", reference_films=8)
     m = read_manifest(bundle)
     assert m.threshold["score"] == m.scores["default"] == operating and m.threshold["rule"] == f"abnormal if {operating} > value"
     _check_threshold_on_validation(bundle, run)
@@ -227,7 +227,7 @@ def test_bank_as_input_and_slim(input_bundle: Path, tiny_run: Path) -> None:
 
 
 def test_external_data_round_trip(tiny_run: Path, tmp_path: Path) -> None:
-    out = export_bundle(tiny_run, tmp_path / "ext", slim=True, reference_images=8, external_data_threshold=0)
+    out = export_bundle(tiny_run, tmp_path / "ext", slim=True, reference_films=8, external_data_threshold=0)
     m = read_manifest(out)
     assert m.bank["external_data"] == "bank.data" and m.graph("scorer").external_data == ["bank.data"]
     assert m.graph("model").external_data == ["bank.data"] and m.graph("encoder").external_data == []
@@ -269,4 +269,4 @@ def test_reference_never_uses_training_films(make_run: Callable[..., Path], tmp_
     run = make_run(rescore=False)
     (run / "val.csv").write_text("path,label,patient_id\n")
     with pytest.raises(SaladError, match=r"val\.csv: --reference-films 8 asks for more validation films than the run has \(0\)\. Retrain"):
-        export_bundle(run, tmp_path / "b", slim=True, reference_images=8)
+        export_bundle(run, tmp_path / "b", slim=True, reference_films=8)

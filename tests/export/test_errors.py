@@ -83,7 +83,7 @@ def test_bad_options(tiny_run: Path, tmp_path: Path) -> None:
     with pytest.raises(
         SaladError, match=r"--reference-films 500 asks for more validation films than the run has \(80\)\. Pass --reference-films 80"
     ):
-        export_bundle(tiny_run, tmp_path / "b", reference_images=500)
+        export_bundle(tiny_run, tmp_path / "b", reference_films=500)
     assert not (tmp_path / "b").exists() and not leftovers(tmp_path, "b")
     with pytest.raises(SaladError, match=r"would replace the run directory"):
         export_bundle(tiny_run, tiny_run.parent, force=True)
@@ -97,7 +97,7 @@ def test_existing_out_needs_force(bundle: Path, tiny_run: Path, tmp_path: Path) 
     with pytest.raises(BundleError, match=r"already exists\. Pass --force to replace it"):
         export_bundle(tiny_run, out, slim=True)
     assert sha256_file(out / "manifest.json") == before
-    export_bundle(tiny_run, out, slim=True, reference_images=8, force=True)
+    export_bundle(tiny_run, out, slim=True, reference_films=8, force=True)
     assert read_manifest(out).source["slim"] is True and not (out / "checkpoint.pt").exists()
     assert not leftovers(tmp_path, "b")
 
@@ -108,7 +108,7 @@ def test_failed_validation_leaves_no_bundle(tiny_run: Path, tmp_path: Path, monk
         **DEFAULT_TOLERANCES["fp32"], "max_abs_score_diff": -1.0, "max_abs_knn_angle_diff": -1.0, "embedding_cosine_min": 1.5,
     })
     with pytest.raises(ExportValidationError) as info:
-        export_bundle(tiny_run, tmp_path / "b", reference_images=8)
+        export_bundle(tiny_run, tmp_path / "b", reference_films=8)
     msg = str(info.value)
     for line in (
         "encoder (encoder.onnx) at batch 8 output 'embedding': min cosine",
@@ -123,11 +123,11 @@ def test_failed_validation_leaves_no_bundle(tiny_run: Path, tmp_path: Path, monk
 
     old = tmp_path / "old"
     monkeypatch.undo()
-    export_bundle(tiny_run, old, slim=True, reference_images=8)
+    export_bundle(tiny_run, old, slim=True, reference_films=8)
     before = sha256_file(old / "manifest.json")
     monkeypatch.setitem(DEFAULT_TOLERANCES, "fp32", {**DEFAULT_TOLERANCES["fp32"], "embedding_cosine_min": 1.5})
     with pytest.raises(ExportValidationError, match=r"min cosine"):
-        export_bundle(tiny_run, old, force=True, reference_images=8)
+        export_bundle(tiny_run, old, force=True, reference_films=8)
     assert sha256_file(old / "manifest.json") == before and not leftovers(tmp_path, "old")
 
 
@@ -173,5 +173,5 @@ def test_collapsed_run_is_refused_with_the_reason(sample_train: Path, sample_eva
     # The score check fails (float32 arccos cannot resolve such small angles); whether the message adds the
     # collapse explanation depends on how close this CPU's float rounding puts them: not asserted.
     with pytest.raises(ExportValidationError, match=r"(?s)output 'score': max \|Δ\|"):
-        export_bundle(run, tmp_path / "b", slim=True, reference_images=8)
+        export_bundle(run, tmp_path / "b", slim=True, reference_films=8)
     assert not (tmp_path / "b").exists() and not leftovers(tmp_path, "b")

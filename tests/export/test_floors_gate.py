@@ -31,21 +31,21 @@ def test_export_refuses_a_run_below_its_floors_unless_allowed(judged_run: Path, 
     validation = json.loads((judged_run / "validation.json").read_text())
     assert validation["n_normal"] == 100 and validation["n_abnormal"] == 100
     if validation["beats_floors"]:
-        bundle = export_bundle(judged_run, tmp_path / "b", reference_images=8)
+        bundle = export_bundle(judged_run, tmp_path / "b", reference_films=8)
         assert read_manifest(bundle).source["validation"]["checked"] is True
         return
     with pytest.raises(ExportValidationError, match=r"does not beat its training-free floors: .*needs ≥ .*--allow-below-floors") as caught:
-        export_bundle(judged_run, tmp_path / "b", reference_images=8)
+        export_bundle(judged_run, tmp_path / "b", reference_films=8)
     assert not (tmp_path / "b").exists()
     short = {f["floor"]: f for f in caught.value.failures}  # structured: one dict per floor the run does not beat
     assert short and all(f["check"] == "floor" and f["auc"] < f["needed"] for f in short.values())
     assert {k: f["floor_auc"] for k, f in short.items()} == {k: validation["floors"][k] for k in short}
-    bundle = export_bundle(judged_run, tmp_path / "b", reference_images=8, allow_below_floors=True)
+    bundle = export_bundle(judged_run, tmp_path / "b", reference_films=8, allow_below_floors=True)
     recorded = read_manifest(bundle).source["validation"]
     assert recorded["checked"] is True and recorded["exported_below_floors"] is True and recorded["floors"] == validation["floors"]
 
 
 def test_a_small_validation_set_is_recorded_not_judged(tiny_run: Path, tmp_path: Path) -> None:
-    bundle = export_bundle(tiny_run, tmp_path / "b", reference_images=8)
+    bundle = export_bundle(tiny_run, tmp_path / "b", reference_films=8)
     recorded = read_manifest(bundle).source["validation"]
     assert recorded["checked"] is False and "fewer than 100 of a class" in recorded["reason"]

@@ -97,7 +97,7 @@ def test_a_swapped_bank_file_is_refused_by_hand_and_through_write(input_bundle: 
 def test_a_bank_in_external_data_is_checked_too(tiny_run: Path, tmp_path: Path) -> None:
     from salad.export import export_bundle
 
-    root = export_bundle(tiny_run, tmp_path / "b", external_data_threshold=1000, slim=True, reference_images=8)
+    root = export_bundle(tiny_run, tmp_path / "b", external_data_threshold=1000, slim=True, reference_films=8)
     manifest = read_manifest(root, verify=True)
     assert manifest.bank["external_data"] == "bank.data" and _score(root).returncode == 0
     _other_bank((manifest.bank["rows"], manifest.embedding_dim)).T.astype("<f4").tofile(root / "bank.data")

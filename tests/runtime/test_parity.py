@@ -67,7 +67,7 @@ def test_every_runtime_and_precision_makes_the_reference_decisions(
     if reason:
         pytest.skip(f"the {runtime} runtime cannot run here: {reason}")
     bundle = calibrated_bundle(precision)
-    report = compare(bundle, [runtime], [precision], data=SAMPLE_EVAL)
+    report = compare(bundle, [runtime], [precision], labelled=SAMPLE_EVAL)
     assert report.passed, "\n".join(report.failures)
     row = report.row(runtime, precision)
     assert report.images == {"reference": n_reference(bundle), "data": N_EVAL}
@@ -192,12 +192,12 @@ def test_console_without_torch_compares_with_reference_npz(tiny_bundle: Path, tm
 
 
 def test_slim_bundle_falls_back_to_reference_npz_and_says_data_was_not_used(slim_bundle: Path) -> None:
-    report = compare(slim_bundle, ["onnxruntime"], ["fp32"], data=SAMPLE_EVAL)
+    report = compare(slim_bundle, ["onnxruntime"], ["fp32"], labelled=SAMPLE_EVAL)
     assert report.passed, report.failures
     assert report.reference == "reference.npz" and report.images == {"reference": n_reference(slim_bundle)}
     assert report.rows[0].metrics["delta_auc"] is None
     (note,) = report.notes
-    assert f"--data {SAMPLE_EVAL} was not used" in note and "--slim" in note
+    assert f"--labelled {SAMPLE_EVAL} was not used" in note and "--slim" in note
     assert "was not used" in report.to_markdown() and "was not used" in report.format_table()
     with pytest.raises(SaladError, match=r"torch runtime needs checkpoint.pt.*--slim"):
         compare(slim_bundle, ["torch"], ["fp32"])
@@ -209,7 +209,7 @@ def test_slim_bundle_falls_back_to_reference_npz_and_says_data_was_not_used(slim
 def test_a_perturbed_weight_fails_naming_every_metric_and_tolerance(perturbed_bundle: Callable[[Edit], Path]) -> None:
     bundle = perturbed_bundle(nudge(1.0))  # large enough to reorder films across the classes, so ΔAUC fails too
     read_manifest(bundle, verify=True)  # checksums updated: only parity can tell
-    report = compare(bundle, ["onnxruntime"], ["fp32"], data=SAMPLE_EVAL)
+    report = compare(bundle, ["onnxruntime"], ["fp32"], labelled=SAMPLE_EVAL)
     pattern = r"onnxruntime/fp32: max_abs_score_diff = \S+ > tolerance 1e-05 \(a tolerance ≥ \S+ would pass\)"
     with pytest.raises(ParityError, match=pattern):
         report.raise_if_failed()
@@ -224,11 +224,11 @@ def test_a_perturbed_weight_fails_naming_every_metric_and_tolerance(perturbed_bu
 
     # The suggested tolerances are the tightest that pass: with them it passes, slightly tighter it fails.
     loosened = {metric: c.passing_tolerance for metric, c in failed.items()}
-    assert compare(bundle, ["onnxruntime"], ["fp32"], data=SAMPLE_EVAL, tolerances=loosened).passed  # type: ignore[arg-type]
+    assert compare(bundle, ["onnxruntime"], ["fp32"], labelled=SAMPLE_EVAL, tolerances=loosened).passed  # type: ignore[arg-type]
     score_tol = failed["max_abs_score_diff"].passing_tolerance
     assert score_tol is not None
     tighter = compare(
-        bundle, ["onnxruntime"], ["fp32"], data=SAMPLE_EVAL, tolerances={**loosened, "max_abs_score_diff": score_tol * 0.99}  # type: ignore[dict-item]
+        bundle, ["onnxruntime"], ["fp32"], labelled=SAMPLE_EVAL, tolerances={**loosened, "max_abs_score_diff": score_tol * 0.99}  # type: ignore[dict-item]
     )
     assert [c.metric for c in tighter.rows[0].failed_checks] == ["max_abs_score_diff"]
 
@@ -273,7 +273,7 @@ def test_an_unavailable_runtime_is_refused_before_any_work(tiny_bundle: Path) ->
 
 
 def test_data_with_one_class_compares_without_auc(tiny_bundle: Path) -> None:
-    report = compare(tiny_bundle, ["onnxruntime"], ["fp32"], data=SAMPLE_EVAL / "normal")
+    report = compare(tiny_bundle, ["onnxruntime"], ["fp32"], labelled=SAMPLE_EVAL / "normal")
     assert report.passed and report.images["data"] == len(list((SAMPLE_EVAL / "normal").glob("*.jpeg")))
     assert report.rows[0].metrics["delta_auc"] is None
     assert any("only label-0 films" in n for n in report.notes)

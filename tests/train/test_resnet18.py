@@ -30,7 +30,7 @@ def test_resnet18_with_rgb_weights_trains_exports_and_scores(tmp_path: Path) -> 
     loaded = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert loaded["model"]["encoder.conv1.weight"].shape[1] == 1
 
-    bundle = export_bundle(run, tmp_path / "bundle", reference_images=8, allow_below_floors=True)
+    bundle = export_bundle(run, tmp_path / "bundle", reference_films=8, allow_below_floors=True)
     manifest = read_manifest(bundle)
     assert manifest.source["run_config"]["model"]["encoder"] == "resnet18"
     films = sorted(SAMPLE_EVAL.rglob("*.jpeg"))[:6]
