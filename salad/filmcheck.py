@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import numpy.ma  # noqa: F401 - np.percentile imports it on first use (numpy 2): here, not in a console's first film
 
 from salad.errors import DataError
 

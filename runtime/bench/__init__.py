@@ -7,9 +7,11 @@ How it measures (docs/architecture.md §10), and why:
   alone is `runner.infer` on preprocessed batches.
 - Each configuration (runtime × precision × batch) runs in a fresh Python process of its own, so its
   cold start (bundle verification → engine ready → first score, library import included) and its
-  peak resident memory belong to that configuration alone. Peak RSS is the kernel's high-water mark
-  (VmHWM), reset after the films are loaded, so it counts the interpreter, the films and the runtime
-  but nothing an earlier configuration did.
+  peak resident memory belong to that configuration alone. A runtime with a start-up cache (ONNX
+  Runtime's optimised model, OpenVINO's compiled blob) gets a first start on an empty private cache
+  folder and a cached start in the next fresh process on what it left (`--starts N`: medians of N).
+  Peak RSS is the kernel's high-water mark (VmHWM), reset after the films are loaded, so it counts
+  the interpreter, the films and the runtime but nothing an earlier configuration did.
 - PyTorch eager fp32 (the `torch` runtime) on the same films with the same thread count is always
   measured in the same invocation, and every row carries its ratio to it at the same batch size.
 - Timings use time.perf_counter_ns; on a GPU the inference calls are also timed with CUDA events.

@@ -269,14 +269,16 @@ class BenchReport:
         lines += ["", _floor_sentence(macs, peaks), "", "## Cold start and memory (each configuration in a fresh process)", "",
                   "Cold start: from constructing the Scorer (bundle verification) to the first scores of one batch. "
                   "First start: an empty cache folder; cached start: the next fresh process, on what the first left "
-                  "(ONNX Runtime's optimised model, OpenVINO's compiled blob); '-': the runtime has no start-up cache.", "",
+                  "(ONNX Runtime's optimised model, OpenVINO's compiled blob); '-': the runtime has no start-up cache. "
+                  + (f"Each is the median of {h['starts']} starts (fastest–slowest in brackets)." if h.get("starts", 1) > 1
+                     else "One start each."), "",
                   "| runtime | precision | batch | first start ms | cached start ms | verify ms | activate ms | first score ms | "
                   "peak RSS MB | RSS before bundle MB | Δ MB |",
                   "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in self.rows:
             c, m = r.cold_start, r.memory
             lines.append(
-                f"| {r.runtime} | {r.precision} | {r.batch} | {r.first_start['total_ms']:.1f} | {_start(r.cached_start, 1)} | "
+                f"| {r.runtime} | {r.precision} | {r.batch} | {_start(r.first_start, 1)} | {_start(r.cached_start, 1)} | "
                 f"{c['verify_ms']:.1f} | {c['activate_ms']:.1f} | {c['first_score_ms']:.1f} | "
                 f"{_num(m.get('peak_rss_mb'), 1)} | {_num(m.get('baseline_rss_mb'), 1)} | {_num(m.get('delta_rss_mb'), 1)} |"
             )
@@ -348,7 +350,11 @@ def _num(x: float | None, digits: int) -> str:
 
 
 def _start(start: dict[str, float] | None, digits: int = 0) -> str:
-    return "-" if start is None else f"{start['total_ms']:.{digits}f}"
+    """A start's total (median), with its fastest–slowest range where it is a median of several."""
+    if start is None:
+        return "-"
+    spread = f" ({start['total_min_ms']:.{digits}f}–{start['total_max_ms']:.{digits}f})" if start.get("runs", 1) > 1 else ""
+    return f"{start['total_ms']:.{digits}f}{spread}"
 
 
 def _pct(x: float | None) -> str:
