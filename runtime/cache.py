@@ -187,7 +187,9 @@ KEEP_ENTRIES = 16
 
 
 def prune(folder: Path, keep: int = KEEP_ENTRIES) -> list[str]:
-    """Remove all but the `keep` most recently written entries of `folder` (files or folders; hidden temporaries stay)."""
+    """Remove all but the `keep` most recently written entries of `folder` (files or folders), and the temporaries of
+    dead writers (a start killed while saving: `.NAME.tmp-PID-…`, salad.fsutil.sweep_stale); live ones stay."""
+    fsutil.sweep_stale(folder)
     entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
     if len(entries) <= keep:
         return []

@@ -169,6 +169,10 @@ def test_a_cache_folder_keeps_the_newest_entries(tmp_path: Path) -> None:
         entry = tmp_path / f"entry-{i:02d}.ort"
         entry.write_bytes(b"x")
         os.utime(entry, ns=(i * 10**9, i * 10**9))
-    (tmp_path / ".entry-99.ort.tmp-1-ab").write_bytes(b"being written")
+    live = tmp_path / f".entry-99.ort.tmp-{os.getpid()}-ab"  # being written by a live process: stays
+    live.write_bytes(b"being written")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    orphan = tmp_path / f".entry-98.ort.tmp-{int(dead.stdout)}-cd"  # its writer was killed: goes
+    orphan.write_bytes(b"half")
     assert prune(tmp_path) == ["entry-02.ort", "entry-01.ort", "entry-00.ort"]
-    assert len(list(tmp_path.glob("entry-*"))) == KEEP_ENTRIES and (tmp_path / ".entry-99.ort.tmp-1-ab").exists()
+    assert len(list(tmp_path.glob("entry-*"))) == KEEP_ENTRIES and live.exists() and not orphan.exists()
