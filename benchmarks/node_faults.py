@@ -211,7 +211,9 @@ def wait_drained(out: Path, timeout: float = 300.0) -> None:
 
 
 def kill9_under_load(bundle: Path, work: Path, rng: random.Random, rounds: int, n: int) -> list[dict[str, Any]]:
-    """Send n films; kill -9 the node after a random delay; restart; re-send what was not acknowledged; check."""
+    """Send n films; kill -9 the node once a random number of rows is written (films still queued, a batch in flight);
+    restart; re-send what was not acknowledged; check. A row count, not a delay: a faster node must still be killed
+    mid-load."""
     results = []
     for i in range(rounds):
         out, port = work / f"kill9-{i}", free_port()
@@ -220,8 +222,10 @@ def kill9_under_load(bundle: Path, work: Path, rng: random.Random, rounds: int, 
         statuses: dict[Path, int] = {}
         sender = threading.Thread(target=lambda st=statuses, p=port, fs=files: st.update(send(p, fs)))
         sender.start()
-        delay = rng.uniform(0.5, 4.0)
-        time.sleep(delay)
+        kill_after = rng.randint(1, n // 2)
+        deadline = time.monotonic() + 120
+        while len(rows(out)[0]) < kill_after and time.monotonic() < deadline:
+            time.sleep(0.01)
         node.kill9()
         at_kill = {"rows_at_kill": len(rows(out)[0]), "queued_at_kill": len(list((out / "inbox").glob("*.dcm")))}
         sender.join(120)
@@ -231,7 +235,7 @@ def kill9_under_load(bundle: Path, work: Path, rng: random.Random, rounds: int, 
         acked |= acked_of(again)
         wait_drained(out)
         node.stop()
-        results.append({"fault": "kill -9 under load", "round": i, "kill_after_s": round(delay, 2), "sent": n,
+        results.append({"fault": "kill -9 under load", "round": i, "kill_after_rows": kill_after, "sent": n,
                         "acked_before_kill": sum(s == 0 for s in statuses.values()), **at_kill, **audit(out, acked)})
     return results
 
@@ -299,8 +303,11 @@ def duplicate_uids(bundle: Path, work: Path, pairs: int) -> dict[str, Any]:
     wait_drained(out)
     node.stop()
     got, _ = rows(out)
+    sr_uids = [str(pydicom.dcmread(out / r["sr"], stop_before_pixels=True).SOPInstanceUID) for r in got if r.get("sr")]
     return {"fault": "duplicate UIDs", "films": len(files), "uids": pairs, "resent": len(files),
             "resends_acked": sum(s == 0 for s in resent.values()), "rows_naming_a_collision": sum("collision" in r for r in got),
+            # checked: each pair's second film names the collision, and no two SRs share a SOP Instance UID (a PACS keeps one)
+            "collisions_unnamed": pairs - sum("collision" in r for r in got), "srs_sharing_a_uid": len(sr_uids) - len(set(sr_uids)),
             **audit(out, acked_of(first) | acked_of(resent))}
 
 
@@ -442,7 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "node_faults.md").write_text(markdown(result), encoding="utf-8")
     print(markdown(result))
     failed = totals["acknowledged_without_row_or_sr"] + totals["duplicate_rows"] + totals["lines_not_rows"]
-    failed += sum(r.get("sr_unaccounted", 0) + r.get("outside_films_scored", 0) for r in faults)
+    failed += sum(r.get("sr_unaccounted", 0) + r.get("outside_films_scored", 0) + r.get("collisions_unnamed", 0)
+                  + r.get("srs_sharing_a_uid", 0) for r in faults)
     return 1 if failed else 0
 
 
