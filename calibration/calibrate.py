@@ -209,10 +209,10 @@ def _require_both_classes(data_labelled: str | os.PathLike[str] | None) -> None:
 
 def _settings(precision: str, data: Any, method: str, per_channel: bool, min_images: int, images: int | None,
               min_channels: int, max_auc_drop: float | None, data_labelled: Any) -> dict[str, Any]:
-    if precision == "fp16":
-        out: dict[str, Any] = {"precision": "fp16"}
+    if not BUILDERS[precision].needs_films:  # a cast (fp16 or a plug-in's): nothing about films to record
+        out: dict[str, Any] = {"precision": precision}
     else:
-        out = {"precision": "int8", "data": str(data), "method": method, "images": images if images is not None else "all (≤ 500)",
+        out = {"precision": precision, "data": str(data), "method": method, "images": images if images is not None else "all (≤ 500)",
                "min_images": min_images, "weights": "per-channel" if per_channel else "per-tensor", "min_channels": min_channels}
     out["max_auc_drop"] = max_auc_drop
     out["data_labelled"] = str(data_labelled) if data_labelled is not None else None

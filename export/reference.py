@@ -68,7 +68,7 @@ def reference_outputs(loaded: LoadedRun, samples: list[Sample], batch: int = 64)
     """Preprocessed images and the PyTorch embedding, score and knn_angle of each (the oracle's arrays)."""
     import torch
 
-    from salad.scoring import score_torch
+    from salad.scoring import KNN_ANGLE, SCORE, score_torch
     from salad.train.models import EmbeddingNet
 
     images = load_batch([s.path for s in samples], loaded.preprocessing)
@@ -79,8 +79,8 @@ def reference_outputs(loaded: LoadedRun, samples: list[Sample], batch: int = 64)
     return {
         "image": images.astype(np.float32, copy=False),
         "embedding": z.numpy().astype(np.float32, copy=False),
-        "score": score.numpy().astype(np.float32, copy=False),
-        "knn_angle": knn_angle.numpy().astype(np.float32, copy=False),
+        SCORE: score.numpy().astype(np.float32, copy=False),
+        KNN_ANGLE: knn_angle.numpy().astype(np.float32, copy=False),
         "label": np.array([s.label for s in samples], dtype=np.int64),
         "path": np.array([s.path.name for s in samples]),
     }

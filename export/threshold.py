@@ -16,7 +16,7 @@ import numpy as np
 from salad.drift import exposure as film_exposure
 from salad.errors import ConfigError, DataError, RunError
 from salad.preprocess import PreprocessConfig, load_image
-from salad.scoring import DEFAULT_SCORE, decide
+from salad.scoring import DEFAULT_SCORE, SCORE_NAMES, decide
 
 OPERATING_POINTS = ("specificity", "sensitivity")
 VAL_SCORES = "val_scores.npz"
@@ -51,10 +51,10 @@ def read_val_scores(run: Path) -> dict[str, np.ndarray]:
             "finishes with validation images; let the run finish, or retrain with --val."
         )
     with np.load(path, allow_pickle=False) as data:
-        missing = [k for k in ("score", "knn_angle", "label", "path") if k not in data.files]
+        missing = [k for k in (*SCORE_NAMES, "label", "path") if k not in data.files]
         if missing:
             raise DataError(f"{path}: missing arrays {missing}; found {data.files}. Re-run training to rewrite it.")
-        out = {k: data[k] for k in ("score", "knn_angle", "label", "path")}
+        out = {k: data[k] for k in (*SCORE_NAMES, "label", "path")}
     if not np.isfinite(out["score"]).all():
         raise RunError(f"{path}: {int((~np.isfinite(out['score'])).sum())} validation scores are NaN/Inf; the run diverged.")
     return out

@@ -18,7 +18,7 @@ from salad.bundle import Bundle
 from salad.errors import ExportValidationError
 from salad.manifest import GraphSpec, Manifest, confined, read_manifest
 from salad.metrics import agreeing, cosines, row_abs_diff
-from salad.scoring import SCORE_NAMES, SCORES
+from salad.scoring import KNN_ANGLE, SCORE_NAMES, SCORES
 from salad.verdict import failed, judge
 
 from .spec import BATCH, MIN_OPSET, REFERENCE_FILE, VALIDATION_BATCH_SIZES
@@ -218,7 +218,7 @@ def validate_bundle(
 
 def _conditioning_hint(root: Path) -> str:
     """Explain score failures caused by float32 arccos near cos = 1 rather than by the graphs."""
-    angles = Bundle.open(root, verify=False).load_reference(["knn_angle"])["knn_angle"].astype(np.float64) * np.pi
+    angles = Bundle.open(root, verify=False).load_reference([KNN_ANGLE])[KNN_ANGLE].astype(np.float64) * np.pi
     tiny = int((angles < _WELL_CONDITIONED_ANGLE).sum())
     if not tiny:
         return ""

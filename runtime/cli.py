@@ -22,6 +22,7 @@ from salad.data import Unreadable, scan_images
 from salad.errors import EXIT_ERROR, ConfigError
 from salad.manifest import PRECISIONS
 from salad.progress import progress
+from salad.scoring import SCORE_NAMES
 from salad.tables import fixed_width
 
 from .base import runner_class, runner_names
@@ -153,7 +154,7 @@ def score_command(
 
 def format_table(results: Sequence[Result], decided_by: str = "score") -> str:
     """A fixed-width table: path, score, knn_angle, label, ms; failed rows say FAILED."""
-    rows = [("path", "score", "knn_angle", f"label ({decided_by})", "ms")]
+    rows = [("path", *SCORE_NAMES, f"label ({decided_by})", "ms")]
     for r in results:
         if r.ok and r.label is not None and not math.isnan(r.score):
             rows.append(

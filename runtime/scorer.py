@@ -26,7 +26,7 @@ from salad.filmcheck import check_film
 from salad.imageio import read_image
 from salad.manifest import PRECISIONS, Manifest, read_manifest
 from salad.preprocess import PreprocessConfig, preprocess
-from salad.scoring import SCORE_NAMES, decide
+from salad.scoring import KNN_ANGLE, SCORE_NAMES, decide
 
 from .base import BundleGraph, Runner, create_runner
 from .events import PREPARED, SCORED, Events, InterventionEvent, NotificationEvent, P, Prepared, Scored
@@ -195,7 +195,7 @@ class Scorer:
             results[index] = Result(
                 path=name,
                 score=float(out["score"][j]),
-                knn_angle=float(out["knn_angle"][j]),
+                knn_angle=float(out[KNN_ANGLE][j]),
                 label=int(labels[j]),
                 timings=Timings(preprocess_ms=pre_ms, inference_ms=per_image, batch_size=len(tensors)),
             )

@@ -88,7 +88,7 @@ class TorchRunner(Runner):
     def _infer(self, feed: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
         import torch
 
-        from salad.scoring import score_torch
+        from salad.scoring import KNN_ANGLE, SCORE, score_torch
 
         device = torch.device(self.device)
         with torch.inference_mode():
@@ -100,7 +100,7 @@ class TorchRunner(Runner):
                 out["embedding"] = z
             if self.graph.name != "encoder":
                 bank = torch.from_numpy(feed["bank"]).to(device) if "bank" in feed else self.bank
-                out["score"], out["knn_angle"] = score_torch(z, bank, self.k)
+                out[SCORE], out[KNN_ANGLE] = score_torch(z, bank, self.k)
             return {k: v.detach().cpu().numpy() for k, v in out.items()}
 
     def _deactivate(self) -> None:

@@ -11,7 +11,7 @@ same lines; the exported scorer.onnx is a trace of the torch entry point.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -39,6 +39,9 @@ class ScoreDef:
         default_factory=lambda: {"max": {"fp32": 1e-5, "fp16": 0.005, "int8": 0.05}})
     #: Parity statistics of |Δ| on this score shown as columns of the parity table.
     columns: tuple[str, ...] = ("max",)
+    #: For a score computed from the graphs' outputs rather than output by them (a plug-in's rescaling, say):
+    #: outputs by name → this score. None: every graph outputs it (the built-in scores).
+    derive: Callable[[Mapping[str, Any]], Any] | None = None
 
     @property
     def toleranced(self) -> tuple[str, ...]:
@@ -87,6 +90,15 @@ def check_score_name(name: str) -> str:
     if name not in SCORES:
         raise ConfigError(f"operating score {name!r}; expected one of {tuple(SCORES.names())} (every bundle outputs each of them).")
     return name
+
+
+def with_derived(outputs: Mapping[str, Any]) -> dict[str, Any]:
+    """`outputs` plus every registered score derived from them (ScoreDef.derive) that they lack."""
+    out = dict(outputs)
+    for name, score in SCORES.items():
+        if name not in out and score.derive is not None:
+            out[name] = score.derive(out)
+    return out
 
 
 def by_name(outputs: tuple[Any, Any]) -> dict[str, Any]:

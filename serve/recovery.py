@@ -13,6 +13,7 @@ from pydicom.dataset import Dataset
 from salad.errors import ConfigError, SaladError
 from salad.runtime import Result
 from salad.runtime.scorer import Timings
+from salad.scoring import KNN_ANGLE, SCORE
 
 from .ledger import film_key
 from .store import Store
@@ -62,7 +63,7 @@ def regenerate_srs(store: Store, write_sr: WriteSR) -> int:
             if row is None:
                 raise SaladError("no scored row names it")
             header: Dataset = pydicom.dcmread(path, stop_before_pixels=True)
-            result = Result(str(path), float(row["score"]), float(row["knn_angle"]), int(row["label"]), Timings(0.0, 0.0, 1))
+            result = Result(str(path), float(row[SCORE]), float(row[KNN_ANGLE]), int(row["label"]), Timings(0.0, 0.0, 1))
             sr = write_sr(path.stem, header, result, collision="collision" in row)
         except Exception as exc:  # noqa: BLE001 - one film's SR must not stop the node; it stays in nosr/
             log.error("no SR for %s yet (%s: %s); it stays in %s for the next start", path.name, type(exc).__name__, exc, store.no_sr)

@@ -17,6 +17,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 import salad
+from salad import scoring
 
 #: Local coding scheme for the measurements no standard code names (this detector's scores), declared in the SR's
 #: Coding Scheme Identification Sequence (PS3.3 C.12.1.1.4) so that a reader can tell whose codes they are.
@@ -25,7 +26,7 @@ SCHEME_NAME = "salad-edge local codes"
 ANOMALY_SCORE = CodedConcept("ANOMALY_SCORE", SCHEME, "Anomaly score")
 KNN_ANGLE = CodedConcept("KNN_ANGLE", SCHEME, "Mean angle to the k nearest normal films / pi")
 #: The operating scores (salad.scoring.SCORE_NAMES) by name: the one the bundle's threshold applies to decided.
-SCORE_CODES = {"score": ANOMALY_SCORE, "knn_angle": KNN_ANGLE}
+SCORE_CODES = {scoring.SCORE: ANOMALY_SCORE, scoring.KNN_ANGLE: KNN_ANGLE}
 ABNORMAL = CodedConcept("263654008", "SCT", "Abnormal")
 NORMAL = CodedConcept("17621005", "SCT", "Normal")
 CHEST_XRAY = CodedConcept("399208008", "SCT", "Plain chest X-ray")

@@ -11,7 +11,7 @@ from typing import Any
 from salad.errors import ConfigError
 from salad.preprocess import PreprocessConfig
 from salad.registry import Registry
-from salad.scoring import DEFAULT_SCORE, check_score_name
+from salad.scoring import DEFAULT_SCORE, KNN_ANGLE, check_score_name
 from salad.train.datasets import AugmentConfig
 from salad.train.models import ModelConfig
 
@@ -174,7 +174,7 @@ CPU = dataclasses.replace(
     bank_refresh=True,
     # knn_angle: the mean angle to the K nearest normals. The ratio `score` also divides by the mean angle to
     # the whole bank, which abnormal films raise too (dev: 0.85 vs 0.90 for the same run).
-    score="knn_angle",
+    score=KNN_ANGLE,
 )
 #: The paper's known-anomaly setting at the CPU preset's scale (README, "Sites with confirmed abnormal films"): SALAD
 #: with 10 % confirmed abnormal films mixed into training (no label in the loss; their bank rows are dropped before

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from salad.imageio import cv2
-from salad.scoring import by_name, score_torch
+from salad.scoring import KNN_ANGLE, by_name, score_torch
 from salad.train.models import ModelConfig, SaladAutoencoder
 
 
@@ -53,7 +53,7 @@ def raw_cosine_knn(k: int) -> Floor:
     def score(train: np.ndarray, films: np.ndarray) -> np.ndarray:
         bank = torch.nn.functional.normalize(torch.from_numpy(train.reshape(len(train), -1)), dim=1)
         z = torch.nn.functional.normalize(torch.from_numpy(films.reshape(len(films), -1)), dim=1)
-        return by_name(score_torch(z, bank, min(k, len(bank))))["knn_angle"].numpy()
+        return by_name(score_torch(z, bank, min(k, len(bank))))[KNN_ANGLE].numpy()
 
     return Floor("raw-pixel-knn", f"knn_angle (K = {k}) on the raw preprocessed pixels", score)
 
@@ -81,7 +81,7 @@ def untrained_weights(model: ModelConfig, k: int, seed: int) -> Floor:
             return torch.cat([net.embed(torch.from_numpy(x[s : s + 128])) for s in range(0, len(x), 128)])
 
         bank = embed(train)
-        return by_name(score_torch(embed(films), bank, min(k, len(bank))))["knn_angle"].numpy()
+        return by_name(score_torch(embed(films), bank, min(k, len(bank))))[KNN_ANGLE].numpy()
 
     return Floor("untrained-weights", f"knn_angle (K = {k}) of the network at its initial weights (seed {seed})", score)
 

@@ -18,7 +18,7 @@ from salad.metrics import (
     row_abs_diff,
     spearman,
 )
-from salad.scoring import SCORES
+from salad.scoring import SCORES, with_derived
 from salad.verdict import metrics as verdict_metrics
 
 from .checks import COMPARED_OUTPUTS, LABELLED_METRICS
@@ -40,13 +40,14 @@ def measure(
     A NaN anywhere makes the metrics it enters NaN (their checks fail) and is counted in `nonfinite`.
     Returns the metrics and the indices of the films whose labels disagree.
     """
-    ref = {k: np.asarray(reference[k], np.float64) for k in COMPARED_OUTPUTS}
-    got = {k: np.asarray(candidate[k], np.float64) for k in COMPARED_OUTPUTS}
+    ref = with_derived({k: np.asarray(reference[k], np.float64) for k in COMPARED_OUTPUTS})  # + plug-in scores
+    got = with_derived({k: np.asarray(candidate[k], np.float64) for k in COMPARED_OUTPUTS})
     m: dict[str, float | None] = dict.fromkeys(verdict_metrics())
     m.update(dict.fromkeys(LABELLED_METRICS))
     m["embedding_cosine_min"], m["embedding_cosine_mean"] = min_mean(cosines(got[EMBEDDING], ref[EMBEDDING]))
     for name, score in SCORES.items():
-        m[score.diff_metric("max")], m[score.diff_metric("p99")] = max_p99(row_abs_diff(got[name], ref[name]))
+        if name in got and name in ref:  # a registered score the graphs neither output nor derive stays "not measured"
+            m[score.diff_metric("max")], m[score.diff_metric("p99")] = max_p99(row_abs_diff(got[name], ref[name]))
     decided = got[threshold_score]
     same = agreeing(decided, ref[threshold_score], threshold)
     m["label_agreement"] = label_agreement(decided, ref[threshold_score], threshold)
