@@ -43,6 +43,10 @@ SPLIT_FILES = {
     "nih-dev-pa": ("nih_dev_train_pa.csv", "nih_dev_val.csv"),
     # The paper's known-anomaly setting on dev: dev_train's normals + pneumonia films of other patients to draw from.
     "dev-ar": ("dev_train_ar.csv", "dev_val.csv"),
+    # Pseudo-sites (benchmarks/pseudo_sites.py): one acquisition group of the development patients held out whole.
+    "site-dark": ("site_dark_train.csv", "site_dark_test.csv"),
+    "site-bright": ("site_bright_train.csv", "site_bright_test.csv"),
+    "site-contrast": ("site_contrast_train.csv", "site_contrast_test.csv"),
 }
 SPECIFICITY = 0.95
 #: Neighbour counts whose operating AUC is recorded beside the recipe's own K (choosing K on dev needs no retraining).

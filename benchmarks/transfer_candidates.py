@@ -1,0 +1,283 @@
+"""Scoring rules judged by the transfer protocol, post hoc on kept training runs (no retraining per rule).
+
+    python benchmarks/transfer_candidates.py --runs RUNS_DIR --out benchmarks/results/transfer/candidates
+
+For every kept run NAME-SPLIT-sSEED of `quality_protocol.py --keep-runs`, every candidate rule is scored on the
+split's test films and, for `dev`, under every moderate acquisition shift. A rule's figure is its AUC on clean dev,
+its mean and worst AUC over the shifts, and its AUC on each held-out acquisition group (`site-*` splits), beside
+centre-minus-mean computed on the same films. Rules (docs/quality.md, "A detector that transfers"):
+
+- `embedding`: knn_angle of the 200-d embedding (the preset's rule);
+- `positional-mean` / `positional-max`: the encoder's last feature map (head × head positions), each position's
+  unit vector against the bank's same position (mean of the K smallest angles / π), averaged or maxed over positions;
+- `density`: the film's 8 × 8 grid of mean density minus the film's mean (global exposure removed),
+  each region standardised over the bank, mean Euclidean distance to the K nearest bank grids;
+- `embedding|density wW`: knn_angle of one unit vector, the embedding beside the standardised density grid
+  (divided by the square root of its length, times W): the form the existing scorer graph exports unchanged;
+- `embedding+centre wW`: the embedding's rule plus W × centre-minus-mean (the one-number floor, signed), each
+  standardised over the bank (the embedding's rule leave-one-out); `positional+centre` likewise;
+- `embedding+density`, `positional+density`: each part standardised by the bank's own leave-one-out scores
+  (mean and sd over the training normals), then summed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+from tqdm import tqdm
+
+REPO = Path(__file__).resolve().parents[1]
+K = 100
+SPECIFICITY = 0.95
+#: Rules whose per-shift table is written: the cpu preset's (its centre-density tilt, train/tilt.py) and the one before it.
+CHOSEN = ("embedding⊥centre w2.0 o2.0", "embedding")
+#: Side of the density grid (8 × 8 regions of the preprocessed film; a train-free screen on dev: 0.870 against 0.842 at 4 × 4).
+DENSITY_GRID = 8
+#: Weights of the density grid beside the embedding in one joined unit vector (`embedding|density wW`).
+JOIN_WEIGHTS = (0.5, 1.0)
+#: Weights of the standardised centre term added to the standardised embedding rule (`embedding+centre wW`).
+CENTRE_WEIGHTS = (0.5, 1.0, 2.0)
+#: Weights of the centre term as an angle orthogonal to the embedding (`embedding⊥centre wW`).
+TILT_WEIGHTS = (2.0, 4.0, 8.0)
+#: Offsets (in standard deviations) below which the centre adds no angle: φ = W · σ · max(centre_z + O, 0).
+TILT_OFFSETS = (0.0, 1.0, 2.0)
+
+Features = dict[str, np.ndarray]
+
+
+def _features(model: Any, films: np.ndarray, head: int) -> Features:
+    """Embedding, last feature map (unit vector per position) and the density grid of preprocessed films."""
+    enc = model.encoder
+    emb, pos = [], []
+    with torch.no_grad():
+        for s in range(0, len(films), 128):
+            x = torch.from_numpy(films[s : s + 128])
+            fmap = enc.features(x)
+            emb.append(torch.nn.functional.normalize(enc.project(fmap).flatten(1), dim=1).numpy())
+            pos.append(torch.nn.functional.normalize(fmap.flatten(2).transpose(1, 2), dim=2).numpy())  # [B, P, C]
+    grid = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(films), DENSITY_GRID).flatten(1).numpy()
+    grid = grid - films.reshape(len(films), -1).mean(axis=1, keepdims=True)
+    return {"embedding": np.concatenate(emb), "positional": np.concatenate(pos), "density": grid,
+            "centre": centre_minus_mean(films)}
+
+
+def _knn_angle(q: np.ndarray, bank: np.ndarray, k: int, exclude_self: bool = False) -> np.ndarray:
+    """Mean of the k smallest angles / π between unit rows q [M, D] and bank [N, D]."""
+    ang = np.arccos(np.clip(q @ bank.T, -1.0, 1.0))
+    if exclude_self:
+        np.fill_diagonal(ang, np.inf)
+    k = min(k, bank.shape[0] - int(exclude_self))
+    return np.partition(ang, k - 1, axis=1)[:, :k].mean(axis=1) / np.pi
+
+
+def _knn_dist(q: np.ndarray, bank: np.ndarray, k: int, exclude_self: bool = False) -> np.ndarray:
+    d2 = (q**2).sum(1)[:, None] + (bank**2).sum(1)[None, :] - 2.0 * q @ bank.T
+    d = np.sqrt(np.maximum(d2, 0.0))
+    if exclude_self:
+        np.fill_diagonal(d, np.inf)
+    k = min(k, bank.shape[0] - int(exclude_self))
+    return np.partition(d, k - 1, axis=1)[:, :k].mean(axis=1)
+
+
+def _positional(q: np.ndarray, bank: np.ndarray, k: int, exclude_self: bool = False) -> np.ndarray:
+    """[M, P] per-position knn angles against the bank's same position."""
+    return np.stack([_knn_angle(q[:, p], bank[:, p], k, exclude_self) for p in range(q.shape[1])], axis=1)
+
+
+def rules(bank: Features, k: int) -> dict[str, Callable[[Features], np.ndarray]]:
+    """Every candidate rule, closed over the bank (and its leave-one-out standardisation)."""
+    mu_d, sd_d = bank["density"].mean(axis=0), bank["density"].std(axis=0) + 1e-6  # each region standardised
+    bank = {**bank, "density": (bank["density"] - mu_d) / sd_d}
+    raw: dict[str, Callable[[Features, bool], np.ndarray]] = {
+        "embedding": lambda f, ex=False: _knn_angle(f["embedding"], bank["embedding"], k, ex),
+        "positional-mean": lambda f, ex=False: _positional(f["positional"], bank["positional"], k, ex).mean(axis=1),
+        "positional-max": lambda f, ex=False: _positional(f["positional"], bank["positional"], k, ex).max(axis=1),
+        "density": lambda f, ex=False: _knn_dist((f["density"] - mu_d) / sd_d, bank["density"], k, ex),
+        "centre": lambda f, ex=False: f["centre"],
+    }
+
+    def joined(f: Features, weight: float) -> np.ndarray:
+        """One unit vector: the embedding beside the standardised density grid scaled to unit-order norm."""
+        d = (f["density"] - mu_d) / sd_d if f is not bank else f["density"]
+        v = np.concatenate([f["embedding"], weight * d / np.sqrt(d.shape[1])], axis=1)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    for w in JOIN_WEIGHTS:
+        raw[f"embedding|density w{w}"] = lambda f, ex=False, w=w: _knn_angle(joined(f, w), joined(bank, w), k, ex)
+    # The centre term as an angle orthogonal to the embedding: the query is [cos φ · e, sin φ] against bank rows
+    # [m, 0], so each neighbour's angle is arccos(cos φ · cos θ_j) (a right spherical triangle: θ and φ add in
+    # quadrature) and the existing knn_angle scorer computes the rule unchanged; φ = W · σ · max(centre_z, 0) with
+    # σ the sd of the bank's leave-one-out knn angles (radians): only a denser-than-normal centre adds an angle.
+    sigma = float(np.pi * _knn_angle(bank["embedding"], bank["embedding"], k, True).std())
+    mu_c, sd_c = float(bank["centre"].mean()), float(bank["centre"].std() + 1e-12)
+
+    def tilted(f: Features, weight: float, offset: float, ex: bool) -> np.ndarray:
+        phi = np.clip(weight * sigma * np.maximum((f["centre"] - mu_c) / sd_c + offset, 0.0), 0.0, np.pi / 2)
+        q = np.concatenate([np.cos(phi)[:, None] * f["embedding"], np.sin(phi)[:, None]], axis=1)
+        b = np.concatenate([bank["embedding"], np.zeros((len(bank["embedding"]), 1))], axis=1)
+        return _knn_angle(q, b, k, ex)
+
+    for w in TILT_WEIGHTS:
+        for o in TILT_OFFSETS:
+            raw[f"embedding⊥centre w{w} o{o}"] = lambda f, ex=False, w=w, o=o: tilted(f, w, o, ex)
+    loo = {name: fn(bank, True) for name, fn in raw.items()}
+    stats = {name: (float(v.mean()), float(v.std() + 1e-12)) for name, v in loo.items()}
+
+    def z(name: str) -> Callable[[Features], np.ndarray]:
+        mu, sd = stats[name]
+        return lambda f: (raw[name](f, False) - mu) / sd
+
+    out: dict[str, Callable[[Features], np.ndarray]] = {
+        name: (lambda f, fn=fn: fn(f, False)) for name, fn in raw.items() if name != "centre"}
+    out["embedding+density"] = lambda f: z("embedding")(f) + z("density")(f)
+    out["positional+density"] = lambda f: z("positional-mean")(f) + z("density")(f)
+    for w in CENTRE_WEIGHTS:
+        out[f"embedding+centre w{w}"] = lambda f, w=w: z("embedding")(f) + w * z("centre")(f)
+    out["positional+centre"] = lambda f: z("positional-mean")(f) + z("centre")(f)
+    out["embedding+positional+density"] = lambda f: z("embedding")(f) + z("positional-mean")(f) + z("density")(f)
+    return out
+
+
+def centre_minus_mean(films: np.ndarray) -> np.ndarray:
+    s = films.shape[-1]
+    q = s // 4
+    return films[:, 0, q : s - q, q : s - q].mean(axis=(1, 2)) - films[:, 0].mean(axis=(1, 2))
+
+
+def evaluate_run(run_dir: Path, split: str) -> dict[str, Any]:
+    """AUC of every rule (and centre-minus-mean) on the split's test films, and under each shift for dev."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from quality_protocol import SPLIT_FILES, SPLITS
+
+    from salad.acquisition import shifts
+    from salad.data import read_samples
+    from salad.imageio import read_image
+    from salad.preprocess import preprocess
+    from salad.train.evaluate import load_run
+
+    loaded = load_run(run_dir)
+    head = loaded.model.config.head
+    bank_samples = [s for s in read_samples(run_dir / "train.csv") if s.label == 0]
+    train = np.stack([preprocess(read_image(s.path), loaded.preprocessing) for s in bank_samples])
+    bank = _features(loaded.model, train, head)
+    scorers = rules(bank, K)
+    test = read_samples(SPLITS / SPLIT_FILES[split][1])
+    labels = np.array([s.label for s in test])
+    raw = [read_image(s.path) for s in test]
+
+    # Each rule's operating threshold: 95 % specificity on the run's own validation normals (as export chooses it).
+    val = [s for s in read_samples(run_dir / "val.csv") if s.label == 0]
+    val_f = _features(loaded.model, np.stack([preprocess(read_image(s.path), loaded.preprocessing) for s in val]), head)
+    thresholds = {name: float(np.quantile(fn(val_f), SPECIFICITY)) for name, fn in scorers.items()}
+
+    def judge(films: np.ndarray) -> tuple[dict[str, float], dict[str, float]]:
+        f = _features(loaded.model, films, head)
+        scores = {name: fn(f) for name, fn in scorers.items()}
+        auc = {name: float(roc_auc_score(labels, v)) for name, v in scores.items()}
+        auc["centre-minus-mean"] = float(roc_auc_score(labels, centre_minus_mean(films)))
+        fpr = {name: float((v[labels == 0] > thresholds[name]).mean()) for name, v in scores.items()}
+        return auc, fpr
+
+    record: dict[str, Any] = {"split": split, "n_bank": len(bank_samples), "n_normal": int((labels == 0).sum()),
+                              "n_abnormal": int((labels == 1).sum()), "k": K, "n_val_normal": len(val)}
+    record["clean"], record["clean_fpr"] = judge(np.stack([preprocess(img, loaded.preprocessing) for img in raw]))
+    if split == "dev":
+        record["shifts"], record["shifts_fpr"] = {}, {}
+        for spec in tqdm(shifts("moderate"), desc=f"{run_dir.name} shifts", leave=False):
+            shifted = np.stack([preprocess(spec.apply(img, i), loaded.preprocessing) for i, img in enumerate(raw)])
+            record["shifts"][spec.name], record["shifts_fpr"][spec.name] = judge(shifted)
+    return record
+
+
+def _ms(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def summarise(records: list[dict[str, Any]]) -> str:
+    """One table per recipe: rows are rules, columns clean dev, shifts (mean, worst), each held-out group."""
+    sites = sorted({r["split"] for r in records if r["split"].startswith("site-")})
+    names = list(records[0]["clean"])
+    lines = ["# Scoring rules under the transfer protocol", "",
+             "Written by `python benchmarks/transfer_candidates.py`. AUC, mean ± sd over seeds. *shifts mean / worst*: "
+             "over the 13 moderate acquisition shifts of the dev test films (the worst shift per seed, then averaged). "
+             "`site-*`: one acquisition group of the development patients held out whole (benchmarks/pseudo_sites.py); "
+             "the bank is the other groups' normals. centre-minus-mean is the one-number floor, on the same films.", ""]
+    for recipe in dict.fromkeys(r["recipe"] for r in records):
+        rs = [r for r in records if r["recipe"] == recipe]
+        lines += [f"## {recipe}", "",
+                  "| rule | dev clean | dev shifts mean | dev shifts worst | " + " | ".join(sites) + " | worst of all |",
+                  "|---|---|---|---|" + "---|" * len(sites) + "---|"]
+        for name in names:
+            dev = [r for r in rs if r["split"] == "dev"]
+            clean = [r["clean"][name] for r in dev]
+            smean = [statistics.mean(s[name] for s in r["shifts"].values()) for r in dev]
+            sworst = [min(s[name] for s in r["shifts"].values()) for r in dev]
+            cells = [_ms(clean) if clean else "–", _ms(smean) if smean else "–", _ms(sworst) if sworst else "–"]
+            worst = [statistics.mean(v) for v in (clean, smean) if v]
+            for site in sites:
+                v = [r["clean"][name] for r in rs if r["split"] == site]
+                cells.append(_ms(v) if v else "–")
+                if v:
+                    worst.append(statistics.mean(v))
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {min(worst):.3f} |")
+        seeds = sorted({r["seed"] for r in rs})
+        lines += ["", f"Seeds: {seeds}; runs: {len(rs)}.", ""]
+        dev = [r for r in rs if r["split"] == "dev" and "shifts_fpr" in r]
+        for name in (n for n in CHOSEN if dev and n in dev[0]["clean"]):
+            clean_fpr = statistics.mean(r["clean_fpr"][name] for r in dev)
+            lines += [f"### `{name}` on dev under each moderate shift", "",
+                      f"False-positive rate of the normals at the rule's threshold (95 % specificity on each run's validation "
+                      f"normals): clean {clean_fpr:.3f}; *≤ 2×* compares each shift with twice that.", "",
+                      "| shift | AUC | centre-minus-mean | FPR of shifted normals | ≤ 2× clean |", "|---|---|---|---|---|"]
+            for shift in dev[0]["shifts"]:
+                fpr = statistics.mean(r["shifts_fpr"][shift][name] for r in dev)
+                auc = _ms([r["shifts"][shift][name] for r in dev])
+                floor = _ms([r["shifts"][shift]["centre-minus-mean"] for r in dev])
+                fprs = _ms([r["shifts_fpr"][shift][name] for r in dev])
+                lines.append(f"| {shift} | {auc} | {floor} | {fprs} | {'yes' if fpr <= 2 * clean_fpr else '**no**'} |")
+            lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+@click.command()
+@click.option("--runs", type=click.Path(path_type=Path, exists=True), required=True, help="Kept run directories.")
+@click.option("--out", type=click.Path(path_type=Path), default=REPO / "benchmarks/results/transfer/candidates")
+@click.option("--done", type=click.Path(path_type=Path), default=REPO / "benchmarks/results/transfer/runs",
+              help="quality_protocol.py's --out: a run is finished when its JSON is there.")
+@click.option("--match", default="", help="Only run directories whose name contains this.")
+def main(runs: Path, out: Path, done: Path, match: str) -> None:
+    """Score every kept run with every candidate rule; write one JSON per run and OUT/summary.md."""
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(1)
+    for run_dir in sorted(p for p in runs.iterdir() if p.is_dir() and match in p.name and (p / "checkpoint.pt").exists()):
+        target = out / f"{run_dir.name}.json"
+        if target.exists() or not (done / f"{run_dir.name}.json").exists():
+            continue  # scored already, or still training (its checkpoint is an epoch's, not the run's)
+        stem, _, seed = run_dir.name.rpartition("-s")
+        split = next(s for s in ("dev", "site-dark", "site-bright", "site-contrast", "nih") if stem.endswith("-" + s))
+        record = {"run": run_dir.name, "recipe": stem[: -len(split) - 1], "seed": int(seed), **evaluate_run(run_dir, split)}
+        tmp = target.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        os.replace(tmp, target)
+        click.echo(f"{run_dir.name}: " + ", ".join(f"{k} {v:.3f}" for k, v in record["clean"].items()), err=True)
+    records = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    if records:
+        (out / "summary.md").write_text(summarise(records))
+        click.echo((out / "summary.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
