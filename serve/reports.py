@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from salad.errors import SaladError
+from salad.fsutil import fsync_dir
 from salad.runtime import Result
 
 from .audit import AuditLog
@@ -49,6 +51,9 @@ class Reports:
     def write_batch(self, films: list[Scored]) -> list[str | Exception]:
         """The SRs of a batch: each rendered and fsynced, sr/ and outbox/ fsynced once, one audit write for all.
 
+        An audit line may thus reach the disk a moment before its SR's directory entry: a crash then leaves the film
+        without a row, so it is scored again, its SR rewritten (the same instance) and audited once more.
+
         Per film the SR's path relative to RESULTS, or the exception that kept it from being written (the film's
         row then says so and the film waits in nosr/ for the next start).
         """
@@ -62,18 +67,27 @@ class Reports:
                 continue
             out.append("")
             rendered.append((index, film.key, data, uid))
-        written = self.store.write_srs([(key, data) for _, key, data, _ in rendered])
+        written = self.store.write_srs([(key, data) for _, key, data, _ in rendered], sync_folder=False)
         done = [(index, path, uid) for (index, _, _, uid), path in zip(rendered, written, strict=True) if isinstance(path, Path)]
         for (index, *_), path in zip(rendered, written, strict=True):
             if isinstance(path, OSError):
                 out[index] = path
+        # sr/'s fsync runs beside the outbox links and the audit write: concurrent fsyncs share the file system's journal
+        # commit, and the rows, which name the SRs, are written only after all of them (serve/worker.py)
+        folder = threading.Thread(target=fsync_dir, args=(self.store.sr,), name="salad-sr-fsync")
+        if done:
+            folder.start()
         try:
             self._queue([path for _, path, _ in done])
         except OSError as exc:  # not queued for forwarding: made again (and queued) at the next start
             for index, _, _ in done:
                 out[index] = exc
             return out
-        self.audit.append_many([self._audit_fields(films[index], path, uid) for index, path, uid in done])
+        else:
+            self.audit.append_many([self._audit_fields(films[index], path, uid) for index, path, uid in done])
+        finally:
+            if done:
+                folder.join()
         for index, path, _ in done:
             out[index] = str(path.relative_to(self.store.root))
         return out

@@ -235,8 +235,9 @@ class Store:
     def sr_path(self, key: str) -> Path:
         return self.sr / f"{key}.dcm"
 
-    def write_srs(self, reports: list[tuple[str, bytes]]) -> list[Path | OSError]:
-        """Write sr/KEY.dcm for each (key, bytes): each file fsynced and renamed into place, then sr/ fsynced once.
+    def write_srs(self, reports: list[tuple[str, bytes]], sync_folder: bool = True) -> list[Path | OSError]:
+        """Write sr/KEY.dcm for each (key, bytes): each file fsynced and renamed into place, then sr/ fsynced once
+        (by the caller, with `sync_folder=False`, before anything that names the SRs is committed).
 
         Per report its path, or the OSError that kept it from disk (a full disk): the others are still written.
         """
@@ -249,7 +250,7 @@ class Store:
                 done.append(exc)
                 continue
             done.append(path)
-        if any(isinstance(d, Path) for d in done):
+        if sync_folder and any(isinstance(d, Path) for d in done):
             fsync_dir(self.sr)
         return done
 
