@@ -224,14 +224,20 @@ def fp16_encoder(encoder: onnx.ModelProto) -> Fp16Encoder:
     tail_set = set(tail_names)
     weighted = [n for n in named.graph.node if n.op_type in WEIGHTED_OPS]
     cut = weighted[-1].output[0]
-    inputs = [i.name for i in named.graph.input if i.name not in {t.name for t in named.graph.initializer}]
+    initializers = {t.name for t in named.graph.initializer}
+    inputs = [i.name for i in named.graph.input if i.name not in initializers]
     outputs = [o.name for o in named.graph.output]
+    # Where the tail reads the body: the last weighted layer's output, and any side branch from the image that the
+    # tail joins (the centre-density tilt's cos φ and sin φ, train/tilt.py). The branch runs in float16 with the body.
+    tail_nodes = [n for n in named.graph.node if n.name in tail_set]
+    made_in_tail = {o for n in tail_nodes for o in n.output}
+    joins = list(dict.fromkeys(i for n in tail_nodes for i in n.input if i and i not in made_in_tail and i not in initializers))
     extractor = Extractor(onnx.shape_inference.infer_shapes(named))
-    body = extractor.extract_model(inputs, [cut])
-    tail = extractor.extract_model([cut], outputs)
-    if {n.name for n in tail.graph.node} != tail_set:
+    body = extractor.extract_model(inputs, joins)
+    tail = extractor.extract_model(joins, outputs)
+    if cut not in joins or {n.name for n in tail.graph.node} != tail_set:
         raise CalibrationError(
-            f"the encoder's normalisation tail {sorted(tail_set)} does not depend only on {cut!r}; cannot keep it float32."
+            f"the encoder's normalisation tail {sorted(tail_set)} does not depend only on {joins!r}; cannot keep it float32."
         )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -239,10 +245,10 @@ def fp16_encoder(encoder: onnx.ModelProto) -> Fp16Encoder:
     clamped = sum(1 for w in caught if "truncated" in str(w.message))
     tail.ir_version = body16.ir_version = max(tail.ir_version, body16.ir_version)
     for g in (body16.graph, tail.graph):  # intermediate shapes only; the merge refuses a name typed in both
-        kept = [v for v in g.value_info if v.name != cut]
+        kept = [v for v in g.value_info if v.name not in joins]
         del g.value_info[:]
         g.value_info.extend(kept)
-    proto = compose.merge_models(body16, tail, io_map=[(cut, cut)])
+    proto = compose.merge_models(body16, tail, io_map=[(j, j) for j in joins])
     del proto.graph.value_info[:]  # the converter leaves stale entries (e.g. "image" as float16); inference recomputes them
     del proto.metadata_props[:]
     proto.metadata_props.extend(named.metadata_props)

@@ -182,7 +182,8 @@ def export_bundle(
         raise ConfigError(f"--out {out} would replace the run directory {run} it is exported from; choose another --out.")
     with atomic_directory(out, force=force) as tmp:
         loaded = load_run(run)
-        dim = int(loaded.model.config.embedding_dim)
+        cfg_model = loaded.model.config  # the scoring embedding: 200 wide, 201 with the centre-density tilt
+        dim = int(cfg_model.output_dim if loaded.model.tilted else cfg_model.embedding_dim)
         labels = loaded.bank_labels.numpy()
         bank = checked_bank(loaded.bank.numpy(), labels, dim, loaded.score_k, str(run / CHECKPOINT_FILE))
         n_rows, k, size = int(bank.shape[0]), loaded.score_k, loaded.preprocessing.size

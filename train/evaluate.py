@@ -26,7 +26,7 @@ from salad.scoring import (
 )
 from salad.train.datasets import preload
 from salad.train.models import ModelConfig, SaladAutoencoder
-from salad.train.trainer import embed_all, load_checkpoint
+from salad.train.trainer import embed_all, load_checkpoint, scoring_bank
 
 
 @dataclass
@@ -54,7 +54,7 @@ def load_run(run: str | Path) -> LoadedRun:
     labels = state["bank_labels"]
     return LoadedRun(
         model=model,
-        bank=state["bank"][labels == 0].contiguous(),
+        bank=scoring_bank(model, state["bank"][labels == 0].contiguous()),
         bank_labels=labels,
         score_k=int(cfg["train"]["score_k"]),
         score_name=check_score_name(str(cfg["train"].get("score", DEFAULT_SCORE))),

@@ -15,6 +15,7 @@ import torch
 
 from salad.imageio import cv2
 from salad.scoring import KNN_ANGLE, by_name, score_torch
+from salad.train import tilt
 from salad.train.models import ModelConfig, SaladAutoencoder
 
 
@@ -62,9 +63,7 @@ def centre_minus_mean() -> Floor:
     """Mean of the central half-side square minus the film's mean: brighter (denser) lung fields score higher."""
 
     def score(train: np.ndarray, films: np.ndarray) -> np.ndarray:
-        s = films.shape[-1]
-        q = s // 4
-        return films[:, 0, q : s - q, q : s - q].mean(axis=(1, 2)) - films[:, 0].mean(axis=(1, 2))
+        return tilt.centre_minus_mean(torch.from_numpy(films)).numpy()
 
     return Floor("centre-minus-mean", "mean of the central half-side square minus the film mean (one number)", score)
 
@@ -81,9 +80,16 @@ def untrained_weights(model: ModelConfig, k: int, seed: int) -> Floor:
             return torch.cat([net.embed(torch.from_numpy(x[s : s + 128])) for s in range(0, len(x), 128)])
 
         bank = embed(train)
-        return by_name(score_torch(embed(films), bank, min(k, len(bank))))[KNN_ANGLE].numpy()
+        if net.tilt is not None:  # the recipe's whole rule at initial weights: its centre-density tilt too
+            net.tilt.fit(torch.from_numpy(train), bank, min(k, len(bank)))
+            bank, films_z = tilt.pad_bank(bank), embed(films)
+        else:
+            films_z = embed(films)
+        return by_name(score_torch(films_z, bank, min(k, len(bank))))[KNN_ANGLE].numpy()
 
-    return Floor("untrained-weights", f"knn_angle (K = {k}) of the network at its initial weights (seed {seed})", score)
+    with_tilt = " and the recipe's centre-density tilt" if model.centre_tilt > 0 else ""
+    return Floor("untrained-weights", f"knn_angle (K = {k}) of the network at its initial weights (seed {seed}){with_tilt}",
+                 score)
 
 
 def floors(model: ModelConfig, k: int, seed: int) -> list[Floor]:

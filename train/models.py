@@ -21,6 +21,7 @@ from torch import nn
 from salad.errors import ConfigError, DataError
 from salad.registry import Registry
 from salad.scoring import NORM_EPS
+from salad.train.tilt import CentreTilt
 
 EMBEDDING_DIM = 200
 
@@ -37,13 +38,24 @@ class ModelConfig:
     #: 256² network ends at 4×4; keeping 4×4 at every input size keeps the film's spatial layout in the
     #: embedding (a 64² input through six pooling stages would end at 1×1 and lose it).
     head: int = 4
+    #: Weight of the centre-density tilt (train/tilt.py; 0: none). With a tilt the scoring embedding has one more
+    #: value than the learned one: `output_dim`.
+    centre_tilt: float = 0.0
+    #: Standard deviations above the training normals' mean centre density at which the tilt starts.
+    centre_offset: float = 2.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def output_dim(self) -> int:
+        """Width of the scoring embedding (encoder.onnx's output, the bank's rows): the learned one, + 1 if tilted."""
+        return self.embedding_dim + (1 if self.centre_tilt > 0 else 0)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        known = {k: data[k] for k in ("encoder", "size", "width", "embedding_dim", "head") if k in data}
+        fields = ("encoder", "size", "width", "embedding_dim", "head", "centre_tilt", "centre_offset")
+        known = {k: data[k] for k in fields if k in data}
         if "head" not in known and known.get("encoder", "cxr") == "cxr":  # runs from before `head`: six stages always
             known["head"] = max(1, int(known.get("size", 256)) // 64)
         return cls(**known)
@@ -208,15 +220,22 @@ def build_resnet18(cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
 
 
 class SaladAutoencoder(nn.Module):
-    """Encoder + decoder; `embed` gives the unit 200-d embedding used by the memory bank and the score."""
+    """Encoder + decoder; `embed` gives the unit embedding the bank and the score use (tilted once fitted)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.config = cfg
         self.encoder, self.decoder = ENCODERS.get(cfg.encoder)(cfg)
+        self.tilt = CentreTilt(cfg.centre_tilt, cfg.centre_offset) if cfg.centre_tilt > 0 else None
+
+    @property
+    def tilted(self) -> bool:
+        """Whether `embed` carries the centre-density tilt (configured and fitted after training)."""
+        return self.tilt is not None and self.tilt.fitted
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.encoder(x), dim=1, eps=NORM_EPS)
+        e = F.normalize(self.encoder(x), dim=1, eps=NORM_EPS)
+        return self.tilt(x, e) if self.tilt is not None and self.tilt.fitted else e
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.encoder(x)
@@ -224,14 +243,16 @@ class SaladAutoencoder(nn.Module):
 
 
 class EmbeddingNet(nn.Module):
-    """The exported encoder graph: image [b,1,S,S] → unit embedding [b,200]."""
+    """The exported encoder graph: image [b,1,S,S] → unit embedding [b,200] (201 with the centre-density tilt)."""
 
     def __init__(self, model: SaladAutoencoder) -> None:
         super().__init__()
-        self.encoder = model.encoder
+        self.encoder = model.encoder  # the same module names as before the tilt: untilted graphs are unchanged
+        self.tilt = model.tilt if model.tilted else None
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.encoder(image), dim=1, eps=NORM_EPS)
+        e = F.normalize(self.encoder(image), dim=1, eps=NORM_EPS)
+        return self.tilt(image, e) if self.tilt is not None else e
 
 
 def load_weights(model: nn.Module, path: str) -> None:

@@ -50,12 +50,18 @@ from salad.train.rundir import (  # noqa: F401 - moved to train/rundir.py; impor
     split_by_patient,
     write_list,
 )
+from salad.train.tilt import pad_bank
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def scoring_bank(model: SaladAutoencoder, rows: torch.Tensor) -> torch.Tensor:
+    """The bank the score compares `model.embed` with: the learned rows, padded with φ = 0 when the model is tilted."""
+    return pad_bank(rows) if model.tilted else rows
 
 
 @torch.no_grad()
@@ -305,11 +311,14 @@ class Trainer:
         if cfg.bank_refresh:
             # Score against clean (un-augmented, eval-mode) embeddings: the same view a console will see.
             self.bank.replace(embed_all(self.model, images).to(self.device))
+        if self.model.tilt is not None:  # fitted on the training normals and the final bank (train/tilt.py)
+            normal = (self.bank.labels == 0).cpu()
+            self.model.tilt.fit(images[normal].to(self.device), self.bank.normal_rows(), cfg.score_k)
         self.save(cfg.epochs - 1, finished=True)
         summary: dict[str, Any] = {"epochs": cfg.epochs, "train_seconds": time.perf_counter() - t_run}
         if val_images is not None and len(val_images):
             z = embed_all(self.model, val_images)
-            outputs = by_name(score_torch(z, self.bank.normal_rows().cpu(), cfg.score_k))
+            outputs = by_name(score_torch(z, scoring_bank(self.model, self.bank.normal_rows().cpu()), cfg.score_k))
             np.savez(
                 self.out / "val_scores.npz",
                 **{name: value.numpy() for name, value in outputs.items()}, label=val_labels,
