@@ -20,11 +20,12 @@ from typing import Any
 
 import numpy as np
 
+import salad
 from salad.cli.demo_report import DemoResult, FilmSet, Step, headline, operating_point, write_report
 from salad.data import Sample, read_samples, require_normals
 from salad.errors import ConfigError, DataError, SaladError
 
-SAMPLE = Path(__file__).parents[1] / "sample"
+SAMPLE = Path(salad.__file__).parent / "sample"  # the films shipped in the core package (salad/sample)
 #: The marker that makes a folder a demo output, the only kind `salad demo --force` replaces.
 MARKER = "demo.json"
 #: How the demo may treat the machine's load: measured (auto), or forced for tests and for re-rendering.
