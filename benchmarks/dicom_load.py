@@ -13,7 +13,10 @@ Phases: `steady` (the load, measured: a burst, so latency there is mostly the ba
 into a fresh results folder; kill -9 after --kill-after rows, restart, then each sender re-sends what it was not
 acknowledged, as a modality does),
 `watch` (--watch-files copied into a watch folder, kill -9 half way, the rest copied while it is down),
-`paced` (one association, one film every --paced-interval s: the latency a console sees below capacity).
+`paced` (one association, one film every --paced-interval s: the latency a console sees below capacity),
+`throughput` (--throughput-n films as fast as the senders go, once per count in --throughput-associations).
+`--serve-from DIR` runs the node from another checkout's serve/ folder (the rest of the toolkit as installed), so a
+change to the node can be measured against the code before it in one run, under the same load.
 Usage: python benchmarks/dicom_load.py BUNDLE [--n 1000] [--associations 4] [--out benchmarks/results/dicom]
 """
 
@@ -75,11 +78,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+#: `salad serve` with salad.serve imported from the folder given as the first argument (--serve-from).
+_SERVE_FROM = """
+import importlib.util, sys
+folder = sys.argv.pop(1)
+spec = importlib.util.spec_from_file_location("salad.serve", folder + "/__init__.py", submodule_search_locations=[folder])
+module = importlib.util.module_from_spec(spec)
+sys.modules["salad.serve"] = module
+spec.loader.exec_module(module)
+import salad
+salad.serve = module
+from salad.cli import main
+main(args=sys.argv[1:], prog_name="salad")
+"""
+#: The node's code: None is the installed salad.serve; a folder is another checkout's serve/ (--serve-from).
+SERVE_FROM: Path | None = None
+
+
 class Node:
     """`salad serve` in a subprocess, with an RSS sampler."""
 
     def __init__(self, bundle: Path, out: Path, log: Path, *args: str) -> None:
-        cmd = [sys.executable, "-m", "salad.cli", "serve", str(bundle), "--out", str(out), "--status-every", "10", *args]
+        launch = ["-m", "salad.cli"] if SERVE_FROM is None else ["-c", _SERVE_FROM, str(SERVE_FROM)]
+        cmd = [sys.executable, *launch, "serve", str(bundle), "--out", str(out), "--status-every", "10", *args]
         self.log = log
         with open(log, "ab") as fh:
             self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
@@ -181,11 +202,12 @@ def memory(rss: list[tuple[float, float]]) -> dict[str, float]:
     }
 
 
-def steady(bundle: Path, work: Path, groups: list[list[Path]]) -> dict[str, Any]:
-    out, port = work / "steady", free_port()
-    node = Node(bundle, out, work / "steady.log", "--host", "127.0.0.1", "--port", str(port))
+def steady(bundle: Path, work: Path, groups: list[list[Path]], tag: str = "steady") -> dict[str, Any]:
+    """Every film of `groups` sent at once, one storescu process (association) per group: throughput and memory."""
+    out, port = work / tag, free_port()
+    node = Node(bundle, out, work / f"{tag}.log", "--host", "127.0.0.1", "--port", str(port))
     t0 = time.monotonic()
-    senders = [storescu(port, g, work / f"steady-sender{i}.log") for i, g in enumerate(groups)]
+    senders = [storescu(port, g, work / f"{tag}-sender{i}.log") for i, g in enumerate(groups)]
     for s in senders:
         s.wait()
     sent_s = time.monotonic() - t0
@@ -194,7 +216,7 @@ def steady(bundle: Path, work: Path, groups: list[list[Path]]) -> dict[str, Any]
     wall = time.monotonic() - t0
     node.stop()
     got = rows(out)
-    acked = set().union(*(acknowledged(work / f"steady-sender{i}.log") for i in range(len(groups))))
+    acked = set().union(*(acknowledged(work / f"{tag}-sender{i}.log") for i in range(len(groups))))
     lat = np.array([r["timings"]["latency_ms"] for r in got if "timings" in r])
     pre = np.array([r["timings"]["preprocess_ms"] for r in got if "timings" in r])
     batches = Counter(r["timings"]["batch_size"] for r in got if "timings" in r)
@@ -211,6 +233,19 @@ def steady(bundle: Path, work: Path, groups: list[list[Path]]) -> dict[str, Any]
         "batch_sizes": {str(k): v for k, v in sorted(batches.items())},
         "memory": memory(node.rss),
     }
+
+
+def throughput(bundle: Path, work: Path, n: int, associations: list[int]) -> dict[str, Any]:
+    """Films per second from the first send to the last row, for each number of concurrent associations."""
+    out: dict[str, Any] = {}
+    for count in associations:
+        groups = make_films(work / f"throughput-films-{count}", n, count)
+        result = steady(bundle, work, groups, tag=f"throughput{count}")
+        kept = ("sent", "acknowledged", "rows", "lost", "duplicates", "errors", "unexpected", "seconds_to_send",
+                "seconds_to_last_row", "throughput_films_per_s", "preprocess_ms_median", "batch_sizes")
+        out[str(count)] = {"load_average_at_end": _load(), **{k: result[k] for k in kept}}
+        print(json.dumps({f"throughput, {count} association(s)": out[str(count)]}, indent=2), flush=True)
+    return out
 
 
 def kill_restart(bundle: Path, work: Path, groups: list[list[Path]], kill_after: int) -> dict[str, Any]:
@@ -303,59 +338,102 @@ def paced(bundle: Path, work: Path, files: list[Path], interval_s: float) -> dic
     node.stop()
     got = rows(out)
     lat = np.array([r["timings"]["latency_ms"] for r in got])
+    decode = np.array([r["timings"]["preprocess_ms"] for r in got])
+    rest = lat - decode - np.array([r["timings"]["inference_ms"] for r in got])
+    source = {uid_of(path): FILMS[i % len(FILMS)] for i, path in enumerate(files)}  # make_films cycles FILMS
+    by_film = {}
+    for name in FILMS:
+        mine = [i for i, r in enumerate(got) if source.get(r["sop_instance_uid"]) == name]
+        if mine:
+            by_film[name] = {"films": len(mine), "latency_ms_p50": round(float(np.median(lat[mine])), 1),
+                             "decode_preprocess_ms_p50": round(float(np.median(decode[mine])), 1),
+                             "beyond_decode_and_inference_ms_p50": round(float(np.median(rest[mine])), 1)}
     return {
-        "sent": len(files), "interval_s": interval_s, **check(got, {uid_of(p) for p in files}),
+        "sent": len(files), "interval_s": interval_s, **check(got, {uid_of(p) for p in files}), "load_average_at_end": _load(),
         "c_store_round_trip_ms": {"p50": round(float(np.percentile(ack_ms, 50)), 1), "p95": round(float(np.percentile(ack_ms, 95)), 1)},
         "latency_ms": {"p50": round(float(np.percentile(lat, 50)), 1), "p95": round(float(np.percentile(lat, 95)), 1),
                        "max": round(float(lat.max()), 1)},
+        # the Scorer's read, decode and preprocessing of the film; what remains besides inference is the node's own work
+        "decode_preprocess_ms": {"p50": round(float(np.percentile(decode, 50)), 1), "p95": round(float(np.percentile(decode, 95)), 1)},
+        "beyond_decode_and_inference_ms": {"p50": round(float(np.percentile(rest, 50)), 1),
+                                           "p95": round(float(np.percentile(rest, 95)), 1)},
         "batch_sizes": {str(k): v for k, v in sorted(Counter(r["timings"]["batch_size"] for r in got).items())},
+        "by_film": by_film,
         "memory": memory(node.rss),
     }
+
+
+def _load() -> list[float]:
+    """The machine's 1, 5 and 15 minute load averages (the figures beside it were measured under this load)."""
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def _header(path: Path) -> pydicom.Dataset:
     return pydicom.dcmread(path, stop_before_pixels=True)
 
 
+def _table_rows(result: dict[str, Any]) -> list[str]:
+    """One table row per phase this result holds."""
+    s, k, w, p = (result.get(name) for name in ("steady", "kill", "watch", "paced"))
+    lines = []
+    if s:
+        lines.append(f"| steady | {s['sent']} | {s['rows']} | {s['lost']} | {s['duplicates']} | {s['errors']} | "
+                     f"{s['throughput_films_per_s']} films/s; latency p50 {s['latency_ms']['p50']} ms, p95 {s['latency_ms']['p95']} ms |")
+    if k:
+        lines.append(
+            f"| kill -9 + restart | {k['sent']} | {k['rows']} | {k['lost']} | {k['duplicates']} | {k['errors']} | killed after "
+            f"{k['killed_after_rows']} rows with {k['queued_on_disk_at_kill']} queued on disk and "
+            f"{k['sent'] - k['acknowledged_before_kill']} not yet acknowledged (re-sent after the restart, "
+            f"{k.get('resend_rounds', 1)} round(s)); "
+            f"{k['acknowledged_scored_exactly_once']} of {k['acknowledged_before_kill']} acknowledged before the kill "
+            "scored exactly once |")
+    if w:
+        lines.append(f"| watch folder, kill -9, files copied while down | {w['files']} | {w['rows']} | {w['lost']} | "
+                     f"{w['duplicates']} | {w['errors']} | killed after {w['killed_after_rows']} rows |")
+    if p:
+        beyond = p.get("beyond_decode_and_inference_ms")
+        lines.append(
+            f"| paced, one film every {p['interval_s']} s | {p['sent']} | {p['rows']} | {p['lost']} | {p['duplicates']} | "
+            f"{p['errors']} | ack → row p50 {p['latency_ms']['p50']} ms, p95 {p['latency_ms']['p95']} ms"
+            + (f" (decode + preprocessing p50 {p['decode_preprocess_ms']['p50']} ms; the node's own work p50 {beyond['p50']} ms)"
+               if beyond else "")
+            + f"; C-STORE round trip p50 {p['c_store_round_trip_ms']['p50']} ms |")
+    for name, f in (p or {}).get("by_film", {}).items():
+        lines.append(f"| paced: {name} | {f['films']} | | | | | ack → row p50 {f['latency_ms_p50']} ms (decode + preprocessing "
+                     f"{f['decode_preprocess_ms_p50']} ms, the node's own work {f['beyond_decode_and_inference_ms_p50']} ms) |")
+    for count, t in result.get("throughput", {}).items():
+        lines.append(f"| throughput, {count} association(s) | {t['sent']} | {t['rows']} | {t['lost']} | {t['duplicates']} | "
+                     f"{t['errors']} | {t['throughput_films_per_s']} films/s (first send to last row, {t['seconds_to_last_row']} s);"
+                     f" batch sizes {t['batch_sizes']} |")
+    return lines
+
+
 def write_markdown(path: Path, result: dict[str, Any]) -> None:
-    s, k, w, p = result["steady"], result["kill"], result["watch"], result.get("paced")
-    m = s["memory"]
+    s = result.get("steady")
+    node = f" Node code: {result['serve_from']}." if result.get("serve_from") else ""
     lines = [
         "# DICOM node load (benchmarks/dicom_load.py)",
         "",
         f"{result['machine'].get('cpu', '?')}, {result['machine'].get('cpus_usable', '?')} usable CPUs, run niced beside other work "
         f"(load average {result.get('load_average_at_start', '?')} at start, {result.get('load_average_at_end', '?')} at the end); "
-        f"bundle {result['bundle']} ({result['runtime']}). {s['sent']} C-STOREs over {result['associations']} concurrent "
-        "associations (pynetdicom storescu processes), pydicom-data CR films cycled as new instances.",
+        f"bundle {result['bundle']} ({result['runtime']}).{node} C-STOREs from pynetdicom (storescu processes, one per "
+        "association; the paced phase's SCU in the harness), pydicom-data CR films cycled as new instances.",
         "",
         "| phase | sent | rows | lost | duplicates | errors | notes |",
         "|---|---:|---:|---:|---:|---:|---|",
-        f"| steady | {s['sent']} | {s['rows']} | {s['lost']} | {s['duplicates']} | {s['errors']} | "
-        f"{s['throughput_films_per_s']} films/s; latency p50 {s['latency_ms']['p50']} ms, p95 {s['latency_ms']['p95']} ms |",
-        f"| kill -9 + restart | {k['sent']} | {k['rows']} | {k['lost']} | {k['duplicates']} | {k['errors']} | killed after "
-        f"{k['killed_after_rows']} rows with {k['queued_on_disk_at_kill']} queued on disk and "
-        f"{k['sent'] - k['acknowledged_before_kill']} not yet acknowledged (re-sent after the restart, "
-        f"{k.get('resend_rounds', 1)} round(s)); "
-        f"{k['acknowledged_scored_exactly_once']} of {k['acknowledged_before_kill']} acknowledged before the kill scored exactly once |",
-        f"| watch folder, kill -9, files copied while down | {w['files']} | {w['rows']} | {w['lost']} | {w['duplicates']} | "
-        f"{w['errors']} | killed after {w['killed_after_rows']} rows |",
+        *_table_rows(result),
     ]
-    if p:
-        lines.append(
-            f"| paced, one film every {p['interval_s']} s | {p['sent']} | {p['rows']} | {p['lost']} | {p['duplicates']} | "
-            f"{p['errors']} | latency p50 {p['latency_ms']['p50']} ms, p95 {p['latency_ms']['p95']} ms; "
-            f"C-STORE round trip p50 {p['c_store_round_trip_ms']['p50']} ms |"
-        )
-    lines += [
-        "",
-        f"Steady phase: all sent in {s['seconds_to_send']} s (acknowledged on disk), last row after "
-        f"{s['seconds_to_last_row']} s; decode + preprocessing median {s['preprocess_ms_median']} ms per film; "
-        f"batch sizes {s['batch_sizes']}.",
-        f"Node RSS: {m.get('start_mb')} MB at start, {m.get('after_first_quarter_mb')} MB after the first quarter, "
-        f"{m.get('end_mb')} MB at the end (max {m.get('max_mb')} MB; {m.get('samples')} samples every 0.5 s).",
-        "",
-    ]
-    path.write_text("\n".join(lines))
+    if s:
+        m = s["memory"]
+        lines += [
+            "",
+            f"Steady phase ({s['sent']} films over {result['associations']} associations): all sent in {s['seconds_to_send']} s "
+            f"(acknowledged on disk), last row after {s['seconds_to_last_row']} s; decode + preprocessing median "
+            f"{s['preprocess_ms_median']} ms per film; batch sizes {s['batch_sizes']}.",
+            f"Node RSS: {m.get('start_mb')} MB at start, {m.get('after_first_quarter_mb')} MB after the first quarter, "
+            f"{m.get('end_mb')} MB at the end (max {m.get('max_mb')} MB; {m.get('samples')} samples every 0.5 s).",
+        ]
+    path.write_text("\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -369,9 +447,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--paced-interval", type=float, default=1.0, help="seconds between films in the paced phase")
     ap.add_argument("--phases", default="steady,kill,watch,paced",
                     help="comma-separated; phases not run keep their figures from an existing OUT/load.json")
+    ap.add_argument("--throughput-n", type=int, default=200, help="films per run of the throughput phase")
+    ap.add_argument("--throughput-associations", default="1,4", help="comma-separated association counts")
+    ap.add_argument("--serve-from", type=Path, default=None, help="run the node from this serve/ folder (another checkout's)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "dicom")
     args = ap.parse_args(argv)
     phases = args.phases.split(",")
+    global SERVE_FROM
+    SERVE_FROM = args.serve_from.resolve() if args.serve_from else None
     with tempfile.TemporaryDirectory(prefix="dicom-load-") as tmp:
         work = Path(tmp)
         previous = args.out / "load.json"
@@ -379,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
         result.update({
             "bundle": str(args.bundle), "runtime": "onnxruntime/fp32", "associations": args.associations,
             "films": list(FILMS), "machine": machine_info(), "libraries": library_versions(LIBRARIES),
-            "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+            "load_average_at_start": [round(x, 2) for x in os.getloadavg()], "serve_from": str(SERVE_FROM or "") or None,
         })
         groups = make_films(work / "films", args.n, args.associations) if {"steady", "kill"} & set(phases) else []
         if "steady" in phases:
@@ -396,14 +479,18 @@ def main(argv: list[str] | None = None) -> int:
             paced_files = make_films(work / "paced-films", args.paced_files, 1)[0]
             result["paced"] = paced(args.bundle, work, paced_files, args.paced_interval)
             print(json.dumps(result["paced"], indent=2), flush=True)
+        if "throughput" in phases:
+            counts = [int(c) for c in args.throughput_associations.split(",")]
+            result["throughput"] = throughput(args.bundle, work, args.throughput_n, counts)
         result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "load.json").write_text(json.dumps(result, indent=2) + "\n")
         write_markdown(args.out / "load.md", result)
         for log in sorted(work.glob("*.log")):  # the node's own logs (status lines) travel with the results
-            if not log.name.startswith(("steady-sender", "kill-sender", "kill-resend")):
+            if not log.name.startswith(("steady-sender", "kill-sender", "kill-resend")) and "-sender" not in log.name:
                 shutil.copy(log, args.out / log.name)
-    failed = [p for p in phases if result[p]["lost"] or result[p]["duplicates"] or result[p]["unexpected"]]
+    checked = [result[p] for p in phases if p != "throughput"] + list(result.get("throughput", {}).values())
+    failed = [r for r in checked if r["lost"] or r["duplicates"] or r["unexpected"]]
     return 1 if failed else 0
 
 
