@@ -67,6 +67,7 @@ class Worker:
     def _already(self, item: Queued) -> bool:
         if self.store.ledger.has(item.uid, item.sha):
             self.store.done(item)  # a resend that arrived while the first copy was being scored
+            self.received.pop(item.key)
             return True
         return False
 
