@@ -85,6 +85,7 @@ class Staging:
         import onnx
 
         from salad.manifest import sha256_file
+        from salad.merge import normalise_opsets
 
         from .graphs import opset_of, set_metadata
 
@@ -96,6 +97,7 @@ class Staging:
             key = manifest.graph_key(name, precision)
             file = f"{name}.{precision}.onnx"
             set_metadata(proto, base, {"salad.graph": key, "salad.precision": precision, "salad.toolkit_version": salad.__version__})
+            normalise_opsets(proto)  # the quantizer imports every domain it knows; the merge repeats the default one
             (self.path / file).unlink(missing_ok=True)  # never write through a hard link into the bundle itself
             onnx.save_model(proto, str(self.path / file))
             fp32 = self.original.graphs[name]

@@ -22,7 +22,7 @@ from salad.data import Sample, list_hash
 from salad.errors import ConfigError, DataError, ExportValidationError, RunError, SaladError
 from salad.fsutil import parse_json
 from salad.manifest import DEFAULT_TOLERANCES, GraphSpec, Manifest, atomic_directory, sha256_file
-from salad.merge import merge_encoder_scorer
+from salad.merge import merge_encoder_scorer, normalise_opsets
 from salad.renames import renamed_keywords
 from salad.scoring import NORM_EPS, SCORE_DEFINITIONS, SCORE_NAMES, check_k
 
@@ -225,6 +225,7 @@ def export_bundle(
             if key != "encoder":
                 props.update({"salad.k": str(k), "salad.bank_sha256": bank_sha, "salad.bank_form": form})
             set_metadata(proto, props)
+            normalise_opsets(proto)
             onnx.save_model(proto, tmp / contract.file)
             details: dict[str, Any] = {"exporter": f"torch {torch.__version__} (TorchScript), onnx {onnx.__version__}"}
             if key != "encoder":
