@@ -13,7 +13,7 @@ from typing import Any, TypeGuard
 
 from salad.errors import BundleError
 from salad.precision import PRECISIONS
-from salad.preprocess import INTENSITY_MODES, RESIZE_MODES
+from salad.preprocess import BORDER_MODES, INTENSITY_MODES, MAX_SIZE, RESIZE_MODES
 from salad.verdict import default_tolerances
 
 SCHEMA_VERSION = 1
@@ -27,6 +27,15 @@ PROTECTED_FIELDS = ("threshold", "scores", "k", "preprocessing", "bank", "embedd
 #: The integrity entry beside them that covers every file a reader opens: each graph's file, sha256 and
 #: external data, and `files` (bank, reference films, similarity estimator, checkpoint) with their sha256.
 CHECKSUMS = "checksums"
+#: How a scoring graph gets the bank: bound into it as an initializer, or fed as the input "bank" (bank.npy).
+BANK_FORMS = ("initializer", "input")
+#: The fp32 graphs every bundle has (docs/architecture.md §4).
+FP32_GRAPHS = ("encoder", "scorer", "model")
+#: manifest.json's top-level fields (the typed salad.manifest_model.Manifest's; tests/export/test_manifest_schema.py).
+MANIFEST_FIELDS = (
+    "schema_version", "toolkit_version", "created", "source", "preprocessing", "embedding_dim", "bank", "k", "scores",
+    "threshold", "graphs", "files", "parity", "calibration", "reference", "integrity",
+)
 _HEX = frozenset("0123456789abcdef")
 
 #: Default parity tolerances per precision (docs/architecture.md §9), from the metric definitions (salad/verdict.py).
@@ -108,8 +117,17 @@ def manifest_problems(raw: dict[str, Any]) -> list[str]:
         value = raw.get(name)
         return value if need(name, value, isinstance(value, dict), "an object") and isinstance(value, dict) else {}
 
+    unknown = sorted(set(raw) - set(MANIFEST_FIELDS))
+    need("fields", unknown, not unknown, f"only the manifest's fields {list(MANIFEST_FIELDS)} (a rewrite would drop others)")
     for name in ("toolkit_version", "created"):
         need(name, raw.get(name), isinstance(raw.get(name), str), "a string")
+    section("source")
+    for name in ("calibration", "reference"):
+        if name in raw:
+            need(name, raw[name], isinstance(raw[name], dict), "an object")
+    integrity = raw.get("integrity")  # its absence and its digests are the reader's integrity check (manifest_model.py)
+    if isinstance(integrity, dict):
+        need("integrity.algorithm", integrity.get("algorithm"), integrity.get("algorithm") == "sha256", '"sha256"')
     dim = raw.get("embedding_dim")
     need("embedding_dim", dim, _is_int(dim) and dim >= 1, "an integer ≥ 1 (e.g. 200)")
     bank = section("bank")
@@ -118,6 +136,7 @@ def manifest_problems(raw: dict[str, Any]) -> list[str]:
     if "dim" in bank:
         need("bank.dim", bank["dim"], bank["dim"] == dim and _is_int(bank["dim"]), f"the embedding_dim {dim!r}")
     need("bank.sha256", bank.get("sha256"), _is_sha(bank.get("sha256")), "64 lowercase hex digits")
+    need("bank.form", bank.get("form"), bank.get("form") in BANK_FORMS, f"one of {list(BANK_FORMS)}")
     k = raw.get("k")
     if need("k", k, _is_int(k) and k >= 1, "an integer ≥ 1 (neighbours averaged by the score)") and _is_int(k) and _is_int(rows):
         need("k", k, k <= rows, f"≤ bank.rows ({rows})")
@@ -127,6 +146,10 @@ def manifest_problems(raw: dict[str, Any]) -> list[str]:
          "a non-empty list of output names")
     known = outputs if isinstance(outputs, list) else []
     need("scores.default", scores.get("default"), scores.get("default") in known, f"one of scores.outputs {known}")
+    if "definitions" in scores:
+        definitions = scores["definitions"]
+        need("scores.definitions", definitions, isinstance(definitions, dict) and all(isinstance(v, str) for v in definitions.values()),
+             "an object {score name: definition text}")
     threshold = section("threshold")
     need(
         "threshold.value",
@@ -138,7 +161,7 @@ def manifest_problems(raw: dict[str, Any]) -> list[str]:
         need("threshold.score", threshold["score"], threshold["score"] in known, f"one of scores.outputs {known}")
     pre = section("preprocessing")
     size = pre.get("size")
-    need("preprocessing.size", size, _is_int(size) and size >= 32, "an integer ≥ 32 (pixels)")
+    need("preprocessing.size", size, _is_int(size) and 32 <= size <= MAX_SIZE, f"an integer ≥ 32 and ≤ {MAX_SIZE} (pixels)")
     if "channels" in pre:
         need("preprocessing.channels", pre["channels"], _is_int(pre["channels"]) and pre["channels"] == 1, "1 (grey films)")
     if "resize_mode" in pre:
@@ -150,12 +173,20 @@ def manifest_problems(raw: dict[str, Any]) -> list[str]:
             pre["intensity_mode"] in INTENSITY_MODES,
             f"one of {list(INTENSITY_MODES)}",
         )
+    if "border" in pre:
+        need("preprocessing.border", pre["border"], pre["border"] in BORDER_MODES, f"one of {list(BORDER_MODES)}")
+    if "dicom" in pre:
+        need("preprocessing.dicom", pre["dicom"], isinstance(pre["dicom"], str), "a string")
+    if "crop" in pre:
+        crop = pre["crop"]
+        need("preprocessing.crop", crop, _is_num(crop) and 0.5 <= crop <= 1.0, "a number in [0.5, 1] (the kept central fraction)")
     files = section("files")
     for name, digest in files.items():
         need(f"files[{name!r}]", digest, _is_sha(digest), "a sha256 (64 lowercase hex digits)")
     paths: list[tuple[str, Any]] = [(f"files key {n!r}", n) for n in files]
     graphs = section("graphs")
-    need("graphs", graphs, bool(graphs), "at least the fp32 'model' graph")
+    missing = [g for g in FP32_GRAPHS if g not in graphs]
+    need("graphs", sorted(graphs), not missing, f"the fp32 graphs {list(FP32_GRAPHS)} (missing {missing})")
     for key, g in graphs.items():
         if not need(f"graphs[{key!r}]", g, isinstance(g, dict), "an object"):
             continue
@@ -166,12 +197,15 @@ def manifest_problems(raw: dict[str, Any]) -> list[str]:
         need(f"graphs[{key!r}].opset", opset, _is_int(opset) and opset >= 1, "an integer opset (≥ 17)")
         for side in ("inputs", "outputs"):
             tensors = g.get(side)
-            ok = isinstance(tensors, list) and all(
-                isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("dtype"), str)
+            ok = isinstance(tensors, list) and bool(tensors) and all(
+                isinstance(t, dict) and set(t) == {"name", "dtype", "shape"} and isinstance(t.get("name"), str)
+                and isinstance(t.get("dtype"), str)
                 and isinstance(t.get("shape"), list) and all(_is_int(d) or isinstance(d, str) for d in t["shape"])
                 for t in tensors
             )
-            need(f"graphs[{key!r}].{side}", tensors, ok, "a list of {name: str, dtype: str, shape: [int | axis name]}")
+            need(f"graphs[{key!r}].{side}", tensors, ok, "a non-empty list of {name: str, dtype: str, shape: [int | axis name]}")
+        if "details" in g:
+            need(f"graphs[{key!r}].details", g["details"], isinstance(g["details"], dict), "an object")
         external = g.get("external_data", [])
         if need(f"graphs[{key!r}].external_data", external, isinstance(external, list), "a list of file names"):
             for e in external:
