@@ -200,6 +200,13 @@ def evaluate_run(run_dir: Path, split: str) -> dict[str, Any]:
     return record
 
 
+def finished(run_dir: Path) -> bool:
+    """Whether the run's checkpoint is its last (training writes one every epoch; `finished` marks the end)."""
+    from salad.train.trainer import load_checkpoint
+
+    return bool(load_checkpoint(run_dir / "checkpoint.pt").get("finished"))
+
+
 def _ms(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.3f}"
@@ -255,16 +262,14 @@ def summarise(records: list[dict[str, Any]]) -> str:
 @click.command()
 @click.option("--runs", type=click.Path(path_type=Path, exists=True), required=True, help="Kept run directories.")
 @click.option("--out", type=click.Path(path_type=Path), default=REPO / "benchmarks/results/transfer/candidates")
-@click.option("--done", type=click.Path(path_type=Path), default=REPO / "benchmarks/results/transfer/runs",
-              help="quality_protocol.py's --out: a run is finished when its JSON is there.")
 @click.option("--match", default="", help="Only run directories whose name contains this.")
-def main(runs: Path, out: Path, done: Path, match: str) -> None:
+def main(runs: Path, out: Path, match: str) -> None:
     """Score every kept run with every candidate rule; write one JSON per run and OUT/summary.md."""
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
     for run_dir in sorted(p for p in runs.iterdir() if p.is_dir() and match in p.name and (p / "checkpoint.pt").exists()):
         target = out / f"{run_dir.name}.json"
-        if target.exists() or not (done / f"{run_dir.name}.json").exists():
+        if target.exists() or not finished(run_dir):
             continue  # scored already, or still training (its checkpoint is an epoch's, not the run's)
         stem, _, seed = run_dir.name.rpartition("-s")
         split = next(s for s in ("dev", "site-dark", "site-bright", "site-contrast", "nih") if stem.endswith("-" + s))
