@@ -53,7 +53,7 @@ TIMEOUT_S = 240
 #: 64 films (57 train after the 10 % patient hold-out), 3 global batches of 16 per epoch, 2 epochs (round 1 has anchors).
 N_FILMS = 64
 CLI_OPTIONS = ["--preset", "cpu", "--method", "salad", "--size", "64", "--width", "0.125", "--pretrain-epochs", "1", "--rounds", "1",
-               "--round-epochs", "1", "--batch-size", "16", "--k", "5", "--threads", "1"]
+               "--round-epochs", "1", "--batch-size", "16", "--k", "5", "--threads", "1", "--centre-tilt", "0"]
 
 
 def small_config() -> TrainConfig:
