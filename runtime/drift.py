@@ -22,7 +22,7 @@ from salad.bundle import Bundle
 from salad.drift import Calibration, DriftPolicy, DriftReport, judge, judge_windows
 from salad.drift import exposure as film_exposure
 from salad.errors import BundleError, DataError
-from salad.manifest import Manifest, read_manifest
+from salad.manifest import Manifest
 from salad.preprocess import PreprocessConfig, preprocess
 
 from .events import PREPARED, SCORED, Prepared, Scored
@@ -49,7 +49,7 @@ class DriftGuard:
     def from_bundle(cls, bundle: str | os.PathLike[str], manifest: Manifest | None = None, threads: int | None = None) -> DriftGuard:
         """Read the checks a bundle supports; a BundleError if neither can run (or if an attached estimator is damaged)."""
         root = Path(bundle)
-        manifest = manifest or read_manifest(root, verify=False)  # the fields used are under the integrity digest;
+        manifest = manifest or Bundle.open(root, verify=False).manifest  # the fields used are under the integrity digest;
         b = Bundle(root, manifest)  # the style check verifies the files it reads (similarity.attach.Attached)
         off: dict[str, str] = {}
         style = None

@@ -24,7 +24,7 @@ from salad.bundle import BANK_INPUT, IMAGE_INPUT, Bundle
 from salad.errors import BundleError, ConfigError, DataError
 from salad.filmcheck import check_film
 from salad.imageio import read_image
-from salad.manifest import PRECISIONS, Manifest, read_manifest
+from salad.manifest import PRECISIONS, Manifest
 from salad.preprocess import PreprocessConfig, preprocess
 from salad.scoring import KNN_ANGLE, SCORE_NAMES, decide
 
@@ -75,7 +75,7 @@ class Scorer:
         root = Path(path)
         # Verify what this scorer reads, every time, and nothing else: the ONNX runtimes read the chosen graph
         # (and its external data or bank); the torch reference reads the checkpoint too, so it verifies all.
-        manifest = read_manifest(root, verify=True, graphs=None if runtime == "torch" else [("model", precision)])
+        manifest = Bundle.open(root, verify=True, graphs=None if runtime == "torch" else [("model", precision)]).manifest
         graph = BundleGraph.from_manifest(root, manifest, "model", precision)
         runner = create_runner(runtime, graph, max_batch=max_batch, device=device, **runner_options)
         return cls(root, manifest, runner)

@@ -288,7 +288,7 @@ def build_engine(
     options: EngineLoader's (max_batch, opt_batch, cache_dir, workspace_mb, rebuild, verbose, allow_tf32).
     Returns what was done: the engine file, whether it was built now, the GPU and the cache key.
     """
-    from salad.manifest import read_manifest
+    from salad.bundle import Bundle
 
     reason = unavailable_reason()
     if reason:
@@ -296,5 +296,5 @@ def build_engine(
     kind, index = parse_device(device)
     if kind != "cuda":
         raise ConfigError(f"--device {device!r}: TensorRT engines are built on a CUDA GPU (cuda or cuda:N).")
-    manifest = read_manifest(bundle, verify=True, graphs=[(graph, precision)])
-    return EngineLoader(BundleGraph.from_manifest(Path(bundle), manifest, graph, precision), **options).build(index)
+    opened = Bundle.open(bundle, verify=True, graphs=[(graph, precision)])
+    return EngineLoader(BundleGraph.from_manifest(opened.root, opened.manifest, graph, precision), **options).build(index)

@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from salad.bundle import Bundle
 from salad.errors import BackendUnavailableError, BundleError, ConfigError, SaladError
-from salad.manifest import read_manifest
 
 from .base import BATCH, BundleGraph, Runner, importable, register_runner
 from .scorer import IMAGE_INPUT, Scorer
@@ -206,7 +206,6 @@ def triton_scorer(
     Verifies the bundle (schema, sha256) now; connects, and checks the served model is this bundle's,
     on first use.
     """
-    root = Path(bundle)
-    manifest = read_manifest(root, verify=True)
-    graph = BundleGraph.from_manifest(root, manifest, "model", precision)
-    return Scorer(root, manifest, TritonRunner(graph, url=url, model=model, max_batch=max_batch, timeout_s=timeout_s))
+    opened = Bundle.open(Path(bundle), verify=True)
+    graph = BundleGraph.from_manifest(opened.root, opened.manifest, "model", precision)
+    return Scorer(opened.root, opened.manifest, TritonRunner(graph, url=url, model=model, max_batch=max_batch, timeout_s=timeout_s))

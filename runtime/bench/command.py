@@ -16,13 +16,13 @@ from typing import Any
 import click
 import numpy as np
 
-from salad.bundle import CHECKPOINT_FILE
+from salad.bundle import CHECKPOINT_FILE, Bundle
 from salad.clitools import DEVICE, OUTPUT, IntList, LazyChoice, flatten, friendly_errors, is_stdout, write_output
 from salad.data import find_images, read_samples
 from salad.errors import BackendUnavailableError, ConfigError, DataError, SaladError
 from salad.imageio import read_image
 from salad.machine import library_versions, machine_info
-from salad.manifest import PRECISIONS, read_manifest
+from salad.manifest import PRECISIONS
 from salad.progress import quiet
 
 from ..base import runner_class, runner_names
@@ -135,7 +135,7 @@ def run_bench(
         raise ConfigError(f"--batch {list(batches)}: expected positive batch sizes, e.g. --batch 1 --batch 8.")
     for name in runtimes:
         runner_class(name)  # unknown names fail here, listing the registered ones
-    manifest = read_manifest(root, verify=True)
+    manifest = Bundle.open(root, verify=True).manifest
     chosen = list(precisions) if precisions else manifest.precisions()
     for p in chosen:
         if p not in PRECISIONS:

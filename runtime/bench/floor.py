@@ -10,9 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from salad.bundle import quiet_session
+from salad.bundle import Bundle, quiet_session
 from salad.errors import SaladError
-from salad.manifest import read_manifest
 
 from .settings import GEMM_SIZE
 
@@ -148,11 +147,11 @@ def _ort_matmul_integer(size: int, threads: int) -> Callable[[], Any]:
 
 def measure_floor(bundle: str | Path, threads: int, precisions: Sequence[str], device: str | None) -> dict[str, Any]:
     """MACs per image of the bundle's fp32 encoder and scorer, and this machine's measured GEMM peaks."""
-    manifest = read_manifest(bundle, verify=False)
+    opened = Bundle.open(bundle, verify=False)
     floor: dict[str, Any] = {}
     try:
-        enc = count_macs(manifest.path_of(bundle, manifest.graph("encoder").file))
-        sco = count_macs(manifest.path_of(bundle, manifest.graph("scorer").file))
+        enc = count_macs(opened.graph_path("encoder"))
+        sco = count_macs(opened.graph_path("scorer"))
         floor["macs_per_image"] = {"encoder": enc["total"], "scorer": sco["total"], "model": enc["total"] + sco["total"]}
     except ImportError as exc:
         floor["macs_per_image"] = None

@@ -13,7 +13,7 @@ import numpy as np
 from salad.bundle import CHECKPOINT_FILE, IMAGE_INPUT, REFERENCE_FILE, Bundle
 from salad.data import read_samples
 from salad.errors import BackendUnavailableError, BundleError, ConfigError
-from salad.manifest import PRECISIONS, Manifest, read_manifest
+from salad.manifest import PRECISIONS, Manifest
 from salad.metrics import (
     require_sklearn,
     row_abs_diff,
@@ -142,7 +142,7 @@ def compare(
     `salad parity`'s options; the old data= still works with a DeprecationWarning.
     """
     root = Path(bundle)
-    manifest = read_manifest(root, verify=True)
+    manifest = Bundle.open(root, verify=True).manifest
     runtimes = list(dict.fromkeys([runtimes] if isinstance(runtimes, str) else runtimes))
     explicit = bool(precisions)
     precisions = list(dict.fromkeys([precisions] if isinstance(precisions, str) else precisions or manifest.precisions()))
