@@ -47,15 +47,15 @@ def count_validation_films(run: Path) -> int:
 def export_command(run: Path, out: Path, force: bool, bank_as_input: bool, slim: bool, reference_films: int | None,
                    operating_point: str, opset: int, allow_below_floors: bool) -> None:
     """Export training run RUN to a verified ONNX bundle (encoder, scorer, merged model, manifest)."""
+    from salad.bundle import Bundle
     from salad.export import export_bundle
-    from salad.manifest import read_manifest
 
     if reference_films is None:  # the default caps itself to the films there are; an explicit count is honoured or refused
         reference_films = min(REFERENCE_FILMS, count_validation_films(run)) or REFERENCE_FILMS
     bundle = export_bundle(
         run, out, force=force, bank_as_input=bank_as_input, slim=slim, reference_films=reference_films,
         operating_point=operating_point, opset=opset, allow_below_floors=allow_below_floors)
-    m = read_manifest(bundle, verify=False)
+    m = Bundle.open(bundle, verify=False).manifest
     t = m.threshold
     achieved = ", ".join(f"{k} {v:.3f}" for k, v in t["achieved"].items() if v is not None)
     parity = m.graphs["model"].details.get("parity", {})

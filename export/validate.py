@@ -16,7 +16,7 @@ import numpy as np
 
 from salad.bundle import Bundle
 from salad.errors import ExportValidationError
-from salad.manifest import GraphSpec, Manifest, confined, read_manifest
+from salad.manifest import GraphSpec, confined
 from salad.metrics import agreeing, cosines, row_abs_diff
 from salad.scoring import KNN_ANGLE, SCORE_NAMES, SCORES
 from salad.verdict import failed, judge
@@ -135,14 +135,14 @@ def _run(session: Any, feeds: dict[str, np.ndarray], batched: Sequence[str], bat
 
 
 def check_parity(
-    root: Path, manifest: Manifest, tolerances: dict[str, float], batch_sizes: Sequence[int] = VALIDATION_BATCH_SIZES,
+    bundle: Bundle, tolerances: dict[str, float], batch_sizes: Sequence[int] = VALIDATION_BATCH_SIZES,
 ) -> tuple[dict[str, Any], list[str]]:
     """ONNX Runtime (CPU) on reference.npz for every fp32 graph, all images at once and at each batch size.
 
     Each run is compared with the PyTorch outputs, and each batch size with the all-at-once run.
     Returns the measured worst values per graph and the list of failures.
     """
-    bundle = Bundle(root, manifest)
+    manifest = bundle.manifest
     ref = bundle.load_reference()
     n = len(ref["image"])
     threshold, decided_by = bundle.threshold.value, bundle.threshold.score
@@ -197,13 +197,13 @@ def validate_bundle(
 
     Returns the measured parity per graph (what export records under graphs[...].details["parity"]).
     """
-    root = Path(bundle)
-    manifest = read_manifest(root, verify=True)
+    opened = Bundle.open(Path(bundle), verify=True)
+    root, manifest = opened.root, opened.manifest
     tol = dict(tolerances or manifest.tolerances("fp32"))
     structure: list[str] = []
     for key in ("encoder", "scorer", "model"):
         structure += check_structure(root, key, manifest.graph(key))
-    report, parity_failures = check_parity(root, manifest, tol, batch_sizes)
+    report, parity_failures = check_parity(opened, tol, batch_sizes)
     failures = structure + parity_failures
     if failures:
         hint = _conditioning_hint(root) if any(f"'{n}'" in f for f in parity_failures for n in SCORE_NAMES) else ""

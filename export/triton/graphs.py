@@ -46,8 +46,9 @@ def require_onnx() -> None:
             ) from exc
 
 
-def encoder_graph(root: Path, manifest: Manifest, precision: str) -> _Graph:
+def encoder_graph(bundle: Bundle, precision: str) -> _Graph:
     """The encoder at `precision`: its own graph if the bundle has one, else the image → embedding part of model.<precision>."""
+    root, manifest = bundle.root, bundle.manifest
     key = manifest.graph_key("encoder", precision)
     if key in manifest.graphs:
         return _Graph(manifest.graphs[key], source=manifest.path_of(root, manifest.graphs[key].file))
@@ -71,11 +72,11 @@ def encoder_graph(root: Path, manifest: Manifest, precision: str) -> _Graph:
     return _Graph(spec, proto=sub)
 
 
-def scorer_graph(root: Path, manifest: Manifest, precision: str) -> _Graph:
+def scorer_graph(bundle: Bundle, precision: str) -> _Graph:
     """The scorer (float32 in every precision unless the bundle has its own variant), with the bank inside it."""
+    root, manifest = bundle.root, bundle.manifest
     key = manifest.graph_key("scorer", precision)
     spec = manifest.graphs[key] if key in manifest.graphs else manifest.graph("scorer")
-    bundle = Bundle(root, manifest)
     if not bundle.takes_bank("scorer", spec.precision):
         return _Graph(spec, source=manifest.path_of(root, spec.file), external=tuple(manifest.path_of(root, f) for f in spec.external_data))
     # A --bank-as-input bundle: Triton batches every input, so bind bank.npy into the graph as export does.

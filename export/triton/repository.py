@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import salad
+from salad.bundle import Bundle
 from salad.errors import ConfigError
 from salad.manifest import (
     PRECISIONS,
     Manifest,
     atomic_directory,
-    read_manifest,
 )
 
 from .config import (
@@ -73,12 +73,13 @@ def export_triton(
     if not NAME_PATTERN.match(name):
         raise ConfigError(f"--name {name!r}; a Triton model name here is letters, digits, '_', '.' and '-' (e.g. 'salad').")
     root, out = Path(bundle), Path(out)
-    manifest = read_manifest(root, verify=True)
+    opened = Bundle.open(root, verify=True)
+    manifest = opened.manifest
     if out.resolve() == root.resolve() or root.resolve() in out.resolve().parents or out.resolve() in root.resolve().parents:
         raise ConfigError(f"--out {out} overlaps the bundle {root}; choose a directory outside it.")
     require_onnx()
     require_model_config()
-    encoder, scorer = encoder_graph(root, manifest, precision), scorer_graph(root, manifest, precision)
+    encoder, scorer = encoder_graph(opened, precision), scorer_graph(opened, precision)
     check_wiring(encoder.spec, scorer.spec, manifest)
     names = {"encoder": f"{name}_encoder", "scorer": f"{name}_scorer", "ensemble": name}
     identity = {
