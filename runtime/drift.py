@@ -22,7 +22,6 @@ from salad.bundle import Bundle
 from salad.drift import Calibration, DriftPolicy, DriftReport, judge, judge_windows
 from salad.drift import exposure as film_exposure
 from salad.errors import BundleError, DataError
-from salad.manifest import Manifest
 from salad.preprocess import PreprocessConfig, preprocess
 
 from .events import PREPARED, SCORED, Prepared, Scored
@@ -46,17 +45,18 @@ class DriftGuard:
             root, policy, calibrations, score_name, preprocessing, style, checks_off)
 
     @classmethod
-    def from_bundle(cls, bundle: str | os.PathLike[str], manifest: Manifest | None = None, threads: int | None = None) -> DriftGuard:
+    def from_bundle(cls, bundle: Bundle | str | os.PathLike[str], threads: int | None = None) -> DriftGuard:
         """Read the checks a bundle supports; a BundleError if neither can run (or if an attached estimator is damaged)."""
-        root = Path(bundle)
-        manifest = manifest or Bundle.open(root, verify=False).manifest  # the fields used are under the integrity digest;
-        b = Bundle(root, manifest)  # the style check verifies the files it reads (similarity.attach.Attached)
+        # Unverified: the fields used are under the integrity digest; the style check verifies the files it reads
+        # (similarity.attach.Attached).
+        b = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle, verify=False)
+        root, manifest = b.root, b.manifest
         off: dict[str, str] = {}
         style = None
         from salad.similarity.attach import FILES, StyleCheck  # lazily: the similarity stage is optional here
 
         if all(f in manifest.files for f in FILES):
-            style = StyleCheck.from_bundle(root, manifest, threads)
+            style = StyleCheck.from_bundle(b, threads)
         else:
             off["style"] = f"no similarity estimator attached (`salad similarity attach ESTIMATOR {root} --data TRAINING_FILMS`)"
         policy = style.policy if style is not None else DriftPolicy()

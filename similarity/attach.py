@@ -21,18 +21,17 @@ from typing import Any
 import numpy as np
 
 import salad
+from salad.bundle import Bundle
 from salad.data import Sample, list_hash, read_samples
 from salad.drift import STYLE_CALIBRATION_FILE, Calibration, DriftPolicy
 from salad.errors import BundleError, DataError
 from salad.fsutil import parse_json, pid_alive, sigterm_as_interrupt, sweep_stale, writer_lock
 from salad.manifest import (
     JOURNAL,
-    Manifest,
     commit_journal,
     complete_journal,
     confined,
     pending_name,
-    read_manifest,
     sha256_file,
     verify_files,
 )
@@ -78,7 +77,7 @@ def attach(estimator: str | os.PathLike[str], bundle: str | os.PathLike[str], da
     policy = policy or DriftPolicy()
     est = Estimator.load(estimator)
     root = Path(bundle)
-    read_manifest(root, verify=True)
+    Bundle.open(root, verify=True)
     train = _normals(data)
     if holdout is not None:
         reference, held = train, _normals(holdout)
@@ -116,7 +115,7 @@ def _commit(root: Path, contents: dict[str, bytes], force: bool) -> None:
             pid = entry.name.rsplit("-", 1)[-1]
             if pid.isdigit() and not pid_alive(int(pid)):
                 entry.unlink(missing_ok=True)
-        current = read_manifest(root, verify=True)
+        current = Bundle.open(root, verify=True).manifest
         present = [f for f in contents if f in current.files]
         if present and not force:
             raise BundleError(f"{root}: already has an attached estimator ({', '.join(present)}); pass --force to replace it.")
@@ -138,7 +137,7 @@ def _commit(root: Path, contents: dict[str, bytes], force: bool) -> None:
                 for pending, _ in renames:
                     (root / pending).unlink(missing_ok=True)
             raise
-    read_manifest(root, verify=True)
+    Bundle.open(root, verify=True)
 
 
 @dataclass
@@ -152,10 +151,10 @@ class Attached:
     graph: Path
 
     @classmethod
-    def from_bundle(cls, bundle: str | os.PathLike[str], manifest: Manifest | None = None) -> Attached:
+    def from_bundle(cls, bundle: Bundle | str | os.PathLike[str]) -> Attached:
         """Read the bundle's attached estimator, verifying the sha256 of the files it reads (and only those)."""
-        root = Path(bundle)
-        manifest = manifest or read_manifest(root, verify=False)
+        opened = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle, verify=False)
+        root, manifest = opened.root, opened.manifest
         missing = [f for f in FILES if f not in manifest.files]
         if missing:
             raise BundleError(
@@ -214,8 +213,8 @@ class StyleCheck:
         self.calibration = Calibration.from_dict(attached.info["style"])
 
     @classmethod
-    def from_bundle(cls, bundle: str | os.PathLike[str], manifest: Manifest | None = None, threads: int | None = None) -> StyleCheck:
-        return cls(Attached.from_bundle(bundle, manifest), threads)
+    def from_bundle(cls, bundle: Bundle | str | os.PathLike[str], threads: int | None = None) -> StyleCheck:
+        return cls(Attached.from_bundle(bundle), threads)
 
     @property
     def policy(self) -> DriftPolicy:
