@@ -21,10 +21,8 @@ from salad.bundle import Bundle
 from salad.errors import BundleError, CalibrationError, CalibrationRejectedError, CalibrationUsageError, SaladError
 from salad.fsutil import sigterm_as_interrupt, sweep_stale, writer_lock
 from salad.manifest import (
-    Manifest,
     complete_journal,
     is_bundle,
-    read_manifest,
 )
 from salad.metrics import detection_metrics, has_both_classes
 from salad.renames import renamed_keywords
@@ -83,11 +81,12 @@ def calibrate_bundle(
     root = Path(bundle)
     _check_request(precision, method, films, min_films, max_auc_drop, labelled, min_channels, latency_runs)
     if not is_bundle(root):
-        read_manifest(root)  # the "not a bundle" error
+        Bundle.open(root)  # the "not a bundle" error
     with sigterm_as_interrupt(), writer_lock(root):  # one writer at a time; SIGTERM cleans up like Ctrl-C
         complete_journal(root)  # a commit a killed writer left half-done is finished first
         sweep_stale(root.resolve())  # staging copies and pending files of dead writers
-        manifest = read_manifest(root, verify=True)
+        opened = Bundle.open(root, verify=True)
+        manifest = opened.manifest
         existing = [k for k in (manifest.graph_key(g, precision) for g in VARIANT_GRAPHS) if k in manifest.graphs]
         if existing and not force:
             raise CalibrationError(
@@ -106,11 +105,11 @@ def calibrate_bundle(
         elif data is not None:
             notes.append(f"{precision} is a cast of the weights and needs no calibration films: --data {data} was not used.")
         if max_auc_drop is not None:
-            _require_torch_reference(root, manifest)
+            _require_torch_reference(root)
             _require_both_classes(labelled)
         tolerances = dict(manifest.parity.get(precision) or default_tolerances(precision))
 
-        with Staging(root, manifest, precision) as stage:
+        with Staging(opened, precision) as stage:
             builder = BUILDERS[precision](stage, BuildRequest(source, method, per_channel, min_channels))
             found = search(builder, stage, tolerances, max_auc_drop, labelled, threads)
             fits, attempts, candidates, parity, row = found.fits, found.attempts, found.candidates, found.parity, found.row
@@ -128,7 +127,7 @@ def calibrate_bundle(
             report.sizes = file_sizes(stage.path, [manifest.graphs["encoder"].file, f"encoder.{precision}.onnx",
                                                    manifest.graphs["model"].file, f"model.{precision}.onnx"])
             report.environment = cpu_info()
-            report.latency = _latency(stage.path, stage.manifest(), precision, latency_runs, threads)
+            report.latency = _latency(Bundle(stage.path, stage.manifest()), precision, latency_runs, threads)
             if not fits:
                 report.failures = rejection(row, max_auc_drop, attempts, precision)
             unstage(report, stage.path, root)
@@ -181,7 +180,7 @@ def _check_request(
         raise CalibrationUsageError("cannot calibrate:\n  " + "\n  ".join(problems))
 
 
-def _require_torch_reference(root: Path, manifest: Manifest) -> None:
+def _require_torch_reference(root: Path) -> None:
     from salad.runtime.parity import torch_reference_reason
 
     reason = torch_reference_reason(root)
@@ -242,8 +241,7 @@ def _reference_film_auc(root: Path, precision: str) -> dict[str, Any]:
     return out
 
 
-def _latency(root: Path, manifest: Manifest, precision: str, runs: int, threads: int | None = None) -> dict[str, Any]:
-    bundle = Bundle(root, manifest)
+def _latency(bundle: Bundle, precision: str, runs: int, threads: int | None = None) -> dict[str, Any]:
     images = bundle.load_reference(["image"])["image"]
     graphs, static = {}, {}
     for name in VARIANT_GRAPHS:

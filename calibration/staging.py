@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import salad
+from salad.bundle import Bundle
 from salad.errors import CalibrationError
 from salad.fsutil import temp_name
-from salad.manifest import GraphSpec, Manifest, commit_journal, confined, pending_name, read_manifest
+from salad.manifest import GraphSpec, Manifest, commit_journal, confined, pending_name
 
 from .report import CalibrationReport
 
@@ -34,9 +35,9 @@ class Staging:
     onnx.checker refuses to read through a hard link).
     """
 
-    def __init__(self, root: Path, manifest: Manifest, precision: str) -> None:
-        self.root = root
-        self.original = manifest
+    def __init__(self, bundle: Bundle, precision: str) -> None:
+        self.root = root = bundle.root
+        self.original = manifest = bundle.manifest
         keys = [manifest.graph_key(g, precision) for g in VARIANT_GRAPHS]
         self.replaced = {manifest.graphs[k].file for k in keys if k in manifest.graphs}
         self.external = {f for g in manifest.graphs.values() for f in g.external_data}
@@ -145,7 +146,7 @@ class Staging:
         """
         staged = self.manifest()
         keys = [staged.graph_key(g, precision) for g in VARIANT_GRAPHS]
-        current = read_manifest(self.root, verify=False)
+        current = Bundle.open(self.root, verify=False).manifest
         moves: list[tuple[Path, str]] = [(self.path / staged.graphs[k].file, staged.graphs[k].file) for k in keys]
         report_name = None
         if report_in_bundle:
@@ -183,7 +184,7 @@ class Staging:
             raise
         if report_in_bundle:
             report.files = {kind: str(self.root / REPORT_DIR / name) for kind, name in report.file_names().items()}
-        read_manifest(self.root, verify=True)
+        Bundle.open(self.root, verify=True)
 
 
 def unstage(report: CalibrationReport, staging: Path, root: Path) -> None:
