@@ -107,10 +107,10 @@ def write_graph(graph: _Graph, folder: Path) -> str:
     return sha256_file(target)
 
 
-def check_chain(repo: Path, root: Path, manifest: Manifest, encoder: _Graph, scorer: _Graph, names: dict[str, str],
+def check_chain(repo: Path, bundle: Bundle, encoder: _Graph, scorer: _Graph, names: dict[str, str],
                  precision: str, max_batch: int) -> dict[str, float]:
     """Run the written encoder → scorer with ONNX Runtime as the ensemble does; they must reproduce model.<precision>."""
-    bundle = Bundle(root, manifest)
+    manifest = bundle.manifest
     enc = quiet_session(repo / names["encoder"] / VERSION / MODEL_FILE)
     sco = quiet_session(repo / names["scorer"] / VERSION / MODEL_FILE)
     merged_spec = manifest.graph("model", precision)

@@ -120,7 +120,7 @@ def export_triton(
         }
         for key, config in configs.items():
             (tmp / names[key] / "config.pbtxt").write_text(config_text(config), encoding="utf-8")
-        measured = check_chain(tmp, root, manifest, encoder, scorer, names, precision, max_batch)
+        measured = check_chain(tmp, opened, encoder, scorer, names, precision, max_batch)
         (tmp / "README.md").write_text(
             repository_readme(manifest, names, configs, precision, max_batch, tensorrt_accelerator, root, measured), encoding="utf-8",
         )

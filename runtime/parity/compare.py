@@ -51,9 +51,8 @@ class _InputSet:
         self.labels = np.array([-1] * self.n_reference + [s.label for s in samples], dtype=np.int64)
 
 
-def read_reference(root: Path, manifest: Manifest) -> tuple[np.ndarray, list[str], Outputs]:
+def read_reference(bundle: Bundle) -> tuple[np.ndarray, list[str], Outputs]:
     """reference.npz's images, film names ("reference.npz:NAME") and stored PyTorch outputs (never unpickling)."""
-    bundle = Bundle(root, manifest)
     arrays = bundle.load_reference(("image", "path", *COMPARED_OUTPUTS))
     names = [f"{bundle.reference_path.name}:{p}" for p in arrays.pop("path")]  # told apart from the same film in --data
     return arrays.pop("image"), names, arrays
@@ -79,9 +78,10 @@ def run_images(runner: Runner, images: np.ndarray, static: Mapping[str, np.ndarr
     return {name: np.concatenate(values) for name, values in parts.items()}
 
 
-def _request_problems(root: Path, manifest: Manifest, pairs: Sequence[tuple[str, str]]) -> tuple[list[str], bool]:
+def _request_problems(bundle: Bundle, pairs: Sequence[tuple[str, str]]) -> tuple[list[str], bool]:
     """Everything wrong with the requested runtime × precision pairs, found before any film is run;
     and whether all are missing backends."""
+    root, manifest = bundle.root, bundle.manifest
     problems: list[str] = []
     only_unavailable = True
     for runtime in dict.fromkeys(r for r, _ in pairs):
@@ -141,8 +141,8 @@ def compare(
     is compared (they are validation films: the demo reports parity on test films only). The keywords are
     `salad parity`'s options; the old data= still works with a DeprecationWarning.
     """
-    root = Path(bundle)
-    manifest = Bundle.open(root, verify=True).manifest
+    opened = Bundle.open(Path(bundle), verify=True)
+    root, manifest = opened.root, opened.manifest
     runtimes = list(dict.fromkeys([runtimes] if isinstance(runtimes, str) else runtimes))
     explicit = bool(precisions)
     precisions = list(dict.fromkeys([precisions] if isinstance(precisions, str) else precisions or manifest.precisions()))
@@ -150,13 +150,13 @@ def compare(
         raise ConfigError("parity needs at least one runtime and one precision (e.g. --runtime onnxruntime --precision fp32).")
     # Asked for by default (every precision of the bundle), the torch reference takes part in fp32 only.
     pairs = [(r, p) for r in runtimes for p in precisions if explicit or r != REFERENCE_RUNTIME or p == "fp32"]
-    problems, only_unavailable = _request_problems(root, manifest, pairs)
+    problems, only_unavailable = _request_problems(opened, pairs)
     if problems:
         kind = BackendUnavailableError if only_unavailable else ConfigError  # an impossible request: exit 2
         raise kind(f"cannot compare {root}:\n  " + "\n  ".join(problems))
     tol, notes = resolve_tolerances(manifest, precisions, tolerances)
 
-    images, names, stored = read_reference(root, manifest)
+    images, names, stored = read_reference(opened)
     no_torch = torch_reference_reason(root)
     if not reference_films and labelled is not None and no_torch is None:
         images, names, stored = images[:0], [], {k: np.asarray(v)[:0] for k, v in stored.items()}
@@ -176,7 +176,7 @@ def compare(
     elif no_torch is not None:
         notes.append(f"{no_torch}: compared against the PyTorch outputs stored in {REFERENCE_FILE}.")
 
-    runs = _Runs(root, manifest, inputs, device=device, max_batch=max_batch, options=runner_options or {})
+    runs = _Runs(opened, inputs, device=device, max_batch=max_batch, options=runner_options or {})
     first = runs.scorer(*pairs[0])  # reads and checks the bundle's threshold
     reference = runs.reference()
     rows = [
@@ -221,9 +221,9 @@ def _display_name(path: Path, root: Path) -> str:
 class _Runs:
     """Runs each runtime × precision × device once over the input set; torch fp32 on CPU doubles as the reference."""
 
-    def __init__(self, root: Path, manifest: Manifest, inputs: _InputSet, *, device: str | None, max_batch: int,
+    def __init__(self, bundle: Bundle, inputs: _InputSet, *, device: str | None, max_batch: int,
                  options: Mapping[str, Any]) -> None:
-        self.root, self.manifest, self.inputs = root, manifest, inputs
+        self.root, self.manifest, self.inputs = bundle.root, bundle.manifest, inputs
         self.device, self.max_batch, self.options = device, max_batch, dict(options)
         self._cache: dict[tuple[str, str, str], Outputs] = {}
 
