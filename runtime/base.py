@@ -45,10 +45,10 @@ class BundleGraph:
     precision: str  # "fp32", "fp16", "int8"
 
     @classmethod
-    def from_manifest(cls, root: str | Path, manifest: Manifest, name: str = "model", precision: str = "fp32") -> BundleGraph:
+    def from_bundle(cls, bundle: Bundle, name: str = "model", precision: str = "fp32") -> BundleGraph:
         """The graph `name` at `precision`; a BundleError listing the bundle's graphs if it has no such graph."""
-        manifest.graph(name, precision)  # raises with the list of graphs the bundle has
-        return cls(Path(root), manifest, name, precision)
+        bundle.graph(name, precision)  # raises with the list of graphs the bundle has
+        return cls(bundle.root, bundle.manifest, name, precision)
 
     @property
     def bundle(self) -> Bundle:

@@ -75,10 +75,10 @@ class Scorer:
         root = Path(path)
         # Verify what this scorer reads, every time, and nothing else: the ONNX runtimes read the chosen graph
         # (and its external data or bank); the torch reference reads the checkpoint too, so it verifies all.
-        manifest = Bundle.open(root, verify=True, graphs=None if runtime == "torch" else [("model", precision)]).manifest
-        graph = BundleGraph.from_manifest(root, manifest, "model", precision)
+        opened = Bundle.open(root, verify=True, graphs=None if runtime == "torch" else [("model", precision)])
+        graph = BundleGraph.from_bundle(opened, "model", precision)
         runner = create_runner(runtime, graph, max_batch=max_batch, device=device, **runner_options)
-        return cls(root, manifest, runner)
+        return cls(root, opened.manifest, runner)
 
     # -- lifecycle -------------------------------------------------------------------------------
 

@@ -297,4 +297,4 @@ def build_engine(
     if kind != "cuda":
         raise ConfigError(f"--device {device!r}: TensorRT engines are built on a CUDA GPU (cuda or cuda:N).")
     opened = Bundle.open(bundle, verify=True, graphs=[(graph, precision)])
-    return EngineLoader(BundleGraph.from_manifest(opened.root, opened.manifest, graph, precision), **options).build(index)
+    return EngineLoader(BundleGraph.from_bundle(opened, graph, precision), **options).build(index)

@@ -207,5 +207,5 @@ def triton_scorer(
     on first use.
     """
     opened = Bundle.open(Path(bundle), verify=True)
-    graph = BundleGraph.from_manifest(opened.root, opened.manifest, "model", precision)
+    graph = BundleGraph.from_bundle(opened, "model", precision)
     return Scorer(opened.root, opened.manifest, TritonRunner(graph, url=url, model=model, max_batch=max_batch, timeout_s=timeout_s))

@@ -223,13 +223,13 @@ class _Runs:
 
     def __init__(self, bundle: Bundle, inputs: _InputSet, *, device: str | None, max_batch: int,
                  options: Mapping[str, Any]) -> None:
-        self.root, self.manifest, self.inputs = bundle.root, bundle.manifest, inputs
+        self.bundle, self.root, self.manifest, self.inputs = bundle, bundle.root, bundle.manifest, inputs
         self.device, self.max_batch, self.options = device, max_batch, dict(options)
         self._cache: dict[tuple[str, str, str], Outputs] = {}
 
     def scorer(self, runtime: str, precision: str, device: str | None = None) -> Scorer:
         """A Scorer (graph contract checked, threshold read) around a runner that is not active yet."""
-        graph = BundleGraph.from_manifest(self.root, self.manifest, "model", precision)
+        graph = BundleGraph.from_bundle(self.bundle, "model", precision)
         declared = runner_class(runtime).options
         options = {k: v for k, v in self.options.items() if k in declared}
         runner = create_runner(runtime, graph, max_batch=self.max_batch, device=device or self.device, **options)

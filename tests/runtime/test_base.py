@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from salad.bundle import Bundle
 from salad.errors import BackendUnavailableError, BundleError, SaladError
 from salad.manifest import read_manifest
 from salad.runtime import RUNNERS, BundleGraph, Runner, create_runner, register_runner, runner_names
@@ -20,7 +21,7 @@ from salad.runtime.torch_runner import TorchRunner
 
 
 def model_graph(bundle: Path, name: str = "model") -> BundleGraph:
-    return BundleGraph.from_manifest(bundle, read_manifest(bundle), name)
+    return BundleGraph.from_bundle(Bundle.open(bundle), name)
 
 
 def test_the_three_backends_are_registered() -> None:
@@ -198,12 +199,11 @@ def test_bank_input_profile_fixes_the_bank_rows(bank_input_bundle: Path, tmp_pat
 
 
 def test_runners_declare_their_options_and_refuse_others(tiny_bundle: Path) -> None:
-    from salad.manifest import read_manifest
     from salad.runtime.base import BundleGraph, create_runner, runner_class
 
     assert "threads" in runner_class("onnxruntime").options and "threads" in runner_class("torch").options
     assert "threads" not in runner_class("tensorrt").options and "cache_dir" in runner_class("tensorrt").options
-    graph = BundleGraph.from_manifest(tiny_bundle, read_manifest(tiny_bundle))
+    graph = BundleGraph.from_bundle(Bundle.open(tiny_bundle))
     with pytest.raises(SaladError, match=r"the onnxruntime runtime takes no option\(s\) \['thread'\]; it takes \[.*'threads'"):
         create_runner("onnxruntime", graph, thread=2)
     with create_runner("onnxruntime", graph, threads=1) as runner:

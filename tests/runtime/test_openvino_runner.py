@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 import salad
-from salad.manifest import read_manifest
+from salad.bundle import Bundle
 from salad.runtime import RUNNERS, BundleGraph, OpenVinoRunner, Scorer, compare, create_runner
 from salad.runtime.bench import bench_command
 from salad.runtime.cli import parity_command
@@ -53,11 +53,11 @@ def test_runtime_imports_without_openvino_and_names_the_extra(tiny_bundle: Path)
     body = (
         "import sys\n"
         "from salad.runtime import create_runner, BundleGraph\n"
-        "from salad.manifest import read_manifest\n"
+        "from salad.bundle import Bundle\n"
         "from salad.errors import BackendUnavailableError\n"
         "assert 'openvino' not in sys.modules\n"
         f"root = {str(tiny_bundle)!r}\n"
-        "runner = create_runner('openvino', BundleGraph.from_manifest(root, read_manifest(root)))\n"
+        "runner = create_runner('openvino', BundleGraph.from_bundle(Bundle.open(root)))\n"
         "try:\n"
         "    runner.activate()\n"
         "except BackendUnavailableError as exc:\n"
@@ -83,7 +83,7 @@ def test_dynamic_batch_matches_onnxruntime_on_every_bundle_form(
 ) -> None:
     """Batches 1, 3 and 8 through one compiled model; the bank as initializer, as input, as external data."""
     bundle: Path = request.getfixturevalue(fixture)
-    graph = BundleGraph.from_manifest(bundle, read_manifest(bundle))
+    graph = BundleGraph.from_bundle(Bundle.open(bundle))
     with np.load(bundle / "reference.npz", allow_pickle=False) as ref:
         images = ref["image"]
     static = graph.static_feed()
@@ -113,7 +113,7 @@ def test_every_graph_is_compiled_for_f32_arithmetic(
     import openvino.properties.hint as hints
 
     bundle = calibrated_bundle(precision)
-    graph = BundleGraph.from_manifest(bundle, read_manifest(bundle), "model", precision)
+    graph = BundleGraph.from_bundle(Bundle.open(bundle), "model", precision)
     with create_runner("openvino", graph, threads=1) as runner:
         assert isinstance(runner, OpenVinoRunner)
         assert runner.compiled.get_property(hints.inference_precision) == ov.Type.f32

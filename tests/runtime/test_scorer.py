@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import salad
+from salad.bundle import Bundle
 from salad.errors import BundleError, DataError, SaladError
 from salad.imageio import read_image
 from salad.manifest import read_manifest
@@ -175,9 +176,9 @@ def test_external_data_bundle_scores_the_same_and_keys_caches_on_the_weights(
     manifest = read_manifest(external_bank_bundle)
     spec = manifest.graphs["model"]
     assert spec.external_data == ["bank.data"] and (external_bank_bundle / "bank.data").is_file()
-    graph = BundleGraph.from_manifest(external_bank_bundle, manifest, "model")
+    graph = BundleGraph.from_bundle(Bundle.open(external_bank_bundle), "model")
     assert graph.content_sha256 != spec.sha256  # engine caches see a new bank even if model.onnx is unchanged
-    plain = BundleGraph.from_manifest(tiny_bundle, read_manifest(tiny_bundle), "model")
+    plain = BundleGraph.from_bundle(Bundle.open(tiny_bundle), "model")
     assert plain.content_sha256 == plain.spec.sha256
     files = sorted(film_folder.rglob("*.jpeg"))
     with Scorer.from_bundle(tiny_bundle) as a, Scorer.from_bundle(external_bank_bundle) as b:

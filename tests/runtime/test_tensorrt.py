@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from salad.bundle import Bundle
 from salad.errors import BackendUnavailableError, SaladError
 from salad.manifest import read_manifest
 from salad.runtime import BundleGraph, Scorer, create_runner
@@ -25,7 +26,7 @@ def _real_tensorrt() -> bool:
 
 
 def trt_runner(bundle: Path, tmp_path: Path, **options: object) -> TensorRTRunner:
-    graph = BundleGraph.from_manifest(bundle, read_manifest(bundle), "model")
+    graph = BundleGraph.from_bundle(Bundle.open(bundle), "model")
     runner = create_runner("tensorrt", graph, cache_dir=tmp_path / "cache", **options)
     assert isinstance(runner, TensorRTRunner)
     return runner
@@ -98,7 +99,7 @@ def test_tensorrt_engine_matches_onnxruntime_on_the_reference_images(
     tiny_bundle: Path, reference: dict[str, np.ndarray], tmp_path: Path
 ) -> None:
     images = reference["image"]
-    graph = BundleGraph.from_manifest(tiny_bundle, read_manifest(tiny_bundle), "model")
+    graph = BundleGraph.from_bundle(Bundle.open(tiny_bundle), "model")
     with create_runner("onnxruntime", graph, max_batch=len(images)) as ort_runner:
         expected = ort_runner.infer({"image": images})
     runner = trt_runner(tiny_bundle, tmp_path, max_batch=len(images))
@@ -173,7 +174,7 @@ def test_build_engine_ahead_of_time_is_the_engine_the_runner_loads(tiny_bundle: 
     assert result.exit_code == 0 and " built: " in result.output, result.output
     again = CliRunner().invoke(main, ["build-engine", str(tiny_bundle), "--max-batch", "8", "--cache-dir", str(cache)])
     assert again.exit_code == 0 and "found in the cache" in again.output, again.output
-    runner = create_runner("tensorrt", BundleGraph.from_manifest(tiny_bundle, read_manifest(tiny_bundle)), max_batch=8,
+    runner = create_runner("tensorrt", BundleGraph.from_bundle(Bundle.open(tiny_bundle)), max_batch=8,
                            cache_dir=cache)
     with runner:
         assert not runner.built and runner.engine_path is not None and str(runner.engine_path) in result.output

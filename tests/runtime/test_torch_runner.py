@@ -7,15 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from salad.bundle import Bundle
 from salad.errors import BundleError
-from salad.manifest import read_manifest
 from salad.runtime import BundleGraph, Scorer, create_runner
 
 pytest.importorskip("torch", reason="the torch reference needs salad-edge[train]")
 
 
 def run_graph(runtime: str, bundle: Path, name: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    graph = BundleGraph.from_manifest(bundle, read_manifest(bundle), name)
+    graph = BundleGraph.from_bundle(Bundle.open(bundle), name)
     with create_runner(runtime, graph, max_batch=64) as runner:
         return runner.infer(feed)
 
