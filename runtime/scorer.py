@@ -24,7 +24,7 @@ from salad.bundle import BANK_INPUT, IMAGE_INPUT, Bundle
 from salad.errors import BundleError, ConfigError, DataError
 from salad.filmcheck import check_film
 from salad.imageio import read_image
-from salad.manifest import PRECISIONS, Manifest
+from salad.manifest import PRECISIONS
 from salad.preprocess import PreprocessConfig, preprocess
 from salad.scoring import KNN_ANGLE, SCORE_NAMES, decide
 
@@ -40,12 +40,12 @@ RANGE_SLACK = 1e-3
 class Scorer:
     """Preprocessing + a Runner + thresholds. Build it with `Scorer.from_bundle`; use `score`."""
 
-    def __init__(self, bundle: str | Path, manifest: Manifest, runner: Runner) -> None:
-        self.bundle = Path(bundle)
-        self.manifest = manifest
+    def __init__(self, bundle: Bundle, runner: Runner) -> None:
+        self.bundle = bundle.root  # the folder: what messages name
+        self.manifest = manifest = bundle.manifest
         self.runner = runner
         self.preprocess_config: PreprocessConfig = manifest.preprocess_config
-        threshold = Bundle(self.bundle, manifest).threshold
+        threshold = bundle.threshold
         self.threshold, self.threshold_score = threshold.value, threshold.score
         self._check_graph()
         self._extra_feed: dict[str, np.ndarray] = {}
@@ -78,7 +78,7 @@ class Scorer:
         opened = Bundle.open(root, verify=True, graphs=None if runtime == "torch" else [("model", precision)])
         graph = BundleGraph.from_bundle(opened, "model", precision)
         runner = create_runner(runtime, graph, max_batch=max_batch, device=device, **runner_options)
-        return cls(root, opened.manifest, runner)
+        return cls(opened, runner)
 
     # -- lifecycle -------------------------------------------------------------------------------
 

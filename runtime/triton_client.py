@@ -208,4 +208,4 @@ def triton_scorer(
     """
     opened = Bundle.open(Path(bundle), verify=True)
     graph = BundleGraph.from_bundle(opened, "model", precision)
-    return Scorer(opened.root, opened.manifest, TritonRunner(graph, url=url, model=model, max_batch=max_batch, timeout_s=timeout_s))
+    return Scorer(opened, TritonRunner(graph, url=url, model=model, max_batch=max_batch, timeout_s=timeout_s))

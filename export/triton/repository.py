@@ -30,7 +30,6 @@ from salad.bundle import Bundle
 from salad.errors import ConfigError
 from salad.manifest import (
     PRECISIONS,
-    Manifest,
     atomic_directory,
 )
 
@@ -122,7 +121,7 @@ def export_triton(
             (tmp / names[key] / "config.pbtxt").write_text(config_text(config), encoding="utf-8")
         measured = check_chain(tmp, opened, encoder, scorer, names, precision, max_batch)
         (tmp / "README.md").write_text(
-            repository_readme(manifest, names, configs, precision, max_batch, tensorrt_accelerator, root, measured), encoding="utf-8",
+            repository_readme(opened, names, configs, precision, max_batch, tensorrt_accelerator, measured), encoding="utf-8",
         )
     return out
 
@@ -140,10 +139,11 @@ def _shape(tensor: Mapping[str, Any]) -> str:
 
 
 def repository_readme(
-    manifest: Manifest, names: Mapping[str, str], configs: Mapping[str, Mapping[str, Any]], precision: str, max_batch: int,
-    tensorrt_accelerator: bool, bundle: Path, measured: Mapping[str, float],
+    bundle: Bundle, names: Mapping[str, str], configs: Mapping[str, Mapping[str, Any]], precision: str, max_batch: int,
+    tensorrt_accelerator: bool, measured: Mapping[str, float],
 ) -> str:
     """How to serve this repository and send it a film: written next to the models, with their real names."""
+    manifest = bundle.manifest
     ensemble = names["ensemble"]
     t = manifest.threshold
     rows = [
@@ -161,7 +161,7 @@ def repository_readme(
     achieved = ", ".join(f"{k} {v:.3f}" for k, v in (t.get("achieved") or {}).items() if v is not None)
     return f"""# Triton model repository `{ensemble}` (salad-edge {salad.__version__})
 
-Written by `salad export-triton` from the bundle `{bundle.name}` (created {manifest.created}) at precision
+Written by `salad export-triton` from the bundle `{bundle.root.name}` (created {manifest.created}) at precision
 **{precision}**: memory bank of {manifest.bank.get('rows')} rows (sha256 `{str(manifest.bank.get('sha256', ''))[:16]}…`), K = {manifest.k}.
 Send requests to the ensemble `{ensemble}`; it runs `{names['encoder']}` then `{names['scorer']}`.
 

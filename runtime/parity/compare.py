@@ -233,7 +233,7 @@ class _Runs:
         declared = runner_class(runtime).options
         options = {k: v for k, v in self.options.items() if k in declared}
         runner = create_runner(runtime, graph, max_batch=self.max_batch, device=device or self.device, **options)
-        return Scorer(self.root, self.manifest, runner)
+        return Scorer(self.bundle, runner)
 
     def outputs(self, runtime: str, precision: str, device: str | None = None) -> tuple[Outputs, str]:
         """The runtime's outputs for every film of the input set, and the device they were computed on."""
