@@ -1,0 +1,49 @@
+"""The opened Bundle is what stages pass (issue 27): one reader of manifest.json, no (root, manifest) pairs."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+#: The package folders mapped into the salad namespace (tests/test_style.py's ALLOWED_STAGES).
+PACKAGES = ("salad", "train", "runtime", "export", "calibration", "serve", "similarity", "cli")
+#: The stage folders: the core below them (salad/manifest*.py, salad/journal.py) builds the Bundle and cannot take one.
+STAGES = tuple(p for p in PACKAGES if p != "salad")
+#: Where read_manifest may be called: its definition and Bundle.open.
+READERS = {"salad/manifest.py", "salad/bundle.py"}
+#: Parameter names that hold a bundle's folder when annotated as a path.
+ROOT_NAMES = {"root", "bundle", "path"}
+
+
+def _sources(folders: tuple[str, ...]) -> list[Path]:
+    return sorted(f for folder in folders if (REPO / folder).is_dir() for f in (REPO / folder).rglob("*.py"))
+
+
+def test_read_manifest_is_called_only_by_bundle_open() -> None:
+    offenders = []
+    for path in _sources(PACKAGES):
+        rel = path.relative_to(REPO).as_posix()
+        if rel in READERS:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call):
+                name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+                if name == "read_manifest":
+                    offenders.append(f"{rel}:{node.lineno}")
+    assert not offenders, "read_manifest( outside Bundle.open; use salad.bundle.Bundle.open(...):\n  " + "\n  ".join(offenders)
+
+
+def test_no_stage_function_takes_a_bundle_folder_and_its_manifest() -> None:
+    offenders = []
+    for path in _sources(STAGES):
+        rel = path.relative_to(REPO).as_posix()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            args = [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]
+            names = {a.arg: ast.unparse(a.annotation) if a.annotation else "" for a in args}
+            folders = [n for n in ROOT_NAMES & names.keys() if "Path" in names[n]]
+            if "manifest" in names and folders:
+                offenders.append(f"{rel}:{node.lineno} {node.name}({', '.join(names)})")
+    assert not offenders, "(root, manifest) signatures; take a salad.bundle.Bundle instead:\n  " + "\n  ".join(offenders)
