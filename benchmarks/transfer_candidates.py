@@ -148,9 +148,10 @@ def rules(bank: Features, k: int) -> dict[str, Callable[[Features], np.ndarray]]
 
 
 def centre_minus_mean(films: np.ndarray) -> np.ndarray:
-    s = films.shape[-1]
-    q = s // 4
-    return films[:, 0, q : s - q, q : s - q].mean(axis=(1, 2)) - films[:, 0].mean(axis=(1, 2))
+    """The one centre statistic (salad.train.tilt), on numpy films."""
+    from salad.train.tilt import centre_minus_mean as centre
+
+    return centre(torch.from_numpy(films)).numpy()
 
 
 def evaluate_run(run_dir: Path, split: str) -> dict[str, Any]:

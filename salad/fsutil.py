@@ -302,8 +302,11 @@ def exchange_paths(a: Path, b: Path) -> bool:
     return int(renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)) == 0
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `path` via a pid-tagged temporary, fsync, rename and directory fsync: old or new content, never half."""
+def write_atomic(path: Path, data: bytes, sync_dir: bool = True) -> None:
+    """Write `path` via a pid-tagged temporary, fsync, rename and directory fsync: old or new content, never half.
+
+    `sync_dir=False` leaves the directory fsync to a caller that fsyncs the folder once for a batch of files.
+    """
     tmp = path.with_name(temp_name(f".{path.name}.tmp-"))
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, file_mode())
@@ -316,7 +319,8 @@ def write_atomic(path: Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-    fsync_dir(path.parent)
+    if sync_dir:
+        fsync_dir(path.parent)
 
 
 def fsync_dir(folder: Path) -> None:

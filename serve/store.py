@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from salad.errors import DataError
-from salad.fsutil import file_mode, fsync_dir, pid_alive, temp_name, write_atomic
+from salad.fsutil import fsync_dir, pid_alive, temp_name, write_atomic
 
 from .ledger import Ledger, append_line, film_key, repair, split_key
 
@@ -245,7 +245,7 @@ class Store:
         for key, data in reports:
             path = self.sr_path(key)
             try:
-                _write_synced(path, data)
+                write_atomic(path, data, sync_dir=False)  # sr/ is fsynced once for the batch
             except OSError as exc:
                 done.append(exc)
                 continue
@@ -283,22 +283,6 @@ class Store:
         fsync_dir(self.dead_letter)
         fsync_dir(self.outbox)
         return target
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    """write_atomic without its directory fsync (the caller fsyncs the folder once for a batch): old or new, never half."""
-    tmp = path.with_name(temp_name(f".{path.name}.tmp-"))
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, file_mode())
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
 
 
 def _mtime_ns(path: Path) -> int:
