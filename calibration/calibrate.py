@@ -4,9 +4,9 @@ Order: every cheap check (request, bundle sha256s, calibration films) runs befor
 The variant is built in a staging copy of the bundle (hard links, a sibling directory) and measured
 there with the parity harness (salad.runtime.compare) exactly as `salad parity` will measure it
 later. Only a variant that meets its precision's tolerances is committed, in one atomic step (see
-`_Staging.commit`): a killed calibration leaves either the old bundle, whose accepted variants are
-all still there, or the new one. The whole run holds the bundle's writer lock, so two calibrations
-never interleave. The report is written either way (a rejected one as <precision>.rejected.*).
+`Staging.commit`): a killed calibration leaves either the old bundle, whose accepted variants are
+all still there, or the new one. The whole run is one `Bundle.edit` (the bundle's writer lock), so
+two calibrations never interleave. The report is written either way (a rejected one as <precision>.rejected.*).
 """
 
 from __future__ import annotations
@@ -19,11 +19,6 @@ import numpy as np
 
 from salad.bundle import Bundle
 from salad.errors import BundleError, CalibrationError, CalibrationRejectedError, CalibrationUsageError, SaladError
-from salad.fsutil import sigterm_as_interrupt, sweep_stale, writer_lock
-from salad.manifest import (
-    complete_journal,
-    is_bundle,
-)
 from salad.metrics import detection_metrics, has_both_classes
 from salad.renames import renamed_keywords
 
@@ -80,12 +75,8 @@ def calibrate_bundle(
     """
     root = Path(bundle)
     _check_request(precision, method, films, min_films, max_auc_drop, labelled, min_channels, latency_runs)
-    if not is_bundle(root):
-        Bundle.open(root)  # the "not a bundle" error
-    with sigterm_as_interrupt(), writer_lock(root):  # one writer at a time; SIGTERM cleans up like Ctrl-C
-        complete_journal(root)  # a commit a killed writer left half-done is finished first
-        sweep_stale(root.resolve())  # staging copies and pending files of dead writers
-        opened = Bundle.open(root, verify=True)
+    with Bundle.edit(root) as edit:  # one writer at a time; a left journal is finished, SIGTERM cleans up like Ctrl-C
+        opened = edit.bundle
         manifest = opened.manifest
         existing = [k for k in (manifest.graph_key(g, precision) for g in VARIANT_GRAPHS) if k in manifest.graphs]
         if existing and not force:
@@ -145,7 +136,7 @@ def calibrate_bundle(
                     + parity.failure_records,
                 )
             if fits:
-                stage.commit(precision, report, in_bundle)
+                stage.commit(edit, precision, report, in_bundle)
         return report
 
 

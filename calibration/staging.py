@@ -2,8 +2,8 @@
 
 The copy is a sibling directory of hard links; the variant's graphs are written there, listed in the
 copy's manifest and measured. `Staging.commit` then moves them into the bundle under pending names
-and commits a journal (salad.manifest.commit_journal): a killed calibration leaves either the old
-bundle or the new one.
+and commits them through the calibration's `Bundle.edit` (one journal): a killed calibration leaves
+either the old bundle or the new one.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import salad
-from salad.bundle import Bundle
+from salad.bundle import Bundle, BundleEdit
 from salad.errors import CalibrationError
 from salad.fsutil import temp_name
-from salad.manifest import GraphSpec, Manifest, commit_journal, confined, pending_name
+from salad.manifest import GraphSpec, Manifest
 
 from .report import CalibrationReport
 
@@ -133,20 +133,19 @@ class Staging:
         if problems:
             raise CalibrationError(f"the {precision} graphs are not valid:\n  " + "\n  ".join(problems))
 
-    def commit(self, precision: str, report: CalibrationReport, report_in_bundle: bool) -> None:
-        """Commit the variant (and its report) to the bundle in one atomic step; call with the writer lock held.
+    def commit(self, edit: BundleEdit, precision: str, report: CalibrationReport, report_in_bundle: bool) -> None:
+        """Commit the variant (and its report) to the bundle in one atomic step, through the calibration's `Bundle.edit`.
 
-        1. the variant's files (and report) are moved into the bundle under pending names (.NAME.pending-PID),
+        1. the variant's files (and report) are moved into the bundle under pending names (`edit.stage`),
            which the current manifest does not list, so the bundle still verifies as before;
-        2. the journal (the renames + the complete new manifest) is written with one atomic rename —
-           the commit point;
-        3. the renames and manifest.json are applied and the journal removed (complete_journal, which
-           the next writer or reader repeats, idempotently, if this process is killed in step 3).
+        2. `edit.commit` writes the journal (the renames + the complete new manifest) with one atomic
+           rename — the commit point — then applies the renames and manifest.json and removes the journal
+           (salad.journal.complete_journal repeats this, idempotently, if this process is killed there).
         Killed before step 2: the old bundle with every accepted variant, plus pending files a later run sweeps.
         """
         staged = self.manifest()
         keys = [staged.graph_key(g, precision) for g in VARIANT_GRAPHS]
-        current = Bundle.open(self.root, verify=False).manifest
+        current = edit.manifest
         moves: list[tuple[Path, str]] = [(self.path / staged.graphs[k].file, staged.graphs[k].file) for k in keys]
         report_name = None
         if report_in_bundle:
@@ -155,36 +154,24 @@ class Staging:
             for kind, final in report.file_names().items():
                 moves.append((Path(written[kind]), f"{REPORT_DIR}/{final}"))
             report_name = f"{REPORT_DIR}/{report.file_names()['json']}"
-        renames: list[tuple[str, str]] = []
-        try:
-            for source, final in moves:
-                pending = pending_name(final)
-                target = confined(self.root, pending)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(source, target)
-                renames.append((pending, final))
-            for k in keys:
-                current.graphs[k] = staged.graphs[k]
-                current.graphs[k].details["parity"] = {
-                    m: report.parity.get(m)
-                    for m in ("images", "label_agreement", "delta_auc", "max_abs_score_diff", "embedding_cosine_min")
-                }
-            current.parity[precision] = dict(report.tolerances)
-            current.calibration[precision] = {
-                **report.calibration,
-                "layers_in_float": list(report.layers_in_float),
-                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                "report": report_name or _relative(report.files.get("json"), self.root),
+        for source, final in moves:
+            edit.stage(final, source)
+        for k in keys:
+            current.graphs[k] = staged.graphs[k]
+            current.graphs[k].details["parity"] = {
+                m: report.parity.get(m)
+                for m in ("images", "label_agreement", "delta_auc", "max_abs_score_diff", "embedding_cosine_min")
             }
-            commit_journal(self.root, renames, current)
-        except BaseException:
-            if not (self.root / ".journal.json").exists():  # not committed: the pending files are litter
-                for pending, _ in renames:
-                    (self.root / pending).unlink(missing_ok=True)
-            raise
+        current.parity[precision] = dict(report.tolerances)
+        current.calibration[precision] = {
+            **report.calibration,
+            "layers_in_float": list(report.layers_in_float),
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "report": report_name or _relative(report.files.get("json"), self.root),
+        }
+        edit.commit()
         if report_in_bundle:
             report.files = {kind: str(self.root / REPORT_DIR / name) for kind, name in report.file_names().items()}
-        Bundle.open(self.root, verify=True)
 
 
 def unstage(report: CalibrationReport, staging: Path, root: Path) -> None:

@@ -4,14 +4,18 @@ Every stage that reads a bundle (export validation, Triton export, calibration, 
 Scorer) goes through `Bundle`, so the memory bank, the reference films, the threshold and the quiet
 CPU ONNX Runtime session are each read or opened in one place. Files are opened only through
 `Manifest.path_of`, so everything read is a file the manifest vouches for with a sha256.
+Every change to an existing bundle (calibration, similarity attach) goes through `Bundle.edit`: the
+one writer (lock, roll-forward of a left journal, staged files, one journal commit, cleanup).
 Needs numpy only; onnxruntime is imported by `session` when asked for one.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -21,13 +25,25 @@ import numpy as np
 
 from salad.drift import STYLE_CALIBRATION_FILE
 from salad.errors import BundleError
+from salad.fsutil import pid_alive, sigterm_as_interrupt, sweep_stale, writer_lock
 from salad.graphbank import bank_digest
-from salad.manifest import MANIFEST, GraphSpec, Manifest, read_manifest
+from salad.manifest import (
+    JOURNAL,
+    MANIFEST,
+    GraphSpec,
+    Manifest,
+    commit_journal,
+    complete_journal,
+    confined,
+    is_bundle,
+    pending_name,
+    read_manifest,
+)
 from salad.scoring import DEFAULT_SCORE, SCORE_NAMES
 
 __all__ = [
     "BANK_DATA_FILE", "BANK_FILE", "BANK_INPUT", "CHECKPOINT_FILE", "EMBEDDING", "ENCODER_FILE", "IMAGE_INPUT",
-    "MANIFEST", "MODEL_FILE", "REFERENCE_FILE", "REFERENCE_KEYS", "SCORER_FILE", "Bundle", "Threshold",
+    "MANIFEST", "MODEL_FILE", "REFERENCE_FILE", "REFERENCE_KEYS", "SCORER_FILE", "Bundle", "BundleEdit", "Threshold",
     "quiet_session",
 ]
 
@@ -89,6 +105,33 @@ class Bundle:
     ) -> Bundle:
         """Read and check BUNDLE/manifest.json (salad.manifest.read_manifest: schema, fields, digests, sha256s)."""
         return cls(path, read_manifest(path, verify=verify, graphs=graphs))
+
+    @classmethod
+    @contextmanager
+    def edit(cls, path: str | os.PathLike[str]) -> Iterator[BundleEdit]:
+        """The one way to change an existing bundle: `with Bundle.edit(root) as edit: edit.stage(...); edit.manifest...`.
+
+        Holds the bundle's writer lock (real path) for the block with SIGTERM as Ctrl-C, first rolls
+        forward a journal a killed writer left and sweeps dead writers' temporaries, then yields a
+        `BundleEdit` on the verified bundle. Leaving the block normally commits what changed (staged
+        files and the manifest) as one journal, unless `edit.commit()` already did; an error, Ctrl-C or
+        SIGTERM before the commit point removes the staged files and leaves the bundle as it was.
+        """
+        root = Path(path)
+        if not is_bundle(root):
+            cls.open(root)  # the "not a bundle" error, before a lock file is made beside it
+        with sigterm_as_interrupt(), writer_lock(root):
+            complete_journal(root)  # a commit a killed writer left half-done is finished first
+            sweep_stale(root.resolve())  # staging copies and pending files of dead writers
+            _sweep_pending(root)
+            edit = BundleEdit(cls.open(root, verify=True))
+            try:
+                yield edit
+                if edit.changed:
+                    edit.commit()
+            except BaseException:
+                edit.discard()
+                raise
 
     def __repr__(self) -> str:
         return f"Bundle({str(self.root)!r})"
@@ -248,3 +291,74 @@ class Bundle:
         counts = {key: (None if (v := self.drift_calibration(key)) is None else len(v)) for key in ("normal_scores", "normal_exposure")}
         return {"score_films": counts["normal_scores"], "exposure_films": counts["normal_exposure"],
                 "style_attached": STYLE_CALIBRATION_FILE in self.manifest.files}
+
+
+class BundleEdit:
+    """One change to a bundle, made inside `Bundle.edit`: files staged under pending names and the new manifest.
+
+    `bundle` is the bundle as it stood when the lock was taken (after `commit`, as committed); `manifest`
+    is a private copy of its manifest to change (or replace). Nothing the bundle lists changes until
+    `commit`, so a reader meanwhile sees the old bundle whole.
+    """
+
+    def __init__(self, bundle: Bundle) -> None:
+        self.bundle = bundle
+        self.manifest = Manifest.from_dict(json.loads(json.dumps(bundle.manifest.to_dict())))
+        self.renames: list[tuple[str, str]] = []
+        self.committed = False
+
+    @property
+    def root(self) -> Path:
+        return self.bundle.root
+
+    @property
+    def changed(self) -> bool:
+        """Whether there is anything to commit: staged files, or a manifest that differs from the bundle's."""
+        return not self.committed and (bool(self.renames) or self.manifest.to_dict() != self.bundle.manifest.to_dict())
+
+    def stage(self, final: str, content: bytes | os.PathLike[str]) -> Path:
+        """Put `content` (bytes to write, or a file to move in) under the pending name of bundle file `final`; its path.
+
+        The caller lists `final` in `manifest` (with the staged file's sha256); `commit` renames it into place.
+        """
+        if self.committed:
+            raise BundleError(f"{self.root}: this edit was already committed; open another Bundle.edit for a further change.")
+        pending = pending_name(final)
+        target = confined(self.root, pending)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            with open(target, "wb") as fh:
+                fh.write(content)
+                fh.flush()
+                os.fsync(fh.fileno())
+        else:
+            os.replace(content, target)
+        self.renames.append((pending, final))
+        return target
+
+    def commit(self) -> Bundle:
+        """Commit the staged files and `manifest` in one journal (salad.journal.commit_journal); the bundle re-verified."""
+        if self.committed:
+            raise BundleError(f"{self.root}: this edit was already committed.")
+        commit_journal(self.root, self.renames, self.manifest)
+        self.committed = True
+        self.bundle = Bundle.open(self.root, verify=True)
+        return self.bundle
+
+    def discard(self) -> None:
+        """Remove the staged files of an edit that did not reach its commit point (no journal written)."""
+        if self.committed or (self.root / JOURNAL).exists():
+            return  # committed, or past the commit point: the journal's roll-forward needs them
+        for pending, _ in self.renames:
+            (self.root / pending).unlink(missing_ok=True)
+        self.renames.clear()
+
+
+def _sweep_pending(root: Path) -> None:
+    """Remove staged `.NAME.pending-PID` files of dead writers in every folder of the bundle (sweep_stale looks two deep)."""
+    for folder, _, names in os.walk(root):
+        for name in names:
+            if name.startswith(".") and ".pending-" in name:
+                pid = name.rsplit("-", 1)[-1]
+                if pid.isdigit() and not pid_alive(int(pid)):
+                    (Path(folder) / name).unlink(missing_ok=True)

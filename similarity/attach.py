@@ -1,7 +1,7 @@
 """Attach an estimator to a bundle (points + drift calibration), and read it back for ranking and drift checks.
 
 numpy + ONNX Runtime only. The bundle gains three files, listed with their sha256 in manifest.json and
-committed through the manifest's journal like every bundle change (docs/architecture.md §4):
+committed through `Bundle.edit` (one journal) like every bundle change (docs/architecture.md §4):
 `similarity/estimator.onnx` (a copy of the estimator graph, so a console checks drift with the bundle
 alone), `similarity/points.npz` (2-D latent points of the training films: no pixels), and
 `similarity/drift.json` (the estimator's sha256, its preprocessing, the drift policy and thresholds).
@@ -25,16 +25,8 @@ from salad.bundle import Bundle
 from salad.data import Sample, list_hash, read_samples
 from salad.drift import STYLE_CALIBRATION_FILE, Calibration, DriftPolicy
 from salad.errors import BundleError, DataError
-from salad.fsutil import parse_json, pid_alive, sigterm_as_interrupt, sweep_stale, writer_lock
-from salad.manifest import (
-    JOURNAL,
-    commit_journal,
-    complete_journal,
-    confined,
-    pending_name,
-    sha256_file,
-    verify_files,
-)
+from salad.fsutil import parse_json
+from salad.manifest import sha256_file, verify_files
 
 from .distance import per_film_distance
 from .estimator import Estimator, Latent, load_points, preprocessing_of, short
@@ -107,37 +99,13 @@ def attach(estimator: str | os.PathLike[str], bundle: str | os.PathLike[str], da
 
 
 def _commit(root: Path, contents: dict[str, bytes], force: bool) -> None:
-    """Stage the files under pending names, then one journal commit of them and the new manifest (manifest.py)."""
-    with sigterm_as_interrupt(), writer_lock(root):
-        complete_journal(root)
-        sweep_stale(root.resolve())
-        for entry in (root / FOLDER).glob(".*.pending-*") if (root / FOLDER).is_dir() else []:  # sweep_stale looks one level up
-            pid = entry.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and not pid_alive(int(pid)):
-                entry.unlink(missing_ok=True)
-        current = Bundle.open(root, verify=True).manifest
-        present = [f for f in contents if f in current.files]
+    """Stage the files and list them with their sha256 in one `Bundle.edit`, which commits them with the new manifest."""
+    with Bundle.edit(root) as edit:
+        present = [f for f in contents if f in edit.manifest.files]
         if present and not force:
             raise BundleError(f"{root}: already has an attached estimator ({', '.join(present)}); pass --force to replace it.")
-        renames: list[tuple[str, str]] = []
-        try:
-            for final, data in contents.items():
-                pending = pending_name(final)
-                target = confined(root, pending)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with open(target, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                renames.append((pending, final))
-                current.files[final] = sha256_file(target)
-            commit_journal(root, renames, current)
-        except BaseException:
-            if not (root / JOURNAL).exists():
-                for pending, _ in renames:
-                    (root / pending).unlink(missing_ok=True)
-            raise
-    Bundle.open(root, verify=True)
+        for final, data in contents.items():
+            edit.manifest.files[final] = sha256_file(edit.stage(final, data))
 
 
 @dataclass

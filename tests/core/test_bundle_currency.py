@@ -47,3 +47,24 @@ def test_no_stage_function_takes_a_bundle_folder_and_its_manifest() -> None:
             if "manifest" in names and folders:
                 offenders.append(f"{rel}:{node.lineno} {node.name}({', '.join(names)})")
     assert not offenders, "(root, manifest) signatures; take a salad.bundle.Bundle instead:\n  " + "\n  ".join(offenders)
+
+
+#: The one writer of an existing bundle (Bundle.edit) and the journal below it: the only callers of the commit steps.
+WRITERS = {"salad/journal.py", "salad/bundle.py"}
+#: The steps of a commit: no stage stages, commits or rolls forward a change on its own.
+COMMIT_STEPS = {"commit_journal", "pending_name", "check_journal"}
+
+
+def test_only_bundle_edit_commits_a_change_to_a_bundle() -> None:
+    offenders = []
+    for path in _sources(PACKAGES):
+        rel = path.relative_to(REPO).as_posix()
+        if rel in WRITERS:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call):
+                name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+                if name in COMMIT_STEPS:
+                    offenders.append(f"{rel}:{node.lineno} {name}(")
+    assert not offenders, "a bundle change committed outside Bundle.edit; use `with Bundle.edit(root) as edit:`:\n  " + "\n  ".join(
+        offenders)

@@ -26,15 +26,15 @@ SALAD = Path(sys.executable).parent / "salad"
 FILM = sorted((SAMPLE_EVAL / "normal").glob("*.jpeg"))[0]
 READS = (["score", "{b}", str(FILM)], ["inspect", "{b}"], ["parity", "{b}"])
 
-#: A real writer that commits a new file (notes.txt) through the journal; argv[2] says what happens at the commit
+#: A real writer that commits a new file (notes.txt) through Bundle.edit; argv[2] says what happens at the commit
 #: point: "die" (killed right after the journal is written, like kill -9) or "slow" (applies it 5 s later).
 _WRITER = textwrap.dedent(
     """
     import os, sys, time
     from pathlib import Path
     import salad.journal as journal
-    from salad.fsutil import writer_lock
-    from salad.manifest import commit_journal, pending_name, read_manifest, sha256_file
+    from salad.bundle import Bundle
+    from salad.manifest import sha256_file
 
     root, mode = Path(sys.argv[1]), sys.argv[2]
     apply = journal._apply
@@ -46,12 +46,9 @@ _WRITER = textwrap.dedent(
         apply(*args)
 
     journal._apply = at_commit_point
-    with writer_lock(root):
-        manifest = read_manifest(root, verify=True)
-        staged = pending_name("notes.txt")
-        (root / staged).write_text("a note committed with the journal\\n")
-        manifest.files["notes.txt"] = sha256_file(root / staged)
-        commit_journal(root, [(staged, "notes.txt")], manifest)
+    with Bundle.edit(root) as edit:
+        staged = edit.stage("notes.txt", b"a note committed with the journal\\n")
+        edit.manifest.files["notes.txt"] = sha256_file(staged)
     """
 )
 
