@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from salad.dicom_display import display_values, stretch
 from salad.errors import DataError
 from salad.filmcheck import check_film
 from salad.progress import progress
@@ -288,13 +289,7 @@ def _to_unit_range(img: np.ndarray, path: Path) -> np.ndarray:
 def _stretch(arr: np.ndarray) -> np.ndarray:
     """Min/max to [0, 1] in float32 (one working copy, scaled in place): never float64."""
     out = np.asarray(arr, dtype=np.float32)
-    lo, hi = float(out.min()), float(out.max())
-    if hi <= lo:
-        return np.zeros(out.shape, dtype=np.float32)
-    out = out - np.float32(lo)
-    out /= np.float32(hi - lo)
-    np.clip(out, 0.0, 1.0, out=out)
-    return out
+    return stretch(out, float(out.min()), float(out.max()))
 
 
 def read_dicom(path: Path) -> np.ndarray:
@@ -306,7 +301,6 @@ def read_dicom(path: Path) -> np.ndarray:
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     size = _check_file(path)
     try:
@@ -361,24 +355,7 @@ def read_dicom(path: Path) -> np.ndarray:
         raise DataError(f"{path}: cannot decode pixel data (transfer syntax {name}): {' '.join(str(exc).split())}. {hint}") from exc
     if raw.shape != (rows, cols):
         raise DataError(f"{path}: decoded shape {raw.shape} does not match Rows×Columns {rows}×{cols}.")
-    try:
-        values = apply_modality_lut(raw, ds)
-        if "VOILUTSequence" in ds or "WindowCenter" in ds:
-            values = apply_voi_lut(values, ds, index=0, prefer_lut=True)
-    except (TypeError, ValueError, IndexError, KeyError, AttributeError) as exc:  # a malformed LUT sequence
-        raise DataError(f"{path}: cannot apply the DICOM modality/VOI LUT ({type(exc).__name__}: {exc}); tags {params}.") from exc
-    values = np.asarray(values, dtype=np.float32)
-    if not np.all(np.isfinite(values)):
-        bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
-        raise DataError(
-            f"{path}: {bad:,} pixel(s) are NaN or infinite after the modality/VOI LUT (tags {params}); "
-            "expected finite values. Fix the rescale/window tags at the modality and re-send the film."
-        )
-    unit = _stretch(values)
-    if photometric == "MONOCHROME1":
-        # MONOCHROME1 shows its lowest value as white: invert so that bone is bright like MONOCHROME2.
-        unit = np.float32(1.0) - unit
-    return unit
+    return display_values(raw, ds, photometric, path, params)
 
 
 def _check_modality(ds: Any, path: Path) -> None:
