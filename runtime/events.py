@@ -65,10 +65,29 @@ class Scored:
     result: Result
 
 
+@dataclass(frozen=True)
+class ScoredBatch:
+    """The films of one runner batch (up to the Scorer's `max_batch`), each after its `Scored` event, in input order."""
+
+    scored: tuple[Scored, ...]
+
+
+def _go_on(batch: ScoredBatch) -> bool:
+    return True
+
+
 #: After a film is decoded and preprocessed, before it is scored.
 PREPARED: NotificationEvent[Prepared] = NotificationEvent("prepared", "film decoded and preprocessed")
 #: After a film is scored, or refused (then `result.error` is set): once per Result the Scorer returns.
 SCORED: NotificationEvent[Scored] = NotificationEvent("scored", "film scored or refused")
+#: After the `scored` events of one runner batch. Its one handler acts on the batch as a whole and returns whether
+#: the Scorer goes on (False: the call returns the Results so far; the films after the batch are neither scored nor
+#: announced). An intervention, not a notification, for a listener whose work must hold for the whole batch or stop
+#: the work: the DICOM node makes each batch durable in one order (SRs, rows with one fsync, then the inbox
+#: entries; serve/worker.py), which one listener per film cannot do, and a failure there must reach the caller
+#: (a full disk: the films stay queued; anything else stops the node) instead of being logged and passed over.
+BATCH_SCORED: InterventionEvent[ScoredBatch, bool] = InterventionEvent(
+    "batch-scored", "one runner batch scored; the handler says whether scoring goes on", default=_go_on)
 
 
 class Events:

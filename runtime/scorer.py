@@ -4,8 +4,9 @@
 the runner for the bundle's merged "model" graph at the requested precision, and activates it on
 first use. Every runtime therefore sees exactly the same preprocessed tensors, and every label
 comes from the one decision rule (salad.scoring.decide) at the threshold stored in the bundle.
-Listeners (the drift guard, a progress bar) bind to its events (runtime/events.py): `prepared` for each
-film decoded, `scored` for each Result, so a film is decoded once whoever else needs it.
+Listeners (the drift guard, a progress bar, the DICOM node) bind to its events (runtime/events.py): `prepared` for
+each film decoded, `scored` for each Result, `batch-scored` for each runner batch, so a film is decoded once whoever
+else needs it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,18 @@ from salad.preprocess import PreprocessConfig, preprocess
 from salad.scoring import KNN_ANGLE, SCORE_NAMES, decide
 
 from .base import BundleGraph, Runner, create_runner
-from .events import PREPARED, SCORED, Events, InterventionEvent, NotificationEvent, P, Prepared, Scored
+from .events import (
+    BATCH_SCORED,
+    PREPARED,
+    SCORED,
+    Events,
+    InterventionEvent,
+    NotificationEvent,
+    P,
+    Prepared,
+    Scored,
+    ScoredBatch,
+)
 from .result import Result, Timings
 
 ImageInput: TypeAlias = "str | os.PathLike[str] | np.ndarray"
@@ -58,7 +70,7 @@ class Scorer:
     @classmethod
     def from_bundle(
         cls,
-        path: str | os.PathLike[str],
+        path: Bundle | str | os.PathLike[str],
         runtime: str = "onnxruntime",
         precision: str = "fp32",
         device: str | None = None,
@@ -67,15 +79,13 @@ class Scorer:
     ) -> Scorer:
         """Verify the bundle, then prepare (not yet activate) `runtime` on its "model" graph at `precision`.
 
+        `path` may be a Bundle already opened by `open_to_score` (a caller that reads it too opens it once).
         `device` defaults to the runtime's own default (cpu for torch and onnxruntime, cuda:0 for
         tensorrt); `runner_options` go to the backend (e.g. threads=2, cache_dir=…).
         """
         if precision not in PRECISIONS:
             raise ConfigError(f"precision {precision!r}; expected one of {list(PRECISIONS)}.")
-        root = Path(path)
-        # Verify what this scorer reads, every time, and nothing else: the ONNX runtimes read the chosen graph
-        # (and its external data or bank); the torch reference reads the checkpoint too, so it verifies all.
-        opened = Bundle.open(root, verify=True, graphs=None if runtime == "torch" else [("model", precision)])
+        opened = path if isinstance(path, Bundle) else open_to_score(path, runtime, precision)
         graph = BundleGraph.from_bundle(opened, "model", precision)
         runner = create_runner(runtime, graph, max_batch=max_batch, device=device, **runner_options)
         return cls(opened, runner)
@@ -138,7 +148,8 @@ class Scorer:
 
         With on_error="record", an image that cannot be read or preprocessed gives a Result with
         `error` set and the others are still scored; with "raise" (default) its DataError propagates.
-        Each film decoded is announced as PREPARED, each Result as SCORED, in input order (runtime/events.py).
+        Each film decoded is announced as PREPARED, each Result as SCORED, in input order, and each runner batch as
+        BATCH_SCORED, whose handler may stop the call there (runtime/events.py).
         """
         if on_error not in ("raise", "record"):
             raise ConfigError(f"on_error={on_error!r}; expected 'raise' or 'record'.")
@@ -168,10 +179,14 @@ class Scorer:
                 self.events.notify(PREPARED, Prepared(first + start + offset, name, image, tensor))
             if tensors:
                 self._infer(tensors, done, results, on_error)
+            batch: list[Scored] = []
             for index in range(start, start + len(chunk)):
                 result = results[index]
                 if result is not None:
-                    self.events.notify(SCORED, Scored(first + index, result))
+                    batch.append(Scored(first + index, result))
+                    self.events.notify(SCORED, batch[-1])
+            if not self.events.intervene(BATCH_SCORED, ScoredBatch(tuple(batch))):
+                break  # the batch's handler stops the call: the films after it stay unscored and unannounced
         return [r for r in results if r is not None]
 
     def _infer(self, tensors: list[np.ndarray], done: list[tuple[int, str | None, float]], results: list[Result | None],
@@ -223,6 +238,15 @@ class Scorer:
                 f"{where}: input 'image' has shape {image.shape}, but the bundle preprocesses to [batch, 1, {s}, {s}]. "
                 "The manifest is inconsistent; re-export the bundle."
             )
+
+
+def open_to_score(path: str | os.PathLike[str], runtime: str = "onnxruntime", precision: str = "fp32") -> Bundle:
+    """The bundle, verified as a Scorer on `runtime` at `precision` needs it: what it reads, every time, and nothing else.
+
+    The ONNX runtimes read the chosen graph (and its external data or bank); the torch reference reads the checkpoint
+    too, so it verifies all.
+    """
+    return Bundle.open(Path(path), verify=True, graphs=None if runtime == "torch" else [("model", precision)])
 
 
 def _expand(inputs: ImageInput | Sequence[ImageInput]) -> list[tuple[str | None, str | os.PathLike[str] | np.ndarray]]:

@@ -1,8 +1,9 @@
 """The node: intake (SCP and watch folder) → disk queue → one scoring worker → rows, SRs, outbox.
 
 Threads: pynetdicom's association threads and the watcher only store and acknowledge (serve/intake.py); one
-worker owns the activated Scorer and scores whatever waits in inbox/ in batches of up to `max_batch`
-(serve/worker.py); the forwarder empties outbox/. The main thread supervises and, on SIGTERM or Ctrl-C, drains:
+worker owns the activated Scorer and scores whatever waits in inbox/ in batches of up to `max_batch`, its rows and
+SRs listening to the Scorer's events and each batch committed on its `batch-scored` event (serve/worker.py); the
+forwarder empties outbox/. The main thread supervises and, on SIGTERM or Ctrl-C, drains:
 it stops taking new films, scores the queue, forwards once more, then returns. docs/architecture.md §11.
 """
 

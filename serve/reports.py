@@ -1,4 +1,5 @@
-"""The SRs of scored films: rendered from the node's template, made durable together, queued for forwarding, audited."""
+"""The SRs of scored films: rendered from the node's template as the Scorer announces each, made durable together per
+batch, queued for forwarding, audited."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ from pydicom.uid import generate_uid
 from salad.errors import SaladError
 from salad.fsutil import fsync_dir
 from salad.runtime import Result
+from salad.runtime.events import Scored
 
 from .audit import AuditLog
 from .config import NodeConfig
 from .forward import Forwarder
+from .rows import Batch
 from .sr_template import ReportTemplate
 from .store import Store
 
@@ -25,7 +28,7 @@ log = logging.getLogger("salad.serve")
 
 
 @dataclass(frozen=True)
-class Scored:
+class ScoredFilm:
     """One scored film on its way to an SR: its inbox key, header (None: unreadable), result, and whether its UID collides."""
 
     key: str
@@ -35,38 +38,62 @@ class Scored:
 
 
 class Reports:
-    """Writes sr/KEY.dcm for scored films; `forwarder`, when set, is woken for each batch queued in outbox/."""
+    """The SR writer: renders a labelled film's SR on the Scorer's `scored` event, writes a batch's SRs on commit.
 
-    def __init__(self, config: NodeConfig, store: Store, template: ReportTemplate, audit: AuditLog) -> None:
+    `forwarder`, when set, is woken once a batch's SRs are in outbox/: it cannot listen to `scored` itself, since an SR
+    may be forwarded only once it is durable, which is after the event (runtime/events.py, BATCH_SCORED).
+    """
+
+    def __init__(self, config: NodeConfig, store: Store, template: ReportTemplate, audit: AuditLog,
+                 batch: Batch | None = None) -> None:
         self.config, self.store, self.template, self.audit = config, store, template, audit
+        self.batch = batch if batch is not None else Batch()
         self.forwarder: Forwarder | None = None
+        self.staged: dict[int, tuple[ScoredFilm, tuple[bytes, str] | Exception]] = {}  # by the event's index
+
+    def on_scored(self, event: Scored) -> None:
+        """A labelled film's SR rendered (not yet written); an error row gets none."""
+        result = event.result
+        if result.ok and result.label is not None:
+            film = self.batch.film(result.path)
+            scored = ScoredFilm(film.item.key, film.header, result, film.collision)
+            self.staged[event.index] = (scored, self._try_render(scored))
+
+    def commit(self) -> dict[int, str | Exception]:
+        """The staged SRs written as one batch (write_batch's order and fsyncs), by event index: path or exception."""
+        staged, self.staged = self.staged, {}
+        indices = list(staged)
+        done = self._write([staged[i] for i in indices])
+        return dict(zip(indices, done, strict=True))
 
     def write(self, key: str, header: Dataset | None, result: Result, collision: bool = False) -> str:
         """One film's SR (the shape of serve/recovery.py's WriteSR); its path relative to RESULTS, or the error raised."""
-        [done] = self.write_batch([Scored(key, header, result, collision)])
+        [done] = self.write_batch([ScoredFilm(key, header, result, collision)])
         if isinstance(done, BaseException):
             raise done
         return done
 
-    def write_batch(self, films: list[Scored]) -> list[str | Exception]:
-        """The SRs of a batch: each rendered and fsynced, sr/ and outbox/ fsynced once, one audit write for all.
+    def write_batch(self, films: list[ScoredFilm]) -> list[str | Exception]:
+        """The SRs of `films`, rendered and written as one batch (`_write`)."""
+        return self._write([(film, self._try_render(film)) for film in films])
+
+    def _write(self, films: list[tuple[ScoredFilm, tuple[bytes, str] | Exception]]) -> list[str | Exception]:
+        """Rendered SRs made durable: each fsynced, sr/ and outbox/ fsynced once, one audit write for all.
 
         An audit line may thus reach the disk a moment before its SR's directory entry: a crash then leaves the film
         without a row, so it is scored again, its SR rewritten (the same instance) and audited once more.
 
-        Per film the SR's path relative to RESULTS, or the exception that kept it from being written (the film's
-        row then says so and the film waits in nosr/ for the next start).
+        Per film the SR's path relative to RESULTS, or the exception that kept it from being rendered or written (the
+        film's row then says so and the film waits in nosr/ for the next start).
         """
         out: list[str | Exception] = []
         rendered: list[tuple[int, str, bytes, str]] = []  # (index in films, key, bytes, SR SOP Instance UID)
-        for index, film in enumerate(films):
-            try:
-                data, uid = self._render(film)
-            except Exception as exc:  # a header highdicom cannot reference: keep the score, retry the SR at start
-                out.append(exc)
+        for index, (film, made) in enumerate(films):
+            if isinstance(made, Exception):
+                out.append(made)
                 continue
             out.append("")
-            rendered.append((index, film.key, data, uid))
+            rendered.append((index, film.key, *made))
         written = self.store.write_srs([(key, data) for _, key, data, _ in rendered], sync_folder=False)
         done = [(index, path, uid) for (index, _, _, uid), path in zip(rendered, written, strict=True) if isinstance(path, Path)]
         for (index, *_), path in zip(rendered, written, strict=True):
@@ -84,7 +111,7 @@ class Reports:
                 out[index] = exc
             return out
         else:
-            self.audit.append_many([self._audit_fields(films[index], path, uid) for index, path, uid in done])
+            self.audit.append_many([self._audit_fields(films[index][0], path, uid) for index, path, uid in done])
         finally:
             if done:
                 folder.join()
@@ -92,7 +119,13 @@ class Reports:
             out[index] = str(path.relative_to(self.store.root))
         return out
 
-    def _render(self, film: Scored) -> tuple[bytes, str]:
+    def _try_render(self, film: ScoredFilm) -> tuple[bytes, str] | Exception:
+        try:
+            return self._render(film)
+        except Exception as exc:  # a header highdicom cannot reference: keep the score, retry the SR at start
+            return exc
+
+    def _render(self, film: ScoredFilm) -> tuple[bytes, str]:
         result = film.result
         if film.header is None:
             raise SaladError("the stored header cannot be read again")
@@ -108,7 +141,7 @@ class Reports:
         self.store.queue_for_forwarding(paths)
         self.forwarder.wake.set()
 
-    def _audit_fields(self, film: Scored, path: Path, uid: str) -> tuple[str, dict[str, Any]]:
+    def _audit_fields(self, film: ScoredFilm, path: Path, uid: str) -> tuple[str, dict[str, Any]]:
         assert film.header is not None
         return ("sr", {"sop_instance_uid": str(film.header.SOPInstanceUID), "sr_sop_instance_uid": uid,
                        "sr": str(path.relative_to(self.store.root)), "label": film.result.label,

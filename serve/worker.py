@@ -1,8 +1,10 @@
-"""The scoring worker: one thread owns the activated Scorer, scores inbox/ in batches and commits each batch.
+"""The scoring worker: one thread owns the activated Scorer, scores inbox/ in batches, and commits each batch it hears.
 
-A batch is committed in the order that makes a crash harmless (docs/architecture.md §11): its SRs durable
-(serve/reports.py), then its rows with one write and one fsync (the commit point), then its inbox entries
-removed. A film killed before its row is scored again; one killed after it is dropped from inbox/ at start.
+The node's parts listen to the Scorer (runtime/events.py) instead of being called on its Results: on each `scored`
+event the ledger's listener stages the film's row (serve/rows.py) and the SR writer renders its SR (serve/reports.py);
+on each `batch-scored` event the worker's `commit` makes the batch durable in the order that makes a crash harmless
+(docs/architecture.md §11): its SRs, then its rows with one write and one fsync (the commit point), then its inbox
+entries removed. A film killed before its row is scored again; one killed after it is dropped from inbox/ at start.
 """
 
 from __future__ import annotations
@@ -11,32 +13,23 @@ import io
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import pydicom
-from pydicom.dataset import Dataset
 
-from salad.runtime import Result, Scorer
+from salad.runtime import Scorer
+from salad.runtime.events import BATCH_SCORED, SCORED, ScoredBatch
 
 from .config import NodeConfig
 from .health import Stats
 from .ledger import pixel_sha256
-from .reports import Reports, Scored
-from .rows import Judge, Received, film_ids, iso
+from .reports import Reports
+from .rows import Film, Judge, Received, Rows
 from .store import Queued, Store
 
 log = logging.getLogger("salad.serve")
-
-
-@dataclass(frozen=True)
-class Film:
-    """A queued film with what its row needs: header (None: unreadable), pixel sha256, whether its UID collides."""
-
-    item: Queued
-    header: Dataset | None
-    sha: str | None
-    collision: bool
 
 
 class Worker:
@@ -44,25 +37,43 @@ class Worker:
 
     def __init__(self, config: NodeConfig, store: Store, scorer: Scorer, judge: Judge, reports: Reports, stats: Stats,
                  received: Received, wake: threading.Event, draining: threading.Event) -> None:
-        self.config, self.store, self.scorer, self.judge, self.reports = config, store, scorer, judge, reports
+        self.config, self.store, self.scorer, self.reports = config, store, scorer, reports
         self.stats, self.received, self.wake, self.draining = stats, received, wake, draining
+        self.batch = reports.batch  # the films being scored, where the SR writer and the ledger's listener look them up
+        self.rows = Rows(store, judge, self.batch)
+        self.committed = False  # whether the last batch scored was committed (False: a full disk; the films stay queued)
+
+    @contextmanager
+    def listening(self) -> Iterator[None]:
+        """The ledger and the SR writer bound to the Scorer's `scored`, `commit` to its `batch-scored`, for a with-block."""
+        with ExitStack() as stack:
+            stack.enter_context(self.scorer.bound(SCORED, self.rows.on_scored))
+            stack.enter_context(self.scorer.bound(SCORED, self.reports.on_scored))
+            stack.enter_context(self.scorer.bound(BATCH_SCORED, self.commit))
+            yield
 
     def run(self) -> None:
         """Score batches of up to max_batch; on a full disk wait (backing off) and score the same films again."""
-        while True:
-            items = [q for q in self.store.queued() if not self._already(q)][: self.config.max_batch]
-            if not items:
-                if self.draining.is_set():
-                    return
-                self.wake.wait(0.5)
-                self.wake.clear()
-                continue
-            started = time.time_ns()
-            results = self.scorer.score([q.path for q in items], on_error="record")
-            if not self.commit(items, results, started):  # a full disk: the films stay in inbox/
-                self.draining.wait(min(30.0, self.config.retry_base_s * 2 ** min(self.stats.disk_errors, 6)))
-                if self.draining.is_set():
-                    return
+        with self.listening():
+            while True:
+                items = [q for q in self.store.queued() if not self._already(q)][: self.config.max_batch]
+                if not items:
+                    if self.draining.is_set():
+                        return
+                    self.wake.wait(0.5)
+                    self.wake.clear()
+                    continue
+                if not self.score(items):  # a full disk: the films stay in inbox/
+                    self.draining.wait(min(30.0, self.config.retry_base_s * 2 ** min(self.stats.disk_errors, 6)))
+                    if self.draining.is_set():
+                        return
+
+    def score(self, items: list[Queued]) -> bool:
+        """Score one batch (at most the Scorer's max_batch) while `listening`; whether it was committed."""
+        self.batch.begin(self._films(items), time.time_ns())
+        self.committed = False
+        self.scorer.score([q.path for q in items], on_error="record")
+        return self.committed
 
     def _already(self, item: Queued) -> bool:
         if self.store.ledger.has(item.uid, item.sha):
@@ -71,28 +82,26 @@ class Worker:
             return True
         return False
 
-    def commit(self, items: list[Queued], results: list[Result], started_ns: int) -> bool:
-        """Write the batch's SRs, then its rows (one fsync), then drop its inbox entries: the rows are the commit point.
+    def commit(self, batch: ScoredBatch) -> bool:
+        """BATCH_SCORED's handler: the batch's SRs, then its rows (one fsync), then its inbox entries gone.
 
-        False when the rows could not be written (a full disk): the films stay in inbox/ and are scored again.
+        The rows are the commit point. An intervention (its result decides, its exception stops the node with the queue
+        kept) because the order must hold for the batch as a whole and a failure must reach the worker: notification
+        listeners act per film and their errors are only logged. False (the Scorer stops) when the rows could not be
+        written (a full disk): the films stay in inbox/ and are scored again after a back-off.
         """
-        films = self._films(items)
-        rows = [self._row(film, result, started_ns) for film, result in zip(films, results, strict=True)]
-        self._reports(films, results, rows)
-        now = time.time_ns()
-        for film, row in zip(films, rows, strict=True):
-            row["timings"]["latency_ms"] = round((now - film.item.accepted_ns) / 1e6, 3)
-            row.update(received=iso(film.item.accepted_ns), scored=iso(now))
+        srs = self.reports.commit()
         try:
-            self.store.append_rows(rows)
+            done = self.rows.commit(batch, srs)
         except OSError as exc:
             why = f"cannot write a row to {self.store.rows_path} ({exc.strerror or exc})"
-            log.error("%s; %d film(s) stay in %s and are scored again", why, len(films), self.store.inbox)
+            log.error("%s; %d film(s) stay in %s and are scored again", why, len(batch.scored), self.store.inbox)
             self.stats.fail("disk", why, "disk_errors")
             return False
         self.stats.clear("disk")
-        for film, row in zip(films, rows, strict=True):
+        for film, row in done:
             self._settle(film, row)
+        self.committed = True
         return True
 
     def _films(self, items: list[Queued]) -> list[Film]:
@@ -118,38 +127,6 @@ class Worker:
             except Exception:  # unreadable now: scored (an error row, most likely) under what its name says
                 header, sha = None, item.sha  # type: ignore[assignment]
         return Film(item, header, sha, self.store.ledger.collides(item.uid, sha))
-
-    def _row(self, film: Film, result: Result, started_ns: int) -> dict[str, Any]:
-        ids = film_ids(film.header)
-        ids["sop_instance_uid"] = film.item.uid
-        row = {**self.judge.row(ids), "pixel_sha256": film.sha}
-        if film.collision:
-            row["collision"] = (f"SOP Instance UID {film.item.uid} already has a scored row for a different film (other pixel "
-                                "data); this film was kept and scored as its own. Fix the UID generation at the modality.")
-        row["timings"] = {
-            "preprocess_ms": round(result.timings.preprocess_ms, 3),
-            "inference_ms": round(result.timings.inference_ms, 3),
-            "batch_size": result.timings.batch_size,
-            "queue_ms": round((started_ns - film.item.accepted_ns) / 1e6, 3),
-        }
-        if result.ok and result.label is not None:
-            row.update(score=result.score, knn_angle=result.knn_angle, label=result.label)
-        else:
-            row.update(label=None, error=result.error)
-            log.warning("error row for %s: %s", film.item.uid, result.error)
-        return row
-
-    def _reports(self, films: list[Film], results: list[Result], rows: list[dict[str, Any]]) -> None:
-        """The SRs of the labelled films of a batch; a film whose SR failed keeps its score, its row says why."""
-        labelled = [i for i, row in enumerate(rows) if "error" not in row]
-        scored = [Scored(films[i].item.key, films[i].header, results[i], films[i].collision) for i in labelled]
-        for i, done in zip(labelled, self.reports.write_batch(scored), strict=True):
-            if isinstance(done, str):
-                rows[i]["sr"] = done
-                continue
-            rows[i]["sr"] = None
-            rows[i]["sr_error"] = f"{films[i].item.path}: no structured report ({type(done).__name__}: {done})"
-            log.error("%s", rows[i]["sr_error"])
 
     def _settle(self, film: Film, row: dict[str, Any]) -> None:
         """After its row: drop the inbox entry (or keep it in nosr/ for its SR), count it."""

@@ -12,7 +12,7 @@ from salad.errors import ConfigError
 from salad.imageio import read_image
 from salad.preprocess import preprocess
 from salad.runtime import Scorer
-from salad.runtime.events import PREPARED, SCORED, Events, InterventionEvent, Prepared, Scored
+from salad.runtime.events import BATCH_SCORED, PREPARED, SCORED, Events, InterventionEvent, Prepared, Scored, ScoredBatch
 
 
 def _rows(results: list) -> list[dict]:  # type: ignore[type-arg]
@@ -86,3 +86,33 @@ def test_an_intervention_event_has_one_handler_whose_result_decides() -> None:
     with events.bound(keep, fails), pytest.raises(ValueError, match="b.png"):
         events.intervene(keep, "b.png")  # an intervention handler's error is the work's error
     assert events.intervene(keep, "a.png") is True
+
+
+def test_each_runner_batch_is_announced_after_its_films_and_its_handler_may_stop_the_call(tiny_bundle: Path,
+                                                                                           film_folder: Path) -> None:
+    files = sorted(film_folder.rglob("*.jpeg"))[:5]
+    order: list[str] = []
+    batches: list[ScoredBatch] = []
+
+    def keep_going(batch: ScoredBatch) -> bool:
+        order.append("batch")
+        batches.append(batch)
+        return True
+
+    with Scorer.from_bundle(tiny_bundle, max_batch=2) as scorer:
+        plain = scorer.score(files)
+        with scorer.bound(SCORED, lambda e: order.append("scored")), scorer.bound(BATCH_SCORED, keep_going):
+            results = scorer.score(files)
+        assert [[s.result for s in b.scored] for b in batches] == [results[0:2], results[2:4], results[4:5]]
+        assert order == ["scored", "scored", "batch"] * 2 + ["scored", "batch"]  # each batch after its films' events
+        batches.clear()
+
+        def stop(batch: ScoredBatch) -> bool:
+            batches.append(batch)
+            return False  # after the first batch: the call ends there
+
+        with scorer.bound(BATCH_SCORED, stop):
+            stopped = scorer.score(files)
+    assert _rows(results) == _rows(plain)
+    assert _rows(stopped) == _rows(plain[:2])
+    assert len(batches) == 1  # the films after the stopping batch were neither scored nor announced

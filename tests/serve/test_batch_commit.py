@@ -1,4 +1,5 @@
-"""A batch is committed as a whole (serve/worker.py): its SRs, then its rows with one fsync, then its inbox entries.
+"""A batch is committed as a whole (serve/worker.py, on the Scorer's batch-scored event): its SRs, then its rows with one
+fsync, then its inbox entries.
 
 The node's own parts run in this process on the session's tiny bundle, fed through intake as a C-STORE would be, so
 the batch holds exactly the films under test (a running node would score them as they arrive, one at a time).
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from pathlib import Path
 
 import pydicom
@@ -46,7 +46,8 @@ def test_two_films_under_one_uid_in_one_batch_get_two_rows_and_two_srs_the_secon
         assert [q.uid for q in items] == [uid, uid]
         worker = Worker(node.config, store, node.scorer, node.judge, node._reports(store), node.stats, received, node.wake,
                         threading.Event())
-        assert worker.commit(items, node.scorer.score([q.path for q in items], on_error="record"), time.time_ns())
+        with worker.listening():  # its rows and SRs hear the Scorer's events; `commit` makes the batch durable
+            assert worker.score(items)
     finally:
         node.scorer.close()
         store.close()
