@@ -29,7 +29,7 @@ from .base import runner_class, runner_names
 from .events import SCORED
 from .options import check_taken, given, options_for, runner_option_flags
 from .parity import compare, parse_tolerance_options
-from .scorer import Result, Scorer
+from .scorer import Result, Scorer, open_to_score
 
 LABELS = {0: "normal", 1: "abnormal"}
 #: The ways `salad choose-bundle --by` ranks candidate bundles for a site's films.
@@ -90,10 +90,6 @@ def score_command(
     guard, spot = None, None
     spot_failed: list[Result] = []  # confirmed normals that could not be scored
     drift = drift or bool(confirmed)  # the spot check is part of the drift report
-    if drift:  # before scoring, so a bundle where no drift check can run fails fast
-        from .drift import DriftGuard
-
-        guard = DriftGuard.from_bundle(bundle)
     if triton_url is not None:  # --triton URL is --runtime triton --url URL
         runtime, url = "triton", triton_url
     runner = runner_class(runtime)
@@ -102,7 +98,12 @@ def score_command(
     options = given(backend)
     check_taken([runtime], options)
     remote = {k: v for k, v in (("url", url), ("model", triton_model)) if k in runner.options}
-    scorer = Scorer.from_bundle(bundle, runtime=runtime, precision=precision, device=device, max_batch=batch,
+    opened = open_to_score(bundle, runtime, precision)  # once: the drift guard and the scorer read this one
+    if drift:  # before scoring, so a bundle where no drift check can run fails fast
+        from .drift import DriftGuard
+
+        guard = DriftGuard.from_bundle(opened)
+    scorer = Scorer.from_bundle(opened, runtime=runtime, precision=precision, device=device, max_batch=batch,
                                 **remote, **options_for(runtime, options))
     files = [e for e in entries if isinstance(e, Path)]
     watch = None

@@ -1,4 +1,5 @@
-"""`salad score --drift` decodes each film once (issue 27, acceptance 3): the drift guard listens to the Scorer's events.
+"""`salad score --drift` decodes each film once (issue 27, acceptance 3) and opens its bundle once: the drift guard
+listens to the Scorer's events and reads the Bundle the Scorer was built from.
 
 The real decoders of salad/imageio.py are counted (wrapped, still called); the figures are those of the guard's own
 image path (DriftGuard.check on films read again), which is what `--drift` computed before it listened.
@@ -7,6 +8,7 @@ image path (DriftGuard.check on films read again), which is what `--drift` compu
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from salad import imageio
+from salad.bundle import Bundle
 from salad.runtime.cli import score_command
 from salad.runtime.drift import DriftGuard
 from tests.conftest import KERMANY
@@ -42,8 +45,22 @@ def decoded(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     return counts
 
 
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """Folder → how many times Bundle.open read its manifest, from here to the end of the test (the real open, counted)."""
+    counts: Counter[str] = Counter()
+    real = Bundle.open.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: type[Bundle], path: str | os.PathLike[str], *args: Any, **kwargs: Any) -> Bundle:
+        counts[str(Path(path))] += 1
+        return real(cls, path, *args, **kwargs)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(Bundle, "open", classmethod(counting))
+    return counts
+
+
 def test_score_drift_decodes_each_film_once_and_reports_the_same_figures(tiny_bundle: Path, tmp_path: Path,
-                                                                        decoded: Counter[str]) -> None:
+                                                                        decoded: Counter[str], opened: Counter[str]) -> None:
     films = _films("normal", 30) + _films("pneumonia", 30)
     confirmed = _films("normal", 6, start=30)
     out = tmp_path / "scores.json"
@@ -52,6 +69,7 @@ def test_score_drift_decodes_each_film_once_and_reports_the_same_figures(tiny_bu
     result = CliRunner().invoke(score_command, args, prog_name="salad score")
     assert result.exit_code == 0, result.output
     assert dict(decoded) == {str(p): 1 for p in films + confirmed}  # the scored films and the spot check's, once each
+    assert dict(opened) == {str(tiny_bundle): 1}  # the drift guard and the scorer read the one Bundle
 
     body = json.loads(out.read_text())
     drift = body["drift"]
