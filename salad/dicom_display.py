@@ -69,12 +69,15 @@ def display_by_table(raw: np.ndarray, ds: Any, photometric: str, path: Path, par
     if str(ds.get("VOILUTFunction", "LINEAR")).upper() == "SIGMOID":
         return None  # np.exp: keep the one route whose element-wise identity is not a matter of IEEE arithmetic
     index_dtype = np.dtype(f"u{raw.dtype.itemsize}")
-    lowest = int(np.iinfo(raw.dtype).min)
-    top = int(raw.max()) if lowest == 0 else int(np.iinfo(raw.dtype).max)
+    smallest, largest = int(raw.min()), int(raw.max())
+    # Non-negative values read the same through the unsigned view: the table then needs only 0 … largest.
+    lowest = 0 if smallest >= 0 else int(np.iinfo(raw.dtype).min)
+    top = largest if lowest == 0 else int(np.iinfo(raw.dtype).max)
+    if top - lowest + 1 > raw.size:
+        return None  # a table longer than the film saves nothing
     stored = np.arange(lowest, top + 1).astype(raw.dtype)  # every value a pixel may hold, in increasing order
     table = _lut_values(stored, ds, path, params)
-    lo_raw, hi_raw = int(raw.min()) - lowest, int(raw.max()) - lowest
-    span = table[lo_raw : hi_raw + 1]
+    span = table[smallest - lowest : largest - lowest + 1]
     if not np.all(np.isfinite(span)):
         return None  # the direct route counts the non-finite pixels in its refusal
     steps = np.diff(span)

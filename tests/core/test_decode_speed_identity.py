@@ -147,6 +147,7 @@ def variants(ds: Dataset, raw: np.ndarray) -> dict[str, tuple[Dataset, np.ndarra
     make("negative-slope-rescale-window", RescaleSlope=-1.5, RescaleIntercept=300.0, WindowCenter=-200.0, WindowWidth=700.0)
     make("linear-exact", VOILUTFunction="LINEAR_EXACT", WindowCenter=top / 3, WindowWidth=top / 2)
     signed = (raw.astype(np.int32) - top // 2).astype(np.int16)
+    make("signed-non-negative", raw.astype(np.int16), PixelRepresentation=1)
     make("signed", signed, PixelRepresentation=1, WindowCenter=0.0, WindowWidth=float(top))
     make("signed-rescale", signed, PixelRepresentation=1, RescaleSlope=2.0, RescaleIntercept=10.0, drop=("WindowCenter", "WindowWidth"))
     zigzag = (np.abs(((np.arange(4096) * 37) % 8192) - 4096)).astype(np.uint16)  # a non-monotonic VOI LUT
