@@ -22,7 +22,7 @@ from salad.data import find_images, read_samples
 from salad.errors import BackendUnavailableError, ConfigError, DataError, SaladError
 from salad.imageio import read_image
 from salad.machine import library_versions, machine_info
-from salad.manifest import PRECISIONS
+from salad.manifest import PRECISIONS, Manifest
 from salad.progress import quiet
 
 from ..base import runner_class, runner_names
@@ -127,20 +127,9 @@ def run_bench(
     """
     say = progress or (lambda _msg: None)
     root = Path(bundle)
-    if starts < 1:
-        raise ConfigError(f"--starts {starts}: expected at least one cold start per configuration.")
-    if iters < 1 or warmup < 0:
-        raise ConfigError(f"--iters {iters} / --warmup {warmup}: expected iters ≥ 1 and warmup ≥ 0.")
-    if not batches or any(b < 1 for b in batches):
-        raise ConfigError(f"--batch {list(batches)}: expected positive batch sizes, e.g. --batch 1 --batch 8.")
-    for name in runtimes:
-        runner_class(name)  # unknown names fail here, listing the registered ones
+    _check_settings(runtimes, batches, iters, warmup, starts)
     manifest = Bundle.open(root, verify=True).manifest
-    chosen = list(precisions) if precisions else manifest.precisions()
-    for p in chosen:
-        if p not in PRECISIONS:
-            raise ConfigError(f"precision {p!r}; expected one of {list(PRECISIONS)}.")
-        manifest.graph("model", p)  # names the graphs the bundle has
+    chosen = _chosen_precisions(manifest, precisions)
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     n_threads = int(threads or usable)
     pairs, notes = configurations(runtimes, chosen)
@@ -153,30 +142,83 @@ def run_bench(
     say(f"decoding {len(paths)} films from {data} (once, before any timing)")
     decoded = _decode(paths)
     env = {**os.environ, **{k: str(n_threads) for k in THREAD_ENV}}
+    jobs = [Job(str(root.resolve()), runtime, precision, int(b), iters, warmup, n_threads, device, "",
+                dict(runner_options or {})) for runtime, precision in pairs for b in batches]
+    floor_job = {"bundle": str(root.resolve()), "threads": n_threads, "precisions": chosen, "device": device}
+    floor, rows = _run_workers(floor_job, jobs, decoded, starts, env, notes, say)
+    load_end = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+    _attach_ratios(rows, floor)
+    notes += _context_notes(rows, load_start, usable)
+    header = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": command,
+        "machine": machine_info(), "libraries": library_versions(), "threads": n_threads,
+        "thread_env": {k: env[k] for k in THREAD_ENV}, "iters": iters, "warmup": warmup, "starts": starts,
+        "batches": list(batches),
+        "load_average_start": load_start, "load_average_end": load_end,
+        "bundle": {
+            "path": str(root), "toolkit_version": manifest.toolkit_version, "image_size": manifest.preprocess_config.size,
+            "bank_rows": manifest.bank.rows, "k": manifest.k,
+            "graphs": {p: manifest.graph("model", p).sha256 for p in chosen},
+        },
+        "data": {"path": str(data), "films": len(paths), "decoded": "once, before timing (grey float32 arrays)"},
+        "method": _method(rows),
+    }
+    return BenchReport(header=header, rows=rows, floor=floor, notes=notes)
+
+
+def _check_settings(runtimes: Sequence[str], batches: Sequence[int], iters: int, warmup: int, starts: int) -> None:
+    """Usage errors before anything is read: counts, batch sizes, runtime names."""
+    if starts < 1:
+        raise ConfigError(f"--starts {starts}: expected at least one cold start per configuration.")
+    if iters < 1 or warmup < 0:
+        raise ConfigError(f"--iters {iters} / --warmup {warmup}: expected iters ≥ 1 and warmup ≥ 0.")
+    if not batches or any(b < 1 for b in batches):
+        raise ConfigError(f"--batch {list(batches)}: expected positive batch sizes, e.g. --batch 1 --batch 8.")
+    for name in runtimes:
+        runner_class(name)  # unknown names fail here, listing the registered ones
+
+
+def _chosen_precisions(manifest: Manifest, precisions: Sequence[str] | None) -> list[str]:
+    """The precisions asked for (default: every one the bundle has), each known and present in the bundle."""
+    chosen = list(precisions) if precisions else manifest.precisions()
+    for p in chosen:
+        if p not in PRECISIONS:
+            raise ConfigError(f"precision {p!r}; expected one of {list(PRECISIONS)}.")
+        manifest.graph("model", p)  # names the graphs the bundle has
+    return chosen
+
+
+def _run_workers(floor_job: dict[str, Any], jobs: list[Job], decoded: list[np.ndarray], starts: int, env: dict[str, str],
+                 notes: list[str], say: Callable[[str], None]) -> tuple[dict[str, Any], list[BenchRow]]:
+    """The hardware floor, then each configuration's job, every one in a fresh worker process on the decoded films.
+
+    `decoded` is emptied once the films are saved for the workers (this process need not hold them while they run).
+    """
     rows: list[BenchRow] = []
     with tempfile.TemporaryDirectory(prefix="salad-bench-") as tmp:
         workdir = Path(tmp)
         # The floor first: it is quick, and a failure there should not cost the timed runs.
         say("measuring the hardware floor (MAC count, GEMM peaks)")
-        floor_job = json.dumps({"bundle": str(root.resolve()), "threads": n_threads, "precisions": chosen, "device": device})
         try:
-            floor = run_worker("--floor", floor_job, workdir, env, "floor measurement")
+            floor = run_worker("--floor", json.dumps(floor_job), workdir, env, "floor measurement")
         except SaladError as exc:
             floor = {"error": str(exc)}
             notes.append(f"no GFLOP/s figures: {exc}")
         films_file = workdir / "films.npz"
         np.savez(films_file, *decoded)
-        del decoded
-        for runtime, precision in pairs:
-            for b in batches:
-                job = Job(str(root.resolve()), runtime, precision, int(b), iters, warmup, n_threads, device, str(films_file),
-                          dict(runner_options or {}))
-                row = BenchRow.from_worker(_measure(job, starts, workdir, env, say))
-                say(f"  end to end p50 {row.end_to_end.p50_ms:.3f} ms, inference p50 {row.inference.p50_ms:.3f} ms")
-                rows.append(row)
-    load_end = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+        decoded.clear()
+        for job in jobs:
+            row = BenchRow.from_worker(_measure(dataclasses.replace(job, films=str(films_file)), starts, workdir, env, say))
+            say(f"  end to end p50 {row.end_to_end.p50_ms:.3f} ms, inference p50 {row.inference.p50_ms:.3f} ms")
+            rows.append(row)
+    return floor, rows
 
-    _attach_ratios(rows, floor)
+
+def _context_notes(rows: list[BenchRow], load_start: list[float] | None, usable: int) -> list[str]:
+    """Notes on what the figures are compared with: a baseline on another device, a busy machine."""
+    notes = []
     base_devices = {r.device for r in rows if r.is_baseline}
     other = sorted({f"{r.runtime} on {r.device}" for r in rows if not r.is_baseline and r.device not in base_devices})
     if other:
@@ -189,32 +231,22 @@ def run_bench(
             f"the machine was busy (1-minute load average {load_start[0]:.1f} on {usable} CPUs at the start): "
             "absolute figures are noisy; re-run on a quiet machine before quoting them."
         )
-    header = {
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": command,
-        "machine": machine_info(), "libraries": library_versions(), "threads": n_threads,
-        "thread_env": {k: env[k] for k in THREAD_ENV}, "iters": iters, "warmup": warmup, "starts": starts,
-        "batches": list(batches),
-        "load_average_start": load_start, "load_average_end": load_end,
-        "bundle": {
-            "path": str(root), "toolkit_version": manifest.toolkit_version, "image_size": manifest.preprocess_config.size,
-            "bank_rows": manifest.bank.get("rows"), "k": manifest.k,
-            "graphs": {p: manifest.graph("model", p).sha256 for p in chosen},
-        },
-        "data": {"path": str(data), "films": len(paths), "decoded": "once, before timing (grey float32 arrays)"},
-        "method": {
-            "end_to_end": "Scorer.score on decoded films: input checks, preprocessing, inference, threshold",
-            "inference": "runner.infer on preprocessed batches",
-            "clock": "time.perf_counter_ns" + ("; CUDA events on GPU" if any(r.device_inference for r in rows) else ""),
-            "isolation": "one fresh process per configuration",
-            "cold_start": "Scorer construction (bundle verification) → runner active → first score of one batch",
-            "first_and_cached_start": "runtimes with a start-up cache: first start in a fresh process on an empty private "
-                                      "cache folder, cached start in the next fresh process on what it left there",
-            "peak_rss": rows[0].memory.get("method") if rows else None,
-            "throughput": "batch / end-to-end p50",
-        },
+    return notes
+
+
+def _method(rows: list[BenchRow]) -> dict[str, Any]:
+    """How each figure was measured, for the report's header."""
+    return {
+        "end_to_end": "Scorer.score on decoded films: input checks, preprocessing, inference, threshold",
+        "inference": "runner.infer on preprocessed batches",
+        "clock": "time.perf_counter_ns" + ("; CUDA events on GPU" if any(r.device_inference for r in rows) else ""),
+        "isolation": "one fresh process per configuration",
+        "cold_start": "Scorer construction (bundle verification) → runner active → first score of one batch",
+        "first_and_cached_start": "runtimes with a start-up cache: first start in a fresh process on an empty private "
+                                  "cache folder, cached start in the next fresh process on what it left there",
+        "peak_rss": rows[0].memory.get("method") if rows else None,
+        "throughput": "batch / end-to-end p50",
     }
-    return BenchReport(header=header, rows=rows, floor=floor, notes=notes)
 
 
 def _measure(job: Job, starts: int, workdir: Path, env: dict[str, str], say: Callable[[str], None]) -> dict[str, Any]:
