@@ -198,13 +198,13 @@ def stage_report() -> dict[str, Any]:
     manifest = read_manifest(BUNDLE, verify=False)
     from salad.spotcheck import design_rate
 
-    design, source = design_rate(manifest.threshold)
+    design, source = design_rate(manifest.threshold.to_json())
     rng = np.random.default_rng(30)
     spots = spot_rows(data, design, rng)
     same = [r for r in spots if r["population"] in ("kermany-holdout", "kermany-validation")]
     shifted = [r for r in spots if r["fpr"] >= WARN_MULTIPLE * design and r not in same]
     result = {
-        "bundle": {**json.loads((WORK / "bundle.json").read_text()), "threshold": manifest.threshold,
+        "bundle": {**json.loads((WORK / "bundle.json").read_text()), "threshold": manifest.threshold.to_json(),
                    "design_fpr": design, "design_source": source},
         "confirmed_per_check": CONFIRMED, "draws": DRAWS, "warn_above": WARN_MULTIPLE * design,
         "warn_count": warn_count(CONFIRMED, WARN_MULTIPLE * design),

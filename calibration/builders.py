@@ -106,7 +106,7 @@ class Fp16Builder:
                 f"{converted.clamped_values} encoder constant(s) lay outside float16's normal range and were clamped by the converter."
             )
         self.encoder = converted.proto
-        self.model = merge_with_scorer(self.encoder, self.stage.load_scorer(), m.bank.get("initializer"))
+        self.model = merge_with_scorer(self.encoder, self.stage.load_scorer(), m.bank.initializer)
 
     def structure_problems(self) -> list[str]:
         from .graphs import scorer_precision_problems
@@ -196,7 +196,7 @@ class Int8Builder:
         reader = OrtCalibrationReader(self.source)
         self.encoder = quantize_encoder(self.prepared, out, reader, method=self.method, per_channel=self.per_channel,
                                         exclude=exclude, ranges_cache=self.ranges)
-        self.model = merge_with_scorer(self.encoder, self.stage.load_scorer(), self.stage.original.bank.get("initializer"))
+        self.model = merge_with_scorer(self.encoder, self.stage.load_scorer(), self.stage.original.bank.initializer)
 
     def structure_problems(self) -> list[str]:
         from .graphs import quantized_layers, scorer_precision_problems, tensorrt_qdq_problems

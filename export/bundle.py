@@ -22,6 +22,7 @@ from salad.data import Sample, list_hash
 from salad.errors import ConfigError, DataError, ExportValidationError, RunError, SaladError
 from salad.fsutil import parse_json
 from salad.manifest import DEFAULT_TOLERANCES, GraphSpec, Manifest, atomic_directory, sha256_file
+from salad.manifest_blocks import Bank, Reference, Scores, Threshold
 from salad.merge import merge_encoder_scorer, normalise_opsets
 from salad.renames import renamed_keywords
 from salad.scoring import NORM_EPS, SCORE_DEFINITIONS, SCORE_NAMES, check_k
@@ -245,27 +246,25 @@ def export_bundle(
             source={"checkpoint_sha256": checkpoint_sha, "run_config": run_config, "slim": slim, "validation": validation},
             preprocessing=loaded.preprocessing.to_dict(),
             embedding_dim=dim,
-            bank={
-                "rows": n_rows, "dim": dim, "dtype": "float32", "sha256": bank_sha,
-                "dropped_anomalous": int((labels != 0).sum()), "form": form,
-                "file": BANK_FILE if bank_as_input else None,
-                "initializer": None if bank_as_input else BANK_INITIALIZER,
-                "external_data": external[0] if external else None,
-            },
+            bank=Bank(
+                rows=n_rows, dim=dim, dtype="float32", sha256=bank_sha, dropped_anomalous=int((labels != 0).sum()), form=form,
+                file=BANK_FILE if bank_as_input else None, initializer=None if bank_as_input else BANK_INITIALIZER,
+                external_data=external[0] if external else None,
+            ),
             k=k,
-            scores={
-                "default": loaded.score_name, "outputs": list(SCORE_NAMES), "definitions": dict(SCORE_DEFINITIONS),
-                "range": [0.0, 1.0], "norm_eps": NORM_EPS,
-            },
-            threshold=threshold,
+            scores=Scores(
+                default=loaded.score_name, outputs=tuple(SCORE_NAMES), definitions=dict(SCORE_DEFINITIONS),
+                range=(0.0, 1.0), norm_eps=NORM_EPS,
+            ),
+            threshold=Threshold.from_json(threshold),
             graphs=graphs,
             files=files,
             parity={"fp32": dict(DEFAULT_TOLERANCES["fp32"])},
-            reference={
-                "file": REFERENCE_FILE, "images": len(samples), "keys": list(REFERENCE_KEYS),
-                "n_normal": int((ref["label"] == 0).sum()), "n_abnormal": int((ref["label"] == 1).sum()),
-                "source": "val.csv", "list_sha256": list_hash(samples), "batch_sizes": list(VALIDATION_BATCH_SIZES),
-            },
+            reference=Reference(
+                file=REFERENCE_FILE, images=len(samples), keys=tuple(REFERENCE_KEYS),
+                n_normal=int((ref["label"] == 0).sum()), n_abnormal=int((ref["label"] == 1).sum()),
+                source="val.csv", list_sha256=list_hash(samples), batch_sizes=tuple(VALIDATION_BATCH_SIZES),
+            ),
         )
         manifest.write(tmp)
         try:

@@ -49,6 +49,7 @@ def export_command(run: Path, out: Path, force: bool, bank_as_input: bool, slim:
     """Export training run RUN to a verified ONNX bundle (encoder, scorer, merged model, manifest)."""
     from salad.bundle import Bundle
     from salad.export import export_bundle
+    from salad.manifest_blocks import Validation
 
     if reference_films is None:  # the default caps itself to the films there are; an explicit count is honoured or refused
         reference_films = min(REFERENCE_FILMS, count_validation_films(run)) or REFERENCE_FILMS
@@ -57,14 +58,15 @@ def export_command(run: Path, out: Path, force: bool, bank_as_input: bool, slim:
         operating_point=operating_point, opset=opset, allow_below_floors=allow_below_floors)
     m = Bundle.open(bundle, verify=False).manifest
     t = m.threshold
-    achieved = ", ".join(f"{k} {v:.3f}" for k, v in t["achieved"].items() if v is not None)
+    validation = t.validation or Validation()
+    achieved = ", ".join(f"{k} {v:.3f}" for k, v in (t.achieved or {}).items() if v is not None)
     parity = m.graphs["model"].details.get("parity", {})
     click.echo(
-        f"wrote {bundle}: {', '.join(g.file for g in m.graphs.values())}; bank {m.bank['rows']} rows "
-        f"({m.bank['form']}), K={m.k}\n"
-        f"threshold {t['score']} > {t['value']:.6g} ({achieved} on {t['validation']['n_normal']} normal / "
-        f"{t['validation']['n_abnormal']} abnormal validation films)\n"
-        f"ONNX Runtime vs PyTorch on {m.reference.get('images')} reference films: max |Δscore| "
+        f"wrote {bundle}: {', '.join(g.file for g in m.graphs.values())}; bank {m.bank.rows} rows "
+        f"({m.bank.form}), K={m.k}\n"
+        f"threshold {t.score} > {t.value:.6g} ({achieved} on {validation.n_normal} normal / "
+        f"{validation.n_abnormal} abnormal validation films)\n"
+        f"ONNX Runtime vs PyTorch on {m.reference.images} reference films: max |Δscore| "
         f"{parity.get('max_abs_diff', {}).get('score', float('nan')):.2g}, min embedding cosine "
         f"{parity.get('embedding_cosine_min', float('nan')):.7f}"
     )

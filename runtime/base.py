@@ -102,7 +102,7 @@ class BundleGraph:
 
     def static_dims(self) -> dict[str, int]:
         """Values of named non-batch axes the manifest fixes: today the bank rows of a `bank` input."""
-        rows = self.manifest.bank.get("rows")
+        rows = self.manifest.bank.rows
         dims: dict[str, int] = {}
         for t in self.spec.inputs:
             if t.name == BANK_INPUT and t.shape and isinstance(t.shape[0], str) and t.shape[0] != BATCH and rows:

@@ -93,7 +93,7 @@ def spot_check(scorer: Scorer, confirmed: Sequence[Path], state: Path | None) ->
     results = scorer.score(files, on_error="record") if files else []
     failed = [Result.failure(str(e.path), e.error) for e in entries if isinstance(e, Unreadable)] + [r for r in results if not r.ok]
     ok = [r for r in results if r.ok and r.label is not None]
-    design, source = design_rate(scorer.manifest.threshold)
+    design, source = design_rate(scorer.manifest.threshold.to_json())
     line = WARN_MULTIPLE * design
     key = bundle_key(scorer.bundle, scorer.precision)
     report = SpotReport(design, source, Estimate.of(sum(int(r.label or 0) for r in ok), len(ok), line) if ok else None,

@@ -69,7 +69,7 @@ class TorchRunner(Runner):
             torch.set_num_threads(int(self.threads))
         loaded = load_run(bundle.checkpoint_path)
         manifest = self.graph.manifest
-        rows = manifest.bank.get("rows")
+        rows = manifest.bank.rows
         if rows is not None and int(rows) != int(loaded.bank.shape[0]):
             raise BundleError(
                 f"{ckpt}: checkpoint has {int(loaded.bank.shape[0])} normal bank rows, the manifest says {rows}. "

@@ -164,13 +164,13 @@ class TritonRunner(Runner):
             raise BundleError(f"{where} was not written by `salad export-triton` (its config has no salad.* parameters).")
         problems = []
         expected = {
-            "salad.bank_sha256": str(manifest.bank.get("sha256")),
+            "salad.bank_sha256": manifest.bank.sha256,
             "salad.precision": self.graph.precision,
         }
         for key, want in expected.items():
             if params.get(key) != want:
                 problems.append(f"{key}: server {params.get(key)!r}, bundle {want!r}")
-        for key, document in (("salad.threshold", manifest.threshold), ("salad.preprocessing", manifest.preprocessing)):
+        for key, document in (("salad.threshold", manifest.threshold.to_json()), ("salad.preprocessing", manifest.preprocessing)):
             got = _json(params.get(key))
             if got != document:
                 problems.append(f"{key}: server {got!r}, bundle {document!r}")

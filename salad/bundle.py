@@ -61,6 +61,8 @@ BANK_INPUT = "bank"
 EMBEDDING = "embedding"
 #: The arrays of reference.npz: preprocessed films, their PyTorch outputs, labels and file names.
 REFERENCE_KEYS = ("image", EMBEDDING, *SCORE_NAMES, "label", "path")
+#: What the drift checks calibrate on: the validation normals' operating scores and exposures (threshold.validation.drift).
+DRIFT_KEYS = ("normal_scores", "normal_exposure")
 
 
 def quiet_session(
@@ -168,7 +170,7 @@ class Bundle:
 
     @property
     def bank_path(self) -> Path:
-        return self.manifest.path_of(self.root, str(self.manifest.bank.get("file") or BANK_FILE))
+        return self.manifest.path_of(self.root, self.manifest.bank.file or BANK_FILE)
 
     @cached_property
     def _bank(self) -> np.ndarray:
@@ -180,11 +182,11 @@ class Bundle:
         except (OSError, ValueError) as exc:
             raise BundleError(f"{path}: cannot read the memory bank the graph takes as input ({exc}).") from exc
         bank = np.ascontiguousarray(bank, dtype=np.float32)
-        expected = self.manifest.bank.get("sha256")
-        if bank_digest(bank) != expected or bank.shape != (self.manifest.bank.get("rows"), self.manifest.embedding_dim):
+        expected = self.manifest.bank.sha256
+        if bank_digest(bank) != expected or bank.shape != (self.manifest.bank.rows, self.manifest.embedding_dim):
             raise BundleError(
                 f"{path}: holds a memory bank of shape {list(bank.shape)} with sha256 {bank_digest(bank)[:12]}…; the manifest's bank "
-                f"is {self.manifest.bank.get('rows')} × {self.manifest.embedding_dim} with sha256 {str(expected)[:12]}…. "
+                f"is {self.manifest.bank.rows} × {self.manifest.embedding_dim} with sha256 {expected[:12]}…. "
                 "The bank file was swapped or edited; re-copy or re-export the bundle."
             )
         return bank
@@ -195,7 +197,7 @@ class Bundle:
 
     @property
     def reference_path(self) -> Path:
-        return self.manifest.path_of(self.root, str(self.manifest.reference.get("file") or REFERENCE_FILE))
+        return self.manifest.path_of(self.root, self.manifest.reference.file or REFERENCE_FILE)
 
     def load_reference(self, keys: Sequence[str] = REFERENCE_KEYS) -> dict[str, np.ndarray]:
         """reference.npz's arrays `keys` (films, PyTorch outputs, labels, names), never unpickling.
@@ -231,12 +233,12 @@ class Bundle:
     @property
     def threshold(self) -> Threshold:
         """The stored threshold and the score it applies to; a BundleError if either is unusable."""
-        block = self.manifest.threshold if isinstance(self.manifest.threshold, dict) else {}
-        value = block.get("value")
-        score = block.get("score", DEFAULT_SCORE)
+        block = self.manifest.threshold
+        value = block.value
+        score = block.score or DEFAULT_SCORE
         if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
             raise BundleError(
-                f"{self.root}: manifest threshold {self.manifest.threshold!r} has no numeric 'value'; re-export the bundle."
+                f"{self.root}: manifest threshold {block.to_json()!r} has no numeric 'value'; re-export the bundle."
             )
         if score not in SCORE_NAMES:
             raise BundleError(f"{self.root}: manifest threshold is for score {score!r}; expected one of {list(SCORE_NAMES)}.")
@@ -244,9 +246,9 @@ class Bundle:
 
     def drift_calibration(self, key: str) -> np.ndarray | None:
         """Validation normals' values a drift check calibrates on ("normal_scores", "normal_exposure"), or None if not stored."""
-        block = self.manifest.threshold.get("validation") if isinstance(self.manifest.threshold, dict) else None
-        drift = block.get("drift") if isinstance(block, dict) else None
-        values = drift.get(key) if isinstance(drift, dict) else None
+        validation = self.manifest.threshold.validation
+        drift = validation.drift if validation is not None else None
+        values = getattr(drift, key) if drift is not None and key in DRIFT_KEYS else None
         if values is None:
             return None
         v = np.asarray(values, dtype=np.float64)
@@ -274,21 +276,21 @@ class Bundle:
                 "outputs": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in spec.outputs],
                 "external_data": list(spec.external_data),
             }
-        bank = {k: m.bank.get(k) for k in ("rows", "dim", "form", "file", "sha256", "dropped_anomalous") if k in m.bank}
-        threshold = {k: v for k, v in m.threshold.items() if k in ("value", "score", "operating_point", "achieved")}
+        bank = {k: v for k, v in m.bank.to_json().items() if k in ("rows", "dim", "form", "file", "sha256", "dropped_anomalous")}
+        threshold = {k: v for k, v in m.threshold.to_json().items() if k in ("value", "score", "operating_point", "achieved")}
         return {
             "schema": "salad-inspect/1", "bundle": str(self.root), "schema_version": m.schema_version,
             "toolkit_version": m.toolkit_version, "created": m.created, "preprocessing": dict(m.preprocessing),
-            "embedding_dim": m.embedding_dim, "k": m.k, "scores": dict(m.scores), "threshold": threshold,
+            "embedding_dim": m.embedding_dim, "k": m.k, "scores": m.scores.to_json(), "threshold": threshold,
             "bank": bank, "precisions": m.precisions(), "graphs": graphs,
             "tolerances": {p: m.tolerances(p) for p in m.precisions()},
-            "calibration": dict(m.calibration), "reference": dict(m.reference),
+            "calibration": dict(m.calibration), "reference": m.reference.to_json(),
             "files": sorted(m.listed_files()), "drift": self.drift_checks(),
         }
 
     def drift_checks(self) -> dict[str, Any]:
         """What `salad score --drift` can run here: calibration films per check (None: not stored), style attached or not."""
-        counts = {key: (None if (v := self.drift_calibration(key)) is None else len(v)) for key in ("normal_scores", "normal_exposure")}
+        counts = {key: (None if (v := self.drift_calibration(key)) is None else len(v)) for key in DRIFT_KEYS}
         return {"score_films": counts["normal_scores"], "exposure_films": counts["normal_exposure"],
                 "style_attached": STYLE_CALIBRATION_FILE in self.manifest.files}
 

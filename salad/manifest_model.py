@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from salad.fsutil import (
     write_atomic,
 )
 from salad.graphbank import BANK_INPUT, bank_digest, carried_bank
+from salad.manifest_blocks import Bank, Reference, Scores, Threshold
 from salad.preprocess import PreprocessConfig
 from salad.schema import (
     CHECKSUMS,
@@ -97,17 +98,17 @@ class Manifest:
     source: dict[str, Any]
     preprocessing: dict[str, Any]
     embedding_dim: int
-    bank: dict[str, Any]
+    bank: Bank
     k: int
-    scores: dict[str, Any]
-    threshold: dict[str, Any]
+    scores: Scores
+    threshold: Threshold
     graphs: dict[str, GraphSpec]
     files: dict[str, str]  # other files (reference.npz, checkpoint.pt, bank.npy) → sha256
     parity: dict[str, dict[str, float]]
     calibration: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     #: How reference.npz was chosen (file, images, n_normal/n_abnormal, source, list_sha256 of the file names).
-    reference: dict[str, Any] = field(default_factory=dict)
+    reference: Reference = field(default_factory=Reference)
     #: {"algorithm": "sha256", "fields": {name: digest}} of PROTECTED_FIELDS, recorded by `write`.
     integrity: dict[str, Any] = field(default_factory=dict)
 
@@ -134,9 +135,11 @@ class Manifest:
         return dict(self.parity.get(precision) or DEFAULT_TOLERANCES.get(precision) or DEFAULT_TOLERANCES["fp32"])
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        """The manifest as JSON-ready objects, in the file's key order (the typed blocks through their to_json)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d.update({name: block.to_json() for name, block in _blocks(self).items()})
         d["graphs"] = {k: asdict(v) for k, v in self.graphs.items()}
-        return d
+        return json.loads(json.dumps(d))  # a deep copy: changing it never changes this manifest
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Manifest:
@@ -145,6 +148,9 @@ class Manifest:
             "threshold", "files", "parity", "calibration", "schema_version", "reference", "integrity",
         }
         kwargs = {k: v for k, v in d.items() if k in known}
+        for name, block in BLOCKS.items():
+            if name in kwargs:
+                kwargs[name] = block.from_json(kwargs[name])
         kwargs["graphs"] = {k: GraphSpec.from_dict(v) for k, v in d["graphs"].items()}
         return cls(**kwargs)
 
@@ -188,8 +194,8 @@ class Manifest:
         """The files that running graph `name` at `precision` reads: its ONNX file, external data, and bank.npy if it takes the bank."""
         spec = self.graph(name, precision)
         out = [spec.file, *spec.external_data]
-        if any(t.name == BANK_INPUT for t in spec.inputs) and self.bank.get("file"):
-            out.append(str(self.bank["file"]))
+        if any(t.name == BANK_INPUT for t in spec.inputs) and self.bank.file:
+            out.append(self.bank.file)
         return out
 
     def listed_files(self) -> dict[str, str]:
@@ -198,6 +204,16 @@ class Manifest:
         for g in self.graphs.values():
             out[g.file] = g.sha256
         return out
+
+
+#: The manifest's typed blocks (salad/manifest_blocks.py) by field name.
+BLOCKS: dict[str, type[Bank | Scores | Threshold | Reference]] = {
+    "bank": Bank, "scores": Scores, "threshold": Threshold, "reference": Reference,
+}
+
+
+def _blocks(manifest: Manifest) -> dict[str, Bank | Scores | Threshold | Reference]:
+    return {name: getattr(manifest, name) for name in BLOCKS}
 
 
 def _digest(value: Any) -> str:
@@ -229,7 +245,7 @@ def _check_integrity(path: Path, raw: dict[str, Any], manifest: Manifest) -> Non
             f"{path}: the checksum entries {', '.join(named)} differ from what was recorded when the manifest was written (integrity "
             f"digest mismatch): a file's sha256 or name was edited, e.g. after the file was swapped. {fix}"
         )
-    actual = manifest.field_digests()
+    actual = {name: _digest(raw.get(name)) for name in PROTECTED_FIELDS}  # of the file as read: what the digest was taken of
     changed = [name for name in PROTECTED_FIELDS if fields.get(name) != actual[name]]
     if changed:
         raise BundleError(
@@ -282,14 +298,14 @@ def check_banks(root: Path, manifest: Manifest, keys: list[str]) -> None:
     Call after the files' sha256 were verified. Encoders carry no bank and are skipped.
     """
     bank = manifest.bank
-    expected, rows, dim = bank.get("sha256"), bank.get("rows"), manifest.embedding_dim
+    expected, rows, dim = bank.sha256, bank.rows, manifest.embedding_dim
     fix = "The graph or bank file was swapped or edited; re-copy or re-export the bundle."
     for key in keys:
         spec = manifest.graphs[key]
-        if not any(t.name in manifest.scores.get("outputs", ()) for t in spec.outputs):
+        if not any(t.name in manifest.scores.outputs for t in spec.outputs):
             continue
         if any(t.name == BANK_INPUT for t in spec.inputs):
-            path = manifest.path_of(root, str(bank.get("file")))
+            path = manifest.path_of(root, str(bank.file))
             try:
                 values = np.load(path, allow_pickle=False)
             except (OSError, ValueError) as exc:
@@ -297,8 +313,8 @@ def check_banks(root: Path, manifest: Manifest, keys: list[str]) -> None:
             where, shape = f"{path} (the bank {spec.file} is fed)", tuple(values.shape)
         else:
             path = manifest.path_of(root, spec.file)
-            values = carried_bank(path, str(bank.get("initializer") or "bank_t"), root).T  # a view: [N, D]
-            stored = f", stored in {bank['external_data']}" if bank.get("external_data") else ""
+            values = carried_bank(path, bank.initializer or "bank_t", root).T  # a view: [N, D]
+            stored = f", stored in {bank.external_data}" if bank.external_data else ""
             where, shape = f"{path} (its bank initializer{stored})", tuple(values.shape)
         digest = bank_digest(values)
         if shape != (rows, dim) or digest != expected:

@@ -12,6 +12,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, TypeGuard
 
 from salad.errors import BundleError
+from salad.manifest_blocks import Bank, Reference, Scores, Threshold, block_problems, show
 from salad.precision import PRECISIONS
 from salad.preprocess import BORDER_MODES, INTENSITY_MODES, MAX_SIZE, RESIZE_MODES
 from salad.verdict import default_tolerances
@@ -100,17 +101,17 @@ def _is_sha(v: Any) -> bool:
     return isinstance(v, str) and len(v) == 64 and set(v) <= _HEX
 
 
-def _show(v: Any) -> str:
-    return f"{json.dumps(v)[:60]} ({type(v).__name__})"
-
-
 def manifest_problems(raw: dict[str, Any]) -> list[str]:
     """Every field of a raw manifest.json whose type or range is wrong, and every unsafe or unlisted path."""
     problems: list[str] = []
+    for name, block in (("bank", Bank), ("scores", Scores), ("threshold", Threshold), ("reference", Reference)):
+        if name in raw or name != "reference":  # the typed blocks' fields and JSON types (salad/manifest_blocks.py)
+            problems += block_problems(block, raw.get(name), name)
+    flagged = {p.split(":", 1)[0] for p in problems}  # the rules below add ranges, not a second message for one field
 
     def need(where: str, value: Any, ok: bool, expected: str) -> bool:
-        if not ok:
-            problems.append(f"{where}: {_show(value)}; expected {expected}")
+        if not ok and where not in flagged:
+            problems.append(f"{where}: {show(value)}; expected {expected}")
         return ok
 
     def section(name: str) -> dict[str, Any]:
@@ -122,9 +123,8 @@ def manifest_problems(raw: dict[str, Any]) -> list[str]:
     for name in ("toolkit_version", "created"):
         need(name, raw.get(name), isinstance(raw.get(name), str), "a string")
     section("source")
-    for name in ("calibration", "reference"):
-        if name in raw:
-            need(name, raw[name], isinstance(raw[name], dict), "an object")
+    if "calibration" in raw:
+        need("calibration", raw["calibration"], isinstance(raw["calibration"], dict), "an object")
     integrity = raw.get("integrity")  # its absence and its digests are the reader's integrity check (manifest_model.py)
     if isinstance(integrity, dict):
         need("integrity.algorithm", integrity.get("algorithm"), integrity.get("algorithm") == "sha256", '"sha256"')
@@ -137,6 +137,9 @@ def manifest_problems(raw: dict[str, Any]) -> list[str]:
         need("bank.dim", bank["dim"], bank["dim"] == dim and _is_int(bank["dim"]), f"the embedding_dim {dim!r}")
     need("bank.sha256", bank.get("sha256"), _is_sha(bank.get("sha256")), "64 lowercase hex digits")
     need("bank.form", bank.get("form"), bank.get("form") in BANK_FORMS, f"one of {list(BANK_FORMS)}")
+    if "dropped_anomalous" in bank:
+        dropped = bank["dropped_anomalous"]
+        need("bank.dropped_anomalous", dropped, _is_int(dropped) and dropped >= 0, "an integer ≥ 0 (anomalous rows left out)")
     k = raw.get("k")
     if need("k", k, _is_int(k) and k >= 1, "an integer ≥ 1 (neighbours averaged by the score)") and _is_int(k) and _is_int(rows):
         need("k", k, k <= rows, f"≤ bank.rows ({rows})")

@@ -84,8 +84,8 @@ def export_triton(
     identity = {
         "salad.toolkit_version": salad.__version__,
         "salad.precision": precision,
-        "salad.bank_sha256": str(manifest.bank.get("sha256", "")),
-        "salad.bank_rows": str(manifest.bank.get("rows", "")),
+        "salad.bank_sha256": manifest.bank.sha256,
+        "salad.bank_rows": str(manifest.bank.rows),
         "salad.k": str(manifest.k),
         "salad.bundle_created": manifest.created,
     }
@@ -111,8 +111,8 @@ def export_triton(
                 names["ensemble"], (names["encoder"], encoder.spec), (names["scorer"], scorer.spec), max_batch,
                 {
                     **identity, "salad.preprocessing": preprocessing,
-                    "salad.threshold": json.dumps(manifest.threshold, sort_keys=True, ensure_ascii=False),
-                    "salad.scores": json.dumps(manifest.scores, sort_keys=True, ensure_ascii=False),
+                    "salad.threshold": json.dumps(manifest.threshold.to_json(), sort_keys=True, ensure_ascii=False),
+                    "salad.scores": json.dumps(manifest.scores.to_json(), sort_keys=True, ensure_ascii=False),
                     "salad.encoder_sha256": digests["encoder"], "salad.scorer_sha256": digests["scorer"],
                 },
             ),
@@ -158,11 +158,11 @@ def repository_readme(
         f"one profile over batch 1..{max_batch}; engines cached under /tmp/triton-trt-cache/ in the server)."
         if tensorrt_accelerator else "ONNX Runtime runs the models (CUDA on GPUs, else CPU); `--tensorrt-accelerator` adds TensorRT."
     )
-    achieved = ", ".join(f"{k} {v:.3f}" for k, v in (t.get("achieved") or {}).items() if v is not None)
+    achieved = ", ".join(f"{k} {v:.3f}" for k, v in (t.achieved or {}).items() if v is not None)
     return f"""# Triton model repository `{ensemble}` (salad-edge {salad.__version__})
 
 Written by `salad export-triton` from the bundle `{bundle.root.name}` (created {manifest.created}) at precision
-**{precision}**: memory bank of {manifest.bank.get('rows')} rows (sha256 `{str(manifest.bank.get('sha256', ''))[:16]}…`), K = {manifest.k}.
+**{precision}**: memory bank of {manifest.bank.rows} rows (sha256 `{manifest.bank.sha256[:16]}…`), K = {manifest.k}.
 Send requests to the ensemble `{ensemble}`; it runs `{names['encoder']}` then `{names['scorer']}`.
 
 | model | platform | inputs (per item) | outputs (per item) |
@@ -173,11 +173,11 @@ Every model batches up to {max_batch} items (`max_batch_size`); the encoder and 
 batching, so concurrent requests share one run. A per-item scalar is `[1]` for clients (Triton's
 `reshape {{ shape: [] }}` rule): read `score[:, 0]`. {trt}
 
-**Decision:** abnormal if `{t.get('score', 'score')}` > **{t.get('value')}** (operating point {t.get('operating_point')}; {achieved}
+**Decision:** abnormal if `{t.score or 'score'}` > **{t.value}** (operating point {t.operating_point}; {achieved}
 on the bundle's validation films). The ensemble's `parameters` carry the threshold (`salad.threshold`), the
 preprocessing (`salad.preprocessing`) and the bundle identity (`salad.bank_sha256`, …), so a client needs no
 other file. Before writing, ONNX Runtime ran the encoder → scorer chain on the bundle's
-{manifest.reference.get('images')} reference films and matched the bundle's merged graph (max |Δscore|
+{manifest.reference.images} reference films and matched the bundle's merged graph (max |Δscore|
 {measured.get('max_abs_score_diff', float('nan')):.2g}, min embedding cosine {measured.get('embedding_cosine_min', float('nan')):.7f}).
 
 ## Start the server

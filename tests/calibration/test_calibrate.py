@@ -299,7 +299,7 @@ def test_other_bundle_forms_keep_their_bank(form: str, tiny_run: Path, tmp_path:
     assert spec.external_data == fp32.external_data and spec.inputs == fp32.inputs
     proto = onnx.load(str(bundle / spec.file), load_external_data=False)
     if form == "external-bank":
-        bank = next(t for t in proto.graph.initializer if t.name == manifest.bank["initializer"])
+        bank = next(t for t in proto.graph.initializer if t.name == manifest.bank.initializer)
         assert bank.data_location == onnx.TensorProto.EXTERNAL and spec.external_data == ["bank.data"]
         assert not bank.raw_data and {e.key: e.value for e in bank.external_data}["location"] == "bank.data"
     else:

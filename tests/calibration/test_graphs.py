@@ -69,8 +69,8 @@ def test_the_scoring_graph_stays_float32(precision: str, calibrated: Calibrated)
         ("score", FLOAT),
         ("knn_angle", FLOAT),
     ]
-    bank = next(t for t in model.graph.initializer if t.name == manifest.bank["initializer"])
-    assert bank.data_type == FLOAT and list(bank.dims) == [manifest.embedding_dim, manifest.bank["rows"]]
+    bank = next(t for t in model.graph.initializer if t.name == manifest.bank.initializer)
+    assert bank.data_type == FLOAT and list(bank.dims) == [manifest.embedding_dim, manifest.bank.rows]
     assert scorer_precision_problems(model) == []
 
 

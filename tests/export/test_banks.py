@@ -27,7 +27,7 @@ def test_bank_of_200k_rows(make_run: Callable[..., Path], tmp_path: Path) -> Non
     bank = unit_rows(200_000, seed=1)
     out = export_bundle(make_run(bank=bank), tmp_path / "big", slim=True, reference_films=16)
     m = read_manifest(out)
-    assert m.bank["rows"] == 200_000 and m.bank["external_data"] is None
+    assert m.bank.rows == 200_000 and m.bank.external_data is None
     assert m.graph("scorer").details["parity"]["max_abs_diff"]["score"] <= 1e-5
     assert bank_rows(out / "scorer.onnx").tobytes() == bank.tobytes()
     with np.load(out / "reference.npz", allow_pickle=False) as data:
@@ -62,8 +62,8 @@ def test_known_anomalies_are_dropped_from_the_bank(sample_train: Path, sample_ev
     state = load_run(run)
     labels = state.bank_labels.numpy()
     n_anomalous = int((labels == 1).sum())
-    assert n_anomalous > 0 and m.bank["dropped_anomalous"] == n_anomalous
-    assert m.bank["rows"] == len(labels) - n_anomalous == 200
+    assert n_anomalous > 0 and m.bank.dropped_anomalous == n_anomalous
+    assert m.bank.rows == len(labels) - n_anomalous == 200
     import torch
 
     full = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)["bank"].numpy()

@@ -67,24 +67,25 @@ def test_layout_and_manifest_contract(bundle: Path, tiny_run: Path) -> None:
     assert m.graph("model").outputs[0].shape == ["batch", 200]
     assert m.k == 20 and m.embedding_dim == 200 and m.precisions() == ["fp32"]
     assert m.preprocessing["size"] == 64 and m.preprocess_config.size == 64
-    assert m.bank["rows"] == 200 and m.bank["dropped_anomalous"] == 0
-    assert m.bank["form"] == "initializer" and m.bank["file"] is None
+    assert m.bank.rows == 200 and m.bank.dropped_anomalous == 0
+    assert m.bank.form == "initializer" and m.bank.file is None
     assert set(m.files) == {"reference.npz", "checkpoint.pt"}
     assert m.source["checkpoint_sha256"] == sha256_file(tiny_run / "checkpoint.pt") == m.files["checkpoint.pt"]
     assert m.source["run_config"] == json.loads((tiny_run / "config.json").read_text()) and m.source["slim"] is False
     operating = json.loads((tiny_run / "config.json").read_text())["train"]["score"]
-    assert set(m.scores["definitions"]) == {"score", "knn_angle"} and m.scores["default"] == operating
+    assert set(m.scores.definitions) == {"score", "knn_angle"} and m.scores.default == operating
     t = m.threshold
-    assert t["score"] == operating and t["operating_point"] == {"specificity": 0.95}
-    drift = t["validation"].pop("drift")  # the drift checks' calibration: the run's validation normals
-    assert t["validation"] == {"n_normal": 40, "n_abnormal": 40, "source": "val_scores.npz"}
+    assert t.score == operating and t.operating_point == {"specificity": 0.95}
+    assert t.validation is not None and t.validation.drift is not None
+    drift = t.validation.drift  # the drift checks' calibration: the run's validation normals
+    assert (t.validation.n_normal, t.validation.n_abnormal, t.validation.source) == (40, 40, "val_scores.npz")
     with np.load(tiny_run / "val_scores.npz") as val:
-        assert drift["normal_scores"] == sorted(float(x) for x in val[operating][val["label"] == 0])
+        assert list(drift.normal_scores or ()) == sorted(float(x) for x in val[operating][val["label"] == 0])
         normal_paths = val["path"][val["label"] == 0]
-    assert drift["unreadable_films"] == 0 and len(drift["normal_exposure"]) == 40
+    assert drift.unreadable_films == 0 and len(drift.normal_exposure or ()) == 40
     exposure = sorted(film_exposure(load_image(str(p), m.preprocess_config)) for p in normal_paths)
-    assert drift["normal_exposure"] == pytest.approx(exposure, abs=1e-6)
-    assert t["achieved"]["specificity"] >= 0.95 and t["achieved"]["sensitivity"] is not None
+    assert list(drift.normal_exposure or ()) == pytest.approx(exposure, abs=1e-6)
+    assert t.achieved["specificity"] >= 0.95 and t.achieved["sensitivity"] is not None
     assert m.parity["fp32"]["max_abs_score_diff"] == 1e-5
     assert m.graph("model").details["parity"]["label_agreement"] == 1.0
 
@@ -97,7 +98,7 @@ def test_manifest_round_trip(bundle: Path, tmp_path: Path) -> None:
     shutil.copytree(bundle, copy)
     m.write(copy)
     assert read_manifest(copy) == m
-    assert m.reference["images"] == 32 and m.reference["file"] == "reference.npz"
+    assert m.reference.images == 32 and m.reference.file == "reference.npz"
 
 
 def test_bank_rows_bit_for_bit(bundle: Path, tiny_run: Path) -> None:
@@ -106,7 +107,7 @@ def test_bank_rows_bit_for_bit(bundle: Path, tiny_run: Path) -> None:
     for name in ("scorer.onnx", "model.onnx"):
         rows = bank_initializer(bundle / name)
         assert rows.dtype == np.float32 and rows.tobytes() == run_bank.tobytes()
-    assert m.bank["sha256"] == hashlib.sha256(np.ascontiguousarray(run_bank, dtype=np.float32).tobytes()).hexdigest()
+    assert m.bank.sha256 == hashlib.sha256(np.ascontiguousarray(run_bank, dtype=np.float32).tobytes()).hexdigest()
     # The bank is stored once per graph: one initializer of N·D floats, no second copy in another layout.
     scorer = onnx.load(str(bundle / "scorer.onnx"))
     assert [(i.name, list(i.dims)) for i in scorer.graph.initializer] == [("bank_t", [200, 200])]
@@ -132,7 +133,7 @@ def test_reference_npz(bundle: Path, tiny_run: Path) -> None:
     chosen = select_reference(tiny_run, 32)
     assert [s.path.name for s in chosen] == ref["path"].tolist()
     assert [s.path.name for s in select_reference(tiny_run, 32)] == ref["path"].tolist()  # deterministic
-    assert read_manifest(bundle).reference["source"] == "val.csv"
+    assert read_manifest(bundle).reference.source == "val.csv"
     val = {s.path.name: s for s in read_samples(tiny_run / "val.csv")}
     assert np.array_equal(ref["image"], load_batch([val[p].path for p in ref["path"].tolist()], read_manifest(bundle).preprocess_config))
 
@@ -152,7 +153,7 @@ def test_ort_reproduces_pytorch_rebuilt_from_bundle(bundle: Path) -> None:
     cos = (emb * z).sum(1) / np.linalg.norm(emb, axis=1) / np.linalg.norm(z, axis=1)
     assert cos.min() >= 0.99999
     assert np.abs(s_ort - score).max() <= 1e-5 and np.abs(k_ort - knn).max() <= 1e-5
-    assert np.array_equal(decide(s_ort, m.threshold["value"]), decide(score, m.threshold["value"]))
+    assert np.array_equal(decide(s_ort, m.threshold.value), decide(score, m.threshold.value))
     (enc,) = session(bundle / "encoder.onnx").run(None, {"image": images})
     s_sc, k_sc = session(bundle / "scorer.onnx").run(None, {"embedding": z})
     assert np.abs(enc - emb).max() <= 1e-6
@@ -169,17 +170,17 @@ def test_batch_sizes_give_the_same_per_image_outputs(bundle: Path, batch: int) -
     split = run_in_batches(sess, {"image": images}, batch)
     for a, b in zip(full, split, strict=True):
         assert a.shape == b.shape and np.abs(a - b).max() <= 1e-6
-    assert np.array_equal(decide(full[1], m.threshold["value"]), decide(split[1], m.threshold["value"]))
+    assert np.array_equal(decide(full[1], m.threshold.value), decide(split[1], m.threshold.value))
 
 
 def _check_threshold_on_validation(bundle: Path, run: Path) -> None:
     t = read_manifest(bundle).threshold
     with np.load(run / "val_scores.npz", allow_pickle=False) as v:
-        score, label = v[t["score"]], v["label"]
-    normal_flagged = decide(score[label == 0], t["value"]).mean()
-    assert 1.0 - normal_flagged == pytest.approx(t["achieved"]["specificity"]) and 1.0 - normal_flagged >= 0.95
-    assert decide(score[label == 1], t["value"]).mean() == pytest.approx(t["achieved"]["sensitivity"])
-    assert t["value"] not in score.tolist() and t["value"] == float(np.float32(t["value"]))
+        score, label = v[t.score], v["label"]
+    normal_flagged = decide(score[label == 0], t.value).mean()
+    assert 1.0 - normal_flagged == pytest.approx(t.achieved["specificity"]) and 1.0 - normal_flagged >= 0.95
+    assert decide(score[label == 1], t.value).mean() == pytest.approx(t.achieved["sensitivity"])
+    assert t.value not in score.tolist() and t.value == float(np.float32(t.value))
 
 
 def test_threshold_is_on_validation_scores(bundle: Path, tiny_run: Path) -> None:
@@ -191,13 +192,13 @@ def test_the_runs_operating_score_carries_the_threshold(make_run: Callable[..., 
     run = make_run(score=operating)
     bundle = export_bundle(run, tmp_path / "b", reference_films=8)
     m = read_manifest(bundle)
-    assert m.threshold["score"] == m.scores["default"] == operating and m.threshold["rule"] == f"abnormal if {operating} > value"
+    assert m.threshold.score == m.scores.default == operating and m.threshold.rule == f"abnormal if {operating} > value"
     _check_threshold_on_validation(bundle, run)
     from salad.runtime import Scorer
 
     scorer = Scorer.from_bundle(bundle, runtime="onnxruntime")
     results = scorer.score([str(s.path) for s in read_samples(run / "val.csv")][:6])
-    decided = decide(np.array([getattr(r, operating) for r in results]), m.threshold["value"])
+    decided = decide(np.array([getattr(r, operating) for r in results]), m.threshold.value)
     assert [r.label for r in results] == decided.tolist()
 
 
@@ -206,7 +207,7 @@ def test_bank_as_input_and_slim(input_bundle: Path, tiny_run: Path) -> None:
     assert sorted(p.name for p in input_bundle.iterdir()) == [
         "bank.npy", "encoder.onnx", "manifest.json", "model.onnx", "reference.npz", "scorer.onnx",
     ]
-    assert m.bank["form"] == "input" and m.bank["file"] == "bank.npy" and set(m.files) == {"bank.npy", "reference.npz"}
+    assert m.bank.form == "input" and m.bank.file == "bank.npy" and set(m.files) == {"bank.npy", "reference.npz"}
     assert m.source["slim"] is True and m.source["checkpoint_sha256"] == sha256_file(tiny_run / "checkpoint.pt")
     assert [(t.name, t.shape) for t in m.graph("scorer").inputs] == [("embedding", ["batch", 200]), ("bank", [200, 200])]
     assert [t.name for t in m.graph("model").inputs] == ["image", "bank"]
@@ -223,13 +224,13 @@ def test_bank_as_input_and_slim(input_bundle: Path, tiny_run: Path) -> None:
     assert np.abs(s_other - score_numpy(z, other, m.k)["score"]).max() <= 1e-5
     assert np.abs(s_other - s_ort).max() > 1e-3
     t = m.threshold
-    assert t["operating_point"] == {"sensitivity": 0.9} and t["achieved"]["sensitivity"] >= 0.9
+    assert t.operating_point == {"sensitivity": 0.9} and t.achieved["sensitivity"] >= 0.9
 
 
 def test_external_data_round_trip(tiny_run: Path, tmp_path: Path) -> None:
     out = export_bundle(tiny_run, tmp_path / "ext", slim=True, reference_films=8, external_data_threshold=0)
     m = read_manifest(out)
-    assert m.bank["external_data"] == "bank.data" and m.graph("scorer").external_data == ["bank.data"]
+    assert m.bank.external_data == "bank.data" and m.graph("scorer").external_data == ["bank.data"]
     assert m.graph("model").external_data == ["bank.data"] and m.graph("encoder").external_data == []
     assert (out / "bank.data").stat().st_size == 200 * 200 * 4 and "bank.data" in m.files
     assert (out / "scorer.onnx").stat().st_size < 20_000  # the bank is not inline
@@ -256,7 +257,7 @@ def test_cli_export(tiny_run: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     operating = json.loads((tiny_run / "config.json").read_text())["train"]["score"]
     assert f"wrote {out}" in result.output and f"threshold {operating} >" in result.output
-    assert read_manifest(out).threshold["operating_point"] == {"specificity": 0.9}
+    assert read_manifest(out).threshold.operating_point == {"specificity": 0.9}
     again = CliRunner().invoke(export_command, args)
     assert again.exit_code == 1 and "error:" in again.output and "already exists" in again.output
     assert "Traceback" not in again.output

@@ -99,8 +99,8 @@ def test_a_bank_in_external_data_is_checked_too(tiny_run: Path, tmp_path: Path) 
 
     root = export_bundle(tiny_run, tmp_path / "b", external_data_threshold=1000, slim=True, reference_films=8)
     manifest = read_manifest(root, verify=True)
-    assert manifest.bank["external_data"] == "bank.data" and _score(root).returncode == 0
-    _other_bank((manifest.bank["rows"], manifest.embedding_dim)).T.astype("<f4").tofile(root / "bank.data")
+    assert manifest.bank.external_data == "bank.data" and _score(root).returncode == 0
+    _other_bank((manifest.bank.rows, manifest.embedding_dim)).T.astype("<f4").tofile(root / "bank.data")
     manifest.files["bank.data"] = sha256_file(root / "bank.data")
     manifest.write(root)
     _refused(_score(root), f"{root / 'model.onnx'} (its bank initializer, stored in bank.data): holds a memory bank")

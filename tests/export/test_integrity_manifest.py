@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -35,9 +36,9 @@ def test_an_edited_threshold_is_refused_naming_the_field_and_the_fix(bundle: Pat
     assert "Manifest.write" in str(info.value)
     # The deliberate tool records a new digest: the same change made through it is accepted.
     manifest = read_manifest(bundle, verify=False)
-    manifest.threshold["value"] *= 0.5
+    manifest.threshold = dataclasses.replace(manifest.threshold, value=manifest.threshold.value * 0.5)
     manifest.write(root)
-    assert read_manifest(root, verify=True).threshold["value"] == manifest.threshold["value"]
+    assert read_manifest(root, verify=True).threshold.value == manifest.threshold.value
 
 
 def test_a_manifest_without_its_digest_is_refused(bundle: Path, tmp_path: Path) -> None:

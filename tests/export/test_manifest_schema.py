@@ -19,6 +19,7 @@ import pytest
 
 from salad.errors import BundleError
 from salad.manifest import GraphSpec, Manifest, TensorSpec, parse_manifest
+from salad.manifest_blocks import Bank, Block, DriftCalibration, Reference, Scores, Threshold, Validation, kinds
 from salad.precision import PRECISIONS
 from salad.preprocess import BORDER_MODES, INTENSITY_MODES, MAX_SIZE, RESIZE_MODES, PreprocessConfig
 from salad.schema import BANK_FORMS, MANIFEST_FIELDS, json_schema
@@ -142,6 +143,37 @@ BAD: dict[str, Edit] = {
     "graph tensor with a fractional dim": _set("graphs.model.inputs", [{**TENSOR, "shape": [1.5]}]),
     "graph external_data string": _set("graphs.model.external_data", "bank.data"),
     "graph details string": _set("graphs.model.details", "x"),
+    # the typed blocks' other fields (salad/manifest_blocks.py): unknown keys, JSON types, item types
+    "bank with an unknown field": _set("bank.rows_total", 200),
+    "bank.dtype number": _set("bank.dtype", 32),
+    "bank.dropped_anomalous negative": _set("bank.dropped_anomalous", -1),
+    "bank.dropped_anomalous string": _set("bank.dropped_anomalous", "0"),
+    "bank.initializer number": _set("bank.initializer", 5),
+    "scores with an unknown field": _set("scores.extra", 1),
+    "scores.range string": _set("scores.range", "0..1"),
+    "scores.range of strings": _set("scores.range", ["0", "1"]),
+    "scores.norm_eps string": _set("scores.norm_eps", "1e-8"),
+    "threshold with an unknown field": _set("threshold.margin", 0.1),
+    "threshold.rule number": _set("threshold.rule", 5),
+    "threshold.operating_point string": _set("threshold.operating_point", "specificity:0.95"),
+    "threshold.operating_point of strings": _set("threshold.operating_point", {"specificity": "0.95"}),
+    "threshold.achieved of strings": _set("threshold.achieved", {"specificity": "high"}),
+    "threshold.validation string": _set("threshold.validation", "val_scores.npz"),
+    "threshold.validation with an unknown field": _set("threshold.validation.films", 80),
+    "threshold.validation.n_normal fraction": _set("threshold.validation.n_normal", 40.5),
+    "threshold.validation.source number": _set("threshold.validation.source", 1),
+    "threshold.validation.drift list": _set("threshold.validation.drift", [0.1]),
+    "threshold.validation.drift with an unknown field": _set("threshold.validation.drift.normal_style", [0.1]),
+    "threshold.validation.drift.normal_scores of strings": _set("threshold.validation.drift.normal_scores", ["0.1"]),
+    "threshold.validation.drift.normal_exposure number": _set("threshold.validation.drift.normal_exposure", 0.3),
+    "threshold.validation.drift.unreadable_films string": _set("threshold.validation.drift.unreadable_films", "0"),
+    "reference with an unknown field": _set("reference.films", 32),
+    "reference.images string": _set("reference.images", "32"),
+    "reference.keys of numbers": _set("reference.keys", [1, 2]),
+    "reference.n_normal bool": _set("reference.n_normal", True),
+    "reference.source number": _set("reference.source", 5),
+    "reference.list_sha256 number": _set("reference.list_sha256", 5),
+    "reference.batch_sizes fractional": _set("reference.batch_sizes", [1, 1.5]),
     # files
     "files string": _set("files", "x"),
     "files sha256 short": lambda raw: raw["files"].__setitem__("reference.npz", "abc"),
@@ -168,6 +200,15 @@ GOOD: dict[str, Edit] = {
     "calibration left out": _set("calibration", DROP),
     "graph details left out": _set("graphs.model.details", DROP),
     "graph external_data left out": _set("graphs.encoder.external_data", DROP),
+    "bank.initializer null": _set("bank.initializer", None),
+    "bank.dtype left out": _set("bank.dtype", DROP),
+    "threshold.achieved sensitivity null": _set("threshold.achieved", {"specificity": 1.0, "sensitivity": None}),
+    "threshold.validation left out": _set("threshold.validation", DROP),
+    "threshold.validation.drift left out": _set("threshold.validation.drift", DROP),
+    "threshold.rule left out": _set("threshold.rule", DROP),
+    "scores.range left out": _set("scores.range", DROP),
+    "reference empty": _set("reference", {}),
+    "reference left out": _set("reference", DROP),
 }
 
 #: Rules between two fields, which JSON Schema cannot state: salad refuses these, the schema accepts them (its title says so).
@@ -257,3 +298,79 @@ def test_every_typed_field_is_in_the_schema_and_back() -> None:
         assert required <= set(block.get("required", [])), f"{cls.__name__}: fields without a default the schema leaves optional"
     assert set(MANIFEST_FIELDS) == _names(Manifest)
     assert graph["properties"]["outputs"]["items"] == tensor
+
+
+#: Every typed block and where the JSON Schema describes it.
+BLOCKS: dict[type[Block], tuple[str, ...]] = {
+    Bank: ("bank",), Scores: ("scores",), Threshold: ("threshold",), Validation: ("threshold", "validation"),
+    DriftCalibration: ("threshold", "validation", "drift"), Reference: ("reference",),
+}
+#: JSON Schema's names for the typed blocks' JSON kinds.
+JSON_TYPES: dict[Any, str] = {bool: "boolean", int: "integer", float: "number", str: "string", tuple: "array", dict: "object"}
+
+
+def _block_schema(path: tuple[str, ...]) -> dict[str, Any]:
+    node: dict[str, Any] = json_schema("manifest")
+    for part in path:
+        node = node["properties"][part]
+    return node
+
+
+def _types(prop: dict[str, Any]) -> set[str]:
+    """The JSON types a schema property admits ($ref, anyOf, type, enum and const followed)."""
+    if "$ref" in prop:
+        return _types(json_schema("manifest")["$defs"][prop["$ref"].rsplit("/", 1)[-1]])
+    if "anyOf" in prop:
+        return set().union(*(_types(p) for p in prop["anyOf"]))
+    if "type" in prop:
+        return {prop["type"]} if isinstance(prop["type"], str) else set(prop["type"])
+    values = prop.get("enum", [prop["const"]] if "const" in prop else [])
+    names = {bool: "boolean", int: "integer", float: "number", str: "string", type(None): "null"}
+    return {names[type(v)] for v in values}
+
+
+@pytest.mark.parametrize("block", list(BLOCKS), ids=lambda b: b.__name__)
+def test_the_json_schema_and_the_typed_blocks_agree_on_every_field(block: type[Block]) -> None:
+    """Same field names, required-ness, JSON types, nullability and item types; unknown fields refused by both."""
+    schema = _block_schema(BLOCKS[block])
+    typed = kinds(block)
+    assert set(typed) == set(schema["properties"]), f"{block.__name__} and the JSON Schema name different fields"
+    assert {n for n, k in typed.items() if k.required} == set(schema.get("required", [])), f"{block.__name__}: required fields differ"
+    assert schema.get("additionalProperties") is False, f"{block.__name__}: the schema admits fields the typed block drops"
+    for name, k in typed.items():
+        prop, where = schema["properties"][name], f"{block.__name__}.{name}"
+        expected = "object" if isinstance(k.kind, type) and issubclass(k.kind, Block) else JSON_TYPES[k.kind]
+        admitted = _types(prop)
+        assert admitted - {"null"} == {expected} or (expected == "number" and admitted - {"null"} == {"number", "integer"}), (
+            f"{where}: typed as {expected}, the JSON Schema admits {sorted(admitted)}")
+        assert ("null" in admitted) == k.nullable, f"{where}: nullable {k.nullable}, the JSON Schema admits {sorted(admitted)}"
+        if k.item is not None:
+            items = prop["items"] if k.kind is tuple else prop["additionalProperties"]
+            item_kind, item_null = k.item
+            assert _types(items) == {JSON_TYPES[item_kind]} | ({"null"} if item_null else set()), f"{where}: item types differ"
+        if isinstance(k.kind, type) and issubclass(k.kind, Block):
+            assert BLOCKS[k.kind] == (*BLOCKS[block], name), f"{where}: nested block {k.kind.__name__} is not checked here"
+
+
+def test_every_block_of_the_manifest_is_typed() -> None:
+    """The Manifest's block fields are the typed blocks, each of which this file compares with the schema."""
+    hints = {f.name: f.type for f in fields(Manifest)}
+    for name in ("bank", "scores", "threshold", "reference"):
+        assert hints[name] in {b.__name__ for b in BLOCKS}, f"Manifest.{name} is {hints[name]}, not a typed block"
+
+
+def test_a_manifest_read_and_written_again_is_byte_identical(bundle: Path, input_bundle: Path) -> None:
+    for root in (bundle, input_bundle):
+        data = (root / "manifest.json").read_bytes()
+        manifest = parse_manifest(data, root / "manifest.json")
+        assert isinstance(manifest.threshold, Threshold) and isinstance(manifest.bank, Bank)
+        assert manifest.to_json().encode("utf-8") == data, f"{root}: the typed manifest does not write the bytes it was read from"
+
+
+@pytest.mark.parametrize("case", sorted(GOOD))
+def test_a_good_manifest_round_trips_through_the_typed_blocks(raw: dict[str, Any], case: str) -> None:
+    good = _edited(raw, GOOD[case])
+    again = Manifest.from_dict(copy.deepcopy(good)).to_dict()
+    for name in ("bank", "scores", "threshold", "reference"):
+        if name in good:
+            assert again[name] == good[name], f"{case}: {name} changed on a round trip"

@@ -97,15 +97,15 @@ def test_every_config_parses_and_matches_the_manifest(bundle: Path, repository: 
 
     p = params(ensemble)
     assert json.loads(p["salad.preprocessing"]) == m.preprocessing
-    assert json.loads(p["salad.threshold"]) == m.threshold
-    assert json.loads(p["salad.scores"]) == m.scores
-    assert p["salad.bank_sha256"] == m.bank["sha256"] and p["salad.k"] == str(m.k) and p["salad.precision"] == "fp32"
+    assert json.loads(p["salad.threshold"]) == m.threshold.to_json()
+    assert json.loads(p["salad.scores"]) == m.scores.to_json()
+    assert p["salad.bank_sha256"] == m.bank.sha256 and p["salad.k"] == str(m.k) and p["salad.precision"] == "fp32"
     assert p["salad.encoder_sha256"] == m.graph("encoder").sha256
     assert json.loads(params(configs["salad_encoder"])["salad.preprocessing"]) == m.preprocessing
 
     readme = (repository / "README.md").read_text(encoding="utf-8")
     for text in ("tritonserver --model-repository=/models", "salad score --triton http://localhost:8000", 'client.infer("salad"',
-                 f"{m.threshold['value']}", "salad_encoder", "salad_scorer"):
+                 f"{m.threshold.value}", "salad_encoder", "salad_scorer"):
         assert text in readme, text
 
 

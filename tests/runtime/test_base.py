@@ -194,7 +194,7 @@ def test_onnxruntime_tensorrt_provider_gets_the_batch_profile(tiny_bundle: Path,
 
 def test_bank_input_profile_fixes_the_bank_rows(bank_input_bundle: Path, tmp_path: Path) -> None:
     runner = OnnxRuntimeRunner(model_graph(bank_input_bundle), max_batch=2, device="cuda", cache_dir=tmp_path)
-    rows = read_manifest(bank_input_bundle).bank["rows"]
+    rows = read_manifest(bank_input_bundle).bank.rows
     assert runner._profile_shapes(2) == f"image:2x1x64x64,bank:{rows}x200"
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -19,7 +19,7 @@ def test_paths_threshold_and_reference_of_a_real_bundle(tiny_bundle: Path) -> No
     assert bundle.graph_path("model") == tiny_bundle / "model.onnx"
     assert bundle.graph_path("encoder").is_file()
     assert not bundle.takes_bank("model") and bundle.static_feed("model") == {}
-    assert bundle.threshold.value == bundle.manifest.threshold["value"]
+    assert bundle.threshold.value == bundle.manifest.threshold.value
     assert bundle.threshold.score in SCORE_NAMES
     ref = bundle.load_reference()
     assert set(ref) == set(REFERENCE_KEYS) and ref["image"].dtype == np.float32
@@ -33,7 +33,7 @@ def test_bank_as_input_bundle_feeds_its_bank(bank_input_bundle: Path) -> None:
     feed = bundle.static_feed("model")
     bank = feed[BANK_INPUT]
     assert bank.dtype == np.float32 and bank.flags.c_contiguous
-    assert bank.shape == (bundle.manifest.bank["rows"], bundle.manifest.embedding_dim)
+    assert bank.shape == (bundle.manifest.bank.rows, bundle.manifest.embedding_dim)
     assert bundle.load_bank() is bank  # read once
 
 
@@ -45,8 +45,7 @@ def test_missing_reference_array_names_the_file(tiny_bundle: Path) -> None:
 
 def test_unusable_threshold_is_a_bundle_error(tiny_bundle: Path, tmp_path: Path) -> None:
     copy = Path(shutil.copytree(tiny_bundle, tmp_path / "b"))
-    raw = json.loads((copy / "manifest.json").read_text())
     bundle = Bundle.open(copy, verify=False)
-    bundle.manifest.threshold = {**raw["threshold"], "value": "high"}
+    bundle.manifest.threshold = dataclasses.replace(bundle.manifest.threshold, value="high")
     with pytest.raises(BundleError, match="no numeric 'value'"):
         _ = bundle.threshold

@@ -65,7 +65,7 @@ def test_score_a_folder_prints_a_table(tiny_bundle: Path, film_folder: Path) -> 
     result = CliRunner().invoke(score_command, [str(tiny_bundle), str(film_folder)])
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
-    operating = read_manifest(tiny_bundle).threshold["score"]  # the label column says which output decides
+    operating = read_manifest(tiny_bundle).threshold.score  # the label column says which output decides
     assert lines[0].split()[:5] == ["path", "score", "knn_angle", "label", f"({operating})"]
     files = sorted(film_folder.rglob("*.jpeg"))
     assert len(lines) == 1 + len(files)  # recursive: both class sub-folders
@@ -242,14 +242,14 @@ def test_inspect_shows_graphs_threshold_bank_and_tolerances(tiny_bundle: Path) -
     m = read_manifest(tiny_bundle)
     text = CliRunner().invoke(main, ["inspect", str(tiny_bundle)])
     assert text.exit_code == 0, text.output
-    assert "every file matches its sha256" in text.output and f"{m.threshold['score']} > " in text.output
-    assert f"bank: {m.bank['rows']} rows" in text.output and "model.onnx" in text.output and "max_abs_score_diff=1e-05" in text.output
+    assert "every file matches its sha256" in text.output and f"{m.threshold.score} > " in text.output
+    assert f"bank: {m.bank.rows} rows" in text.output and "model.onnx" in text.output and "max_abs_score_diff=1e-05" in text.output
     raw = CliRunner().invoke(main, ["inspect", str(tiny_bundle), "--json"])
     info = json.loads(raw.output)
     assert info["schema"] == "salad-inspect/1" and info["precisions"] == m.precisions()
-    assert info["threshold"]["value"] == m.threshold["value"] and set(info["graphs"]) == set(m.graphs)
+    assert info["threshold"]["value"] == m.threshold.value and set(info["graphs"]) == set(m.graphs)
     assert info["graphs"]["model"]["outputs"][1:] == [{"name": n, "dtype": "float32", "shape": ["batch"]} for n in ("score", "knn_angle")]
-    n_val = m.threshold["validation"]["n_normal"]  # every validation normal calibrates the drift checks
+    n_val = m.threshold.validation.n_normal  # every validation normal calibrates the drift checks
     assert info["drift"] == {"score_films": n_val, "exposure_films": n_val, "style_attached": False}
     assert f"score ({n_val} validation normals), exposure ({n_val} validation normals), style off" in text.output
 

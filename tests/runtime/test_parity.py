@@ -38,7 +38,7 @@ def nudge(delta: float) -> Edit:
 
 
 def n_reference(bundle: Path) -> int:
-    return int(read_manifest(bundle, verify=False).reference["images"])
+    return int(read_manifest(bundle, verify=False).reference.images)
 
 
 def _runtime_param(name: str) -> object:

@@ -76,7 +76,7 @@ def test_labels_follow_the_bundle_threshold(tiny_bundle: Path, film_folder: Path
     with Scorer.from_bundle(tiny_bundle) as scorer:
         results = scorer.score(files)
         threshold, operating = scorer.threshold, scorer.threshold_score
-    assert (threshold, operating) == tuple(read_manifest(tiny_bundle).threshold[k] for k in ("value", "score"))
+    assert (threshold, operating) == tuple(getattr(read_manifest(tiny_bundle).threshold, k) for k in ("value", "score"))
     scores = np.array([getattr(r, operating) for r in results])
     assert [r.label for r in results] == decide(scores, threshold).tolist()
     assert all((r.label == 1) == (getattr(r, operating) > threshold) for r in results)

@@ -56,7 +56,7 @@ def test_the_report_counts_the_bundles_labels_and_keeps_a_running_estimate(tiny_
     spot = body["drift"]["spot_check"]
     labels = _labels(tiny_bundle, sorted(a.iterdir()))
     flagged = sum(labels.values())
-    design, _ = design_rate(read_manifest(tiny_bundle, verify=False).threshold)
+    design, _ = design_rate(read_manifest(tiny_bundle, verify=False).threshold.to_json())
     assert spot["call"]["films"] == 20 and spot["call"]["flagged"] == flagged and spot["design_fpr"] == pytest.approx(design)
     assert sorted(Path(p).name for p in spot["flagged_files"]) == sorted(k for k, v in labels.items() if v)
     assert spot["call"]["warn"] == (spot["call"]["ci"][0] > WARN_MULTIPLE * design) and body["drift"]["warn"] >= spot["warn"]
@@ -124,7 +124,7 @@ def test_acceptance_a_shifted_site_warns_and_the_bundles_own_site_does_not(tiny_
     is no detector and hardly reacts to the NIH films as they are, whose FPR is measured too). Each site's FPR is
     measured here; the warn rates must match the binomial power at that FPR and meet the acceptance.
     """
-    design, _ = design_rate(read_manifest(tiny_bundle, verify=False).threshold)
+    design, _ = design_rate(read_manifest(tiny_bundle, verify=False).threshold.to_json())
     rotate = affine(rotate_deg=15.0)
     nih = [read_image(p) for p in _films(NIH_NORMAL, 120)]
     with Scorer.from_bundle(tiny_bundle) as scorer:

@@ -9,6 +9,7 @@ max_batch_size, and the ensemble executed by following its steps' input_map / ou
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import threading
@@ -235,7 +236,7 @@ def test_triton_scores_equal_the_local_onnxruntime_scores(tiny_bundle: Path, ser
 def test_a_server_with_another_bundle_is_refused(bundle_copy: Path, server: tuple[FakeTriton, str, str]) -> None:
     _, url, _ = server
     manifest = read_manifest(bundle_copy, verify=False)
-    manifest.threshold["value"] = 0.5
+    manifest.threshold = dataclasses.replace(manifest.threshold, value=0.5)
     manifest.write(bundle_copy)
     with pytest.raises(BundleError, match=r"serves another model than the bundle(.|\n)*salad.threshold: server .*bundle"):
         triton_scorer(bundle_copy, url).activate()
