@@ -33,6 +33,7 @@ from salad.train.config import (  # noqa: F401 - moved to train/config.py; impor
     PAPER,
     PRESETS,
     RUN_SCHEMA,
+    Method,
     TrainConfig,
     method_of,
     round_of,
@@ -217,6 +218,7 @@ class Trainer:
         return outputs[self.cfg.score].numpy()
 
     def fit(self) -> dict[str, Any]:
+        """Train to the configured epochs (from `start_epoch`); the main process writes the run and returns its summary."""
         cfg = self.cfg
         main = self.replicas.is_main
         if main:
@@ -229,8 +231,6 @@ class Trainer:
         val_images = preload(self.val_samples, pcfg, "reading validation films") if self.val_samples and main else None
         val_labels = np.array([s.label for s in self.val_samples])
         method = method_of(cfg.method)  # the registry says which terms this member of the family uses
-        use_mse, use_disc, use_agg = method.reconstruction, method.discrimination, method.aggregation
-        n = len(images)
         metrics_path = self.out / "metrics.jsonl"
         if main and self.start_epoch == 0 and metrics_path.exists():
             metrics_path.unlink()
@@ -241,55 +241,17 @@ class Trainer:
             t0 = time.perf_counter()
             rnd = round_of(cfg, epoch)
             round_start = epoch == cfg.pretrain_epochs + (rnd - 1) * cfg.round_epochs if rnd > 0 else False
-            if use_agg and rnd > 0 and (round_start or self.is_anchor is None):
+            if method.aggregation and rnd > 0 and (round_start or self.is_anchor is None):
                 # Entropies and neighbour sets from clean (un-augmented, eval-mode) embeddings of this round's model.
                 clean = embed_all(self.model, images).to(self.device)
                 k = neighbours_of_round(cfg.neighbours, cfg.neighbours_growth, rnd)
                 self.is_anchor, self.neighbours = select_anchors(clean, cfg.tau, k, rnd)
             for g in self.opt.param_groups:
                 g["lr"] = self._lr(epoch)
-            self.model.train()
-            perm = torch.randperm(n, generator=self.gen)
-            sums = {"loss": 0.0, "mse": 0.0, "disc": 0.0}
-            steps = 0
-            for s in range(0, n - cfg.batch_size + 1 if n >= cfg.batch_size else 1, cfg.batch_size):
-                idx = perm[s : s + cfg.batch_size]
-                # Every process draws the whole global batch's augmentation from the shared generator, then
-                # keeps its share: the global batch is the single-process batch, whatever the process count.
-                view, target = training_pair(images[idx], cfg.augment, self.gen)
-                x = self.replicas.local(view).to(self.device)
-                idx_d = self.replicas.local(idx).to(self.device)
-                z, recon = self.net(x)
-                mse = F.mse_loss(recon, self.replicas.local(target).to(self.device)) if use_mse else torch.zeros((), device=self.device)
-                if use_disc:
-                    terms = discrimination_terms(
-                        z, idx_d, self.bank.rows, cfg.tau,
-                        self.neighbours if use_agg and rnd > 0 else None,
-                        self.is_anchor if use_agg and rnd > 0 else None, form=cfg.latent_loss,
-                    )
-                    disc = terms.mean()
-                else:
-                    disc = torch.zeros((), device=self.device)
-                loss = mse + cfg.lam * disc
-                if not math.isfinite(float(loss.detach())):
-                    raise RunError(
-                        f"{self.out}: the training loss became {float(loss.detach())} at epoch {epoch}, step {steps} "
-                        f"(reconstruction {float(mse.detach())}, discrimination {float(disc.detach())}). The run stops "
-                        "here; the last checkpoint is from the previous epoch. Check the films for non-finite pixels "
-                        "and lower --lr."
-                    )
-                self.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                self.opt.step()
-                self.bank.update(*self.replicas.gather(idx_d, z))
-                sums["loss"] += float(loss.detach())
-                sums["mse"] += float(mse.detach())
-                sums["disc"] += float(disc.detach())
-                steps += 1
-            row: dict[str, Any] = {k: v / max(1, steps) for k, v in self.replicas.mean(sums).items()}
+            row = self._train_epoch(images, epoch, rnd, method)
             if not main:
                 continue
-            anchors = int(self.is_anchor.sum()) if self.is_anchor is not None and use_agg and rnd > 0 else 0
+            anchors = int(self.is_anchor.sum()) if self.is_anchor is not None and method.aggregation and rnd > 0 else 0
             row.update(epoch=epoch, round=rnd, lr=self._lr(epoch), anchors=anchors)
             if val_images is not None and len(val_images):
                 vs = self._val_scores(val_images, self.bank.normal_rows())
@@ -308,6 +270,56 @@ class Trainer:
                 self.save(epoch)
         if not main:
             return {}
+        return self._finish(images, val_images, val_labels, t_run)
+
+    def _train_epoch(self, images: torch.Tensor, epoch: int, rnd: int, method: Method) -> dict[str, Any]:
+        """One epoch's steps over the shuffled films: loss, reconstruction and discrimination means over every process."""
+        cfg, n = self.cfg, len(images)
+        use_mse, use_disc, use_agg = method.reconstruction, method.discrimination, method.aggregation
+        self.model.train()
+        perm = torch.randperm(n, generator=self.gen)
+        sums = {"loss": 0.0, "mse": 0.0, "disc": 0.0}
+        steps = 0
+        for s in range(0, n - cfg.batch_size + 1 if n >= cfg.batch_size else 1, cfg.batch_size):
+            idx = perm[s : s + cfg.batch_size]
+            # Every process draws the whole global batch's augmentation from the shared generator, then
+            # keeps its share: the global batch is the single-process batch, whatever the process count.
+            view, target = training_pair(images[idx], cfg.augment, self.gen)
+            x = self.replicas.local(view).to(self.device)
+            idx_d = self.replicas.local(idx).to(self.device)
+            z, recon = self.net(x)
+            mse = F.mse_loss(recon, self.replicas.local(target).to(self.device)) if use_mse else torch.zeros((), device=self.device)
+            if use_disc:
+                terms = discrimination_terms(
+                    z, idx_d, self.bank.rows, cfg.tau,
+                    self.neighbours if use_agg and rnd > 0 else None,
+                    self.is_anchor if use_agg and rnd > 0 else None, form=cfg.latent_loss,
+                )
+                disc = terms.mean()
+            else:
+                disc = torch.zeros((), device=self.device)
+            loss = mse + cfg.lam * disc
+            if not math.isfinite(float(loss.detach())):
+                raise RunError(
+                    f"{self.out}: the training loss became {float(loss.detach())} at epoch {epoch}, step {steps} "
+                    f"(reconstruction {float(mse.detach())}, discrimination {float(disc.detach())}). The run stops "
+                    "here; the last checkpoint is from the previous epoch. Check the films for non-finite pixels "
+                    "and lower --lr."
+                )
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.bank.update(*self.replicas.gather(idx_d, z))
+            sums["loss"] += float(loss.detach())
+            sums["mse"] += float(mse.detach())
+            sums["disc"] += float(disc.detach())
+            steps += 1
+        return {k: v / max(1, steps) for k, v in self.replicas.mean(sums).items()}
+
+    def _finish(self, images: torch.Tensor, val_images: torch.Tensor | None, val_labels: np.ndarray,
+                t_run: float) -> dict[str, Any]:
+        """After the last epoch: the final bank and tilt, the finished checkpoint, the validation scores and threshold."""
+        cfg = self.cfg
         if cfg.bank_refresh:
             # Score against clean (un-augmented, eval-mode) embeddings: the same view a console will see.
             self.bank.replace(embed_all(self.model, images).to(self.device))
@@ -333,7 +345,6 @@ class Trainer:
         if self.log_epochs:
             say(validation_line(summary, cfg.score, len(self.val_samples)))
         return summary
-
 
 VALIDATION = "validation.json"
 
