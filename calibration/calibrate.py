@@ -78,17 +78,7 @@ def calibrate_bundle(
     with Bundle.edit(root) as edit:  # one writer at a time; a left journal is finished, SIGTERM cleans up like Ctrl-C
         opened = edit.bundle
         manifest = opened.manifest
-        existing = [k for k in (manifest.graph_key(g, precision) for g in VARIANT_GRAPHS) if k in manifest.graphs]
-        if existing and not force:
-            raise CalibrationError(
-                f"{root}: already has the {precision} variant ({', '.join(existing)}); pass --force to calibrate it again "
-                "(the current variant stays until the new one has passed its checks)."
-            )
-        for name in ("encoder", "scorer", "model"):
-            try:
-                manifest.graph(name, "fp32")
-            except SaladError as exc:
-                raise CalibrationError(f"{root}: cannot calibrate: {exc}") from exc
+        existing = _existing_variant(opened, precision, force)
         notes: list[str] = []
         source = None
         if BUILDERS[precision].needs_films:
@@ -127,17 +117,39 @@ def calibrate_bundle(
             if not fits or not in_bundle:
                 report.write(target)  # a rejected variant's report: <precision>.rejected.json/.md
             if not fits and raise_on_failure:
-                stays = (f" (its {precision} variant and that variant's report {root / REPORT_DIR / (precision + '.md')} stay as they were)"
-                        if existing else "")
-                raise CalibrationRejectedError(
-                    f"{root}: the {precision} variant was not added:\n  " + "\n  ".join(report.failures)
-                    + f"\nThe bundle is unchanged{stays}. Report of this rejected attempt: {report.files['markdown']}",
-                    failures=[{"check": "calibration gate", "message": line} for line in report.failures]
-                    + parity.failure_records,
-                )
+                raise _rejected(report, root, bool(existing), parity.failure_records)
             if fits:
                 stage.commit(edit, precision, report, in_bundle)
         return report
+
+
+def _existing_variant(bundle: Bundle, precision: str, force: bool) -> list[str]:
+    """The bundle's graphs of `precision` already there (refused without `force`); a CalibrationError without its fp32 graphs."""
+    manifest = bundle.manifest
+    existing = [k for k in (manifest.graph_key(g, precision) for g in VARIANT_GRAPHS) if k in manifest.graphs]
+    if existing and not force:
+        raise CalibrationError(
+            f"{bundle.root}: already has the {precision} variant ({', '.join(existing)}); pass --force to calibrate it again "
+            "(the current variant stays until the new one has passed its checks)."
+        )
+    for name in ("encoder", "scorer", "model"):
+        try:
+            manifest.graph(name, "fp32")
+        except SaladError as exc:
+            raise CalibrationError(f"{bundle.root}: cannot calibrate: {exc}") from exc
+    return existing
+
+
+def _rejected(report: CalibrationReport, root: Path, existing: bool, parity_failures: list[dict[str, Any]]) -> CalibrationRejectedError:
+    """The error of a variant that missed its tolerances: each failure, the bundle unchanged, and the rejected report."""
+    precision = report.precision
+    stays = (f" (its {precision} variant and that variant's report {root / REPORT_DIR / (precision + '.md')} stay as they were)"
+             if existing else "")
+    return CalibrationRejectedError(
+        f"{root}: the {precision} variant was not added:\n  " + "\n  ".join(report.failures)
+        + f"\nThe bundle is unchanged{stays}. Report of this rejected attempt: {report.files['markdown']}",
+        failures=[{"check": "calibration gate", "message": line} for line in report.failures] + parity_failures,
+    )
 
 
 # -- request checks ------------------------------------------------------------------------------------

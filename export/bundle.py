@@ -7,6 +7,7 @@ onnx.checker, shape inference and ONNX Runtime have reproduced PyTorch on the re
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -170,8 +171,6 @@ def export_bundle(
     in bank.data (ONNX external data) — protobuf cannot write 2 GiB. reference_films: the films whose PyTorch outputs
     reference.npz keeps (`salad-export --reference-films`; the old reference_images= warns).
     """
-    import torch
-
     from salad.train.evaluate import load_run
 
     run, out = Path(run), Path(out)
@@ -187,7 +186,6 @@ def export_bundle(
         dim = int(cfg_model.output_dim if loaded.model.tilted else cfg_model.embedding_dim)
         labels = loaded.bank_labels.numpy()
         bank = checked_bank(loaded.bank.numpy(), labels, dim, loaded.score_k, str(run / CHECKPOINT_FILE))
-        n_rows, k, size = int(bank.shape[0]), loaded.score_k, loaded.preprocessing.size
         val = read_val_scores(run)
         threshold = choose_threshold(val[loaded.score_name], val["label"], operating_point, loaded.score_name)
         threshold["validation"]["drift"] = drift_calibration(val, loaded.score_name, loaded.preprocessing)
@@ -196,43 +194,8 @@ def export_bundle(
         ref = reference_outputs(loaded, samples)
         _check_val_scores(run, val, samples, ref)
 
-        contracts = graph_contracts(size, dim, n_rows, bank_as_input)
-        encoder = export_encoder(loaded.model, contracts["encoder"], opset)
-        scorer = export_scorer(k, dim, n_rows, contracts["scorer"], opset)
-        model = merge_encoder_scorer(encoder, scorer)
-
-        bank_sha = hashlib.sha256(bank.data).hexdigest()  # float32 C-order bytes, no copy
-        files: dict[str, str] = {}
-        external: list[str] = []
-        if bank_as_input:
-            np.save(tmp / BANK_FILE, bank, allow_pickle=False)
-            files[BANK_FILE] = sha256_file(tmp / BANK_FILE)
-        else:
-            if bank.nbytes + encoder.ByteSize() + _GRAPH_HEADROOM > external_data_threshold:
-                write_bank_data(bank, tmp / BANK_DATA_FILE)
-                files[BANK_DATA_FILE] = sha256_file(tmp / BANK_DATA_FILE)
-                external = [BANK_DATA_FILE]
-            tensor = bank_tensor(bank, external[0] if external else None)
-            scorer, model = bind_bank(scorer, tensor), bind_bank(model, tensor)
-        form = "input" if bank_as_input else "initializer"
-        bank_note = (
-            f"graph input {BANK_INPUT!r} [N, D]" if bank_as_input
-            else f"initializer {BANK_INITIALIZER!r} [D, N] (transposed bank rows)" + (f" in {BANK_DATA_FILE}" if external else "")
-        )
-        graphs: dict[str, GraphSpec] = {}
-        for key, proto in (("encoder", encoder), ("scorer", scorer), ("model", model)):
-            contract = contracts[key]
-            props = {"salad.graph": key, "salad.toolkit_version": salad.__version__}
-            if key != "encoder":
-                props.update({"salad.k": str(k), "salad.bank_sha256": bank_sha, "salad.bank_form": form})
-            set_metadata(proto, props)
-            normalise_opsets(proto)
-            onnx.save_model(proto, tmp / contract.file)
-            details: dict[str, Any] = {"exporter": f"torch {torch.__version__} (TorchScript), onnx {onnx.__version__}"}
-            if key != "encoder":
-                details["bank"] = bank_note
-            graphs[key] = _graph_spec(contract, sha256_file(tmp / contract.file), opset, external if key != "encoder" else [], details)
-
+        graphs, files, bank_block = _write_graphs(tmp, loaded, bank, dim, opset, bank_as_input, external_data_threshold)
+        bank_block = dataclasses.replace(bank_block, dropped_anomalous=int((labels != 0).sum()))
         write_reference(tmp / REFERENCE_FILE, ref)
         files[REFERENCE_FILE] = sha256_file(tmp / REFERENCE_FILE)
         checkpoint_sha = sha256_file(run / CHECKPOINT_FILE)
@@ -246,12 +209,8 @@ def export_bundle(
             source={"checkpoint_sha256": checkpoint_sha, "run_config": run_config, "slim": slim, "validation": validation},
             preprocessing=loaded.preprocessing.to_dict(),
             embedding_dim=dim,
-            bank=Bank(
-                rows=n_rows, dim=dim, dtype="float32", sha256=bank_sha, dropped_anomalous=int((labels != 0).sum()), form=form,
-                file=BANK_FILE if bank_as_input else None, initializer=None if bank_as_input else BANK_INITIALIZER,
-                external_data=external[0] if external else None,
-            ),
-            k=k,
+            bank=bank_block,
+            k=loaded.score_k,
             scores=Scores(
                 default=loaded.score_name, outputs=tuple(SCORE_NAMES), definitions=dict(SCORE_DEFINITIONS),
                 range=(0.0, 1.0), norm_eps=NORM_EPS,
@@ -266,19 +225,79 @@ def export_bundle(
                 source="val.csv", list_sha256=list_hash(samples), batch_sizes=tuple(VALIDATION_BATCH_SIZES),
             ),
         )
-        manifest.write(tmp)
-        try:
-            measured = validate_bundle(tmp)
-        except ExportValidationError as exc:
-            raise ExportValidationError(
-                str(exc).replace(str(tmp), str(out)) + f"\nNothing was written to {out}"
-                + (f" ({out} is unchanged)." if out.exists() else "."),
-                failures=[{**f, "message": str(f.get("message", "")).replace(str(tmp), str(out))} for f in exc.failures],
-            ) from exc
-        for key, values in measured.items():
-            manifest.graphs[key].details["parity"] = values
-        manifest.write(tmp)
+        _validate(manifest, tmp, out)
     return out
+
+
+def _write_graphs(
+    tmp: Path, loaded: Any, bank: np.ndarray, dim: int, opset: int, bank_as_input: bool, external_data_threshold: int,
+) -> tuple[dict[str, GraphSpec], dict[str, str], Bank]:
+    """Trace the encoder, build the scorer and the merged model, bind or store the bank, and write the three graphs.
+
+    Returns their specs, the bank's files (bank.npy or bank.data → sha256) and the manifest's bank block
+    (dropped_anomalous is the caller's).
+    """
+    import torch
+
+    n_rows, k, size = int(bank.shape[0]), loaded.score_k, loaded.preprocessing.size
+    contracts = graph_contracts(size, dim, n_rows, bank_as_input)
+    encoder = export_encoder(loaded.model, contracts["encoder"], opset)
+    scorer = export_scorer(k, dim, n_rows, contracts["scorer"], opset)
+    model = merge_encoder_scorer(encoder, scorer)
+
+    bank_sha = hashlib.sha256(bank.data).hexdigest()  # float32 C-order bytes, no copy
+    files: dict[str, str] = {}
+    external: list[str] = []
+    if bank_as_input:
+        np.save(tmp / BANK_FILE, bank, allow_pickle=False)
+        files[BANK_FILE] = sha256_file(tmp / BANK_FILE)
+    else:
+        if bank.nbytes + encoder.ByteSize() + _GRAPH_HEADROOM > external_data_threshold:
+            write_bank_data(bank, tmp / BANK_DATA_FILE)
+            files[BANK_DATA_FILE] = sha256_file(tmp / BANK_DATA_FILE)
+            external = [BANK_DATA_FILE]
+        tensor = bank_tensor(bank, external[0] if external else None)
+        scorer, model = bind_bank(scorer, tensor), bind_bank(model, tensor)
+    form = "input" if bank_as_input else "initializer"
+    bank_note = (
+        f"graph input {BANK_INPUT!r} [N, D]" if bank_as_input
+        else f"initializer {BANK_INITIALIZER!r} [D, N] (transposed bank rows)" + (f" in {BANK_DATA_FILE}" if external else "")
+    )
+    graphs: dict[str, GraphSpec] = {}
+    for key, proto in (("encoder", encoder), ("scorer", scorer), ("model", model)):
+        contract = contracts[key]
+        props = {"salad.graph": key, "salad.toolkit_version": salad.__version__}
+        if key != "encoder":
+            props.update({"salad.k": str(k), "salad.bank_sha256": bank_sha, "salad.bank_form": form})
+        set_metadata(proto, props)
+        normalise_opsets(proto)
+        onnx.save_model(proto, tmp / contract.file)
+        details: dict[str, Any] = {"exporter": f"torch {torch.__version__} (TorchScript), onnx {onnx.__version__}"}
+        if key != "encoder":
+            details["bank"] = bank_note
+        graphs[key] = _graph_spec(contract, sha256_file(tmp / contract.file), opset, external if key != "encoder" else [], details)
+    block = Bank(
+        rows=n_rows, dim=dim, dtype="float32", sha256=bank_sha, form=form,
+        file=BANK_FILE if bank_as_input else None, initializer=None if bank_as_input else BANK_INITIALIZER,
+        external_data=external[0] if external else None,
+    )
+    return graphs, files, block
+
+
+def _validate(manifest: Manifest, tmp: Path, out: Path) -> None:
+    """Write the manifest, run export's checks on the bundle in `tmp`, and record their figures in each graph's details."""
+    manifest.write(tmp)
+    try:
+        measured = validate_bundle(tmp)
+    except ExportValidationError as exc:
+        raise ExportValidationError(
+            str(exc).replace(str(tmp), str(out)) + f"\nNothing was written to {out}"
+            + (f" ({out} is unchanged)." if out.exists() else "."),
+            failures=[{**f, "message": str(f.get("message", "")).replace(str(tmp), str(out))} for f in exc.failures],
+        ) from exc
+    for key, values in measured.items():
+        manifest.graphs[key].details["parity"] = values
+    manifest.write(tmp)
 
 
 #: Films of each class a run's labelled validation needs before export holds it to its floors: with fewer,

@@ -101,36 +101,78 @@ def _is_sha(v: Any) -> bool:
     return isinstance(v, str) and len(v) == 64 and set(v) <= _HEX
 
 
-def manifest_problems(raw: dict[str, Any]) -> list[str]:
-    """Every field of a raw manifest.json whose type or range is wrong, and every unsafe or unlisted path."""
-    problems: list[str] = []
-    for name, block in (("bank", Bank), ("scores", Scores), ("threshold", Threshold), ("reference", Reference)):
-        if name in raw or name != "reference":  # the typed blocks' fields and JSON types (salad/manifest_blocks.py)
-            problems += block_problems(block, raw.get(name), name)
-    flagged = {p.split(":", 1)[0] for p in problems}  # the rules below add ranges, not a second message for one field
+class _Problems:
+    """The problems found in a raw manifest so far, and the one way a rule adds one.
 
-    def need(where: str, value: Any, ok: bool, expected: str) -> bool:
-        if not ok and where not in flagged:
-            problems.append(f"{where}: {show(value)}; expected {expected}")
+    Starts with the typed blocks' own check (salad/manifest_blocks.py: unknown fields, required fields, JSON
+    types); a field it flagged is not reported a second time by the rules for ranges and relations.
+    """
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        self.raw = raw
+        self.found: list[str] = []
+        for name, block in (("bank", Bank), ("scores", Scores), ("threshold", Threshold), ("reference", Reference)):
+            if name in raw or name != "reference":
+                self.found += block_problems(block, raw.get(name), name)
+        self.flagged = {p.split(":", 1)[0] for p in self.found}
+
+    def need(self, where: str, value: Any, ok: bool, expected: str) -> bool:
+        """Record a problem at `where` unless `ok`; returns `ok`."""
+        if not ok and where not in self.flagged:
+            self.found.append(f"{where}: {show(value)}; expected {expected}")
         return ok
 
-    def section(name: str) -> dict[str, Any]:
-        value = raw.get(name)
-        return value if need(name, value, isinstance(value, dict), "an object") and isinstance(value, dict) else {}
+    def section(self, name: str) -> dict[str, Any]:
+        """The top-level object `name`, or {} (and a problem) when it is not an object."""
+        value = self.raw.get(name)
+        return value if self.need(name, value, isinstance(value, dict), "an object") and isinstance(value, dict) else {}
 
+
+def manifest_problems(raw: dict[str, Any]) -> list[str]:
+    """Every field of a raw manifest.json whose type or range is wrong, and every unsafe or unlisted path."""
+    check = _Problems(raw)
+    _top_level(check)
+    bank = _bank_and_k(check)
+    _scores_and_threshold(check)
+    _preprocessing(check)
+    files = check.section("files")
+    for name, digest in files.items():
+        check.need(f"files[{name!r}]", digest, _is_sha(digest), "a sha256 (64 lowercase hex digits)")
+    paths: list[tuple[str, Any]] = [(f"files key {n!r}", n) for n in files]
+    paths += _graphs(check, files)
+    paths += _listed_files(check, bank, files)
+    for where, name in paths:
+        problem = path_problem(name)
+        if problem:
+            check.found.append(f"{where}: {problem}")
+    parity = raw.get("parity", {})
+    if check.need("parity", parity, isinstance(parity, dict), "an object {precision: {metric: tolerance}}"):
+        for p, tol in parity.items():
+            check.need(f"parity[{p!r}]", tol, isinstance(tol, dict) and all(_is_num(v) for v in tol.values()), "{metric: finite number}")
+    return check.found
+
+
+def _top_level(check: _Problems) -> None:
+    """Only the manifest's fields; the version strings, source, calibration and integrity algorithm."""
+    raw, need = check.raw, check.need
     unknown = sorted(set(raw) - set(MANIFEST_FIELDS))
     need("fields", unknown, not unknown, f"only the manifest's fields {list(MANIFEST_FIELDS)} (a rewrite would drop others)")
     for name in ("toolkit_version", "created"):
         need(name, raw.get(name), isinstance(raw.get(name), str), "a string")
-    section("source")
+    check.section("source")
     if "calibration" in raw:
         need("calibration", raw["calibration"], isinstance(raw["calibration"], dict), "an object")
     integrity = raw.get("integrity")  # its absence and its digests are the reader's integrity check (manifest_model.py)
     if isinstance(integrity, dict):
         need("integrity.algorithm", integrity.get("algorithm"), integrity.get("algorithm") == "sha256", '"sha256"')
+
+
+def _bank_and_k(check: _Problems) -> dict[str, Any]:
+    """embedding_dim, the bank's ranges and K ≤ its rows; returns the bank object."""
+    raw, need = check.raw, check.need
     dim = raw.get("embedding_dim")
     need("embedding_dim", dim, _is_int(dim) and dim >= 1, "an integer ≥ 1 (e.g. 200)")
-    bank = section("bank")
+    bank = check.section("bank")
     rows = bank.get("rows")
     need("bank.rows", rows, _is_int(rows) and rows >= 1, "an integer ≥ 1 (the number of normal bank rows)")
     if "dim" in bank:
@@ -143,7 +185,13 @@ def manifest_problems(raw: dict[str, Any]) -> list[str]:
     k = raw.get("k")
     if need("k", k, _is_int(k) and k >= 1, "an integer ≥ 1 (neighbours averaged by the score)") and _is_int(k) and _is_int(rows):
         need("k", k, k <= rows, f"≤ bank.rows ({rows})")
-    scores = section("scores")
+    return bank
+
+
+def _scores_and_threshold(check: _Problems) -> None:
+    """The score outputs, the default and the threshold's score among them, and a finite threshold value."""
+    need = check.need
+    scores = check.section("scores")
     outputs = scores.get("outputs")
     need("scores.outputs", outputs, isinstance(outputs, list) and bool(outputs) and all(isinstance(o, str) for o in outputs),
          "a non-empty list of output names")
@@ -153,41 +201,36 @@ def manifest_problems(raw: dict[str, Any]) -> list[str]:
         definitions = scores["definitions"]
         need("scores.definitions", definitions, isinstance(definitions, dict) and all(isinstance(v, str) for v in definitions.values()),
              "an object {score name: definition text}")
-    threshold = section("threshold")
-    need(
-        "threshold.value",
-        threshold.get("value"),
-        _is_num(threshold.get("value")),
-        "a finite number (the score above which a film is abnormal)",
-    )
+    threshold = check.section("threshold")
+    need("threshold.value", threshold.get("value"), _is_num(threshold.get("value")),
+         "a finite number (the score above which a film is abnormal)")
     if "score" in threshold:
         need("threshold.score", threshold["score"], threshold["score"] in known, f"one of scores.outputs {known}")
-    pre = section("preprocessing")
+
+
+def _preprocessing(check: _Problems) -> None:
+    """The film size within its bounds and every named mode one the preprocessing knows."""
+    need = check.need
+    pre = check.section("preprocessing")
     size = pre.get("size")
     need("preprocessing.size", size, _is_int(size) and 32 <= size <= MAX_SIZE, f"an integer ≥ 32 and ≤ {MAX_SIZE} (pixels)")
     if "channels" in pre:
         need("preprocessing.channels", pre["channels"], _is_int(pre["channels"]) and pre["channels"] == 1, "1 (grey films)")
-    if "resize_mode" in pre:
-        need("preprocessing.resize_mode", pre["resize_mode"], pre["resize_mode"] in RESIZE_MODES, f"one of {list(RESIZE_MODES)}")
-    if "intensity_mode" in pre:
-        need(
-            "preprocessing.intensity_mode",
-            pre["intensity_mode"],
-            pre["intensity_mode"] in INTENSITY_MODES,
-            f"one of {list(INTENSITY_MODES)}",
-        )
-    if "border" in pre:
-        need("preprocessing.border", pre["border"], pre["border"] in BORDER_MODES, f"one of {list(BORDER_MODES)}")
+    for name, modes in (("resize_mode", RESIZE_MODES), ("intensity_mode", INTENSITY_MODES), ("border", BORDER_MODES)):
+        if name in pre:
+            need(f"preprocessing.{name}", pre[name], pre[name] in modes, f"one of {list(modes)}")
     if "dicom" in pre:
         need("preprocessing.dicom", pre["dicom"], isinstance(pre["dicom"], str), "a string")
     if "crop" in pre:
         crop = pre["crop"]
         need("preprocessing.crop", crop, _is_num(crop) and 0.5 <= crop <= 1.0, "a number in [0.5, 1] (the kept central fraction)")
-    files = section("files")
-    for name, digest in files.items():
-        need(f"files[{name!r}]", digest, _is_sha(digest), "a sha256 (64 lowercase hex digits)")
-    paths: list[tuple[str, Any]] = [(f"files key {n!r}", n) for n in files]
-    graphs = section("graphs")
+
+
+def _graphs(check: _Problems, files: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The fp32 graphs present and each graph's fields; returns the paths the graphs name (checked by the caller)."""
+    need = check.need
+    paths: list[tuple[str, Any]] = []
+    graphs = check.section("graphs")
     missing = [g for g in FP32_GRAPHS if g not in graphs]
     need("graphs", sorted(graphs), not missing, f"the fp32 graphs {list(FP32_GRAPHS)} (missing {missing})")
     for key, g in graphs.items():
@@ -214,7 +257,13 @@ def manifest_problems(raw: dict[str, Any]) -> list[str]:
             for e in external:
                 paths.append((f"graphs[{key!r}].external_data", e))
                 need(f"graphs[{key!r}].external_data", e, e in files, f"a file listed in files {sorted(files)} (with its sha256)")
-    reference = raw.get("reference") or {}
+    return paths
+
+
+def _listed_files(check: _Problems, bank: dict[str, Any], files: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The bank's file and external data and the reference films must be listed in files; returns their paths."""
+    paths: list[tuple[str, Any]] = []
+    reference = check.raw.get("reference") or {}
     listed_refs: list[tuple[str, Any]] = [("bank.file", bank.get("file")), ("bank.external_data", bank.get("external_data"))]
     if isinstance(reference, dict):
         listed_refs.append(("reference.file", reference.get("file")))
@@ -222,13 +271,5 @@ def manifest_problems(raw: dict[str, Any]) -> list[str]:
         if name is None:
             continue
         paths.append((where, name))
-        need(where, name, name in files, f"a file listed in files {sorted(files)} (so its sha256 is checked)")
-    for where, name in paths:
-        problem = path_problem(name)
-        if problem:
-            problems.append(f"{where}: {problem}")
-    parity = raw.get("parity", {})
-    if need("parity", parity, isinstance(parity, dict), "an object {precision: {metric: tolerance}}"):
-        for p, tol in parity.items():
-            need(f"parity[{p!r}]", tol, isinstance(tol, dict) and all(_is_num(v) for v in tol.values()), "{metric: finite number}")
-    return problems
+        check.need(where, name, name in files, f"a file listed in files {sorted(files)} (so its sha256 is checked)")
+    return paths
