@@ -52,7 +52,7 @@ def test_no_stage_function_takes_a_bundle_folder_and_its_manifest() -> None:
 #: The one writer of an existing bundle (Bundle.edit) and the journal below it: the only callers of the commit steps.
 WRITERS = {"salad/journal.py", "salad/bundle.py"}
 #: The steps of a commit: no stage stages, commits or rolls forward a change on its own.
-COMMIT_STEPS = {"commit_journal", "pending_name", "check_journal"}
+COMMIT_STEPS = {"commit_journal", "complete_journal", "pending_name", "check_journal"}
 
 
 def test_only_bundle_edit_commits_a_change_to_a_bundle() -> None:
