@@ -16,8 +16,8 @@ acknowledged, as a modality does),
 `paced` (one association, one film every --paced-interval s: the latency a console sees below capacity),
 `throughput` (--throughput-n films as fast as the senders go, once per count in --throughput-associations).
 `--serve-from DIR` runs the node from another checkout's serve/ folder (the rest of the toolkit as installed), so a
-change to the node can be measured against the code before it in one run, under the same load; `--imageio-from FILE`
-does the same for the film reader (another checkout's salad/imageio.py).
+change to the node can be measured against the code before it in one run, under the same load; `--reader-from DIR`
+does the same for reading and preprocessing a film (imageio.py and preprocess.py from another checkout's salad/).
 Usage: python benchmarks/dicom_load.py BUNDLE [--n 1000] [--associations 4] [--out benchmarks/results/dicom]
 """
 
@@ -92,23 +92,25 @@ salad.serve = module
 from salad.cli import main
 main(args=sys.argv[1:], prog_name="salad")
 """
-#: `salad serve` with salad.imageio (the film reader) loaded from the file given as the first argument (--imageio-from).
-_IMAGEIO_FROM = """
+#: `salad serve` with salad.imageio and salad.preprocess (reading and preprocessing a film) loaded from the salad/
+#: folder given as the first argument (--reader-from), before anything imports them.
+_READER_FROM = """
 import importlib.util, sys
-path = sys.argv.pop(1)
+folder = sys.argv.pop(1)
 import salad
-spec = importlib.util.spec_from_file_location("salad.imageio", path)
-module = importlib.util.module_from_spec(spec)
-sys.modules["salad.imageio"] = module
-spec.loader.exec_module(module)
-salad.imageio = module
+for name in ("imageio", "preprocess"):
+    spec = importlib.util.spec_from_file_location("salad." + name, folder + "/" + name + ".py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["salad." + name] = module
+    spec.loader.exec_module(module)
+    setattr(salad, name, module)
 from salad.cli import main
 main(args=sys.argv[1:], prog_name="salad")
 """
 #: The node's code: None is the installed salad.serve; a folder is another checkout's serve/ (--serve-from).
 SERVE_FROM: Path | None = None
-#: The node's film reader: None is the installed salad.imageio; a file is another checkout's salad/imageio.py.
-IMAGEIO_FROM: Path | None = None
+#: The node's film reader and preprocessing: None is the installed ones; a folder is another checkout's salad/.
+READER_FROM: Path | None = None
 
 
 class Node:
@@ -118,8 +120,8 @@ class Node:
         launch = ["-m", "salad.cli"]
         if SERVE_FROM is not None:
             launch = ["-c", _SERVE_FROM, str(SERVE_FROM)]
-        elif IMAGEIO_FROM is not None:
-            launch = ["-c", _IMAGEIO_FROM, str(IMAGEIO_FROM)]
+        elif READER_FROM is not None:
+            launch = ["-c", _READER_FROM, str(READER_FROM)]
         cmd = [sys.executable, *launch, "serve", str(bundle), "--out", str(out), "--status-every", "10", *args]
         self.log = log
         with open(log, "ab") as fh:
@@ -431,7 +433,7 @@ def _table_rows(result: dict[str, Any]) -> list[str]:
 def write_markdown(path: Path, result: dict[str, Any]) -> None:
     s = result.get("steady")
     node = f" Node code: {result['serve_from']}." if result.get("serve_from") else ""
-    node += f" Film reader: {result['imageio_from']}." if result.get("imageio_from") else ""
+    node += f" Film reader and preprocessing: {result['reader_from']}." if result.get("reader_from") else ""
     lines = [
         "# DICOM node load (benchmarks/dicom_load.py)",
         "",
@@ -471,16 +473,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--throughput-n", type=int, default=200, help="films per run of the throughput phase")
     ap.add_argument("--throughput-associations", default="1,4", help="comma-separated association counts")
     ap.add_argument("--serve-from", type=Path, default=None, help="run the node from this serve/ folder (another checkout's)")
-    ap.add_argument("--imageio-from", type=Path, default=None,
-                    help="run the node with salad.imageio (the film reader) from this file (another checkout's salad/imageio.py)")
+    ap.add_argument("--reader-from", type=Path, default=None,
+                    help="run the node with imageio.py and preprocess.py from this folder (another checkout's salad/)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "dicom")
     args = ap.parse_args(argv)
-    if args.serve_from and args.imageio_from:
-        ap.error("--serve-from and --imageio-from: measure one change at a time (give one of them).")
+    if args.serve_from and args.reader_from:
+        ap.error("--serve-from and --reader-from: measure one change at a time (give one of them).")
     phases = args.phases.split(",")
-    global SERVE_FROM, IMAGEIO_FROM
+    global SERVE_FROM, READER_FROM
     SERVE_FROM = args.serve_from.resolve() if args.serve_from else None
-    IMAGEIO_FROM = args.imageio_from.resolve() if args.imageio_from else None
+    READER_FROM = args.reader_from.resolve() if args.reader_from else None
     with tempfile.TemporaryDirectory(prefix="dicom-load-") as tmp:
         work = Path(tmp)
         previous = args.out / "load.json"
@@ -489,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
             "bundle": str(args.bundle), "runtime": "onnxruntime/fp32", "associations": args.associations,
             "films": list(FILMS), "machine": machine_info(), "libraries": library_versions(LIBRARIES),
             "load_average_at_start": [round(x, 2) for x in os.getloadavg()], "serve_from": str(SERVE_FROM or "") or None,
-            "imageio_from": str(IMAGEIO_FROM or "") or None,
+            "reader_from": str(READER_FROM or "") or None,
         })
         groups = make_films(work / "films", args.n, args.associations) if {"steady", "kill"} & set(phases) else []
         if "steady" in phases:

@@ -1,10 +1,11 @@
 """Decode + preprocessing of the DICOM node's films (issue 28): where the time goes, old against new, reduced J2K.
 
     python measure.py stages OUT.json [--n 31]                 time of each step, the LUT steps both ways
-    python measure.py alternate OLD_IMAGEIO.py OUT.json [--n 30]  read_image+preprocess, old and new reader in turns
+    python measure.py alternate OLD_SALAD OUT.json [--n 30]    read_image+preprocess, old and new code in turns
     python measure.py reduced BUNDLE OUT.json [--n 9]          JPEG 2000 at reduced resolution against full decoding
 
-OLD_IMAGEIO.py: salad/imageio.py of the commit before the table route (git show 6730fab:salad/imageio.py).
+OLD_SALAD: a folder with imageio.py and preprocess.py of the commit before issue 28's changes
+(git show 6730fab:salad/imageio.py, …:salad/preprocess.py).
 The films: pydicom-data's RG3_UNCR (raw), RG3_J2KI and RG1_J2KI (JPEG 2000), and JPEG-LL relabelled CR (as
 benchmarks/dicom_load.py sends them); each figure is a median of --n repeats; the load average is recorded.
 """
@@ -33,9 +34,11 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from salad.dicom_display import display_by_table, display_values, stretch
 from salad.filmcheck import check_film
 from salad.imageio import _numeric_tags, read_image
-from salad.preprocess import PreprocessConfig, _resize, normalise_intensity, preprocess, trim_uniform_border
+from salad.preprocess import BORDER_SD, PreprocessConfig, _resize, normalise_intensity, preprocess, trim_uniform_border
 
 CONFIG = PreprocessConfig(size=256)
+#: The alternating comparison's modes: the issue's 256² network, and the node benchmark's bundle (64², border trim).
+ALTERNATE = {"256": CONFIG, "64-trim": PreprocessConfig(size=64, border="trim")}
 
 
 def films() -> dict[str, str]:
@@ -85,6 +88,7 @@ def stages(n: int) -> dict[str, Any]:
         step["preprocess_256"] = median_ms(lambda: preprocess(image, CONFIG), n)
         step["resize_area_256"] = median_ms(lambda: _resize(image, 256, 256), n)
         step["preprocess_64"] = median_ms(lambda: preprocess(image, PreprocessConfig(size=64)), n)
+        step["old_border_sd_every_row_and_column"] = median_ms(lambda: (image.std(axis=1) >= BORDER_SD, image.std(axis=0) >= BORDER_SD), n)
         step["border_trim"] = median_ms(lambda: trim_uniform_border(image), n)
         step["zscore_256"] = median_ms(lambda: normalise_intensity(small, "zscore"), n)
         step["clahe_256"] = median_ms(lambda: normalise_intensity(small, "clahe"), n)
@@ -94,28 +98,41 @@ def stages(n: int) -> dict[str, Any]:
     return out
 
 
-def alternate(old_file: Path, n: int) -> dict[str, Any]:
-    """read_image + preprocess(256) with the old reader and the new one in turns (order swapped every repeat)."""
-    spec = importlib.util.spec_from_file_location("old_imageio", old_file)
+def load_module(name: str, path: Path) -> Any:
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
-    old = importlib.util.module_from_spec(spec)
-    sys.modules["old_imageio"] = old
-    spec.loader.exec_module(old)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def alternate(old_salad: Path, n: int) -> dict[str, Any]:
+    """read_image + preprocess with the old code and the new in turns (order swapped every repeat), per mode."""
+    old_io = load_module("old_imageio", old_salad / "imageio.py")
+    old_pp = load_module("old_preprocess", old_salad / "preprocess.py")
     out: dict[str, Any] = {}
-    for name, path in films().items():
-        assert np.array_equal(preprocess(old.read_image(path), CONFIG), preprocess(read_image(path), CONFIG)), name
-        times: dict[str, list[float]] = {"old": [], "new": []}
-        ratios = []
-        for i in range(n):
-            order = (("old", old.read_image), ("new", read_image))
-            for side, reader in order if i % 2 == 0 else order[::-1]:
-                t = time.perf_counter()
-                preprocess(reader(path), CONFIG)
-                times[side].append(1e3 * (time.perf_counter() - t))
-            ratios.append(times["new"][-1] / times["old"][-1])
-        out[name] = {"old_ms_p50": round(statistics.median(times["old"]), 1), "new_ms_p50": round(statistics.median(times["new"]), 1),
-                     "new_over_old_p50_of_pairs": round(statistics.median(ratios), 3), "bit_identical": True}
-        print(name, out[name], flush=True)
+    for label, config in ALTERNATE.items():
+        old_config = old_pp.PreprocessConfig(**config.to_dict())
+        for name, path in films().items():
+            old_input, new_input = old_pp.preprocess(old_io.read_image(path), old_config), preprocess(read_image(path), config)
+            assert np.array_equal(old_input, new_input), (label, name)
+            times: dict[str, list[float]] = {"old": [], "new": []}
+            ratios = []
+            for i in range(n):
+                order: tuple[tuple[str, Callable[[], object]], ...] = (
+                    ("old", lambda: old_pp.preprocess(old_io.read_image(path), old_config)),
+                    ("new", lambda: preprocess(read_image(path), config)),
+                )
+                for side, run in order if i % 2 == 0 else order[::-1]:
+                    t = time.perf_counter()
+                    run()
+                    times[side].append(1e3 * (time.perf_counter() - t))
+                ratios.append(times["new"][-1] / times["old"][-1])
+            key = f"{name} @ {label}"
+            out[key] = {"old_ms_p50": round(statistics.median(times["old"]), 1), "new_ms_p50": round(statistics.median(times["new"]), 1),
+                        "new_over_old_p50_of_pairs": round(statistics.median(ratios), 3), "bit_identical": True}
+            print(key, out[key], flush=True)
     return out
 
 
