@@ -169,6 +169,7 @@ def variants(ds: Dataset, raw: np.ndarray) -> dict[str, tuple[Dataset, np.ndarra
     make("signed-rescale", signed, PixelRepresentation=1, RescaleSlope=2.0, RescaleIntercept=10.0, drop=("WindowCenter", "WindowWidth"))
     zigzag = (np.abs(((np.arange(4096) * 37) % 8192) - 4096)).astype(np.uint16)  # a non-monotonic VOI LUT
     make("voi-lut-sequence", VOILUTSequence=lut_sequence(zigzag, 16, 16))
+    make("signed-voi-lut-sequence", signed, PixelRepresentation=1, VOILUTSequence=lut_sequence(zigzag, -top // 2, 16))
     ramp = (np.arange(top + 1) // 3).astype(np.uint16)
     make("modality-lut-sequence", ModalityLUTSequence=lut_sequence(ramp, 0, 16), drop=("RescaleSlope", "RescaleIntercept"))
     make("eight-bit", (raw >> 2).astype(np.uint8), BitsAllocated=8, BitsStored=8, HighBit=7, drop=("WindowCenter", "WindowWidth"))
