@@ -19,6 +19,7 @@ STAGES = {
     "runtime": "salad.runtime",
     "serve": "salad.serve",
     "similarity": "salad.similarity",
+    "onsite": "salad.onsite",  # the site's side: drift guard, spot check, choosing a bundle (numpy + ONNX Runtime)
     "cli": "salad.cli",  # the CLI layer: the `salad` command and the demo, which import every stage
 }
 

@@ -69,7 +69,7 @@ def salad_bin() -> str:
 
 
 #: Share of a site's training normals held out (by patient) as the run's validation films, where the trainer's default
-#: 10 % would leave fewer than the score drift check's minimum (runtime/drift.py): NIH PA has 102 training normals.
+#: 10 % would leave fewer than the score drift check's minimum (onsite/drift.py): NIH PA has 102 training normals.
 VAL_FRACTION = {"kermany": None, "nih-pa": 0.3, "nih-ap": 0.3}
 
 
@@ -269,7 +269,7 @@ def stage_targets() -> None:
         if arrays and not todo and "exposure" in arrays:
             continue
         films, labels = target_films(target)
-        if "exposure" not in arrays:  # the exposure drift checks' per-film value (runtime/drift.py)
+        if "exposure" not in arrays:  # the exposure drift checks' per-film value (onsite/drift.py)
             arrays["exposure"] = np.array([exposure(preprocess(f, bundle_pre)) for f in films])
         if "label" not in arrays:
             arrays = {"label": labels, "hist": histogram(films)}
@@ -420,11 +420,11 @@ def _windows(normal: np.ndarray, abnormal: np.ndarray, n: int, prevalence: float
 def stage_drift() -> dict[str, Any]:
     """Attach the full estimator to each bundle, then false alarms on same-site windows and detection on the others.
 
-    Every check of `salad score --drift` (runtime/drift.py) judges the same windows, vectorised with the guard's own
+    Every check of `salad score --drift` (onsite/drift.py) judges the same windows, vectorised with the guard's own
     order statistic and thresholds (salad/drift.py); a window warns when any check does.
     """
     from salad.drift import judge
-    from salad.runtime.drift import DriftGuard
+    from salad.onsite.drift import DriftGuard
     from salad.similarity.attach import attach
 
     out: dict[str, Any] = {}

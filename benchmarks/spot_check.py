@@ -148,7 +148,7 @@ def spot_rows(data: dict[str, np.ndarray], design: float, rng: np.random.Generat
 def window_rows(data: dict[str, np.ndarray], rng: np.random.Generator) -> list[dict[str, Any]]:
     """The label-free guard (score and exposure checks, the bundle's own calibration) on windows of each population:
     detection rate (any check warns) per window size and abnormal share; on the held-out Kermany films, false alarms."""
-    from salad.runtime.drift import DriftGuard
+    from salad.onsite.drift import DriftGuard
 
     guard = DriftGuard.from_bundle(BUNDLE)
     values = {"score": "score", "brighter": "exposure", "darker": "exposure"}

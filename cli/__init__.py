@@ -69,7 +69,7 @@ class StageGroup(click.Group):
         "validate": "salad.export.cli:validate_command",
         "build-engine": "salad.runtime.cli:build_engine_command",
         "similarity": "salad.similarity.cli:similarity_group",
-        "choose-bundle": "salad.runtime.cli:choose_bundle_command",
+        "choose-bundle": "salad.onsite.cli:choose_bundle_command",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

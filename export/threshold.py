@@ -115,7 +115,7 @@ def choose_threshold(
 
 
 def drift_calibration(val: dict[str, np.ndarray], score_name: str, config: PreprocessConfig, seed: int = 0) -> dict[str, Any]:
-    """What the drift checks calibrate on (runtime/drift.py): the validation normals' operating scores and exposures.
+    """What the drift checks calibrate on (onsite/drift.py): the validation normals' operating scores and exposures.
 
     Exposure is salad.drift.exposure of the film as the detector sees it (after the bundle's preprocessing). All normals, or a
     seeded DRIFT_SAMPLE of them; a film that cannot be read any more is left out of the exposure list (and counted).

@@ -23,8 +23,6 @@ from .base import (
     runner_class,
     runner_names,
 )
-from .choose import BundleFit, rank_bundles
-from .drift import DriftGuard
 from .onnxruntime_runner import OnnxRuntimeRunner
 from .openvino_runner import OpenVinoRunner
 from .parity import ParityReport, ParityRow, compare
@@ -48,9 +46,6 @@ __all__ = [
     "Scorer",
     "Result",
     "Timings",
-    "DriftGuard",
-    "rank_bundles",
-    "BundleFit",
     "compare",
     "ParityReport",
     "ParityRow",

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import click
-from click.core import ParameterSource
 
 from salad.clitools import DEVICE, OUTPUT, LazyChoice, deprecated_alias, friendly_errors, is_stdout, write_output
 from salad.data import Unreadable, scan_images
+from salad.drift import MIN_CALIBRATION_FILMS
 from salad.errors import EXIT_ERROR, ConfigError
 from salad.manifest import PRECISIONS
 from salad.progress import progress
@@ -32,8 +32,6 @@ from .parity import compare, parse_tolerance_options
 from .scorer import Result, Scorer, open_to_score
 
 LABELS = {0: "normal", 1: "abnormal"}
-#: The ways `salad choose-bundle --by` ranks candidate bundles for a site's films.
-RANKINGS = ("score", "style")
 #: The shape of `salad score --json` (salad/schemas/score.json).
 SCORE_SCHEMA = "salad-score/1"
 #: Fewer films than this are scored without a progress bar (a bar for a handful only adds noise).
@@ -100,7 +98,7 @@ def score_command(
     remote = {k: v for k, v in (("url", url), ("model", triton_model)) if k in runner.options}
     opened = open_to_score(bundle, runtime, precision)  # once: the drift guard and the scorer read this one
     if drift:  # before scoring, so a bundle where no drift check can run fails fast
-        from .drift import DriftGuard
+        from salad.onsite.drift import DriftGuard  # the site's side: lazily, only for --drift
 
         guard = DriftGuard.from_bundle(opened)
     scorer = Scorer.from_bundle(opened, runtime=runtime, precision=precision, device=device, max_batch=batch,
@@ -114,7 +112,7 @@ def score_command(
                 watch = listening.enter_context(guard.watching(scorer))
             done = scorer.score(files, on_error="record")
         if confirmed:
-            from .spotcheck import default_state_path, spot_check
+            from salad.onsite.spotcheck import default_state_path, spot_check
 
             spot, spot_failed = spot_check(scorer, confirmed, confirmed_state or default_state_path(json_out))
     scored = iter(done)
@@ -246,8 +244,6 @@ def inspect_command(bundle: Path, json_out: Path | None, no_verify: bool) -> Non
         lines.append(f"  {precision}: " + ", ".join(f"{k}={v:g}" for k, v in tol.items()))
     for precision, cal in info["calibration"].items():
         lines.append(f"calibration {precision}: " + ", ".join(f"{k}={v}" for k, v in cal.items() if not isinstance(v, list | dict)))
-    from .drift import MIN_CALIBRATION_FILMS
-
     d = info["drift"]
 
     def check(name: str, n: int | None) -> str:
@@ -290,64 +286,3 @@ def build_engine_command(
     )
     verb = "built" if done["built"] else "found in the cache"
     click.echo(f"{done['graph']} engine for {done['gpu']['name']} {verb}: {done['engine']}")
-
-
-@click.command("choose-bundle")
-@click.option("--target", required=True, type=click.Path(exists=True, path_type=Path),
-              help="The new site's films: a folder (searched recursively) or a CSV path,label.")
-@click.option("--candidate", "candidates", multiple=True, required=True, metavar="NAME=BUNDLE",
-              help="A candidate bundle; repeat. --by score: every candidate must threshold the same score; "
-                   "--by style: a bundle with an attached estimator, or a folder/CSV of films.")
-@click.option("--by", type=click.Choice(RANKINGS), default="score", show_default=True,
-              help="score: the films' mean operating score on each bundle, lowest first (runs every bundle); style: the "
-                   "ASAP distance of the films to each candidate's training films, nearest first (runs --estimator only).")
-@click.option("--estimator", type=click.Path(exists=True, path_type=Path), default=None,
-              help="--by style: the similarity estimator (`salad similarity fit`).")
-@click.option("--plot", type=click.Path(path_type=Path), default=None,
-              help="--by style: scatter PNG of the collections.  [default: beside --json, same name .png]")
-@click.option("--runtime", type=LazyChoice(runner_names), default="onnxruntime", show_default=True,
-              help="--by score: the backend that runs the bundles' graphs.")
-@click.option("--json", "json_out", type=OUTPUT, default=None, help="Write the ranking here ('-' for stdout).")
-@runner_option_flags()
-@friendly_errors
-def choose_bundle_command(target: Path, candidates: Sequence[str], by: str, estimator: Path | None, plot: Path | None,
-                          runtime: str, json_out: Path | None, **backend: Any) -> None:
-    """Rank candidate bundles for TARGET films: by each bundle's own scores (lowest first) or by style (nearest first)."""
-    from salad.clitools import name_path_pairs
-    from salad.data import film_paths
-
-    from .choose import CHOICE_SCHEMA, rank_bundles, read_films
-
-    options = given(backend)
-    if by == "style":
-        off = [f"--{k.replace('_', '-')}" for k in options if k != "threads"]
-        if click.get_current_context().get_parameter_source("runtime") is not ParameterSource.DEFAULT:
-            off.insert(0, "--runtime")
-        if estimator is None:
-            raise ConfigError("--by style needs --estimator EST, a `salad similarity fit` directory.")
-        if off:
-            raise ConfigError(f"{', '.join(off)} given with --by style; they are for --by score, which runs the bundles. "
-                              "--by style runs the estimator only (--threads sets its ONNX Runtime threads).")
-        from salad.similarity.cli import rank_by_style
-
-        return rank_by_style(estimator, target, candidates, json_out, plot, options.get("threads"))
-    if estimator is not None or plot is not None:
-        raise ConfigError("--estimator and --plot are for --by style; --by score ranks by the bundles' own scores.")
-    named = name_path_pairs(candidates, "--candidate")
-    check_taken([runtime], options)
-    films, skipped = read_films(film_paths(target))
-    fits = rank_bundles(films, named, runtime=runtime, **options_for(runtime, options))
-    payload = {"schema": CHOICE_SCHEMA, "target": str(target), "films": len(films), "skipped": skipped,
-               "rule": "ascending mean operating score of the target films", "ranking": [f.to_dict() for f in fits]}
-    if is_stdout(json_out):
-        write_output(json_out, json.dumps(payload, indent=2, allow_nan=False) + "\n")
-        return
-    width = max(len(f.candidate) for f in fits)
-    lines = [f"{'rank':>4}  {'candidate'.ljust(width)}  mean score  flagged  validation normals' median"]
-    lines += [f"{i:>4}  {f.candidate.ljust(width)}  {f.mean_score:10.4f}  {100 * f.flagged:6.1f} %  "
-              + ("–" if f.validation_normal_median is None else f"{f.validation_normal_median:.4f}") for i, f in enumerate(fits, 1)]
-    click.echo("\n".join(lines))
-    for s in skipped:
-        click.echo(f"skipped: {s}", err=True)
-    if write_output(json_out, json.dumps(payload, indent=2, allow_nan=False) + "\n"):
-        click.echo(f"ranking → {json_out}", err=True)

@@ -28,6 +28,8 @@ from salad.spotcheck import SpotReport
 STYLE_CALIBRATION_FILE = "similarity/drift.json"
 #: The drift checks a report can hold; the false-alarm budget is split evenly between them.
 CHECKS = ("score", "brighter", "darker", "style")
+#: Fewer validation normals than this give no score or exposure check: a bootstrap threshold from a handful of films is noise.
+MIN_CALIBRATION_FILMS = 20
 
 #: The exposure checks' per-film value: this percentile of the film as the detector sees it (after the bundle's
 #: preprocessing). The bright quarter (mediastinum, bones, soft tissue) tracks exposure and tone changes while the

@@ -28,7 +28,7 @@ START=$SECONDS
 # 1. The wheel, built in isolation (setuptools from the index, as `python -m build` would) from a copy of the tree.
 mkdir "$WORK/src"
 git ls-files -z --cached --others --exclude-standard -- pyproject.toml setup.py README.md LICENSE \
-    salad train export calibration runtime serve similarity cli \
+    salad train export calibration runtime serve similarity onsite cli \
   | while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done \
   | tar --null -T - -cf - | tar -xf - -C "$WORK/src"
 step "building the wheel"

@@ -27,18 +27,20 @@ def test_ruff_is_clean() -> None:
 ALLOWED_STAGES = {
     "salad": set(),
     "train": set(),
-    "runtime": {"similarity"},  # `salad score --drift` only, imported lazily inside the command
+    "runtime": set(),
     "export": {"train"},
     "calibration": {"runtime"},
     "serve": {"runtime"},
     "similarity": set(),
-    "cli": {"train", "export", "calibration", "runtime", "serve", "similarity"},
+    "onsite": {"runtime", "similarity"},  # the Scorer it listens to and scores with; similarity's reading side, lazily
+    "cli": {"train", "export", "calibration", "runtime", "serve", "similarity", "onsite"},
 }
 #: The folder of the CLI layer (a key of ALLOWED_STAGES).
 CLI_LAYER = "cli"
 #: Modules allowed one stage more than their folder, and which: the torch reference runner imports salad.train
-#: lazily, inside its activation.
-ENTRY_POINTS = {"runtime/torch_runner.py": {"train"}}
+#: lazily, inside its activation; `salad score --drift` (and --confirmed-normal) imports the site's side's drift guard
+#: and spot check lazily, inside the command.
+ENTRY_POINTS = {"runtime/torch_runner.py": {"train"}, "runtime/cli.py": {"onsite"}}
 #: Modules outside the CLI layer that may import it: `python -m salad.train` reuses `salad train`'s parameters.
 CLI_IMPORTERS = {"train/__main__.py"}
 #: A module named in a string (`import_module("salad.train.x")`, `"salad.runtime.cli:score_command"`).

@@ -18,6 +18,6 @@ def test_runtime_type_checks_against_tensorrt_and_cuda_stubs() -> None:
         except metadata.PackageNotFoundError:
             pytest.fail(f"{dist} is missing, so mypy would skip the TensorRT/CUDA calls: run scripts/setup.sh")
     # The whole package, so a stage's change that breaks a type another stage relies on fails here too.
-    packages = [str(REPO / p) for p in ("salad", "train", "export", "calibration", "runtime", "serve", "similarity", "cli")]
+    packages = [str(REPO / p) for p in ("salad", "train", "export", "calibration", "runtime", "serve", "similarity", "onsite", "cli")]
     stdout, stderr, status = mypy_api.run(["--config-file", str(REPO / "pyproject.toml"), *packages])
     assert status == 0, stdout + stderr

@@ -7,7 +7,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 #: The package folders mapped into the salad namespace (tests/test_style.py's ALLOWED_STAGES).
-PACKAGES = ("salad", "train", "runtime", "export", "calibration", "serve", "similarity", "cli")
+PACKAGES = ("salad", "train", "runtime", "export", "calibration", "serve", "similarity", "onsite", "cli")
 #: The stage folders: the core below them (salad/manifest*.py, salad/journal.py) builds the Bundle and cannot take one.
 STAGES = tuple(p for p in PACKAGES if p != "salad")
 #: Where read_manifest may be called: its definition and Bundle.open.

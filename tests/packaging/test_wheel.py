@@ -17,7 +17,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 #: Stage folders and the CLI layer → the names a console imports them by (docs/architecture.md §1).
 STAGES = {"salad": "salad", "train": "salad.train", "export": "salad.export", "calibration": "salad.calibration",
-          "runtime": "salad.runtime", "serve": "salad.serve", "similarity": "salad.similarity", "cli": "salad.cli"}
+          "runtime": "salad.runtime", "serve": "salad.serve", "similarity": "salad.similarity", "onsite": "salad.onsite",
+          "cli": "salad.cli"}
 #: Package data: what the commands open at run time besides modules (sample films, JSON Schemas, the typing marker).
 DATA = ("salad/py.typed", "salad/schemas", "salad/sample")
 _JUNK = shutil.ignore_patterns("__pycache__", "*.pyc", ".mypy_cache", ".ruff_cache", ".pytest_cache")

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from salad.cli import main
 from salad.errors import ConfigError
 from salad.imageio import read_image
+from salad.onsite.choose import rank_bundles
 from salad.runtime import Scorer
-from salad.runtime.choose import rank_bundles
 from tests.conftest import SAMPLE_EVAL, SAMPLE_TRAIN, check_json_schema
 
 

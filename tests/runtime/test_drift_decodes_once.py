@@ -19,8 +19,8 @@ from click.testing import CliRunner
 
 from salad import imageio
 from salad.bundle import Bundle
+from salad.onsite.drift import DriftGuard
 from salad.runtime.cli import score_command
-from salad.runtime.drift import DriftGuard
 from tests.conftest import KERMANY
 
 

@@ -112,7 +112,7 @@ def test_a_plugin_runtime_score_and_precision_reach_the_cli_and_parity(plugin: M
 
 #: Where a score's name may be spelled out: the score registry itself. Tests and docs may spell it too.
 SCORE_REGISTRY = REPO / "salad" / "scoring.py"
-PACKAGES = ("salad", "train", "export", "calibration", "runtime", "serve", "similarity", "cli")
+PACKAGES = ("salad", "train", "export", "calibration", "runtime", "serve", "similarity", "onsite", "cli")
 
 
 def test_no_score_name_is_spelled_as_a_literal_outside_the_score_registry() -> None:

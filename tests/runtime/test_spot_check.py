@@ -14,8 +14,8 @@ import pytest
 from salad.acquisition import affine
 from salad.imageio import read_image
 from salad.manifest import read_manifest, sha256_file
+from salad.onsite.spotcheck import STATE_FILE, read_state, record
 from salad.runtime import Scorer
-from salad.runtime.spotcheck import STATE_FILE, read_state, record
 from salad.spotcheck import WARN_MULTIPLE, Estimate, design_rate, warn_probability
 from tests.conftest import REPO, SAMPLE_EVAL, check_json_schema
 from tests.runtime.test_cli import salad_score

@@ -10,8 +10,8 @@ import pytest
 
 from salad.errors import BundleError
 from salad.imageio import read_image
+from salad.onsite.drift import DriftGuard
 from salad.runtime import Scorer
-from salad.runtime.drift import DriftGuard
 from tests.conftest import SAMPLE_EVAL, check_json_schema
 from tests.runtime.test_cli import run_python, salad_score
 from tests.similarity.conftest import NIH_NORMAL, films

@@ -19,8 +19,7 @@ import numpy as np
 from salad.bundle import Bundle
 from salad.errors import ConfigError, DataError
 from salad.imageio import read_images
-
-from .scorer import Scorer
+from salad.runtime.scorer import Scorer
 
 CHOICE_SCHEMA = "salad-bundle-choice/1"
 

@@ -19,19 +19,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from salad.bundle import Bundle
-from salad.drift import Calibration, DriftPolicy, DriftReport, judge, judge_windows
+from salad.drift import MIN_CALIBRATION_FILMS, Calibration, DriftPolicy, DriftReport, judge, judge_windows
 from salad.drift import exposure as film_exposure
 from salad.errors import BundleError, DataError
 from salad.preprocess import PreprocessConfig, preprocess
-
-from .events import PREPARED, SCORED, Prepared, Scored
-from .scorer import Scorer
+from salad.runtime.events import PREPARED, SCORED, Prepared, Scored
+from salad.runtime.scorer import Scorer
 
 if TYPE_CHECKING:
     from salad.similarity.attach import StyleCheck
-
-#: Fewer validation normals than this give no score check: a bootstrap threshold from a handful of films is noise.
-MIN_CALIBRATION_FILMS = 20
 
 
 class DriftGuard:

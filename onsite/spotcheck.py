@@ -21,9 +21,8 @@ from salad.data import Unreadable, scan_images
 from salad.errors import DataError
 from salad.fsutil import parse_json, write_atomic, writer_lock
 from salad.manifest import MANIFEST, sha256_file
+from salad.runtime.scorer import Result, Scorer
 from salad.spotcheck import WARN_MULTIPLE, Estimate, SpotReport, design_rate
-
-from .scorer import Result, Scorer
 
 #: The state file's shape ("bundles": key → {"films": {film sha256[:16]: label}, "calls", …}).
 STATE_SCHEMA = "salad-spot-check-state/1"
