@@ -210,7 +210,7 @@ def pool(name: str) -> dict[str, Any]:
 
 def stage_estimators(threads: dict[str, int], steps: int) -> dict[str, Any]:
     """Fit the full-pool estimator and one leave-one-site-out estimator per real site (resumable); threads per estimator."""
-    from salad.similarity.estimator import read_info
+    from salad.onsite.estimator import read_info
     from salad.similarity.fit import PREPROCESSING, FitConfig, fit_estimator
     from salad.similarity.model import LossConfig
 
@@ -240,9 +240,9 @@ def stage_targets() -> None:
 
     Resumable per target and per estimator: an estimator fitted later adds its points to the existing records.
     """
+    from salad.onsite.estimator import Estimator
     from salad.preprocess import preprocess
     from salad.runtime import Scorer
-    from salad.similarity.estimator import Estimator
 
     ready = [n for n in ESTIMATORS if (WORK / "estimators" / n / "estimator.json").exists()]
     estimators = {n: Estimator.load(WORK / "estimators" / n) for n in ready}
@@ -324,7 +324,7 @@ def analyse() -> dict[str, Any]:
     """Oracle AUCs, each method's distances and ranking per target, and the summary against the paper."""
     from sklearn.metrics import roc_auc_score
 
-    from salad.similarity.distance import collection_distance
+    from salad.onsite.distance import collection_distance
 
     with np.load(WORK / "candidates.npz", allow_pickle=False) as d:
         cand = {k: d[k] for k in d.files}
@@ -384,7 +384,7 @@ def analyse() -> dict[str, Any]:
 
 def eqc_choices(cand: dict[str, np.ndarray]) -> dict[str, str]:
     """Per pool, the fitted estimator (β variant) with the lowest EQC, among those whose points are computed."""
-    from salad.similarity.estimator import read_info
+    from salad.onsite.estimator import read_info
 
     out = {}
     for pool_name in POOLS:
@@ -424,8 +424,8 @@ def stage_drift() -> dict[str, Any]:
     order statistic and thresholds (salad/drift.py); a window warns when any check does.
     """
     from salad.drift import judge
+    from salad.onsite.attach import attach
     from salad.onsite.drift import DriftGuard
-    from salad.similarity.attach import attach
 
     out: dict[str, Any] = {}
     aucs = {r["target"]: r["auc"] for r in analyse()["targets"]}
@@ -760,7 +760,7 @@ def plots(result: dict[str, Any]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from salad.similarity.estimator import Estimator
+    from salad.onsite.estimator import Estimator
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
     colours = {"kermany": "tab:blue", "nih-pa": "tab:orange", "nih-ap": "tab:green"}

@@ -5,7 +5,7 @@
     python benchmarks/site_similarity_forms.py report                       # the JSON and markdown from what is fitted
 
 Refits benchmarks/site_similarity.py's estimators (same pools of training films, seed, steps) in both forms
-(similarity/forms.py), embeds the same 30 targets and the bundles' training normals, and ranks the three bundles by
+(onsite/forms.py), embeds the same 30 targets and the bundles' training normals, and ranks the three bundles by
 ASAP distance against the oracle: the bundles' AUCs per target recorded by the committed site-similarity run
 (benchmarks/results/similarity/site_similarity.json; the bundles are not retrained here). Resumable: fits and points
 are kept under benchmarks/results/similarity/.work/forms/. Writes site_similarity_forms.json and .md.
@@ -51,11 +51,11 @@ def estimator_name(form: str, pool_name: str, beta: float) -> str:
 
 def fit(form: str, pool_name: str, beta: float, threads: int, steps: int) -> dict[str, Any]:
     """Fit one estimator (resumable) and return its record: EQC in both forms, losses, time."""
+    from salad.onsite.distance import eqc
+    from salad.onsite.estimator import Estimator
+    from salad.onsite.forms import FORMS
     from salad.preprocess import preprocess
-    from salad.similarity.distance import eqc
-    from salad.similarity.estimator import Estimator
     from salad.similarity.fit import PREPROCESSING, FitConfig, fit_estimator
-    from salad.similarity.forms import FORMS
     from salad.similarity.model import LossConfig
 
     out = FORMS_WORK / estimator_name(form, pool_name, beta)
@@ -94,7 +94,7 @@ def inputs(key: str) -> np.ndarray:
 
 def embed(names: list[str]) -> dict[str, np.ndarray]:
     """Every target's and every bundle's training normals' points through each named estimator (cached)."""
-    from salad.similarity.estimator import Estimator
+    from salad.onsite.estimator import Estimator
 
     cache: dict[str, np.ndarray] = {}
     if POINTS.exists():
@@ -140,8 +140,8 @@ def rank_summary(auc: dict[str, dict[str, float]], dist: dict[str, dict[str, flo
 
 def analyse(fits: dict[str, dict[str, Any]], points: dict[str, np.ndarray]) -> dict[str, Any]:
     """Per form: ASAP at the paper's β, at the EQC-chosen β, and their leave-one-site-out versions, where fitted."""
-    from salad.similarity.distance import collection_distance
-    from salad.similarity.forms import FORMS
+    from salad.onsite.distance import collection_distance
+    from salad.onsite.forms import FORMS
 
     committed = json.loads((OUT / "site_similarity.json").read_text())["analysis"]["targets"]
     auc = {r["target"]: r["auc"] for r in committed}
@@ -237,7 +237,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 def fitted() -> dict[str, dict[str, Any]]:
     """The record of every finished fit under .work/forms (whichever process fitted it), paper first, by pool and β."""
-    from salad.similarity.forms import FORMS
+    from salad.onsite.forms import FORMS
 
     out = {}
     for form in FORMS:
@@ -278,7 +278,7 @@ def main() -> None:
 @click.option("--configuration", default="every pool, β 0.3 / 0.6 / 1.0, 600 steps", help="Recorded in the results.")
 def run_command(pools: str, betas: str, threads: int, steps: int, configuration: str) -> None:
     """Fit both forms (paper first, one estimator at a time, β in the given order), then report."""
-    from salad.similarity.forms import FORMS
+    from salad.onsite.forms import FORMS
 
     for beta in (float(b) for b in betas.split(",")):
         for pool_name in pools.split(","):

@@ -1,4 +1,4 @@
-"""`salad choose-bundle`: rank candidate bundles for a site's films, by their own scores or by style (`--by`).
+"""`salad choose-bundle`: rank candidate bundles for a site's films, by their own scores or by style (`--by`, `rank_by_style`).
 
 Registered in the `salad` group by the CLI layer (cli/, salad.cli); importing this module pulls in neither torch nor
 onnx: choosing a bundle runs on a console with only salad-edge[runtime].
@@ -7,6 +7,8 @@ onnx: choosing a bundle runs on a console with only salad-edge[runtime].
 from __future__ import annotations
 
 import json
+import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,13 +16,15 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from salad.clitools import OUTPUT, LazyChoice, friendly_errors, is_stdout, write_output
+from salad.clitools import OUTPUT, LazyChoice, friendly_errors, is_stdout, name_path_pairs, write_output
 from salad.errors import ConfigError
 from salad.runtime.base import runner_names
 from salad.runtime.options import check_taken, given, options_for, runner_option_flags
 
 #: The ways `salad choose-bundle --by` ranks candidate bundles for a site's films.
 RANKINGS = ("score", "style")
+#: The shape of `salad choose-bundle --by style --json` (salad/schemas/similarity-ranking.json).
+RANKING_SCHEMA = "salad-similarity-ranking/1"
 
 
 @click.command("choose-bundle")
@@ -44,7 +48,6 @@ RANKINGS = ("score", "style")
 def choose_bundle_command(target: Path, candidates: Sequence[str], by: str, estimator: Path | None, plot: Path | None,
                           runtime: str, json_out: Path | None, **backend: Any) -> None:
     """Rank candidate bundles for TARGET films: by each bundle's own scores (lowest first) or by style (nearest first)."""
-    from salad.clitools import name_path_pairs
     from salad.data import film_paths
 
     from .choose import CHOICE_SCHEMA, rank_bundles, read_films
@@ -59,8 +62,6 @@ def choose_bundle_command(target: Path, candidates: Sequence[str], by: str, esti
         if off:
             raise ConfigError(f"{', '.join(off)} given with --by style; they are for --by score, which runs the bundles. "
                               "--by style runs the estimator only (--threads sets its ONNX Runtime threads).")
-        from salad.similarity.cli import rank_by_style
-
         return rank_by_style(estimator, target, candidates, json_out, plot, options.get("threads"))
     if estimator is not None or plot is not None:
         raise ConfigError("--estimator and --plot are for --by style; --by score ranks by the bundles' own scores.")
@@ -82,3 +83,45 @@ def choose_bundle_command(target: Path, candidates: Sequence[str], by: str, esti
         click.echo(f"skipped: {s}", err=True)
     if write_output(json_out, json.dumps(payload, indent=2, allow_nan=False) + "\n"):
         click.echo(f"ranking → {json_out}", err=True)
+
+
+def rank_by_style(estimator: Path, target: Path, candidates: Sequence[str], json_out: Path | None, plot: Path | None,
+                  threads: int | None) -> None:
+    """`salad choose-bundle --by style`: candidate bundles or datasets by ASAP distance to the target films, nearest first."""
+    from salad.data import film_paths
+
+    from .attach import collection
+    from .distance import rank
+    from .estimator import Estimator
+    from .plot import scatter_png
+
+    t0 = time.perf_counter()
+    named = name_path_pairs(candidates, "--candidate")
+    est = Estimator.load(estimator)
+    latent = est.latent(threads)
+    points = {name: collection(spec, latent, est.sha256) for name, spec in named.items()}
+    target_pts = latent.embed_files(film_paths(target), desc="embedding target films")
+    ranking = rank(target_pts, points)
+    payload = {
+        "schema": RANKING_SCHEMA, "target": str(target),
+        "estimator": {"path": str(estimator), "sha256": est.sha256, "eqc": est.info.get("eqc")},
+        "films": {"target": len(target_pts), **{n: len(p) for n, p in points.items()}},
+        "ranking": [{"candidate": r.candidate, "distance": r.distance} for r in ranking],
+        "seconds": time.perf_counter() - t0,
+    }
+    width = max(len(r.candidate) for r in ranking)
+    table = "\n".join([f"{'rank':>4}  {'candidate'.ljust(width)}  distance"]
+                      + [f"{i:>4}  {r.candidate.ljust(width)}  {r.distance:.4f}" for i, r in enumerate(ranking, 1)])
+    png = plot or (json_out.with_suffix(".png") if json_out is not None and not is_stdout(json_out) else None)
+    if png is not None:
+        key = f"target: {target.name}"
+        scatter_png({**points, key: target_pts}, png, target=key, title=f"ASAP latent space: {target.name} vs candidates")
+    if is_stdout(json_out):
+        write_output(json_out, json.dumps(payload, indent=2) + "\n")
+        return
+    click.echo(table)
+    if write_output(json_out, json.dumps(payload, indent=2) + "\n"):
+        click.echo(f"ranking → {json_out}" + (f", scatter → {png}" if png else ""), err=True)
+    elif png is not None:
+        click.echo(f"scatter → {png}", err=True)
+    sys.stdout.flush()

@@ -3,9 +3,10 @@
 Checks under one batch-level test (salad/drift.py), each calibrated on held-out normals of the bundle's site:
 from the manifest, which export fills from the run's validation normals — the detector's own operating score
 (a rise), and the films' exposure as the detector sees them (salad.drift.exposure after the bundle's preprocessing; a rise
-or a fall); and, when an estimator is attached (`salad similarity attach`), the style distance of similarity/.
-The report warns when any does. The guard reads no film itself: `DriftGuard.watching(scorer)` listens to the Scorer's
-`prepared` and `scored` events (runtime/events.py), so each film is decoded once, by the Scorer.
+or a fall); and, when an estimator is attached (`salad similarity attach`), the films' style distance from the bundle's
+training films (onsite/attach.py). The report warns when any does. The guard reads no film itself:
+`DriftGuard.watching(scorer)` listens to the Scorer's `prepared` and `scored` events (runtime/events.py), so each film is
+decoded once, by the Scorer.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,8 +26,7 @@ from salad.preprocess import PreprocessConfig, preprocess
 from salad.runtime.events import PREPARED, SCORED, Prepared, Scored
 from salad.runtime.scorer import Scorer
 
-if TYPE_CHECKING:
-    from salad.similarity.attach import StyleCheck
+from .attach import FILES, StyleCheck
 
 
 class DriftGuard:
@@ -49,8 +48,6 @@ class DriftGuard:
         root, manifest = b.root, b.manifest
         off: dict[str, str] = {}
         style = None
-        from salad.similarity.attach import FILES, StyleCheck  # lazily: the similarity stage is optional here
-
         if all(f in manifest.files for f in FILES):
             style = StyleCheck.from_bundle(b, threads)
         else:

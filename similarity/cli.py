@@ -1,26 +1,20 @@
-"""`salad similarity fit | attach`: thin click commands over similarity/ (docs/similarity.md), and the style ranking of
-`salad choose-bundle --by style` (`rank_by_style`; `salad similarity rank` is its deprecated alias).
+"""`salad similarity fit | attach`: thin click commands over similarity/fit.py and onsite/attach.py (docs/similarity.md);
+`salad similarity rank` is the deprecated alias of `salad choose-bundle --by style` (salad.onsite.cli.rank_by_style).
 
-Registered lazily by the CLI layer (cli/, salad.cli). Module level imports click and the core only; `fit` imports torch
-inside the command, so `attach` and `rank` run under the `[runtime]` install.
+Registered lazily by the CLI layer (cli/, salad.cli). Module level imports click, the core and onsite/forms.py only;
+`fit` imports torch inside the command, so `attach` and `rank` run under the `[runtime]` install.
 """
 
 from __future__ import annotations
 
-import json
-import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import click
 
-from salad.clitools import OUTPUT, deprecated_alias, friendly_errors, is_stdout, name_path_pairs, write_output
+from salad.clitools import OUTPUT, deprecated_alias, friendly_errors, name_path_pairs
 from salad.errors import DataError
-
-from .forms import DEFAULT_FORM, FORMS
-
-RANKING_SCHEMA = "salad-similarity-ranking/1"
+from salad.onsite.forms import DEFAULT_FORM, FORMS
 
 
 @click.group("similarity")
@@ -90,7 +84,7 @@ def fit_command(data: Sequence[str], out: Path, steps: int | None, batch_size: i
 @friendly_errors
 def attach_command(estimator: Path, bundle: Path, data: Path, holdout: Path | None, seed: int, force: bool) -> None:
     """Store the training films' 2-D points, the estimator and drift thresholds in BUNDLE (no pixels)."""
-    from .attach import attach
+    from salad.onsite.attach import attach
 
     info = attach(estimator, bundle, data, holdout=holdout, seed=seed, force=force)
     thr = ", ".join(f"{k} films: {v:.3f}" for k, v in info["style"]["thresholds"].items())
@@ -113,46 +107,6 @@ def rank_command(estimator: Path, target: Path, candidates: Sequence[str], json_
     """Deprecated: `salad choose-bundle --by style` (the same options and output)."""
     click.echo("warning: `salad similarity rank` is deprecated; use `salad choose-bundle --by style` "
                "(the same options, the same output).", err=True)
+    from salad.onsite.cli import rank_by_style
+
     rank_by_style(estimator, target, candidates, json_out, plot, threads)
-
-
-def rank_by_style(estimator: Path, target: Path, candidates: Sequence[str], json_out: Path | None, plot: Path | None,
-                  threads: int | None) -> None:
-    """`salad choose-bundle --by style`: candidate bundles or datasets by ASAP distance to the target films, nearest first."""
-    from salad.data import film_paths
-
-    from .attach import collection
-    from .distance import rank
-    from .estimator import Estimator
-    from .plot import scatter_png
-
-    t0 = time.perf_counter()
-    named = name_path_pairs(candidates, "--candidate")
-    est = Estimator.load(estimator)
-    latent = est.latent(threads)
-    points = {name: collection(spec, latent, est.sha256) for name, spec in named.items()}
-    target_pts = latent.embed_files(film_paths(target), desc="embedding target films")
-    ranking = rank(target_pts, points)
-    payload = {
-        "schema": RANKING_SCHEMA, "target": str(target),
-        "estimator": {"path": str(estimator), "sha256": est.sha256, "eqc": est.info.get("eqc")},
-        "films": {"target": len(target_pts), **{n: len(p) for n, p in points.items()}},
-        "ranking": [{"candidate": r.candidate, "distance": r.distance} for r in ranking],
-        "seconds": time.perf_counter() - t0,
-    }
-    width = max(len(r.candidate) for r in ranking)
-    table = "\n".join([f"{'rank':>4}  {'candidate'.ljust(width)}  distance"]
-                      + [f"{i:>4}  {r.candidate.ljust(width)}  {r.distance:.4f}" for i, r in enumerate(ranking, 1)])
-    png = plot or (json_out.with_suffix(".png") if json_out is not None and not is_stdout(json_out) else None)
-    if png is not None:
-        key = f"target: {target.name}"
-        scatter_png({**points, key: target_pts}, png, target=key, title=f"ASAP latent space: {target.name} vs candidates")
-    if is_stdout(json_out):
-        write_output(json_out, json.dumps(payload, indent=2) + "\n")
-        return
-    click.echo(table)
-    if write_output(json_out, json.dumps(payload, indent=2) + "\n"):
-        click.echo(f"ranking → {json_out}" + (f", scatter → {png}" if png else ""), err=True)
-    elif png is not None:
-        click.echo(f"scatter → {png}", err=True)
-    sys.stdout.flush()

@@ -31,11 +31,11 @@ from salad.errors import DataError, RunError
 from salad.fsutil import write_atomic
 from salad.imageio import read_image
 from salad.manifest import atomic_directory, sha256_file
+from salad.onsite.distance import eqc
+from salad.onsite.estimator import GRAPH, INFO, INPUT, OUTPUT, POINTS, SCHEMA, Latent, is_estimator
 from salad.preprocess import PreprocessConfig, preprocess
 from salad.progress import progress as progress_bar
 
-from .distance import eqc
-from .estimator import GRAPH, INFO, INPUT, OUTPUT, POINTS, SCHEMA, Latent, is_estimator
 from .model import LatentOnly, LossConfig, NetConfig, StyleNet, asap_loss
 
 #: The estimator's input: 64² (the paper's experiments), no per-film intensity normalisation (that would erase style).

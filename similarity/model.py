@@ -4,7 +4,7 @@ A ResNet-18-style encoder (7×7 stride-2 stem, max-pool, four stages of two basi
 global pooling, two linear layers to a 2-D latent z, and a decoder that mirrors it (two linear layers,
 four stages of two basic blocks with ×2 upsampling, the stem's inverse). Style is the Gram matrix of each
 stage's feature map. The loss follows the paper's equations (form "paper") or this toolkit's earlier reading
-(form "salad-edge-v1", similarity/forms.py); docs/similarity.md §1 gives both.
+(form "salad-edge-v1", onsite/forms.py); docs/similarity.md §1 gives both.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .forms import DEFAULT_FORM, PAPER, check_form
+from salad.onsite.forms import DEFAULT_FORM, PAPER, check_form
 
 
 @dataclass(frozen=True)

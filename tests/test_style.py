@@ -31,8 +31,8 @@ ALLOWED_STAGES = {
     "export": {"train"},
     "calibration": {"runtime"},
     "serve": {"runtime"},
-    "similarity": set(),
-    "onsite": {"runtime", "similarity"},  # the Scorer it listens to and scores with; similarity's reading side, lazily
+    "similarity": {"onsite"},  # the estimator format, distances and forms that fit writes and onsite reads
+    "onsite": {"runtime"},  # the Scorer its drift guard listens to and choose-bundle scores with
     "cli": {"train", "export", "calibration", "runtime", "serve", "similarity", "onsite"},
 }
 #: The folder of the CLI layer (a key of ALLOWED_STAGES).
@@ -116,6 +116,23 @@ def test_only_entry_points_import_the_cli_layer() -> None:
                 continue
             wrong += [f"{rel} imports {n}" for n in _imported_names(path) if n == "salad.cli" or n.startswith("salad.cli.")]
     assert not wrong, "\n".join(wrong)
+
+
+#: docs/architecture.md §1: folders a console runs with salad-edge[runtime] alone, which never import torch or onnx (nor
+#: the libraries only the train extra brings), not even inside a function. runtime/ is checked by running it without
+#: them (tests/runtime/test_cli.py): its torch reference runner imports torch when it activates.
+CONSOLE_FOLDERS = ("serve", "onsite")
+#: What a console lacks: the train extra's graph and training libraries.
+TRAIN_ONLY = {"torch", "torchvision", "onnx", "onnxscript", "onnxconverter_common", "sklearn", "scipy", "matplotlib"}
+
+
+def test_console_folders_never_import_torch_or_onnx() -> None:
+    """The DICOM node and the site's side (drift, choosing a bundle, similarity's reading side): numpy + ONNX Runtime."""
+    wrong = []
+    for folder in CONSOLE_FOLDERS:
+        for path in sorted((REPO / folder).rglob("*.py")):
+            wrong += [f"{path.relative_to(REPO)} imports {n}" for n in sorted(_imported_names(path)) if n.split(".")[0] in TRAIN_ONLY]
+    assert not wrong, "a console module imports what only the train extra installs:\n" + "\n".join(wrong)
 
 
 #: Every stage folder and the CLI layer → its name under the salad namespace (setup.py's package_dir): the rules

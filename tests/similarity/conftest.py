@@ -56,7 +56,7 @@ def bundle_copy(similarity_bundle: Path, tmp_path: Path) -> Path:
 @pytest.fixture
 def attached_bundle(tiny_estimator: Path, bundle_copy: Path) -> Path:
     """A copy of the bundle with the tiny estimator attached, from the 200 shipped training normals."""
-    from salad.similarity.attach import attach
+    from salad.onsite.attach import attach
 
     attach(tiny_estimator, bundle_copy, SAMPLE_TRAIN, threads=1)
     return bundle_copy

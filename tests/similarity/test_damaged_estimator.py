@@ -23,7 +23,7 @@ from click.testing import CliRunner
 
 from salad.cli import main
 from salad.errors import BundleError
-from salad.similarity.attach import POINTS_FILE, Attached
+from salad.onsite.attach import POINTS_FILE, Attached
 
 from ..conftest import SAMPLE_TRAIN
 from .conftest import NIH_NORMAL, films

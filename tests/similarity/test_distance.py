@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from salad.errors import DataError
-from salad.similarity.distance import collection_distance, eqc, per_film_distance, rank, spread
+from salad.onsite.distance import collection_distance, eqc, per_film_distance, rank, spread
 
 
 def brute(t: np.ndarray, a: np.ndarray) -> float:

@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from salad.cli import main
 from salad.errors import BundleError, DataError
 from salad.manifest import read_manifest
-from salad.similarity.attach import DRIFT_FILE, FILES, POINTS_FILE, Attached, attach
+from salad.onsite.attach import DRIFT_FILE, FILES, POINTS_FILE, Attached, attach
+from salad.onsite.estimator import Estimator
 from salad.similarity.cli import similarity_group
-from salad.similarity.estimator import Estimator
 from tests.conftest import SAMPLE_EVAL, SAMPLE_TRAIN, check_json_schema
 from tests.similarity.conftest import NIH_NORMAL, films
 

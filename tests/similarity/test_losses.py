@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the estimator's losses need torch (salad-edge[train])")
 
-from salad.similarity.forms import FORMS, PAPER  # noqa: E402
+from salad.onsite.forms import FORMS, PAPER  # noqa: E402
 from salad.similarity.model import LossConfig, NetConfig, StyleNet, asap_loss, gram  # noqa: E402
 
 

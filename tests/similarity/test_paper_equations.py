@@ -17,9 +17,9 @@ import pytest
 from click.testing import CliRunner
 
 from salad.errors import DataError
-from salad.similarity.distance import eqc
-from salad.similarity.estimator import INFO, Estimator
-from salad.similarity.forms import DEFAULT_FORM, PAPER, V1, form_of
+from salad.onsite.distance import eqc
+from salad.onsite.estimator import INFO, Estimator
+from salad.onsite.forms import DEFAULT_FORM, PAPER, V1, form_of
 
 #: Three datasets of two 2-D points each: A and B three apart vertically, C ten to the right of A.
 A = np.array([[0.0, 0.0], [2.0, 0.0]])
