@@ -47,6 +47,10 @@ SPLIT_FILES = {
     "site-dark": ("site_dark_train.csv", "site_dark_test.csv"),
     "site-bright": ("site_bright_train.csv", "site_bright_test.csv"),
     "site-contrast": ("site_contrast_train.csv", "site_contrast_test.csv"),
+    # The same groups with pneumonia films of the other groups' patients to draw known anomalies from (cpu-ar).
+    "site-dark-ar": ("site_dark_train_ar.csv", "site_dark_test.csv"),
+    "site-bright-ar": ("site_bright_train_ar.csv", "site_bright_test.csv"),
+    "site-contrast-ar": ("site_contrast_train_ar.csv", "site_contrast_test.csv"),
 }
 SPECIFICITY = 0.95
 #: Neighbour counts whose operating AUC is recorded beside the recipe's own K (choosing K on dev needs no retraining).
