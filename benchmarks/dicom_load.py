@@ -111,6 +111,8 @@ main(args=sys.argv[1:], prog_name="salad")
 SERVE_FROM: Path | None = None
 #: The node's film reader and preprocessing: None is the installed ones; a folder is another checkout's salad/.
 READER_FROM: Path | None = None
+#: The bundle's graph variant the node runs (`salad serve --precision`; --precision here).
+PRECISION = "fp32"
 
 
 class Node:
@@ -122,7 +124,8 @@ class Node:
             launch = ["-c", _SERVE_FROM, str(SERVE_FROM)]
         elif READER_FROM is not None:
             launch = ["-c", _READER_FROM, str(READER_FROM)]
-        cmd = [sys.executable, *launch, "serve", str(bundle), "--out", str(out), "--status-every", "10", *args]
+        cmd = [sys.executable, *launch, "serve", str(bundle), "--out", str(out), "--status-every", "10",
+               "--precision", PRECISION, *args]
         self.log = log
         with open(log, "ab") as fh:
             self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
@@ -475,12 +478,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--serve-from", type=Path, default=None, help="run the node from this serve/ folder (another checkout's)")
     ap.add_argument("--reader-from", type=Path, default=None,
                     help="run the node with imageio.py and preprocess.py from this folder (another checkout's salad/)")
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"), help="the graph variant the node runs")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "dicom")
     args = ap.parse_args(argv)
     if args.serve_from and args.reader_from:
         ap.error("--serve-from and --reader-from: measure one change at a time (give one of them).")
     phases = args.phases.split(",")
-    global SERVE_FROM, READER_FROM
+    global SERVE_FROM, READER_FROM, PRECISION
+    PRECISION = args.precision
     SERVE_FROM = args.serve_from.resolve() if args.serve_from else None
     READER_FROM = args.reader_from.resolve() if args.reader_from else None
     with tempfile.TemporaryDirectory(prefix="dicom-load-") as tmp:
@@ -488,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         previous = args.out / "load.json"
         result: dict[str, Any] = json.loads(previous.read_text()) if previous.exists() else {}
         result.update({
-            "bundle": str(args.bundle), "runtime": "onnxruntime/fp32", "associations": args.associations,
+            "bundle": str(args.bundle), "runtime": f"onnxruntime/{PRECISION}", "associations": args.associations,
             "films": list(FILMS), "machine": machine_info(), "libraries": library_versions(LIBRARIES),
             "load_average_at_start": [round(x, 2) for x in os.getloadavg()], "serve_from": str(SERVE_FROM or "") or None,
             "reader_from": str(READER_FROM or "") or None,
