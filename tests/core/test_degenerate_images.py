@@ -150,6 +150,33 @@ def test_check_film_on_arrays() -> None:
         check_film(np.full((100, 100), 0.5, np.float32), "array")
 
 
+def test_the_counting_shortcut_never_passes_a_film_the_percentiles_would_refuse() -> None:
+    """`_spread_at_least` (two counts instead of np.percentile) only says True where the percentile spread is ≥ the
+    threshold, on real films (all take the shortcut) and on random, speckled, narrow and near-threshold arrays."""
+    from salad.filmcheck import _spread_at_least
+
+    films = [pydicom_data(name) for name in CR_FILMS] + sorted(KERMANY.rglob("*.jpeg"))[::200]
+    images, _, _ = read_images(films)
+    assert all(_spread_at_least(img, MIN_SPREAD) for img in images)
+    rng = np.random.default_rng(7)
+    shortcuts = 0
+    for i in range(600):
+        h, w = (int(v) for v in rng.integers(64, 200, 2))
+        if i % 3 == 0:  # a blank film with a growing share of specks: crosses the 1 % rank the shortcut counts
+            a = np.full((h, w), 0.5, np.float32)
+            k = int(rng.integers(1, h * w // 30 + 2))
+            a.flat[rng.choice(h * w, k, replace=False)] = rng.random(k)
+        elif i % 3 == 1:  # narrow grey: spread around the threshold
+            a = np.clip(0.5 + rng.uniform(0.005, 0.04) * rng.standard_normal((h, w)), 0, 1).astype(np.float32)
+        else:
+            a = rng.beta(0.5, 0.5, (h, w)).astype(np.float32)
+        if _spread_at_least(a, MIN_SPREAD):
+            shortcuts += 1
+            p1, p99 = np.percentile(a, (1, 99))
+            assert p99 - p1 >= MIN_SPREAD
+    assert 100 < shortcuts < 600  # both branches were exercised
+
+
 # -- DICOM tags that are not numbers ---------------------------------------------------------------------
 
 
