@@ -28,7 +28,8 @@ def main() -> None:
         with open(SPLITS / out_csv, "w", newline="", encoding="utf-8") as fh:
             w = csv.DictWriter(fh, fieldnames=["path", "label", "patient_id"])
             w.writeheader()
-            w.writerows({k: r[k] for k in ("path", "label", "patient_id")} for r in train + [a for a in abnormal if a["patient_id"] not in held])
+            known = [a for a in abnormal if a["patient_id"] not in held]
+            w.writerows({k: r[k] for k in ("path", "label", "patient_id")} for r in train + known)
 
 if __name__ == "__main__":
     main()
