@@ -59,7 +59,7 @@ class StageGroup(click.Group):
 
     lazy_commands = {
         "export": "salad.export.cli:export_command",
-        "score": "salad.runtime.cli:score_command",
+        "score": "salad.onsite.score:score_command",
         "parity": "salad.runtime.cli:parity_command",
         "calibrate": "salad.calibration.cli:calibrate_command",
         "bench": "salad.runtime.bench:bench_command",

@@ -38,12 +38,11 @@ ALLOWED_STAGES = {
 #: The folder of the CLI layer (a key of ALLOWED_STAGES).
 CLI_LAYER = "cli"
 #: Modules allowed one stage more than their folder, and which: the torch reference runner imports salad.train
-#: lazily, inside its activation; `salad score --drift` (and --confirmed-normal) imports the site's side's drift guard
-#: and spot check lazily, inside the command.
-ENTRY_POINTS = {"runtime/torch_runner.py": {"train"}, "runtime/cli.py": {"onsite"}}
+#: lazily, inside its activation.
+ENTRY_POINTS = {"runtime/torch_runner.py": {"train"}}
 #: Modules outside the CLI layer that may import it: `python -m salad.train` reuses `salad train`'s parameters.
 CLI_IMPORTERS = {"train/__main__.py"}
-#: A module named in a string (`import_module("salad.train.x")`, `"salad.runtime.cli:score_command"`).
+#: A module named in a string (`import_module("salad.train.x")`, `"salad.onsite.score:score_command"`).
 _MODULE_STRING = re.compile(r"salad(\.[A-Za-z_][A-Za-z0-9_]*)+(:[A-Za-z_][A-Za-z0-9_]*)?")
 
 

@@ -54,7 +54,7 @@ def test_importing_the_runtime_and_its_cli_loads_no_heavy_library() -> None:
     """salad.runtime and every module of the site's side (salad.onsite: drift, choosing a bundle, similarity's reading
     side) import no torch or onnx, nor ONNX Runtime before a graph runs."""
     code = (
-        "import sys, salad, salad.runtime, salad.runtime.cli\n"
+        "import sys, salad, salad.runtime, salad.runtime.cli, salad.onsite.score\n"
         "import importlib, pkgutil, salad.onsite\n"
         "for m in pkgutil.iter_modules(salad.onsite.__path__): importlib.import_module(f'salad.onsite.{m.name}')\n"
         "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'tensorrt', 'cuda') if m in sys.modules))"

@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from salad.manifest import read_manifest
+from salad.onsite.score import score_command
 from salad.runtime import Scorer
-from salad.runtime.cli import score_command
 
 #: Run `salad score` in a fresh interpreter, optionally with some top-level packages made unimportable.
 _SCRIPT = """
@@ -43,7 +43,7 @@ def run_python(body: str, blocked: tuple[str, ...] = ()) -> subprocess.Completed
 def salad_score(*args: str | Path, blocked: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
     """`salad score ARGS` as a console would run it, in a subprocess."""
     body = (
-        "from salad.runtime.cli import score_command\n"
+        "from salad.onsite.score import score_command\n"
         f"score_command(args={[str(a) for a in args]!r}, prog_name='salad score')\n"
     )
     return run_python(body, blocked)
@@ -209,7 +209,7 @@ def test_the_blocker_really_blocks() -> None:
 def test_score_a_folder_without_torch_or_onnx(tiny_bundle: Path, film_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "console.json"
     body = (
-        "from salad.runtime.cli import score_command\n"
+        "from salad.onsite.score import score_command\n"
         f"try:\n    score_command(args=[{str(tiny_bundle)!r}, {str(film_folder)!r}, '--json', {str(out)!r}], prog_name='salad score')\n"
         "finally:\n"
         "    print('loaded:', sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'onnx', 'onnxruntime'}))\n"

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from salad import imageio
 from salad.bundle import Bundle
 from salad.onsite.drift import DriftGuard
-from salad.runtime.cli import score_command
+from salad.onsite.score import score_command
 from tests.conftest import KERMANY
 
 

@@ -13,8 +13,8 @@ import pydicom
 from click.testing import CliRunner
 
 from salad.imageio import MAX_FILE_BYTES
+from salad.onsite.score import score_command
 from salad.runtime import Scorer
-from salad.runtime.cli import score_command
 
 from ..core.test_input_robustness import dicom_data, patched_dicom
 from .test_cli import salad_score

@@ -295,7 +295,7 @@ def score_on_triton(command: Any, bundle: Path, folder: Path, url: str, out: Pat
 
 
 def test_salad_score_triton(tiny_bundle: Path, server: tuple[FakeTriton, str, str], film_folder: Path, tmp_path: Path) -> None:
-    from salad.runtime.cli import score_command
+    from salad.onsite.score import score_command
 
     _, url, _ = server
     payload = score_on_triton(score_command, tiny_bundle, film_folder, url, tmp_path / "scores.json")
@@ -338,8 +338,8 @@ def test_triton_is_a_registered_runtime(tiny_bundle: Path, server: tuple[FakeTri
     """`salad score --runtime triton --url URL` is `--triton URL`; without --url the error names the option."""
     from click.testing import CliRunner
 
+    from salad.onsite.score import score_command
     from salad.runtime import runner_names
-    from salad.runtime.cli import score_command
 
     assert "triton" in runner_names()
     _, url, _ = server

@@ -20,7 +20,7 @@ import pydicom
 import pytest
 from click.testing import CliRunner
 
-from salad.runtime.cli import score_command
+from salad.onsite.score import score_command
 from salad.serve import Store
 from salad.serve.forward import parse_forward
 from salad.serve.sr import ANOMALY_SCORE

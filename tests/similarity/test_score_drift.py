@@ -75,7 +75,7 @@ def test_the_exposure_checks_pass_the_site_and_flag_darker_and_brighter_films(at
 def test_drift_on_a_console_without_torch_or_onnx(attached_bundle: Path, tmp_path: Path) -> None:
     out = tmp_path / "console.json"
     body = (
-        "from salad.runtime.cli import score_command\n"
+        "from salad.onsite.score import score_command\n"
         f"try:\n    score_command(args=[{str(attached_bundle)!r}, {str(NIH_NORMAL)!r}, '--drift', '--json', {str(out)!r}], "
         "prog_name='salad score')\n"
         "except SystemExit as e:\n    assert not e.code, e.code\n"
