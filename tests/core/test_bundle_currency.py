@@ -20,17 +20,23 @@ def _sources(folders: tuple[str, ...]) -> list[Path]:
     return sorted(f for folder in folders if (REPO / folder).is_dir() for f in (REPO / folder).rglob("*.py"))
 
 
-def test_read_manifest_is_called_only_by_bundle_open() -> None:
+def _calls_outside(names: set[str], allowed: set[str]) -> list[str]:
+    """`file:line name(` for every call of one of `names` in the packages, outside the `allowed` files."""
     offenders = []
     for path in _sources(PACKAGES):
         rel = path.relative_to(REPO).as_posix()
-        if rel in READERS:
+        if rel in allowed:
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Call):
                 name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
-                if name == "read_manifest":
-                    offenders.append(f"{rel}:{node.lineno}")
+                if name in names:
+                    offenders.append(f"{rel}:{node.lineno} {name}(")
+    return offenders
+
+
+def test_read_manifest_is_called_only_by_bundle_open() -> None:
+    offenders = _calls_outside({"read_manifest"}, READERS)
     assert not offenders, "read_manifest( outside Bundle.open; use salad.bundle.Bundle.open(...):\n  " + "\n  ".join(offenders)
 
 
@@ -56,15 +62,6 @@ COMMIT_STEPS = {"commit_journal", "complete_journal", "pending_name", "check_jou
 
 
 def test_only_bundle_edit_commits_a_change_to_a_bundle() -> None:
-    offenders = []
-    for path in _sources(PACKAGES):
-        rel = path.relative_to(REPO).as_posix()
-        if rel in WRITERS:
-            continue
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Call):
-                name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
-                if name in COMMIT_STEPS:
-                    offenders.append(f"{rel}:{node.lineno} {name}(")
+    offenders = _calls_outside(COMMIT_STEPS, WRITERS)
     assert not offenders, "a bundle change committed outside Bundle.edit; use `with Bundle.edit(root) as edit:`:\n  " + "\n  ".join(
         offenders)
