@@ -132,7 +132,7 @@ def run_one(name: str, recipe: str, overrides: list[str], split: str, seed: int,
     """Train one seed of a recipe on a split and measure it; returns (and writes) its JSON record."""
     import torch
 
-    from salad.acquisition import shifts
+    from salad.acquisition import COMPOUND_SHIFTS, shifts
     from salad.data import read_samples
     from salad.imageio import read_image
     from salad.preprocess import preprocess
@@ -176,12 +176,13 @@ def run_one(name: str, recipe: str, overrides: list[str], split: str, seed: int,
         for view, idx in nih_views(test).items():
             if len(set(labels[idx].tolist())) == 2:
                 record["by_view"][view] = evaluate_set(run_dir, loaded, train_raw, films[idx], labels[idx], threshold, seed, cfg.score_k)
-    if robustness:
-        record["shifts"] = {}
-        for spec in tqdm(shifts("moderate"), desc="shifts", leave=False):
-            shifted = np.stack([preprocess(spec.apply(img, i), loaded.preprocessing) for i, img in enumerate(raw)])
-            record["shifts"][spec.name] = {"description": spec.description,
-                                           **evaluate_set(run_dir, loaded, train_raw, shifted, labels, threshold, seed, cfg.score_k)}
+    if robustness:  # every moderate shift, then every compound (several at once: another acquisition)
+        for key, specs in (("shifts", shifts("moderate")), ("compounds", list(COMPOUND_SHIFTS))):
+            record[key] = {}
+            for spec in tqdm(specs, desc=key, leave=False):
+                shifted = np.stack([preprocess(spec.apply(img, i), loaded.preprocessing) for i, img in enumerate(raw)])
+                record[key][spec.name] = {"description": spec.description, **evaluate_set(
+                    run_dir, loaded, train_raw, shifted, labels, threshold, seed, cfg.score_k)}
     out.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(record, indent=2) + "\n")
@@ -204,6 +205,26 @@ def margin(floor: float) -> float:
     from salad.train.trainer import floor_margin
 
     return floor_margin(floor)
+
+
+def _shift_table(rows: list[dict[str, Any]], split: str, key: str, what: str) -> list[str]:
+    """Per recipe: the operating AUC under each shift of `key` beside the best floor under the same shift."""
+    lines: list[str] = []
+    with_key = [r for r in rows if key in r]
+    for name in dict.fromkeys(r["name"] for r in with_key):
+        rs = [r for r in with_key if r["name"] == name]
+        op = rs[0]["operating_score"]
+        lines += [f"### {name} on {split} under {what}", "",
+                  "| shift | operating AUC | best floor (name) | margin met | FPR of shifted normals |", "|---|---|---|---|---|"]
+        for shift in rs[0][key]:
+            learned = [r[key][shift]["auc"][op] for r in rs]
+            floors = {f: statistics.mean(r[key][shift]["floors"][f] for r in rs) for f in rs[0][key][shift]["floors"]}
+            best = max(floors, key=lambda f: floors[f])
+            met = statistics.mean(learned) >= floors[best] + margin(floors[best])
+            lines.append(f"| {shift} ({rs[0][key][shift]['description']}) | {_ms(learned)} | {floors[best]:.3f} ({best}) | "
+                         f"{'yes' if met else 'no'} | {_ms([r[key][shift]['fpr_normals'] for r in rs])} |")
+        lines.append("")
+    return lines
 
 
 def summarise(folder: Path) -> str:
@@ -238,20 +259,8 @@ def summarise(folder: Path) -> str:
                 f"{statistics.mean(r['train_seconds'] for r in rs) / 60:.1f} |"
             )
         lines.append("")
-        with_shifts = [r for r in rows if "shifts" in r]
-        for name in dict.fromkeys(r["name"] for r in with_shifts):
-            rs = [r for r in with_shifts if r["name"] == name]
-            op = rs[0]["operating_score"]
-            lines += [f"### {name} on {split} under moderate acquisition shifts", "",
-                      "| shift | operating AUC | best floor (name) | margin met | FPR of shifted normals |", "|---|---|---|---|---|"]
-            for shift in rs[0]["shifts"]:
-                learned = [r["shifts"][shift]["auc"][op] for r in rs]
-                floors = {f: statistics.mean(r["shifts"][shift]["floors"][f] for r in rs) for f in rs[0]["shifts"][shift]["floors"]}
-                best = max(floors, key=lambda f: floors[f])
-                met = statistics.mean(learned) >= floors[best] + margin(floors[best])
-                lines.append(f"| {shift} ({rs[0]['shifts'][shift]['description']}) | {_ms(learned)} | {floors[best]:.3f} ({best}) | "
-                             f"{'yes' if met else 'no'} | {_ms([r['shifts'][shift]['fpr_normals'] for r in rs])} |")
-            lines.append("")
+        for key, what in (("shifts", "moderate acquisition shifts"), ("compounds", "compound shifts (several at once)")):
+            lines += _shift_table(rows, split, key, what)
         by_view = [r for r in rows if "by_view" in r]
         for name in dict.fromkeys(r["name"] for r in by_view):
             rs = [r for r in by_view if r["name"] == name]

@@ -3,9 +3,12 @@
     python benchmarks/transfer_candidates.py --runs RUNS_DIR --out benchmarks/results/transfer/candidates
 
 For every kept run NAME-SPLIT-sSEED of `quality_protocol.py --keep-runs`, every candidate rule is scored on the
-split's test films and, for `dev`, under every moderate acquisition shift. A rule's figure is its AUC on clean dev,
-its mean and worst AUC over the shifts, and its AUC on each held-out acquisition group (`site-*` splits), beside
-centre-minus-mean computed on the same films. Rules (docs/quality.md, "A detector that transfers"):
+split's test films and, for `dev`, under every moderate acquisition shift and every compound one (several moderate
+shifts at once: salad.acquisition.COMPOUND_SHIFTS). A rule's figure is its AUC on clean dev, its mean and worst AUC
+over the shifts and over the compounds, and its AUC on each held-out acquisition group (`site-*` splits), beside
+centre-minus-mean computed on the same films. Every rule is also scored with the run's network at its initial
+weights (same seed, same bank films): the untrained-weights floor of that rule, so a rule's credit is what the
+training adds to it. Rules (docs/quality.md, "A detector that transfers"):
 
 - `embedding`: knn_angle of the 200-d embedding (the preset's rule);
 - `positional-mean` / `positional-max`: the encoder's last feature map (head × head positions), each position's
@@ -50,6 +53,11 @@ CENTRE_WEIGHTS = (0.5, 1.0, 2.0)
 TILT_WEIGHTS = (2.0, 4.0, 8.0)
 #: Offsets (in standard deviations) below which the centre adds no angle: φ = W · σ · max(centre_z + O, 0).
 TILT_OFFSETS = (0.0, 1.0, 2.0)
+#: Splits whose test films are the development patients' (dev_val.csv): scored under every shift and compound.
+DEV_SPLITS = ("dev", "dev-ar")
+#: Every split a kept run may be named after, longest first (so `site-dark-ar` is not read as `dev-ar`'s kin).
+RUN_SPLITS = ("site-contrast-ar", "site-bright-ar", "site-dark-ar", "site-contrast", "site-bright", "site-dark",
+              "dev-ar", "dev", "nih")
 
 Features = dict[str, np.ndarray]
 
@@ -161,18 +169,20 @@ def evaluate_run(run_dir: Path, split: str) -> dict[str, Any]:
     sys.path.insert(0, str(REPO / "benchmarks"))
     from quality_protocol import SPLIT_FILES, SPLITS
 
-    from salad.acquisition import shifts
+    from salad.acquisition import COMPOUND_SHIFTS, shifts
     from salad.data import read_samples
     from salad.imageio import read_image
     from salad.preprocess import preprocess
     from salad.train.evaluate import load_run
+    from salad.train.models import SaladAutoencoder
 
     loaded = load_run(run_dir)
     head = loaded.model.config.head
+    torch.manual_seed(int(run_dir.name.rpartition("-s")[2]))  # the initial weights, as salad.train.floors builds them
+    nets = {"trained": loaded.model.eval(), "untrained": SaladAutoencoder(loaded.model.config).eval()}
     bank_samples = [s for s in read_samples(run_dir / "train.csv") if s.label == 0]
     train = np.stack([preprocess(read_image(s.path), loaded.preprocessing) for s in bank_samples])
-    bank = _features(loaded.model, train, head)
-    scorers = rules(bank, K)
+    scorers = {net: rules(_features(model, train, head), K) for net, model in nets.items()}
     test = read_samples(SPLITS / SPLIT_FILES[split][1])
     labels = np.array([s.label for s in test])
     raw = [read_image(s.path) for s in test]
@@ -180,24 +190,27 @@ def evaluate_run(run_dir: Path, split: str) -> dict[str, Any]:
     # Each rule's operating threshold: 95 % specificity on the run's own validation normals (as export chooses it).
     val = [s for s in read_samples(run_dir / "val.csv") if s.label == 0]
     val_f = _features(loaded.model, np.stack([preprocess(read_image(s.path), loaded.preprocessing) for s in val]), head)
-    thresholds = {name: float(np.quantile(fn(val_f), SPECIFICITY)) for name, fn in scorers.items()}
+    thresholds = {name: float(np.quantile(fn(val_f), SPECIFICITY)) for name, fn in scorers["trained"].items()}
 
     def judge(films: np.ndarray) -> tuple[dict[str, float], dict[str, float]]:
         f = _features(loaded.model, films, head)
-        scores = {name: fn(f) for name, fn in scorers.items()}
+        scores = {name: fn(f) for name, fn in scorers["trained"].items()}
         auc = {name: float(roc_auc_score(labels, v)) for name, v in scores.items()}
         auc["centre-minus-mean"] = float(roc_auc_score(labels, centre_minus_mean(films)))
+        f0 = _features(nets["untrained"], films, head)
+        auc.update({f"untrained:{name}": float(roc_auc_score(labels, fn(f0))) for name, fn in scorers["untrained"].items()})
         fpr = {name: float((v[labels == 0] > thresholds[name]).mean()) for name, v in scores.items()}
         return auc, fpr
 
     record: dict[str, Any] = {"split": split, "n_bank": len(bank_samples), "n_normal": int((labels == 0).sum()),
                               "n_abnormal": int((labels == 1).sum()), "k": K, "n_val_normal": len(val)}
     record["clean"], record["clean_fpr"] = judge(np.stack([preprocess(img, loaded.preprocessing) for img in raw]))
-    if split == "dev":
-        record["shifts"], record["shifts_fpr"] = {}, {}
-        for spec in tqdm(shifts("moderate"), desc=f"{run_dir.name} shifts", leave=False):
-            shifted = np.stack([preprocess(spec.apply(img, i), loaded.preprocessing) for i, img in enumerate(raw)])
-            record["shifts"][spec.name], record["shifts_fpr"][spec.name] = judge(shifted)
+    if split in DEV_SPLITS:
+        for key, specs in (("shifts", shifts("moderate")), ("compounds", list(COMPOUND_SHIFTS))):
+            record[key], record[f"{key}_fpr"] = {}, {}
+            for spec in tqdm(specs, desc=f"{run_dir.name} {key}", leave=False):
+                shifted = np.stack([preprocess(spec.apply(img, i), loaded.preprocessing) for i, img in enumerate(raw)])
+                record[key][spec.name], record[f"{key}_fpr"][spec.name] = judge(shifted)
     return record
 
 
@@ -214,50 +227,83 @@ def _ms(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
+def _margin(floor: float) -> float:
+    """The protocol's margin over a floor: min(0.05, half its distance to 1) (docs/quality.md)."""
+    return min(0.05, (1.0 - floor) / 2.0)
+
+
+def _columns(rs: list[dict[str, Any]], sites: list[str], name: str) -> list[list[float]]:
+    """Per column (dev clean, shifts mean/worst, compounds mean/worst, each site): one value per seed ([] if none)."""
+    dev = [r for r in rs if r["split"] in DEV_SPLITS]
+    cols = [[r["clean"][name] for r in dev]]
+    for key in ("shifts", "compounds"):
+        runs = [r for r in dev if key in r]
+        cols += [[statistics.mean(v[name] for v in r[key].values()) for r in runs],
+                 [min(v[name] for v in r[key].values()) for r in runs]]
+    return cols + [[r["clean"][name] for r in rs if r["split"] in (site, site + "-ar")] for site in sites]
+
+
+def _rule_table(rs: list[dict[str, Any]], sites: list[str]) -> list[str]:
+    """Rows: every rule trained, then at its initial weights, then centre-minus-mean; *credit* checks the margin."""
+    names = [n for n in rs[0]["clean"] if not n.startswith("untrained:") and n != "centre-minus-mean"]
+    lines = ["| rule | dev clean | dev shifts mean | dev shifts worst | dev compounds mean | dev compounds worst | "
+             + " | ".join(sites) + " | worst of all | beats own untrained & centre − mean |",
+             "|---|---|---|---|---|---|" + "---|" * len(sites) + "---|---|"]
+    cmm = [statistics.mean(c) if c else None for c in _columns(rs, sites, "centre-minus-mean")]
+    for name in [*names, *(f"untrained:{n}" for n in names), "centre-minus-mean"]:
+        cols = _columns(rs, sites, name)
+        means = [statistics.mean(c) if c else None for c in cols]
+        credit = "–"
+        if not name.startswith("untrained:") and name != "centre-minus-mean":
+            floor = [statistics.mean(c) if c else None for c in _columns(rs, sites, f"untrained:{name}")]
+            beats = [m >= max(f, c) + _margin(max(f, c)) for m, f, c in zip(means, floor, cmm, strict=True)
+                     if m is not None and f is not None and c is not None]
+            credit = "yes" if all(beats) else "no"
+        worst = min(m for m in means if m is not None)
+        lines.append(f"| {name} | " + " | ".join(_ms(c) if c else "–" for c in cols) + f" | {worst:.3f} | {credit} |")
+    return lines
+
+
 def summarise(records: list[dict[str, Any]]) -> str:
-    """One table per recipe: rows are rules, columns clean dev, shifts (mean, worst), each held-out group."""
-    sites = sorted({r["split"] for r in records if r["split"].startswith("site-")})
-    names = list(records[0]["clean"])
+    """One table per recipe: rows are rules (trained, untrained), columns clean, shifts, compounds, held-out groups."""
+    sites = sorted({r["split"].removesuffix("-ar") for r in records if r["split"].startswith("site-")})
     lines = ["# Scoring rules under the transfer protocol", "",
              "Written by `python benchmarks/transfer_candidates.py`. AUC, mean ± sd over seeds. *shifts mean / worst*: "
-             "over the 13 moderate acquisition shifts of the dev test films (the worst shift per seed, then averaged). "
-             "`site-*`: one acquisition group of the development patients held out whole (benchmarks/pseudo_sites.py); "
-             "the bank is the other groups' normals. centre-minus-mean is the one-number floor, on the same films.", ""]
+             "over the 13 moderate acquisition shifts of the dev test films (the worst shift per seed, then averaged); "
+             "*compounds*: the same over the 4 compound shifts (several moderate shifts at once, "
+             "salad.acquisition.COMPOUND_SHIFTS). `site-*`: one acquisition group of the development patients held out "
+             "whole (benchmarks/pseudo_sites.py); the bank is the other groups' normals. `untrained:` rows score the "
+             "same rule with the run's network at its initial weights (same seed); centre-minus-mean is the one-number "
+             "floor, on the same films. *beats own untrained & centre − mean*: the rule's mean exceeds both floors' "
+             "means by min(0.05, half the floor's distance to 1) in every column.", ""]
     for recipe in dict.fromkeys(r["recipe"] for r in records):
         rs = [r for r in records if r["recipe"] == recipe]
-        lines += [f"## {recipe}", "",
-                  "| rule | dev clean | dev shifts mean | dev shifts worst | " + " | ".join(sites) + " | worst of all |",
-                  "|---|---|---|---|" + "---|" * len(sites) + "---|"]
-        for name in names:
-            dev = [r for r in rs if r["split"] == "dev"]
-            clean = [r["clean"][name] for r in dev]
-            smean = [statistics.mean(s[name] for s in r["shifts"].values()) for r in dev]
-            sworst = [min(s[name] for s in r["shifts"].values()) for r in dev]
-            cells = [_ms(clean) if clean else "–", _ms(smean) if smean else "–", _ms(sworst) if sworst else "–"]
-            worst = [statistics.mean(v) for v in (clean, smean) if v]
-            for site in sites:
-                v = [r["clean"][name] for r in rs if r["split"] == site]
-                cells.append(_ms(v) if v else "–")
-                if v:
-                    worst.append(statistics.mean(v))
-            lines.append(f"| {name} | " + " | ".join(cells) + f" | {min(worst):.3f} |")
-        seeds = sorted({r["seed"] for r in rs})
-        lines += ["", f"Seeds: {seeds}; runs: {len(rs)}.", ""]
-        dev = [r for r in rs if r["split"] == "dev" and "shifts_fpr" in r]
+        lines += [f"## {recipe}", "", *_rule_table(rs, sites)]
+        lines += ["", f"Seeds: {sorted({r['seed'] for r in rs})}; runs: {len(rs)}.", ""]
+        dev = [r for r in rs if r["split"] in DEV_SPLITS and "shifts_fpr" in r]
         for name in (n for n in CHOSEN if dev and n in dev[0]["clean"]):
-            clean_fpr = statistics.mean(r["clean_fpr"][name] for r in dev)
-            lines += [f"### `{name}` on dev under each moderate shift", "",
-                      f"False-positive rate of the normals at the rule's threshold (95 % specificity on each run's validation "
-                      f"normals): clean {clean_fpr:.3f}; *≤ 2×* compares each shift with twice that.", "",
-                      "| shift | AUC | centre-minus-mean | FPR of shifted normals | ≤ 2× clean |", "|---|---|---|---|---|"]
-            for shift in dev[0]["shifts"]:
-                fpr = statistics.mean(r["shifts_fpr"][shift][name] for r in dev)
-                auc = _ms([r["shifts"][shift][name] for r in dev])
-                floor = _ms([r["shifts"][shift]["centre-minus-mean"] for r in dev])
-                fprs = _ms([r["shifts_fpr"][shift][name] for r in dev])
-                lines.append(f"| {shift} | {auc} | {floor} | {fprs} | {'yes' if fpr <= 2 * clean_fpr else '**no**'} |")
-            lines.append("")
+            lines += _fpr_table(dev, name)
     return "\n".join(lines) + "\n"
+
+
+def _fpr_table(dev: list[dict[str, Any]], name: str) -> list[str]:
+    """AUC and false-positive rate of shifted normals under each shift and compound, against twice the clean rate."""
+    clean_fpr = statistics.mean(r["clean_fpr"][name] for r in dev)
+    lines = [f"### `{name}` on dev under each moderate shift and compound", "",
+             f"False-positive rate of the normals at the rule's threshold (95 % specificity on each run's validation "
+             f"normals): clean {clean_fpr:.3f}; *≤ 2×* compares each shift with twice that.", "",
+             "| shift | AUC | same rule, untrained | centre-minus-mean | FPR of shifted normals | ≤ 2× clean |",
+             "|---|---|---|---|---|---|"]
+    for key in ("shifts", "compounds"):
+        runs = [r for r in dev if key in r]
+        for shift in (runs[0][key] if runs else {}):
+            fpr = statistics.mean(r[f"{key}_fpr"][shift][name] for r in runs)
+            untrained = [r[key][shift].get(f"untrained:{name}") for r in runs]
+            lines.append(f"| {shift} | {_ms([r[key][shift][name] for r in runs])} | "
+                         f"{_ms([u for u in untrained if u is not None]) if all(u is not None for u in untrained) else '–'} | "
+                         f"{_ms([r[key][shift]['centre-minus-mean'] for r in runs])} | "
+                         f"{_ms([r[f'{key}_fpr'][shift][name] for r in runs])} | {'yes' if fpr <= 2 * clean_fpr else '**no**'} |")
+    return [*lines, ""]
 
 
 @click.command()
@@ -273,7 +319,7 @@ def main(runs: Path, out: Path, match: str) -> None:
         if target.exists() or not finished(run_dir):
             continue  # scored already, or still training (its checkpoint is an epoch's, not the run's)
         stem, _, seed = run_dir.name.rpartition("-s")
-        split = next(s for s in ("dev", "site-dark", "site-bright", "site-contrast", "nih") if stem.endswith("-" + s))
+        split = next(s for s in RUN_SPLITS if stem.endswith("-" + s))
         record = {"run": run_dir.name, "recipe": stem[: -len(split) - 1], "seed": int(seed), **evaluate_run(run_dir, split)}
         tmp = target.with_suffix(".tmp")
         tmp.write_text(json.dumps(record, indent=2) + "\n")

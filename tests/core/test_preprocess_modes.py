@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from salad.acquisition import SHIFTS, shift_by_name, shifts
+from salad.acquisition import COMPOUND_SHIFTS, SHIFTS, shift_by_name, shifts
 from salad.errors import DataError
 from salad.imageio import read_image
 from salad.preprocess import INTENSITY_MODES, PreprocessConfig, preprocess
@@ -58,6 +58,22 @@ def test_shifts_keep_the_film_range_and_change_it(tmp_path: Path) -> None:
     assert np.array_equal(noisy.apply(img, 1), noisy.apply(img, 1))  # seeded
     with pytest.raises(KeyError, match="no shift 'sepia'"):
         shift_by_name("sepia")
+
+
+def test_compound_shifts_are_their_moderate_parts_applied_in_order() -> None:
+    img = read_image(FILM)
+    exposure, detail, framing = {"gamma", "gamma-dark", "window"}, {"blur", "sharpen", "noise", "jpeg"}, {
+        "rotate", "zoom-in", "zoom-out", "shift", "collimation"}
+    assert len({c.name for c in COMPOUND_SHIFTS}) == len(COMPOUND_SHIFTS) == 4
+    for spec in COMPOUND_SHIFTS:
+        names = spec.name.split("+")
+        assert spec.strength == "compound" and spec not in SHIFTS
+        assert set(names) & exposure and set(names) & detail and set(names) & framing, spec.name  # another acquisition
+        by_hand = img
+        for name in names:
+            by_hand = shift_by_name(name).apply(by_hand, 7)
+        out = spec.apply(img, 7)
+        assert np.array_equal(out, by_hand) and out.dtype == np.float32 and 0.0 <= out.min() <= out.max() <= 1.0
 
 
 @pytest.mark.parametrize("shift", ["collimation", "zoom-out", "shift"])
