@@ -43,6 +43,7 @@ from .events import (
     ScoredBatch,
 )
 from .result import Result, Timings
+from .verified import open_verified
 
 ImageInput: TypeAlias = "str | os.PathLike[str] | np.ndarray"
 #: Arrays may exceed [0, 1] by this much (rounding in a caller's own scaling) before they are refused.
@@ -85,7 +86,8 @@ class Scorer:
         """
         if precision not in PRECISIONS:
             raise ConfigError(f"precision {precision!r}; expected one of {list(PRECISIONS)}.")
-        opened = path if isinstance(path, Bundle) else open_to_score(path, runtime, precision)
+        opened = path if isinstance(path, Bundle) else open_to_score(
+            path, runtime, precision, cache_dir=runner_options.get("cache_dir"), use_cache=runner_options.get("use_cache", True))
         graph = BundleGraph.from_bundle(opened, "model", precision)
         runner = create_runner(runtime, graph, max_batch=max_batch, device=device, **runner_options)
         return cls(opened, runner)
@@ -240,13 +242,16 @@ class Scorer:
             )
 
 
-def open_to_score(path: str | os.PathLike[str], runtime: str = "onnxruntime", precision: str = "fp32") -> Bundle:
+def open_to_score(path: str | os.PathLike[str], runtime: str = "onnxruntime", precision: str = "fp32", *,
+                  cache_dir: str | os.PathLike[str] | None = None, use_cache: bool = True) -> Bundle:
     """The bundle, verified as a Scorer on `runtime` at `precision` needs it: what it reads, every time, and nothing else.
 
     The ONNX runtimes read the chosen graph (and its external data or bank); the torch reference reads the checkpoint
-    too, so it verifies all.
+    too, so it verifies all. Files unchanged since they last verified are not hashed again (runtime/verified.py;
+    `use_cache=False` or $SALAD_NO_CACHE=1 hashes every time).
     """
-    return Bundle.open(Path(path), verify=True, graphs=None if runtime == "torch" else [("model", precision)])
+    graphs = None if runtime == "torch" else [("model", precision)]
+    return open_verified(Path(path), graphs, cache_dir=cache_dir, use_cache=use_cache)[0]
 
 
 def _expand(inputs: ImageInput | Sequence[ImageInput]) -> list[tuple[str | None, str | os.PathLike[str] | np.ndarray]]:
