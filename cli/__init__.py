@@ -38,6 +38,12 @@ def _encoder_names() -> list[str]:
     return ENCODERS.names()
 
 
+def _activation_names() -> list[str]:
+    from salad.train import ACTIVATIONS
+
+    return ACTIVATIONS.names()
+
+
 def _preset_names() -> list[str]:
     from salad.train import PRESETS
 
@@ -119,6 +125,9 @@ def main(verbose: int, quiet: bool) -> None:
               help="Encoder/decoder pair registered in train/models.py (e.g. cxr, resnet18; another name lists them).")
 @click.option("--size", type=int, default=None, help="Input size S (pixels).")
 @click.option("--width", type=float, default=None, help="Channel width multiplier.")
+@click.option("--activation", type=LazyChoice(_activation_names, metavar="NAME"), default=None,
+              help="Activation of the conv blocks (train/models.py ACTIVATIONS): leaky_relu (the paper's, every preset's) or "
+                   "relu, which ONNX Runtime fuses into its int8 convolutions (docs/architecture.md says what each is for).")
 @click.option("--pretrain-epochs", type=int, default=None, help="Epochs of round 0 (no anchors).")
 @click.option("--rounds", type=int, default=None, help="Number of progressive rounds R.")
 @click.option("--round-epochs", type=int, default=None, help="Epochs per round.")

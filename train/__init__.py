@@ -30,13 +30,13 @@ if TYPE_CHECKING:
     )
     from salad.train.distributed import launch, option_args, preflight
     from salad.train.evaluate import LoadedRun, evaluate_run, load_run, score_samples
-    from salad.train.models import ENCODERS
+    from salad.train.models import ACTIVATIONS, ENCODERS
     from salad.train.plots import write_detection_plots
     from salad.train.rundir import split_by_patient, write_list
     from salad.train.trainer import train_run
 
 __all__ = [
-    "CPU", "ENCODERS", "METHODS", "METHOD_REGISTRY", "PAPER", "PRESETS", "TRAIN_SCHEMA", "LoadedRun", "Method",
+    "ACTIVATIONS", "CPU", "ENCODERS", "METHODS", "METHOD_REGISTRY", "PAPER", "PRESETS", "TRAIN_SCHEMA", "LoadedRun", "Method",
     "TrainConfig", "evaluate_run", "launch", "load_run", "method_of", "option_args", "preflight", "register_method",
     "score_samples", "split_by_patient", "train_run", "write_detection_plots", "write_list",
 ]
@@ -49,7 +49,7 @@ _LAZY = {
     ),
     **dict.fromkeys(("LoadedRun", "evaluate_run", "load_run", "score_samples"), "salad.train.evaluate"),
     "write_detection_plots": "salad.train.plots",
-    "ENCODERS": "salad.train.models",
+    **dict.fromkeys(("ACTIVATIONS", "ENCODERS"), "salad.train.models"),
     **dict.fromkeys(("launch", "option_args", "preflight"), "salad.train.distributed"),
     **dict.fromkeys(("split_by_patient", "write_list"), "salad.train.rundir"),
     "train_run": "salad.train.trainer",

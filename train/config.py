@@ -14,7 +14,7 @@ from salad.preprocess import PreprocessConfig
 from salad.registry import Registry
 from salad.scoring import DEFAULT_SCORE, KNN_ANGLE, check_score_name
 from salad.train.datasets import AugmentConfig
-from salad.train.models import ModelConfig
+from salad.train.models import ACTIVATIONS, ModelConfig
 
 RUN_SCHEMA = 1
 #: The shape of the summary `salad train` prints (salad/schemas/train.json).
@@ -70,6 +70,7 @@ class TrainConfig:
     size: int = 256
     width: float = 1.0
     head: int = 4  # side of the cxr encoder's last feature map (ModelConfig.head)
+    activation: str = "leaky_relu"  # of the conv blocks (ModelConfig.activation): leaky_relu (paper) or relu (int8-fusable)
     resize_mode: str = "stretch"
     intensity_mode: str = "display"
     crop: float = 1.0  # central fraction of each side kept before resizing (PreprocessConfig.crop)
@@ -115,7 +116,7 @@ class TrainConfig:
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(encoder=self.encoder, size=self.size, width=self.width, head=self.head,
-                           centre_tilt=self.centre_tilt, centre_offset=self.centre_offset)
+                           centre_tilt=self.centre_tilt, centre_offset=self.centre_offset, activation=self.activation)
 
     def preprocess_config(self) -> PreprocessConfig:
         return PreprocessConfig(size=self.size, resize_mode=self.resize_mode, intensity_mode=self.intensity_mode, crop=self.crop,
@@ -156,6 +157,7 @@ class TrainConfig:
         if self.lr_schedule not in ("constant", "cosine"):
             raise ConfigError(f"lr schedule {self.lr_schedule!r}; expected 'constant' or 'cosine'.")
         check_score_name(self.score)
+        ACTIVATIONS.get(self.activation)
         self.model_config()
         self.preprocess_config()
 

@@ -1,7 +1,8 @@
 """Encoder/decoder pairs of SALAD, registered by name (timm-style) so configs and CLIs can list them.
 
 `cxr` is the paper's chest auto-encoder (docs/architecture.md §2); `resnet18` the musculoskeletal one. A width
-multiplier scales every channel count (0.25 makes CPU-sized models); the embedding stays 200-d.
+multiplier scales every channel count (0.25 makes CPU-sized models); the embedding stays 200-d. The activation of the
+conv blocks is chosen by name too (`ACTIVATIONS`): the paper's LeakyReLU(0.1), or ReLU, which int8 runtimes fuse.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import re
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -43,6 +45,10 @@ class ModelConfig:
     centre_tilt: float = 0.0
     #: Standard deviations above the training normals' mean centre density at which the tilt starts.
     centre_offset: float = 2.0
+    #: Activation of the conv blocks (`ACTIVATIONS`; resnet18's encoder body is ReLU whatever this says): the paper's
+    #: `leaky_relu`, or `relu`, which ONNX Runtime fuses into its int8 convolution (QLinearConv) and LeakyReLU it does
+    #: not. Runs from before the field are leaky_relu.
+    activation: str = "leaky_relu"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,7 +60,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        fields = ("encoder", "size", "width", "embedding_dim", "head", "centre_tilt", "centre_offset")
+        fields = ("encoder", "size", "width", "embedding_dim", "head", "centre_tilt", "centre_offset", "activation")
         known = {k: data[k] for k in fields if k in data}
         if "head" not in known and known.get("encoder", "cxr") == "cxr":  # runs from before `head`: six stages always
             known["head"] = max(1, int(known.get("size", 256)) // 64)
@@ -76,16 +82,24 @@ def register_encoder(name: str) -> Callable[[Builder], Builder]:
     return ENCODERS.decorator(name)
 
 
+Activation = Callable[[], nn.Module]
+#: Activations of the conv blocks by name (salad.registry): `salad train --activation` choices. Parameter-free, so
+#: checkpoints of one load into the other's network; the exported graph holds LeakyRelu or Relu nodes accordingly.
+ACTIVATIONS: Registry[Activation] = Registry("activation")
+ACTIVATIONS.register("leaky_relu", partial(nn.LeakyReLU, 0.1, inplace=True))  # the paper's
+ACTIVATIONS.register("relu", partial(nn.ReLU, inplace=True))  # fused into QLinearConv by ONNX Runtime's int8 graphs
+
+
 def _ch(c: int, width: float) -> int:
     return max(4, int(round(c * width)))
 
 
-def _conv_bn(cin: int, cout: int, k: int = 3) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.1, inplace=True)]
+def _conv_bn(cin: int, cout: int, act: Activation, k: int = 3) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), act()]
 
 
-def _double_conv(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(*_conv_bn(cin, cout), *_conv_bn(cout, cout))
+def _double_conv(cin: int, cout: int, act: Activation) -> nn.Sequential:
+    return nn.Sequential(*_conv_bn(cin, cout, act), *_conv_bn(cout, cout, act))
 
 
 CXR_WIDTHS = (16, 32, 64, 128, 256, 512, 1024)
@@ -108,9 +122,10 @@ class CxrEncoder(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         w = _check_cxr(cfg)
-        layers: list[nn.Module] = [_double_conv(1, w[0])]
+        act = ACTIVATIONS.get(cfg.activation)
+        layers: list[nn.Module] = [_double_conv(1, w[0], act)]
         for cin, cout in zip(w[:-1], w[1:], strict=True):
-            layers.append(nn.Sequential(nn.MaxPool2d(2), _double_conv(cin, cout)))
+            layers.append(nn.Sequential(nn.MaxPool2d(2), _double_conv(cin, cout, act)))
         self.features = nn.Sequential(*layers)
         self.project = nn.Conv2d(w[-1], cfg.embedding_dim, cfg.head, bias=False)
 
@@ -124,14 +139,15 @@ class CxrDecoder(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         w = list(reversed(_check_cxr(cfg)))
+        act = ACTIVATIONS.get(cfg.activation)
         self.expand = nn.Sequential(
             nn.ConvTranspose2d(cfg.embedding_dim, w[0], cfg.head, bias=False),
             nn.BatchNorm2d(w[0]),
-            nn.LeakyReLU(0.1, inplace=True),
+            act(),
         )
         ups: list[nn.Module] = []
         for cin, cout in zip(w[:-1], w[1:], strict=True):
-            ups.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), *_conv_bn(cin, cout)))
+            ups.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), *_conv_bn(cin, cout, act)))
         self.up = nn.Sequential(*ups)
         self.out = nn.Conv2d(w[-1], 1, 1)
 
@@ -197,14 +213,15 @@ class ResNet18Decoder(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         w = [_ch(c, cfg.width) for c in (512, 256, 128, 64, 32)]
+        act = ACTIVATIONS.get(cfg.activation)
         self.expand = nn.Sequential(
             nn.ConvTranspose2d(cfg.embedding_dim, w[0], cfg.size // 16, bias=False),
             nn.BatchNorm2d(w[0]),
-            nn.LeakyReLU(0.1, inplace=True),
+            act(),
         )
         self.up = nn.Sequential(
             *[
-                nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), *_conv_bn(cin, cout))
+                nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), *_conv_bn(cin, cout, act))
                 for cin, cout in zip(w[:-1], w[1:], strict=True)
             ]
         )
