@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import shutil
+import time
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -39,7 +40,7 @@ class CacheEntryError(SaladError):
 
 def crc32(data: bytes | memoryview) -> str:
     """CRC-32 as 8 hex digits: catches torn writes and flipped bits at twice sha256's speed (an 89 MB graph is
-    read at every start). Like every file in the user's cache it guards against accidents, not against someone who
+    read at a start unless its seal vouches for it by status: seal_ok). Like every file in the user's cache it guards against accidents, not against someone who
     can write the folder: a console that does not trust it sets $SALAD_NO_CACHE=1 or a root-owned $SALAD_CACHE_DIR."""
     return f"{zlib.crc32(data):08x}"
 
@@ -131,12 +132,62 @@ def read_entry(path: Path) -> bytes | None:
     return payload
 
 
-#: Suffix of the CRC-32 seal written beside a file a library caches itself (OpenVINO's compiled blobs).
+#: Suffix of the CRC-32 seal written beside a cached file (OpenVINO's compiled blobs, ONNX Runtime's optimised models).
 SEAL_SUFFIX = ".crc32"
+#: A file left alone this long (ns) before it was looked at can be vouched for by its status: far above any file
+#: system's timestamp tick, so a later write cannot leave its mtime and ctime as they were (git's "racy" files).
+SETTLE_NS = 2_000_000_000
 
 
 def _file_crc32(path: Path) -> str:
     return crc32(path.read_bytes())
+
+
+def file_state(path: Path) -> list[int]:
+    """What any write to the file's bytes changes: device, inode, size, mtime and ctime in ns (ctime cannot be set back)."""
+    st = os.stat(path)
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def settled(state: list[int], looked_ns: int) -> bool:
+    """Whether a file in `state` had been left alone SETTLE_NS when it was looked at (`looked_ns`, wall clock)."""
+    return looked_ns - max(state[3], state[4]) >= SETTLE_NS
+
+
+def _state_text(state: list[int]) -> str:
+    return "-".join(str(v) for v in state)
+
+
+def seal_ok(path: Path) -> bool:
+    """Whether `path` matches its CRC-32 seal.
+
+    The seal's second line, when present, is the file's status when its CRC-32 last checked out on a settled file:
+    if the status is still that, the file was not written since and is not read again. Otherwise the file is read and
+    its CRC-32 compared, and a match on a settled file adds the status line, so later starts need not read it.
+    """
+    seal = path.with_name(path.name + SEAL_SUFFIX)
+    looked = time.time_ns()
+    try:
+        lines = seal.read_text(encoding="ascii").split()
+        state = file_state(path)
+        if len(lines) == 2 and lines[1] == _state_text(state):
+            return True
+        ok = bool(lines) and lines[0] == _file_crc32(path) and file_state(path) == state
+    except (OSError, ValueError):
+        return False
+    if ok and len(lines) == 1 and settled(state, looked):
+        try:
+            write_atomic(seal, f"{lines[0]}\n{_state_text(state)}\n".encode("ascii"))
+        except OSError as exc:  # a read-only cache still works: the next start reads the file again
+            log.debug("%s: status not recorded (%s)", seal, exc)
+    return ok
+
+
+def install_sealed(tmp: Path, path: Path) -> None:
+    """Rename the finished file `tmp` to `path` and write its CRC-32 seal beside it (a damaged or torn file then fails it)."""
+    digest = _file_crc32(tmp)
+    os.replace(tmp, path)
+    write_atomic(path.with_name(path.name + SEAL_SUFFIX), digest.encode("ascii"))
 
 
 def check_seals(folder: Path, pattern: str) -> tuple[dict[str, int], list[str]]:
@@ -150,9 +201,9 @@ def check_seals(folder: Path, pattern: str) -> tuple[dict[str, int], list[str]]:
     for path in sorted(folder.glob(pattern)):
         seal = path.with_name(path.name + SEAL_SUFFIX)
         try:
-            ok = seal.read_text(encoding="ascii").strip() == _file_crc32(path)
+            ok = seal_ok(path)
             mtime = path.stat().st_mtime_ns
-        except (OSError, ValueError):
+        except OSError:
             ok, mtime = False, 0
         if ok:
             kept[path.name] = mtime
@@ -187,10 +238,10 @@ KEEP_ENTRIES = 16
 
 
 def prune(folder: Path, keep: int = KEEP_ENTRIES) -> list[str]:
-    """Remove all but the `keep` most recently written entries of `folder` (files or folders), and the temporaries of
-    dead writers (a start killed while saving: `.NAME.tmp-PID-…`, salad.fsutil.sweep_stale); live ones stay."""
+    """Remove all but the `keep` most recently written entries of `folder` (files or folders; a file's seal goes with
+    it), and the temporaries of dead writers (a start killed while saving: `.NAME.tmp-PID-…`, salad.fsutil.sweep_stale)."""
     fsutil.sweep_stale(folder)
-    entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    entries = [p for p in folder.iterdir() if not p.name.startswith(".") and not p.name.endswith(SEAL_SUFFIX)]
     if len(entries) <= keep:
         return []
     entries.sort(key=lambda p: p.stat().st_mtime_ns, reverse=True)
@@ -201,6 +252,7 @@ def prune(folder: Path, keep: int = KEEP_ENTRIES) -> list[str]:
                 shutil.rmtree(old)
             else:
                 old.unlink()
+                old.with_name(old.name + SEAL_SUFFIX).unlink(missing_ok=True)
             removed.append(old.name)
         except OSError as exc:  # another process removed or holds it: it goes next time
             log.debug("%s: not pruned (%s)", old, exc)

@@ -26,7 +26,7 @@ from salad import fsutil
 from salad.errors import BackendError, BackendUnavailableError, BundleError
 
 from .base import BATCH, BundleGraph, Runner, importable, register_runner
-from .cache import CacheEntryError, cache_key, cache_root, cpu_fingerprint, prune, read_entry, start_cache_folder, write_entry
+from .cache import cache_key, cache_root, check_seals, cpu_fingerprint, install_sealed, prune, start_cache_folder
 
 CPU_EP = "CPUExecutionProvider"
 CUDA_EP = "CUDAExecutionProvider"
@@ -143,11 +143,11 @@ class OnnxRuntimeRunner(Runner):
         if not path.is_file():
             raise BundleError(f"{path}: graph file missing from the bundle. Re-copy or re-export the bundle.")
         providers = [p for p, _ in config]
-        entry, key = self._cache_entry(ort, providers)
+        entry, _ = self._cache_entry(ort, providers)
         self.start_cache = {"status": "off", "path": str(entry) if entry else None}
         self.session = self._load_cached(ort, entry, config) if entry is not None else None
         if self.session is None:
-            self.session = self._build_session(ort, config, entry, key)
+            self.session = self._build_session(ort, config, entry)
         self.providers = list(self.session.get_providers())
         self._check_session()
 
@@ -165,7 +165,7 @@ class OnnxRuntimeRunner(Runner):
         Threads are not in the key: the optimised graph does not depend on them. GPU providers keep their own caches.
         """
         key = {"graph_sha256": self.graph.content_sha256, "onnxruntime": str(ort.__version__), "providers": list(providers),
-               "optimisation": "ORT_ENABLE_ALL", "format": "ORT", "cpu": cpu_fingerprint()}
+               "optimisation": "ORT_ENABLE_ALL", "format": "ORT file, CRC-32 seal", "cpu": cpu_fingerprint()}
         folder = start_cache_folder(OPTIMISED_FOLDER, self.cache_dir, self.use_cache) if list(providers) == [CPU_EP] else None
         if folder is None:
             return None, key
@@ -173,18 +173,15 @@ class OnnxRuntimeRunner(Runner):
 
     def _load_cached(self, ort: Any, entry: Path, config: list[tuple[str, dict[str, Any]]]) -> Any:
         """A session on the cached optimised model with the optimiser off; None (a warning if damaged) to build one."""
-        try:
-            payload = read_entry(entry)
-        except CacheEntryError as exc:
-            log.warning("%s Rebuilding it from %s.", exc, self.graph.path)
-            self.start_cache["status"] = "rebuilt"
+        if not entry.is_file():
             return None
-        if payload is None:
+        if check_seals(entry.parent, entry.name)[1]:  # removed with a warning: it did not match its seal
+            self.start_cache["status"] = "rebuilt"
             return None
         options = self._options(ort, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
         options.add_session_config_entry("session.load_model_format", "ORT")
         try:
-            session = ort.InferenceSession(payload, sess_options=options, providers=[p for p, _ in config],
+            session = ort.InferenceSession(str(entry), sess_options=options, providers=[p for p, _ in config],
                                            provider_options=[o for _, o in config])
         except Exception as exc:  # onnxruntime's own exception types: a stale or foreign entry
             log.warning("%s: onnxruntime cannot load this cached optimised model (%s: %s). Rebuilding it from %s.",
@@ -194,7 +191,7 @@ class OnnxRuntimeRunner(Runner):
         self.start_cache["status"] = "loaded"
         return session
 
-    def _build_session(self, ort: Any, config: list[tuple[str, dict[str, Any]]], entry: Path | None, key: dict[str, Any]) -> Any:
+    def _build_session(self, ort: Any, config: list[tuple[str, dict[str, Any]]], entry: Path | None) -> Any:
         """A session on the bundle's graph with every optimisation; with `entry`, its optimised model saved there."""
         path = self.graph.path
         options = self._options(ort, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
@@ -211,10 +208,10 @@ class OnnxRuntimeRunner(Runner):
             tmp.unlink(missing_ok=True)  # the cache folder may be what failed: try once without saving
             log.warning("%s: optimised model not cached (%s: %s).", entry, type(exc).__name__, exc)
             self.start_cache["status"] = "off"
-            return self._build_session(ort, config, None, key)
+            return self._build_session(ort, config, None)
         if entry is not None and tmp is not None:
             try:
-                write_entry(entry, tmp.read_bytes(), key)
+                install_sealed(tmp, entry)
                 prune(entry.parent)
                 if self.start_cache["status"] == "off":
                     self.start_cache["status"] = "written"

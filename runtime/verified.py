@@ -5,7 +5,7 @@ the graph files (30–90 MB) and the bank inside them are checked as `Bundle.ope
 salad.runtime.cache's folder says that this exact manifest already verified with these exact files: each file's
 (device, inode, size, mtime_ns, ctime_ns). Any write to a file's bytes changes its mtime and ctime (ctime cannot be
 set back by `touch`), and a rename or copy changes the inode, so a changed file misses the stamp and is hashed.
-A file whose status changed less than SETTLE_NS before it was looked at is never stamped: a second write inside
+A file whose status changed less than cache.SETTLE_NS (2 s) before it was looked at is never stamped: a second write inside
 the same timestamp tick could otherwise leave its status as it was (git's "racy" files). Like every cache
 entry, a stamp guards against accidents, not against someone who can write the cache folder; a console that does
 not trust it sets $SALAD_NO_CACHE=1 (every start hashes) or a root-owned $SALAD_CACHE_DIR.
@@ -29,22 +29,14 @@ from salad.journal import wait_for_commit
 from salad.manifest import MANIFEST, confined
 from salad.manifest_model import load_with_bytes
 
-from .cache import CacheEntryError, cache_key, prune, read_entry, start_cache_folder, write_entry
+from .cache import CacheEntryError, cache_key, file_state, prune, read_entry, settled, start_cache_folder, write_entry
 
 #: The cache folder (under salad.runtime.cache's root) of the verification stamps.
 STAMP_FOLDER = "verified"
-#: A file must have been left alone this long (ns) before a stamp vouches for it: far above any file system's tick.
-SETTLE_NS = 2_000_000_000
 #: Stamps kept (they are a few hundred bytes each); older ones go when a new one is written.
 KEEP_STAMPS = 64
 
 log = logging.getLogger(__name__)
-
-
-def file_state(path: Path) -> list[int]:
-    """What any change to the file's bytes changes: device, inode, size, mtime and ctime (ns)."""
-    st = os.stat(path)
-    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def stamp_parts(root: Path, manifest_bytes: bytes, graphs: Sequence[tuple[str, str]] | None,
@@ -107,12 +99,12 @@ def _stamped(stamp: Path, parts: dict[str, Any]) -> bool:
 
 
 def _unchanged(root: Path, data: bytes, names: Sequence[str], states: dict[str, list[int]], looked: int) -> bool:
-    """Whether the manifest and every file are as they were before hashing, each left alone SETTLE_NS before `looked`."""
+    """Whether the manifest and every file are as they were before hashing, each settled by `looked` (cache.settled)."""
     try:
         same = (root / MANIFEST).read_bytes() == data and _states(root, names) == states
     except OSError:
         return False
-    return same and all(looked - max(s[3], s[4]) >= SETTLE_NS for s in states.values())
+    return same and all(settled(s, looked) for s in states.values())
 
 
 def _write_stamp(folder: Path, stamp: Path, parts: dict[str, Any]) -> None:

@@ -7,8 +7,10 @@ the scores are the same bytes with and without a cache, and the bundle is never 
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ import pytest
 import salad
 from salad.manifest import read_manifest
 from salad.runtime import Scorer
-from salad.runtime.cache import DISABLE_ENV, SEAL_SUFFIX, read_entry
+from salad.runtime.cache import DISABLE_ENV, SEAL_SUFFIX, SETTLE_NS, crc32, file_state
 from salad.scoring import SCORES
 
 FILMS = sorted((Path(salad.__file__).parent / "sample" / "eval").rglob("*.jpeg"))[:12]
@@ -30,6 +32,11 @@ def start(bundle: Path, runtime: str, cache: Path, **options: object) -> tuple[b
         status = dict(scorer.runner.start_cache)  # type: ignore[attr-defined]
     assert all(r.ok for r in results), [r.error for r in results if not r.ok]
     return np.array([[r.scores[name] for name in SCORES] for r in results], dtype=np.float64).tobytes(), status
+
+
+def sealed(entry: Path) -> bool:
+    """Whether the cached file is whole: its bytes match the CRC-32 seal beside it."""
+    return entry.with_name(entry.name + SEAL_SUFFIX).read_text().split()[0] == crc32(entry.read_bytes())
 
 
 def bundle_state(bundle: Path) -> dict[str, tuple[int, int]]:
@@ -50,14 +57,14 @@ def test_onnxruntime_second_start_loads_the_optimised_model_and_scores_the_same_
     assert written["status"] == "written"
     entry = Path(str(written["path"]))
     assert entry.is_file() and entry.parent.parent == tmp_path
-    assert read_entry(entry)  # a whole, self-checking entry
+    assert sealed(entry)  # a whole, sealed entry
     mtime = entry.stat().st_mtime_ns
 
     cached, loaded = start(bundle, "onnxruntime", tmp_path)
     assert loaded == {"status": "loaded", "path": str(entry)}
     assert entry.stat().st_mtime_ns == mtime, "the second start rewrote the cache entry"
     assert plain == first == cached  # fp32 parity stays exact: the same bytes with and without the cache
-    assert [p.name for p in entry.parent.iterdir()] == [entry.name]  # no temporary left behind
+    assert sorted(p.name for p in entry.parent.iterdir()) == [entry.name, entry.name + SEAL_SUFFIX]  # no temporary left
     assert bundle_state(bundle) == state  # the bundle is read, never written
     read_manifest(bundle, verify=True)
 
@@ -70,7 +77,7 @@ def test_a_damaged_onnxruntime_entry_is_ignored_with_a_warning_and_rebuilt(
     entry = Path(str(written["path"]))
     data = bytearray(entry.read_bytes())
     if damage == "flip a byte":
-        data[-len(data) // 3] ^= 0x10  # inside the model: a weight or an op, not the header
+        data[-len(data) // 3] ^= 0x10  # inside the model: a weight or an op
     elif damage == "truncate":
         del data[len(data) // 2:]
     else:
@@ -80,10 +87,36 @@ def test_a_damaged_onnxruntime_entry_is_ignored_with_a_warning_and_rebuilt(
     with caplog.at_level(logging.WARNING):
         scores, rebuilt = start(tiny_bundle, "onnxruntime", tmp_path)
     assert rebuilt["status"] == "rebuilt"
-    assert any(str(entry) in r.getMessage() and "Rebuilding" in r.getMessage() for r in caplog.records), caplog.text
+    assert any(str(entry) in r.getMessage() and "CRC-32 seal" in r.getMessage() for r in caplog.records), caplog.text
     assert scores == reference
-    assert read_entry(entry)  # whole again
+    assert sealed(entry)  # whole again
     assert start(tiny_bundle, "onnxruntime", tmp_path)[1]["status"] == "loaded"
+
+
+def test_a_settled_entry_is_vouched_for_by_its_status_and_one_altered_with_its_mtime_set_back_is_refused(
+    tiny_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    reference, written = start(tiny_bundle, "onnxruntime", tmp_path)
+    entry = Path(str(written["path"]))
+    seal = entry.with_name(entry.name + SEAL_SUFFIX)
+    assert len(seal.read_text().split()) == 1  # written moments ago: only its CRC-32
+    time.sleep(max(0.0, (max(file_state(entry)[3:]) + SETTLE_NS - time.time_ns()) / 1e9) + 0.05)
+    assert start(tiny_bundle, "onnxruntime", tmp_path) == (reference, {"status": "loaded", "path": str(entry)})
+    crc, status = seal.read_text().split()  # checked on a settled file: its status is recorded beside the CRC-32
+    seal.write_text(f"00000000\n{status}\n")  # a wrong CRC-32 is not even looked at while the status holds:
+    assert start(tiny_bundle, "onnxruntime", tmp_path)[1]["status"] == "loaded"  # the file was not read again
+    seal.write_text(f"{crc}\n{status}\n")
+
+    before = entry.stat()
+    data = bytearray(entry.read_bytes())
+    data[-len(data) // 3] ^= 0x10
+    with open(entry, "r+b") as fh:  # in place, same size, and the mtime set back: only the ctime tells
+        fh.write(bytes(data))
+    os.utime(entry, ns=(before.st_atime_ns, before.st_mtime_ns))
+    with caplog.at_level(logging.WARNING):
+        scores, rebuilt = start(tiny_bundle, "onnxruntime", tmp_path)
+    assert rebuilt["status"] == "rebuilt" and scores == reference
+    assert "CRC-32 seal" in caplog.text
 
 
 def test_the_environment_turns_the_cache_off(tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -161,8 +194,6 @@ def test_openvino_is_imported_without_its_converter_which_stays_importable(tiny_
 
 
 def test_a_cache_folder_keeps_the_newest_entries(tmp_path: Path) -> None:
-    import os
-
     from salad.runtime.cache import KEEP_ENTRIES, prune
 
     for i in range(KEEP_ENTRIES + 3):
@@ -174,5 +205,8 @@ def test_a_cache_folder_keeps_the_newest_entries(tmp_path: Path) -> None:
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
     orphan = tmp_path / f".entry-98.ort.tmp-{int(dead.stdout)}-cd"  # its writer was killed: goes
     orphan.write_bytes(b"half")
+    for i in (0, KEEP_ENTRIES + 2):  # seals are not entries: each goes with its file
+        (tmp_path / f"entry-{i:02d}.ort{SEAL_SUFFIX}").write_bytes(b"0")
     assert prune(tmp_path) == ["entry-02.ort", "entry-01.ort", "entry-00.ort"]
-    assert len(list(tmp_path.glob("entry-*"))) == KEEP_ENTRIES and live.exists() and not orphan.exists()
+    assert len(list(tmp_path.glob("entry-*.ort"))) == KEEP_ENTRIES and live.exists() and not orphan.exists()
+    assert [p.name for p in tmp_path.glob(f"*{SEAL_SUFFIX}")] == [f"entry-{KEEP_ENTRIES + 2:02d}.ort{SEAL_SUFFIX}"]

@@ -13,7 +13,8 @@ import pytest
 import salad
 from salad.errors import BundleError
 from salad.runtime import Scorer
-from salad.runtime.verified import SETTLE_NS, STAMP_FOLDER, file_state, open_verified
+from salad.runtime.cache import SETTLE_NS, file_state
+from salad.runtime.verified import STAMP_FOLDER, open_verified
 
 FILMS = sorted((Path(salad.__file__).parent / "sample" / "eval").rglob("*.jpeg"))[:6]
 GRAPHS = [("model", "fp32")]
