@@ -40,8 +40,9 @@ class CacheEntryError(SaladError):
 
 def crc32(data: bytes | memoryview) -> str:
     """CRC-32 as 8 hex digits: catches torn writes and flipped bits at twice sha256's speed (an 89 MB graph is
-    read at a start unless its seal vouches for it by status: seal_ok). Like every file in the user's cache it guards against accidents, not against someone who
-    can write the folder: a console that does not trust it sets $SALAD_NO_CACHE=1 or a root-owned $SALAD_CACHE_DIR."""
+    read at a start unless its seal vouches for it by its status: seal_ok). Like every file in the user's cache it
+    guards against accidents, not against someone who can write the folder: a console that does not trust it sets
+    $SALAD_NO_CACHE=1 or a root-owned $SALAD_CACHE_DIR."""
     return f"{zlib.crc32(data):08x}"
 
 
@@ -184,10 +185,17 @@ def seal_ok(path: Path) -> bool:
 
 
 def install_sealed(tmp: Path, path: Path) -> None:
-    """Rename the finished file `tmp` to `path` and write its CRC-32 seal beside it (a damaged or torn file then fails it)."""
-    digest = _file_crc32(tmp)
-    os.replace(tmp, path)
-    write_atomic(path.with_name(path.name + SEAL_SUFFIX), digest.encode("ascii"))
+    """Seal every file of the finished folder `tmp` (a CRC-32 beside each) and rename it to `path` in one step.
+
+    If another process installed `path` first, its folder stays and `tmp` is left to the caller to remove.
+    """
+    for file in sorted(p for p in tmp.iterdir() if p.is_file() and not p.name.endswith(SEAL_SUFFIX)):
+        write_atomic(file.with_name(file.name + SEAL_SUFFIX), _file_crc32(file).encode("ascii"))
+    try:
+        os.rename(tmp, path)
+    except OSError:
+        if not path.is_dir():
+            raise
 
 
 def check_seals(folder: Path, pattern: str) -> tuple[dict[str, int], list[str]]:
@@ -199,6 +207,8 @@ def check_seals(folder: Path, pattern: str) -> tuple[dict[str, int], list[str]]:
     kept: dict[str, int] = {}
     removed: list[str] = []
     for path in sorted(folder.glob(pattern)):
+        if path.name.endswith(SEAL_SUFFIX):
+            continue
         seal = path.with_name(path.name + SEAL_SUFFIX)
         try:
             ok = seal_ok(path)

@@ -20,6 +20,7 @@ import salad
 from salad.manifest import read_manifest
 from salad.runtime import Scorer
 from salad.runtime.cache import DISABLE_ENV, SEAL_SUFFIX, SETTLE_NS, crc32, file_state
+from salad.runtime.onnxruntime_runner import CACHED_MODEL, CACHED_WEIGHTS
 from salad.scoring import SCORES
 
 FILMS = sorted((Path(salad.__file__).parent / "sample" / "eval").rglob("*.jpeg"))[:12]
@@ -51,20 +52,22 @@ def test_onnxruntime_second_start_loads_the_optimised_model_and_scores_the_same_
     state = bundle_state(bundle)
     plain, off = start(bundle, "onnxruntime", tmp_path, use_cache=False)
     assert off == {"status": "off", "path": None}
-    assert not any(tmp_path.rglob("*.ort")), "use_cache=False wrote a cache entry"
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()], "use_cache=False wrote a cache entry"
 
     first, written = start(bundle, "onnxruntime", tmp_path)
     assert written["status"] == "written"
     entry = Path(str(written["path"]))
-    assert entry.is_file() and entry.parent.parent == tmp_path
-    assert sealed(entry)  # a whole, sealed entry
-    mtime = entry.stat().st_mtime_ns
+    assert entry.is_dir() and entry.parent.parent == tmp_path
+    files = sorted(p.name for p in entry.iterdir())  # the graph and its pre-packed weights, each sealed
+    assert files == sorted([CACHED_MODEL, CACHED_WEIGHTS, CACHED_MODEL + SEAL_SUFFIX, CACHED_WEIGHTS + SEAL_SUFFIX])
+    assert sealed(entry / CACHED_MODEL) and sealed(entry / CACHED_WEIGHTS)
+    mtimes = [p.stat().st_mtime_ns for p in sorted(entry.iterdir())]
 
     cached, loaded = start(bundle, "onnxruntime", tmp_path)
     assert loaded == {"status": "loaded", "path": str(entry)}
-    assert entry.stat().st_mtime_ns == mtime, "the second start rewrote the cache entry"
+    assert [p.stat().st_mtime_ns for p in sorted(entry.iterdir())] == mtimes, "the second start rewrote the cache entry"
     assert plain == first == cached  # fp32 parity stays exact: the same bytes with and without the cache
-    assert sorted(p.name for p in entry.parent.iterdir()) == [entry.name, entry.name + SEAL_SUFFIX]  # no temporary left
+    assert [p.name for p in entry.parent.iterdir()] == [entry.name]  # no temporary left behind
     assert bundle_state(bundle) == state  # the bundle is read, never written
     read_manifest(bundle, verify=True)
 
@@ -75,21 +78,22 @@ def test_a_damaged_onnxruntime_entry_is_ignored_with_a_warning_and_rebuilt(
 ) -> None:
     reference, written = start(tiny_bundle, "onnxruntime", tmp_path)
     entry = Path(str(written["path"]))
-    data = bytearray(entry.read_bytes())
+    damaged = entry / (CACHED_MODEL if damage == "foreign file" else CACHED_WEIGHTS)
+    data = bytearray(damaged.read_bytes())
     if damage == "flip a byte":
-        data[-len(data) // 3] ^= 0x10  # inside the model: a weight or an op
+        data[-len(data) // 3] ^= 0x10  # a weight
     elif damage == "truncate":
         del data[len(data) // 2:]
     else:
         data = bytearray(b"not a cache entry\n")
-    entry.write_bytes(bytes(data))
+    damaged.write_bytes(bytes(data))
 
     with caplog.at_level(logging.WARNING):
         scores, rebuilt = start(tiny_bundle, "onnxruntime", tmp_path)
     assert rebuilt["status"] == "rebuilt"
-    assert any(str(entry) in r.getMessage() and "CRC-32 seal" in r.getMessage() for r in caplog.records), caplog.text
+    assert any(str(damaged) in r.getMessage() and "CRC-32 seal" in r.getMessage() for r in caplog.records), caplog.text
     assert scores == reference
-    assert sealed(entry)  # whole again
+    assert sealed(entry / CACHED_MODEL) and sealed(entry / CACHED_WEIGHTS)  # whole again
     assert start(tiny_bundle, "onnxruntime", tmp_path)[1]["status"] == "loaded"
 
 
@@ -97,11 +101,12 @@ def test_a_settled_entry_is_vouched_for_by_its_status_and_one_altered_with_its_m
     tiny_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     reference, written = start(tiny_bundle, "onnxruntime", tmp_path)
-    entry = Path(str(written["path"]))
+    folder = Path(str(written["path"]))
+    entry = folder / CACHED_WEIGHTS
     seal = entry.with_name(entry.name + SEAL_SUFFIX)
     assert len(seal.read_text().split()) == 1  # written moments ago: only its CRC-32
     time.sleep(max(0.0, (max(file_state(entry)[3:]) + SETTLE_NS - time.time_ns()) / 1e9) + 0.05)
-    assert start(tiny_bundle, "onnxruntime", tmp_path) == (reference, {"status": "loaded", "path": str(entry)})
+    assert start(tiny_bundle, "onnxruntime", tmp_path) == (reference, {"status": "loaded", "path": str(folder)})
     crc, status = seal.read_text().split()  # checked on a settled file: its status is recorded beside the CRC-32
     seal.write_text(f"00000000\n{status}\n")  # a wrong CRC-32 is not even looked at while the status holds:
     assert start(tiny_bundle, "onnxruntime", tmp_path)[1]["status"] == "loaded"  # the file was not read again
