@@ -141,7 +141,14 @@ SETTLE_NS = 2_000_000_000
 
 
 def _file_crc32(path: Path) -> str:
-    return crc32(path.read_bytes())
+    """The file's CRC-32, read in 1 MiB pieces into one buffer: no copy of a 90 MB file in memory, and faster."""
+    value = 0
+    buffer = bytearray(1 << 20)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as fh:
+        while size := fh.readinto(buffer):
+            value = zlib.crc32(view[:size], value)
+    return f"{value:08x}"
 
 
 def file_state(path: Path) -> list[int]:
