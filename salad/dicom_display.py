@@ -19,6 +19,8 @@ from salad.errors import DataError
 
 #: The table route handles stored values of at most this many bits (one table entry per possible value).
 TABLE_BITS = 16
+#: Pixels looked up per np.take call: its intp copy of the indices (512 KiB) stays in cache.
+LOOKUP_SLAB = 1 << 16
 
 
 def stretch(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -89,8 +91,18 @@ def display_by_table(raw: np.ndarray, ds: Any, photometric: str, path: Path, par
     else:
         present = table[np.bincount(index.ravel(), minlength=table.size) > 0]
         lo, hi = float(present.min()), float(present.max())
-    unit = _invert(stretch(table, lo, hi), photometric)
-    return np.take(unit, index, mode="clip")  # indices are within the table: "clip" only skips the bounds check
+    return _look_up(_invert(stretch(table, lo, hi), photometric), index)
+
+
+def _look_up(unit: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """unit[index] in slabs of rows: np.take widens each slab's indices to intp in cache, not the whole film at once (~2x)."""
+    if index.ndim != 2:
+        return np.take(unit, index, mode="clip")
+    out = np.empty(index.shape, dtype=unit.dtype)
+    rows = max(1, LOOKUP_SLAB // max(1, index.shape[1]))
+    for start in range(0, index.shape[0], rows):  # indices are within the table: "clip" only skips the bounds check
+        np.take(unit, index[start : start + rows], mode="clip", out=out[start : start + rows])
+    return out
 
 
 def display_values(raw: np.ndarray, ds: Any, photometric: str, path: Path, params: dict[str, list[float]]) -> np.ndarray:
