@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,8 @@ from salad.runtime.events import Scored
 from .audit import AuditLog
 from .config import NodeConfig
 from .forward import Forwarder
-from .rows import Batch
-from .sr_template import ReportTemplate
+from .rows import Batch, Film
+from .sr_template import Head, ReportTemplate
 from .store import Store
 
 log = logging.getLogger("salad.serve")
@@ -50,6 +51,22 @@ class Reports:
         self.batch = batch if batch is not None else Batch()
         self.forwarder: Forwarder | None = None
         self.staged: dict[int, tuple[ScoredFilm, tuple[bytes, str] | Exception]] = {}  # by the event's index
+        #: The batch's SR documents (all but the score-dependent content), built by `prepare` while its films are scored.
+        self.heads: dict[str, Future[Head | None]] = {}
+        self._heads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="salad-sr-head")
+
+    def close(self) -> None:
+        """Stop the document builder (a pending document is finished first)."""
+        self._heads.shutdown(wait=True, cancel_futures=True)
+
+    def prepare(self, films: list[Film]) -> None:
+        """Start building the SR documents of a batch about to be scored: the builder thread works while the Scorer decodes
+        and infers (mostly outside the GIL), so a film's SR waits only for its score's few leaves."""
+        self.heads = {}
+        for film in films:
+            if film.header is not None:
+                film.header.walk(lambda ds, element: None)  # every element parsed here: the two threads then only read it
+                self.heads[film.item.key] = self._heads.submit(self.template.head, film.header, _own_uid(film.item.key, film.collision))
 
     def on_scored(self, event: Scored) -> None:
         """A labelled film's SR rendered (not yet written); an error row gets none."""
@@ -57,7 +74,7 @@ class Reports:
         if result.ok and result.label is not None:
             film = self.batch.film(result.path)
             scored = ScoredFilm(film.item.key, film.header, result, film.collision)
-            self.staged[event.index] = (scored, self._try_render(scored))
+            self.staged[event.index] = (scored, self._try_render(scored, self.heads.pop(film.item.key, None)))
 
     def commit(self) -> dict[int, str | Exception]:
         """The staged SRs written as one batch (write_batch's order and fsyncs), by event index: path or exception."""
@@ -119,21 +136,19 @@ class Reports:
             out[index] = str(path.relative_to(self.store.root))
         return out
 
-    def _try_render(self, film: ScoredFilm) -> tuple[bytes, str] | Exception:
+    def _try_render(self, film: ScoredFilm, head: Future[Head | None] | None = None) -> tuple[bytes, str] | Exception:
         try:
-            return self._render(film)
+            return self._render(film, None if head is None else head.result())
         except Exception as exc:  # a header highdicom cannot reference: keep the score, retry the SR at start
             return exc
 
-    def _render(self, film: ScoredFilm) -> tuple[bytes, str]:
+    def _render(self, film: ScoredFilm, head: Head | None = None) -> tuple[bytes, str]:
         result = film.result
         if film.header is None:
             raise SaladError("the stored header cannot be read again")
         assert result.label is not None
-        # a UID collision's SR gets its own SOP Instance UID: a PACS would otherwise keep only one of the two reports
-        instance_uid = str(generate_uid(entropy_srcs=["salad-sr", film.key])) if film.collision else None
         return self.template.render(film.header, score=result.score, knn_angle=result.knn_angle, label=result.label,
-                                    instance_uid=instance_uid)
+                                    instance_uid=_own_uid(film.key, film.collision), head=head)
 
     def _queue(self, paths: list[Path]) -> None:
         if self.forwarder is None or not paths:
@@ -146,3 +161,8 @@ class Reports:
         return ("sr", {"sop_instance_uid": str(film.header.SOPInstanceUID), "sr_sop_instance_uid": uid,
                        "sr": str(path.relative_to(self.store.root)), "label": film.result.label,
                        "forward_to": str(self.config.forward or "") or None})
+
+
+def _own_uid(key: str, collision: bool) -> str | None:
+    """A UID collision's SR gets its own SOP Instance UID (a PACS would otherwise keep only one of the two reports)."""
+    return str(generate_uid(entropy_srcs=["salad-sr", key])) if collision else None

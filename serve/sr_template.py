@@ -83,6 +83,15 @@ class _Shape:
         return b"".join(out)
 
 
+@dataclass(frozen=True)
+class Head:
+    """A film's SR document without its content tree: encoded bytes, SOP Instance UID, and the root item it was built on."""
+
+    data: bytes
+    uid: str
+    root: Dataset
+
+
 class ReportTemplate:
     """The SRs of one node (one bundle, threshold and runtime): `render` gives a film's SR file, byte for byte ready."""
 
@@ -94,23 +103,34 @@ class ReportTemplate:
         #: Films whose SR came from the reference builder (a shape that could not be prepared).
         self.fallbacks = 0
 
-    def render(self, source: Dataset, *, score: float, knn_angle: float, label: int,
-               instance_uid: str | None = None) -> tuple[bytes, str]:
-        """(the SR file's bytes, its SOP Instance UID) for `source` (a header, pixels not needed) and its result."""
+    def head(self, source: Dataset, instance_uid: str | None = None) -> Head | None:
+        """The film's SR up to its content tree, encoded: all that does not depend on its score, so the node can build it
+        beside the film's decode and inference. None where the whole report must be built (the reference builder)."""
         hd.sr.SourceImageForMeasurementGroup.from_source_image(source)  # highdicom's checks of a source image, as the reference's
-        shape = self._shape(source, label)
+        shape = self._shape(source, 0)  # the root item's attributes (title, template) are the same for either decision
         if shape is None:
-            self.fallbacks += 1
-            return self.render_reference(source, score=score, knn_angle=knn_angle, label=label, instance_uid=instance_uid)
+            return None
         report = document(source, shape.root, self.constants["bundle_sha256"], instance_uid)
         del report[CONTENT_SEQUENCE]
         if any(element.tag > CONTENT_SEQUENCE for element in report):  # the tree would not be the last element: write it whole
-            self.fallbacks += 1
-            return self.render_reference(source, score=score, knn_angle=knn_angle, label=label, instance_uid=instance_uid)
+            return None
         buffer = io.BytesIO()
         pydicom.dcmwrite(buffer, report, enforce_file_format=True)
-        buffer.write(shape.content(_leaves(source, score, knn_angle)))  # the last element in tag order: appended
-        return buffer.getvalue(), str(report.SOPInstanceUID)
+        return Head(buffer.getvalue(), str(report.SOPInstanceUID), shape.root)
+
+    def render(self, source: Dataset, *, score: float, knn_angle: float, label: int,
+               instance_uid: str | None = None, head: Head | None = None) -> tuple[bytes, str]:
+        """(the SR file's bytes, its SOP Instance UID) for `source` (a header, pixels not needed) and its result.
+
+        `head`: `self.head(source, instance_uid)` made earlier (it is made here when not given).
+        """
+        head = self.head(source, instance_uid) if head is None else head
+        shape = self._shape(source, label)
+        if head is None or shape is None or shape.root != head.root:
+            self.fallbacks += 1
+            return self.render_reference(source, score=score, knn_angle=knn_angle, label=label, instance_uid=instance_uid)
+        # the content tree, the last element in tag order, appended to the document
+        return head.data + shape.content(_leaves(source, score, knn_angle)), head.uid
 
     def render_reference(self, source: Dataset, *, score: float, knn_angle: float, label: int,
                          instance_uid: str | None = None) -> tuple[bytes, str]:

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from typing import Any
 
 import pydicom
@@ -54,7 +54,7 @@ class Worker:
 
     def run(self) -> None:
         """Score batches of up to max_batch; on a full disk wait (backing off) and score the same films again."""
-        with self.listening():
+        with self.listening(), closing(self.reports):
             while True:
                 items = [q for q in self.store.queued() if not self._already(q)][: self.config.max_batch]
                 if not items:
@@ -70,7 +70,9 @@ class Worker:
 
     def score(self, items: list[Queued]) -> bool:
         """Score one batch (at most the Scorer's max_batch) while `listening`; whether it was committed."""
-        self.batch.begin(self._films(items), time.time_ns())
+        films = self._films(items)
+        self.batch.begin(films, time.time_ns())
+        self.reports.prepare(films)  # their SR documents are built beside the decode and inference
         self.committed = False
         self.scorer.score([q.path for q in items], on_error="record")
         return self.committed

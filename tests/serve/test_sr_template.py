@@ -47,11 +47,13 @@ def read(data: bytes) -> Dataset:
     return pydicom.dcmread(io.BytesIO(data))
 
 
-def both(header: Dataset, template: Any, **film: Any) -> tuple[Dataset, Dataset]:
-    """(the template's SR, the reference SR) for one film, each read back from its bytes."""
+def both(header: Dataset, template: Any, ahead: bool = False, **film: Any) -> tuple[Dataset, Dataset]:
+    """(the template's SR, the reference SR) for one film, each read back from its bytes; `ahead`: its document built first,
+    as the node builds it while the film is scored."""
     from salad.serve.sr import build_report
 
-    data, uid = template.render(header, **film)
+    head = template.head(header, film.get("instance_uid")) if ahead else None
+    data, uid = template.render(header, **film, head=head)
     buffer = io.BytesIO()
     reference = build_report(header, **film, **template.constants)
     pydicom.dcmwrite(buffer, reference, enforce_file_format=True)
@@ -77,8 +79,9 @@ def test_the_template_sr_equals_highdicoms_for_real_films_both_decisions(decided
 
     template = ReportTemplate(threshold=0.61, decided_by=decided_by, bundle_sha256=SHA, runtime="onnxruntime", precision="int8")
     for name, header in headers().items():
-        for label, score, knn in ((1, 0.8123456789012345, 1 / 3), (0, 0.25, 0.1), (1, 12345.678, 1e-9)):
-            mine, reference = both(header, template, score=score, knn_angle=knn, label=label)
+        for ahead, label, score, knn in ((False, 1, 0.8123456789012345, 1 / 3), (True, 0, 0.25, 0.1), (False, 1, 12345.678, 1e-9),
+                                         (True, 1, 0.5, 0.5)):
+            mine, reference = both(header, template, ahead, score=score, knn_angle=knn, label=label)
             assert differences(mine, reference) == [], name
             assert differences(mine.file_meta, reference.file_meta) == [], name
             values = [float(i.MeasuredValueSequence[0].FloatingPointValue) for i in
@@ -93,9 +96,10 @@ def test_a_collision_sr_has_its_own_instance_uid_and_equals_the_reference() -> N
     template = ReportTemplate(threshold=0.5, decided_by="score", bundle_sha256=SHA, runtime="onnxruntime", precision="fp32")
     header = headers()["RG1_UNCR.dcm"]
     own = str(generate_uid(entropy_srcs=["salad-sr", "other-key"]))
-    mine, reference = both(header, template, score=0.7, knn_angle=0.3, label=1, instance_uid=own)
-    assert str(mine.SOPInstanceUID) == str(mine.file_meta.MediaStorageSOPInstanceUID) == own
-    assert differences(mine, reference) == []
+    for ahead in (False, True):
+        mine, reference = both(header, template, ahead, score=0.7, knn_angle=0.3, label=1, instance_uid=own)
+        assert str(mine.SOPInstanceUID) == str(mine.file_meta.MediaStorageSOPInstanceUID) == own
+        assert differences(mine, reference) == []
 
 
 def test_a_source_highdicom_refuses_is_refused_by_the_template_too() -> None:
@@ -106,3 +110,5 @@ def test_a_source_highdicom_refuses_is_refused_by_the_template_too() -> None:
     del header.PatientID  # highdicom copies the patient module and needs it: no SR, as from the reference builder
     with pytest.raises(AttributeError):
         template.render(header, score=0.7, knn_angle=0.3, label=1)
+    with pytest.raises(AttributeError):
+        template.head(header)  # built ahead, the node's way: the same refusal
