@@ -17,7 +17,8 @@ acknowledged, as a modality does),
 `throughput` (--throughput-n films as fast as the senders go, once per count in --throughput-associations).
 `--serve-from DIR` runs the node from another checkout's serve/ folder (the rest of the toolkit as installed), so a
 change to the node can be measured against the code before it in one run, under the same load; `--reader-from DIR`
-does the same for reading and preprocessing a film (imageio.py and preprocess.py from another checkout's salad/).
+does the same for reading and preprocessing a film (dicom_display.py, imageio.py and preprocess.py from another checkout's
+salad/); the two may be given together.
 Usage: python benchmarks/dicom_load.py BUNDLE [--n 1000] [--associations 4] [--out benchmarks/results/dicom]
 """
 
@@ -36,6 +37,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -79,34 +81,28 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-#: `salad serve` with salad.serve imported from the folder given as the first argument (--serve-from).
+#: Loads salad.serve from the folder given as the next argument (--serve-from), before anything imports it.
 _SERVE_FROM = """
-import importlib.util, sys
 folder = sys.argv.pop(1)
 spec = importlib.util.spec_from_file_location("salad.serve", folder + "/__init__.py", submodule_search_locations=[folder])
 module = importlib.util.module_from_spec(spec)
 sys.modules["salad.serve"] = module
 spec.loader.exec_module(module)
-import salad
 salad.serve = module
-from salad.cli import main
-main(args=sys.argv[1:], prog_name="salad")
 """
-#: `salad serve` with salad.imageio and salad.preprocess (reading and preprocessing a film) loaded from the salad/
-#: folder given as the first argument (--reader-from), before anything imports them.
+#: Loads salad.dicom_display, salad.imageio and salad.preprocess (reading and preprocessing a film) from the salad/
+#: folder given as the next argument (--reader-from), before anything imports them.
 _READER_FROM = """
-import importlib.util, sys
 folder = sys.argv.pop(1)
-import salad
-for name in ("imageio", "preprocess"):
+for name in ("dicom_display", "imageio", "preprocess"):
     spec = importlib.util.spec_from_file_location("salad." + name, folder + "/" + name + ".py")
     module = importlib.util.module_from_spec(spec)
     sys.modules["salad." + name] = module
     spec.loader.exec_module(module)
     setattr(salad, name, module)
-from salad.cli import main
-main(args=sys.argv[1:], prog_name="salad")
 """
+_LAUNCH = ("import importlib.util, sys\nimport salad\n{reader}{serve}"
+           "from salad.cli import main\nmain(args=sys.argv[1:], prog_name='salad')\n")
 #: The node's code: None is the installed salad.serve; a folder is another checkout's serve/ (--serve-from).
 SERVE_FROM: Path | None = None
 #: The node's film reader and preprocessing: None is the installed ones; a folder is another checkout's salad/.
@@ -120,10 +116,9 @@ class Node:
 
     def __init__(self, bundle: Path, out: Path, log: Path, *args: str) -> None:
         launch = ["-m", "salad.cli"]
-        if SERVE_FROM is not None:
-            launch = ["-c", _SERVE_FROM, str(SERVE_FROM)]
-        elif READER_FROM is not None:
-            launch = ["-c", _READER_FROM, str(READER_FROM)]
+        if SERVE_FROM is not None or READER_FROM is not None:  # the reader's folder first, then the node's
+            code = _LAUNCH.format(reader=_READER_FROM if READER_FROM else "", serve=_SERVE_FROM if SERVE_FROM else "")
+            launch = ["-c", code, *(str(f) for f in (READER_FROM, SERVE_FROM) if f is not None)]
         cmd = [sys.executable, *launch, "serve", str(bundle), "--out", str(out), "--status-every", "10",
                "--precision", PRECISION, *args]
         self.log = log
@@ -349,13 +344,14 @@ def paced(bundle: Path, work: Path, files: list[Path], interval_s: float) -> dic
     assoc = ae.associate("127.0.0.1", port, ae_title="SALAD")
     if not assoc.is_established:
         raise SystemExit("paced: no association")
-    ack_ms = []
+    ack_ms, acked = [], {}  # the sender's round trip; the wall-clock time each film's ack reached the sender
     start = time.monotonic()
     for i, path in enumerate(files):
         time.sleep(max(0.0, start + i * interval_s - time.monotonic()))
         t = time.perf_counter()
         status = assoc.send_c_store(path)
         ack_ms.append((time.perf_counter() - t) * 1000)
+        acked[uid_of(path)] = time.time()
         if not status or status.Status != 0:
             raise SystemExit(f"paced: {path} not stored ({status})")
     assoc.release()
@@ -365,6 +361,9 @@ def paced(bundle: Path, work: Path, files: list[Path], interval_s: float) -> dic
     lat = np.array([r["timings"]["latency_ms"] for r in got])
     decode = np.array([r["timings"]["preprocess_ms"] for r in got])
     rest = lat - decode - np.array([r["timings"]["inference_ms"] for r in got])
+    # the row's time (`scored`, ms) less the ack's arrival at the sender: the node's latency_ms counts from the inbox
+    # file's mtime, before its fsyncs, so it includes the durable write the ack waits for; this starts at the ack itself
+    seen = np.array([(datetime.fromisoformat(r["scored"]).timestamp() - acked[r["sop_instance_uid"]]) * 1000 for r in got])
     source = {uid_of(path): FILMS[i % len(FILMS)] for i, path in enumerate(files)}  # make_films cycles FILMS
     by_film = {}
     for name in FILMS:
@@ -372,12 +371,15 @@ def paced(bundle: Path, work: Path, files: list[Path], interval_s: float) -> dic
         if mine:
             by_film[name] = {"films": len(mine), "latency_ms_p50": round(float(np.median(lat[mine])), 1),
                              "decode_preprocess_ms_p50": round(float(np.median(decode[mine])), 1),
-                             "beyond_decode_and_inference_ms_p50": round(float(np.median(rest[mine])), 1)}
+                             "beyond_decode_and_inference_ms_p50": round(float(np.median(rest[mine])), 1),
+                             "sender_ack_to_row_ms_p50": round(float(np.median(seen[mine])), 1),
+                             "inference_ms_p50": round(float(np.median(lat[mine] - decode[mine] - rest[mine])), 1)}
     return {
         "sent": len(files), "interval_s": interval_s, **check(got, {uid_of(p) for p in files}), "load_average_at_end": _load(),
         "c_store_round_trip_ms": {"p50": round(float(np.percentile(ack_ms, 50)), 1), "p95": round(float(np.percentile(ack_ms, 95)), 1)},
         "latency_ms": {"p50": round(float(np.percentile(lat, 50)), 1), "p95": round(float(np.percentile(lat, 95)), 1),
                        "max": round(float(lat.max()), 1)},
+        "sender_ack_to_row_ms": {"p50": round(float(np.percentile(seen, 50)), 1), "p95": round(float(np.percentile(seen, 95)), 1)},
         # the Scorer's read, decode and preprocessing of the film; what remains besides inference is the node's own work
         "decode_preprocess_ms": {"p50": round(float(np.percentile(decode, 50)), 1), "p95": round(float(np.percentile(decode, 95)), 1)},
         "beyond_decode_and_inference_ms": {"p50": round(float(np.percentile(rest, 50)), 1),
@@ -422,10 +424,15 @@ def _table_rows(result: dict[str, Any]) -> list[str]:
             f"{p['errors']} | ack → row p50 {p['latency_ms']['p50']} ms, p95 {p['latency_ms']['p95']} ms"
             + (f" (decode + preprocessing p50 {p['decode_preprocess_ms']['p50']} ms; the node's own work p50 {beyond['p50']} ms)"
                if beyond else "")
+            + (f"; ack at the sender → row p50 {p['sender_ack_to_row_ms']['p50']} ms" if "sender_ack_to_row_ms" in p else "")
             + f"; C-STORE round trip p50 {p['c_store_round_trip_ms']['p50']} ms |")
     for name, f in (p or {}).get("by_film", {}).items():
         lines.append(f"| paced: {name} | {f['films']} | | | | | ack → row p50 {f['latency_ms_p50']} ms (decode + preprocessing "
-                     f"{f['decode_preprocess_ms_p50']} ms, the node's own work {f['beyond_decode_and_inference_ms_p50']} ms) |")
+                     f"{f['decode_preprocess_ms_p50']} ms, "
+                     + (f"inference {f['inference_ms_p50']} ms, " if "inference_ms_p50" in f else "")
+                     + f"the node's own work {f['beyond_decode_and_inference_ms_p50']} ms)"
+                     + (f"; ack at the sender → row p50 {f['sender_ack_to_row_ms_p50']} ms" if "sender_ack_to_row_ms_p50" in f else "")
+                     + " |")
     for count, t in result.get("throughput", {}).items():
         lines.append(f"| throughput, {count} association(s) | {t['sent']} | {t['rows']} | {t['lost']} | {t['duplicates']} | "
                      f"{t['errors']} | {t['throughput_films_per_s']} films/s (first send to last row, {t['seconds_to_last_row']} s);"
@@ -477,12 +484,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--throughput-associations", default="1,4", help="comma-separated association counts")
     ap.add_argument("--serve-from", type=Path, default=None, help="run the node from this serve/ folder (another checkout's)")
     ap.add_argument("--reader-from", type=Path, default=None,
-                    help="run the node with imageio.py and preprocess.py from this folder (another checkout's salad/)")
+                    help="run the node with dicom_display.py, imageio.py and preprocess.py from this folder (another checkout's salad/)")
     ap.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"), help="the graph variant the node runs")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "dicom")
     args = ap.parse_args(argv)
-    if args.serve_from and args.reader_from:
-        ap.error("--serve-from and --reader-from: measure one change at a time (give one of them).")
     phases = args.phases.split(",")
     global SERVE_FROM, READER_FROM, PRECISION
     PRECISION = args.precision
