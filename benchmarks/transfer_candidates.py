@@ -53,6 +53,8 @@ CENTRE_WEIGHTS = (0.5, 1.0, 2.0)
 TILT_WEIGHTS = (2.0, 4.0, 8.0)
 #: Offsets (in standard deviations) below which the centre adds no angle: φ = W · σ · max(centre_z + O, 0).
 TILT_OFFSETS = (0.0, 1.0, 2.0)
+#: The pixel floors of salad.train.floors scored beside centre-minus-mean on every film set.
+FLOORS = ("thumbnail8-knn", "thumbnail16-knn", "raw-pixel-knn")
 #: Splits whose test films are the development patients' (dev_val.csv): scored under every shift and compound.
 DEV_SPLITS = ("dev", "dev-ar")
 #: Every split a kept run may be named after, longest first (so `site-dark-ar` is not read as `dev-ar`'s kin).
@@ -174,10 +176,12 @@ def evaluate_run(run_dir: Path, split: str) -> dict[str, Any]:
     from salad.imageio import read_image
     from salad.preprocess import preprocess
     from salad.train.evaluate import load_run
+    from salad.train.floors import floors
     from salad.train.models import SaladAutoencoder
 
     loaded = load_run(run_dir)
     head = loaded.model.config.head
+    pixel_floors = [f for f in floors(loaded.model.config, K, 0) if f.name in FLOORS]
     torch.manual_seed(int(run_dir.name.rpartition("-s")[2]))  # the initial weights, as salad.train.floors builds them
     nets = {"trained": loaded.model.eval(), "untrained": SaladAutoencoder(loaded.model.config).eval()}
     bank_samples = [s for s in read_samples(run_dir / "train.csv") if s.label == 0]
@@ -197,6 +201,8 @@ def evaluate_run(run_dir: Path, split: str) -> dict[str, Any]:
         scores = {name: fn(f) for name, fn in scorers["trained"].items()}
         auc = {name: float(roc_auc_score(labels, v)) for name, v in scores.items()}
         auc["centre-minus-mean"] = float(roc_auc_score(labels, centre_minus_mean(films)))
+        for floor in pixel_floors:  # training-free floors on the same films and bank (salad.train.floors)
+            auc[floor.name] = float(roc_auc_score(labels, floor.score(train, films)))
         f0 = _features(nets["untrained"], films, head)
         auc.update({f"untrained:{name}": float(roc_auc_score(labels, fn(f0))) for name, fn in scorers["untrained"].items()})
         fpr = {name: float((v[labels == 0] > thresholds[name]).mean()) for name, v in scores.items()}
@@ -244,19 +250,21 @@ def _columns(rs: list[dict[str, Any]], sites: list[str], name: str) -> list[list
 
 
 def _rule_table(rs: list[dict[str, Any]], sites: list[str]) -> list[str]:
-    """Rows: every rule trained, then at its initial weights, then centre-minus-mean; *credit* checks the margin."""
-    names = [n for n in rs[0]["clean"] if not n.startswith("untrained:") and n != "centre-minus-mean"]
+    """Rows: every rule trained, then at its initial weights, then the floors; *credit* checks the margin."""
+    floor_names = [n for n in ("centre-minus-mean", *FLOORS) if n in rs[0]["clean"]]
+    names = [n for n in rs[0]["clean"] if not n.startswith("untrained:") and n not in floor_names]
     lines = ["| rule | dev clean | dev shifts mean | dev shifts worst | dev compounds mean | dev compounds worst | "
-             + " | ".join(sites) + " | worst of all | beats own untrained & centre − mean |",
+             + "".join(f"{site} | " for site in sites) + "worst of all | beats own untrained & floors |",
              "|---|---|---|---|---|---|" + "---|" * len(sites) + "---|---|"]
-    cmm = [statistics.mean(c) if c else None for c in _columns(rs, sites, "centre-minus-mean")]
-    for name in [*names, *(f"untrained:{n}" for n in names), "centre-minus-mean"]:
+    best = [max(statistics.mean(c) for c in col) if all(col) else None  # the best training-free floor per column
+            for col in zip(*(_columns(rs, sites, f) for f in floor_names), strict=True)]
+    for name in [*names, *(f"untrained:{n}" for n in names), *floor_names]:
         cols = _columns(rs, sites, name)
         means = [statistics.mean(c) if c else None for c in cols]
         credit = "–"
-        if not name.startswith("untrained:") and name != "centre-minus-mean":
+        if not name.startswith("untrained:") and name not in floor_names:
             floor = [statistics.mean(c) if c else None for c in _columns(rs, sites, f"untrained:{name}")]
-            beats = [m >= max(f, c) + _margin(max(f, c)) for m, f, c in zip(means, floor, cmm, strict=True)
+            beats = [m >= max(f, c) + _margin(max(f, c)) for m, f, c in zip(means, floor, best, strict=True)
                      if m is not None and f is not None and c is not None]
             credit = "yes" if all(beats) else "no"
         worst = min(m for m in means if m is not None)
@@ -274,8 +282,9 @@ def summarise(records: list[dict[str, Any]]) -> str:
              "salad.acquisition.COMPOUND_SHIFTS). `site-*`: one acquisition group of the development patients held out "
              "whole (benchmarks/pseudo_sites.py); the bank is the other groups' normals. `untrained:` rows score the "
              "same rule with the run's network at its initial weights (same seed); centre-minus-mean is the one-number "
-             "floor, on the same films. *beats own untrained & centre − mean*: the rule's mean exceeds both floors' "
-             "means by min(0.05, half the floor's distance to 1) in every column.", ""]
+             "floor and thumbnail / raw-pixel kNN the pixel floors (salad.train.floors), on the same films and bank. "
+             "*beats own untrained & floors*: the rule's mean exceeds its own untrained mean and every floor's mean by "
+             "min(0.05, half the floor's distance to 1) in every column.", ""]
     for recipe in dict.fromkeys(r["recipe"] for r in records):
         rs = [r for r in records if r["recipe"] == recipe]
         lines += [f"## {recipe}", "", *_rule_table(rs, sites)]
