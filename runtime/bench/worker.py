@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import time
@@ -46,7 +47,8 @@ class Job:
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self))
+        # a path option (`--cache-dir` arrives from click as a Path) travels as its string
+        return json.dumps(dataclasses.asdict(self), default=os.fspath)
 
     @property
     def label(self) -> str:

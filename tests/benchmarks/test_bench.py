@@ -113,6 +113,17 @@ def test_smoke_markdown_and_plot(smoke: tuple[dict, str, Path, str]) -> None:
     assert png.read_bytes()[:8] == PNG_MAGIC
 
 
+def test_a_cache_folder_given_on_the_command_line_reaches_every_worker(bench_bundle: Path, tmp_path: Path) -> None:
+    # --cache-dir arrives as a Path; every configuration's job, torch's included, must still travel to its worker
+    result = CliRunner().invoke(bench_command, [
+        str(bench_bundle), "--runtime", "onnxruntime", "--batch", "1", "--iters", "1", "--warmup", "0", "--films", "2",
+        "--threads", "1", "--cache-dir", str(tmp_path / "cache"), "--json", str(tmp_path / "bench.json"),
+    ])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "bench.json").read_text(encoding="utf-8"))
+    assert {r["runtime"] for r in report["results"]} == {"torch", "onnxruntime"}
+
+
 def test_a_precision_the_bundle_lacks_is_named_before_anything_runs(bench_bundle: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(bench_command, [str(bench_bundle), "--precision", "int8", "--iters", "1"])
     assert result.exit_code == 1
