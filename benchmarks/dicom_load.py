@@ -358,6 +358,7 @@ def paced(bundle: Path, work: Path, files: list[Path], interval_s: float) -> dic
     wait_rows(out, len(files))
     node.stop()
     got = rows(out)
+    shutil.copy(out / "scores.jsonl", work / "paced-scores.jsonl")  # each film's timings travel with the results
     lat = np.array([r["timings"]["latency_ms"] for r in got])
     decode = np.array([r["timings"]["preprocess_ms"] for r in got])
     rest = lat - decode - np.array([r["timings"]["inference_ms"] for r in got])
@@ -525,7 +526,8 @@ def main(argv: list[str] | None = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "load.json").write_text(json.dumps(result, indent=2) + "\n")
         write_markdown(args.out / "load.md", result)
-        for log in sorted(work.glob("*.log")):  # the node's own logs (status lines) travel with the results
+        # the node's own logs (status lines) and the paced phase's rows travel with the results
+        for log in sorted([*work.glob("*.log"), *work.glob("paced-scores.jsonl")]):
             if not log.name.startswith(("steady-sender", "kill-sender", "kill-resend")) and "-sender" not in log.name:
                 shutil.copy(log, args.out / log.name)
     checked = [result[p] for p in phases if p != "throughput"] + list(result.get("throughput", {}).values())
