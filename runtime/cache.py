@@ -140,12 +140,17 @@ SEAL_SUFFIX = ".crc32"
 SETTLE_NS = 2_000_000_000
 
 
-def _file_crc32(path: Path) -> str:
-    """The file's CRC-32, read in 1 MiB pieces into one buffer: no copy of a 90 MB file in memory, and faster."""
+def _file_crc32(path: Path, sync: bool = False) -> str:
+    """The file's CRC-32, read in 1 MiB pieces into one buffer: no copy of a 90 MB file in memory, and faster.
+
+    `sync`: fsync the file first, so a seal written after it never vouches for bytes still only in the page cache.
+    """
     value = 0
     buffer = bytearray(1 << 20)
     view = memoryview(buffer)
     with open(path, "rb", buffering=0) as fh:
+        if sync:
+            os.fsync(fh.fileno())
         while size := fh.readinto(buffer):
             value = zlib.crc32(view[:size], value)
     return f"{value:08x}"
@@ -183,7 +188,7 @@ def seal_ok(path: Path) -> bool:
         ok = bool(lines) and lines[0] == _file_crc32(path) and file_state(path) == state
     except (OSError, ValueError):
         return False
-    if ok and len(lines) == 1 and settled(state, looked):
+    if ok and lines[1:] != [_state_text(state)] and settled(state, looked):  # no status yet, or a stale one
         try:
             write_atomic(seal, f"{lines[0]}\n{_state_text(state)}\n".encode("ascii"))
         except OSError as exc:  # a read-only cache still works: the next start reads the file again
@@ -197,12 +202,14 @@ def install_sealed(tmp: Path, path: Path) -> None:
     If another process installed `path` first, its folder stays and `tmp` is left to the caller to remove.
     """
     for file in sorted(p for p in tmp.iterdir() if p.is_file() and not p.name.endswith(SEAL_SUFFIX)):
-        write_atomic(file.with_name(file.name + SEAL_SUFFIX), _file_crc32(file).encode("ascii"))
+        write_atomic(file.with_name(file.name + SEAL_SUFFIX), _file_crc32(file, sync=True).encode("ascii"))
     try:
         os.rename(tmp, path)
     except OSError:
         if not path.is_dir():
             raise
+        return
+    fsutil.fsync_dir(path.parent)
 
 
 def check_seals(folder: Path, pattern: str) -> tuple[dict[str, int], list[str]]:
@@ -226,8 +233,11 @@ def check_seals(folder: Path, pattern: str) -> tuple[dict[str, int], list[str]]:
             kept[path.name] = mtime
             continue
         log.warning("%s: cached file without a matching CRC-32 seal (half-written or altered); removed, it is built again.", path)
-        for stale in (path, seal):
-            stale.unlink(missing_ok=True)
+        try:
+            for stale in (path, seal):
+                stale.unlink(missing_ok=True)
+        except OSError as exc:  # a read-only cache: the runtime builds its own copy in memory and cannot save it
+            log.warning("%s: cannot remove it (%s).", path, exc)
         removed.append(path.name)
     return kept, removed
 
@@ -242,7 +252,7 @@ def seal_new(folder: Path, pattern: str, before: dict[str, int], removed: list[s
     fresh = [name for name, mtime in after.items() if before.get(name) != mtime]
     for name in fresh:
         try:
-            write_atomic(folder / (name + SEAL_SUFFIX), _file_crc32(folder / name).encode("ascii"))
+            write_atomic(folder / (name + SEAL_SUFFIX), _file_crc32(folder / name, sync=True).encode("ascii"))
         except OSError as exc:
             log.warning("%s: cannot seal this cached file (%s); the next start builds it again.", folder / name, exc)
     if any(name in before for name in fresh) or (fresh and removed):

@@ -216,7 +216,13 @@ class OnnxRuntimeRunner(Runner):
         options = self._options(ort, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
         tmp = entry.with_name(fsutil.temp_name(f".{entry.name}.tmp-")) if entry is not None else None
         if tmp is not None:
-            tmp.mkdir()
+            try:
+                tmp.mkdir()
+            except OSError as exc:  # a read-only or full cache folder costs speed, never the start
+                log.warning("%s: optimised model not cached (%s); the next start optimises the graph again.", entry, exc)
+                self.start_cache["status"] = "off"
+                tmp = entry = None
+        if tmp is not None:
             options.optimized_model_filepath = str(tmp / CACHED_MODEL)
             for name, value in SAVE_CONFIG.items():
                 options.add_session_config_entry(name, value)

@@ -13,6 +13,7 @@ not trust it sets $SALAD_NO_CACHE=1 (every start hashes) or a root-owned $SALAD_
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -93,7 +94,8 @@ def _stamped(stamp: Path, parts: dict[str, Any]) -> bool:
         payload = read_entry(stamp)
     except CacheEntryError as exc:
         log.warning("%s Hashing the bundle instead.", exc)
-        stamp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only cache: the stamp stays and is refused again next time
+            stamp.unlink(missing_ok=True)
         return False
     return payload is not None and payload == _canonical(parts)
 

@@ -62,11 +62,20 @@ class Reports:
     def prepare(self, films: list[Film]) -> None:
         """Start building the SR documents of a batch about to be scored: the builder thread works while the Scorer decodes
         and infers (mostly outside the GIL), so a film's SR waits only for its score's few leaves."""
+        for unused in self.heads.values():  # films of the last batch that got no SR (error rows): not built for nothing
+            unused.cancel()
         self.heads = {}
         for film in films:
-            if film.header is not None:
+            if film.header is None:
+                continue
+            try:
                 film.header.walk(lambda ds, element: None)  # every element parsed here: the two threads then only read it
-                self.heads[film.item.key] = self._heads.submit(self.template.head, film.header, _own_uid(film.item.key, film.collision))
+            except Exception as exc:  # noqa: BLE001 - pydicom raises many types for one odd element (a wrong length, say)
+                # That film's SR is rendered inline from the elements it needs, as before the head start existed.
+                first = str(exc).splitlines()[0] if str(exc) else ""  # pydicom puts a whole traceback in the message
+                log.info("%s: SR not built ahead (%s: %s)", film.item.key, type(exc).__name__, first)
+                continue
+            self.heads[film.item.key] = self._heads.submit(self.template.head, film.header, _own_uid(film.item.key, film.collision))
 
     def on_scored(self, event: Scored) -> None:
         """A labelled film's SR rendered (not yet written); an error row gets none."""

@@ -60,8 +60,16 @@ def tiny_config(**overrides):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="session", autouse=True)
 def private_start_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Runtimes' start-up caches in this session's temporary folder, not the user's ~/.cache (an explicit one stays)."""
-    os.environ.setdefault("SALAD_CACHE_DIR", str(tmp_path_factory.mktemp("salad-cache")))
+    """Runtimes' start-up caches on, in this session's temporary folder, never the user's (session fixtures use it)."""
+    os.environ["SALAD_CACHE_DIR"] = str(tmp_path_factory.mktemp("salad-cache"))
+    os.environ.pop("SALAD_NO_CACHE", None)
+
+
+@pytest.fixture(autouse=True)
+def start_cache_per_test(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test its own empty cache folder: a verification stamp or optimised model another test left cannot change
+    what a test sees (the start that reads a cache is tested where a test fills it itself)."""
+    monkeypatch.setenv("SALAD_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
 
 
 @pytest.fixture(scope="session")

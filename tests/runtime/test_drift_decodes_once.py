@@ -62,8 +62,8 @@ def opened(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
 def test_score_drift_decodes_each_film_once_and_reports_the_same_figures(tiny_bundle: Path, tmp_path: Path,
                                                                         decoded: Counter[str], opened: Counter[str],
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    # Every start hashes the bundle through Bundle.open: a verification stamp left by an earlier test in the same
-    # cache folder would skip Bundle.open (runtime/verified.py), and the count below would depend on test order.
+    # Every open goes through Bundle.open with the caches off: a verification stamp (runtime/verified.py) would let a
+    # second open skip Bundle.open, and the count below could not see it.
     monkeypatch.setenv("SALAD_NO_CACHE", "1")
     films = _films("normal", 30) + _films("pneumonia", 30)
     confirmed = _films("normal", 6, start=30)
