@@ -28,7 +28,7 @@ from salad.bundle import Bundle
 from salad.errors import BundleError
 from salad.journal import wait_for_commit
 from salad.manifest import MANIFEST, confined
-from salad.manifest_model import load_with_bytes
+from salad.manifest_model import load_with_bytes, verified_files
 
 from .cache import CacheEntryError, cache_key, file_state, prune, read_entry, settled, start_cache_folder, write_entry
 
@@ -55,14 +55,6 @@ def _states(root: Path, names: Sequence[str]) -> dict[str, list[int]] | None:
         return None
 
 
-def _verified_files(bundle: Bundle, graphs: Sequence[tuple[str, str]] | None) -> list[str]:
-    """The files `Bundle.open(verify=True, graphs=…)` reads: the listed files those graphs run on, or all."""
-    manifest = bundle.manifest
-    if graphs is None:
-        return sorted(manifest.listed_files())
-    return sorted({f for name, precision in graphs for f in manifest.graph_files(name, precision)})
-
-
 def open_verified(path: str | os.PathLike[str], graphs: Sequence[tuple[str, str]] | None,
                   cache_dir: str | os.PathLike[str] | None = None, use_cache: bool = True) -> tuple[Bundle, str]:
     """The bundle, verified as `Bundle.open(path, verify=True, graphs=graphs)` does, and how: "hashed" or "stamped".
@@ -75,7 +67,7 @@ def open_verified(path: str | os.PathLike[str], graphs: Sequence[tuple[str, str]
         return Bundle.open(root, verify=True, graphs=graphs), "hashed"
     wait_for_commit(root)
     manifest, data = load_with_bytes(root)  # the manifest itself is always fully checked
-    names = _verified_files(Bundle(root, manifest), graphs)
+    names = verified_files(manifest, graphs)  # the files the full check hashes, by its own list
     looked = time.time_ns()  # before the files are looked at: what had settled by then cannot change unseen
     states = _states(root, names)
     if states is not None:

@@ -324,14 +324,18 @@ def check_banks(root: Path, manifest: Manifest, keys: list[str]) -> None:
             )
 
 
+def verified_files(manifest: Manifest, graphs: Sequence[tuple[str, str]] | None) -> list[str]:
+    """The files verify_bundle hashes: every listed file, or those the (name, precision) `graphs` run on."""
+    if graphs is None:
+        return sorted(manifest.listed_files())
+    return sorted({f for name, p in graphs for f in manifest.graph_files(name, p)})
+
+
 def verify_bundle(root: Path, manifest: Manifest, graphs: Sequence[tuple[str, str]] | None) -> None:
     """The listed files' sha256 (all, or those `graphs` read), then the bank each of those scoring graphs uses."""
-    if graphs is None:
-        verify_files(root, manifest)
-        check_banks(root, manifest, sorted(manifest.graphs))
-        return
-    verify_files(root, manifest, only=[f for name, p in graphs for f in manifest.graph_files(name, p)])
-    check_banks(root, manifest, [manifest.graph_key(name, p) for name, p in graphs])
+    verify_files(root, manifest, only=verified_files(manifest, graphs))
+    keys = sorted(manifest.graphs) if graphs is None else [manifest.graph_key(name, p) for name, p in graphs]
+    check_banks(root, manifest, keys)
 
 
 def current_manifest(bundle: str | os.PathLike[str], verify: bool = True) -> Manifest:
