@@ -16,6 +16,7 @@ import torch
 from click.testing import CliRunner
 
 from salad.cli import main
+from salad.errors import ConfigError
 from salad.export import export_bundle
 from salad.export.graphs import export_encoder
 from salad.export.spec import graph_contracts
@@ -38,7 +39,7 @@ def _sha(path: Path) -> str:
 def test_the_choices_and_the_presets() -> None:
     assert ACTIVATIONS.names() == ["leaky_relu", "relu"]
     assert {name: cfg.activation for name, cfg in PRESETS.items()} == dict.fromkeys(PRESETS, "leaky_relu")
-    with pytest.raises(Exception, match=r"unknown activation 'gelu'; expected one of \['leaky_relu', 'relu'\]"):
+    with pytest.raises(ConfigError, match=r"unknown activation 'gelu'; expected one of \['leaky_relu', 'relu'\]"):
         TrainConfig(activation="gelu").validate()
 
 
