@@ -168,7 +168,18 @@ def settled(state: list[int], looked_ns: int) -> bool:
 
 
 def _state_text(state: list[int]) -> str:
+    """A file's status as the seal's second line records it."""
     return "-".join(str(v) for v in state)
+
+
+def seal_of(path: Path) -> Path:
+    """Where `path`'s CRC-32 seal lives: beside it, the same name plus SEAL_SUFFIX."""
+    return path.with_name(path.name + SEAL_SUFFIX)
+
+
+def _write_seal(path: Path) -> None:
+    """Seal `path` with its CRC-32, the file fsynced first so the seal never vouches for bytes not yet on disk."""
+    write_atomic(seal_of(path), _file_crc32(path, sync=True).encode("ascii"))
 
 
 def seal_ok(path: Path) -> bool:
@@ -178,7 +189,7 @@ def seal_ok(path: Path) -> bool:
     if the status is still that, the file was not written since and is not read again. Otherwise the file is read and
     its CRC-32 compared, and a match on a settled file adds the status line, so later starts need not read it.
     """
-    seal = path.with_name(path.name + SEAL_SUFFIX)
+    seal = seal_of(path)
     looked = time.time_ns()
     try:
         lines = seal.read_text(encoding="ascii").split()
@@ -202,7 +213,7 @@ def install_sealed(tmp: Path, path: Path) -> None:
     If another process installed `path` first, its folder stays and `tmp` is left to the caller to remove.
     """
     for file in sorted(p for p in tmp.iterdir() if p.is_file() and not p.name.endswith(SEAL_SUFFIX)):
-        write_atomic(file.with_name(file.name + SEAL_SUFFIX), _file_crc32(file, sync=True).encode("ascii"))
+        _write_seal(file)
     try:
         os.rename(tmp, path)
     except OSError:
@@ -223,7 +234,7 @@ def check_seals(folder: Path, pattern: str) -> tuple[dict[str, int], list[str]]:
     for path in sorted(folder.glob(pattern)):
         if path.name.endswith(SEAL_SUFFIX):
             continue
-        seal = path.with_name(path.name + SEAL_SUFFIX)
+        seal = seal_of(path)
         try:
             ok = seal_ok(path)
             mtime = path.stat().st_mtime_ns
@@ -252,7 +263,7 @@ def seal_new(folder: Path, pattern: str, before: dict[str, int], removed: list[s
     fresh = [name for name, mtime in after.items() if before.get(name) != mtime]
     for name in fresh:
         try:
-            write_atomic(folder / (name + SEAL_SUFFIX), _file_crc32(folder / name, sync=True).encode("ascii"))
+            _write_seal(folder / name)
         except OSError as exc:
             log.warning("%s: cannot seal this cached file (%s); the next start builds it again.", folder / name, exc)
     if any(name in before for name in fresh) or (fresh and removed):
@@ -279,7 +290,7 @@ def prune(folder: Path, keep: int = KEEP_ENTRIES) -> list[str]:
                 shutil.rmtree(old)
             else:
                 old.unlink()
-                old.with_name(old.name + SEAL_SUFFIX).unlink(missing_ok=True)
+                seal_of(old).unlink(missing_ok=True)
             removed.append(old.name)
         except OSError as exc:  # another process removed or holds it: it goes next time
             log.debug("%s: not pruned (%s)", old, exc)

@@ -36,7 +36,7 @@ PINNED_PRECISION = "f32"
 BLOB_FOLDER = "openvino"
 #: OpenVINO's converter package: optional in OpenVINO's own __init__, not needed to compile an ONNX file.
 CONVERTER = "openvino.tools.ovc"
-#: OpenVINO's compiled-model files in CACHE_DIR; each gets a sha256 seal beside it (salad.runtime.cache.check_seals).
+#: OpenVINO's compiled-model files in CACHE_DIR; each gets a CRC-32 seal beside it (salad.runtime.cache.check_seals).
 BLOB_PATTERN = "*.blob"
 
 log = logging.getLogger(__name__)

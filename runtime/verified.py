@@ -82,6 +82,7 @@ def open_verified(path: str | os.PathLike[str], graphs: Sequence[tuple[str, str]
 
 
 def _stamped(stamp: Path, parts: dict[str, Any]) -> bool:
+    """Whether `stamp` holds exactly `parts` (a damaged stamp is removed and counts as none)."""
     try:
         payload = read_entry(stamp)
     except CacheEntryError as exc:
@@ -102,6 +103,7 @@ def _unchanged(root: Path, data: bytes, names: Sequence[str], states: dict[str, 
 
 
 def _write_stamp(folder: Path, stamp: Path, parts: dict[str, Any]) -> None:
+    """Record that the bundle verified in these files' states; a cache that cannot take it only costs the next hash."""
     try:
         write_entry(stamp, _canonical(parts), parts)
         prune(folder, KEEP_STAMPS)
@@ -110,4 +112,5 @@ def _write_stamp(folder: Path, stamp: Path, parts: dict[str, Any]) -> None:
 
 
 def _canonical(parts: dict[str, Any]) -> bytes:
+    """The stamp's content: its parts as sorted JSON, so equal parts give equal bytes."""
     return json.dumps(parts, sort_keys=True).encode()
