@@ -199,7 +199,11 @@ CPU_AR = dataclasses.replace(
     CPU,
     method="salad",
     known_anomaly_ratio=0.10,
-    centre_tilt=0.0,  # Table 1 measures the paper's method; the tilt was chosen for `cpu` (docs/quality.md)
+    # SALAD's embeddings spread wider than memdae's, and a tilt adds its angle in quadrature, so the centre needs more
+    # weight here: W 8 (offset 2, as `cpu`) was best of W 2/4/8 on every column of the transfer protocol (dev, three
+    # seeds; under compound shifts 0.923 against W 2's 0.886 and the untilted 0.880; docs/quality.md). Table 1's
+    # cells measure the paper's method and keep no tilt (benchmarks/table1.py).
+    centre_tilt=8.0,
     pretrain_epochs=30,
     rounds=10,
     round_epochs=15,

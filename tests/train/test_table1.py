@@ -102,6 +102,13 @@ def test_plan_puts_the_decisive_cells_first_and_covers_every_row() -> None:
     assert dataclasses.replace(t1.cell_config("salad-no-mse-ar15", 2, 1)).known_anomaly_ratio == pytest.approx(0.15)
 
 
+def test_cells_measure_the_paper_method_without_the_presets_tilt() -> None:
+    t1 = _table1()
+    for row in ("memdae-ar0", "salad-ar10", "salad-no-agg-ar15", "salad-growk-ar10"):  # as every committed cell ran
+        cfg = t1.cell_config(row, 0, 1)
+        assert cfg.centre_tilt == 0 and cfg.model_config().output_dim == cfg.model_config().embedding_dim, row
+
+
 def test_unknown_cell_is_refused_before_any_training(tmp_path: Path) -> None:
     t1 = _table1()
     result = CliRunner().invoke(t1.main, ["run", "--out", str(tmp_path), "--only", "kermany/salad-ar20/0"])

@@ -33,11 +33,12 @@ def normals() -> torch.Tensor:
     return _films(SAMPLE / "train" / "normal", 120)
 
 
-def test_the_cpu_preset_is_tilted_and_table1_is_not() -> None:
+def test_both_cpu_presets_are_tilted() -> None:
     from salad.train.config import CPU_AR
 
     assert CPU.centre_tilt > 0 and CPU.model_config().output_dim == CPU.model_config().embedding_dim + 1
-    assert CPU_AR.centre_tilt == 0 and CPU_AR.model_config().output_dim == CPU_AR.model_config().embedding_dim
+    assert CPU_AR.centre_tilt > CPU.centre_tilt and CPU_AR.centre_offset == CPU.centre_offset  # tests/train/test_table1.py:
+    assert CPU_AR.model_config().output_dim == CPU_AR.model_config().embedding_dim + 1  # Table 1's cells stay untilted
 
 
 def test_angles_add_in_quadrature(normals: torch.Tensor) -> None:
