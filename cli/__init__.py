@@ -144,7 +144,7 @@ def main(verbose: int, quiet: bool) -> None:
 @click.option("--score", "score", type=LazyChoice(SCORES.names), default=None,
               help="Operating score: the output thresholds, evaluation and decisions use (both are always computed).")
 @click.option("--centre-tilt", type=click.FloatRange(min=0.0), default=None,
-              help="Weight of the centre-density tilt fitted after training (0: none; the cpu preset: 2). "
+              help="Weight of the centre-density tilt fitted after training (0: none; the cpu preset: 2, cpu-ar: 8). "
                    "docs/quality.md says what it is and why.")
 @click.option("--bank-refresh/--no-bank-refresh", default=None,
               help="Replace the bank by clean embeddings of the training films after training.")
