@@ -214,14 +214,7 @@ class OnnxRuntimeRunner(Runner):
         """
         path = self.graph.path
         options = self._options(ort, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
-        tmp = entry.with_name(fsutil.temp_name(f".{entry.name}.tmp-")) if entry is not None else None
-        if tmp is not None:
-            try:
-                tmp.mkdir()
-            except OSError as exc:  # a read-only or full cache folder costs speed, never the start
-                log.warning("%s: optimised model not cached (%s); the next start optimises the graph again.", entry, exc)
-                self.start_cache["status"] = "off"
-                tmp = entry = None
+        tmp = self._staging_folder(entry) if entry is not None else None
         if tmp is not None:
             options.optimized_model_filepath = str(tmp / CACHED_MODEL)
             for name, value in SAVE_CONFIG.items():
@@ -248,6 +241,17 @@ class OnnxRuntimeRunner(Runner):
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         return session
+
+    def _staging_folder(self, entry: Path) -> Path | None:
+        """A fresh folder beside `entry` for the optimised model being saved; None (cache off) if one cannot be made."""
+        tmp = entry.with_name(fsutil.temp_name(f".{entry.name}.tmp-"))
+        try:
+            tmp.mkdir()
+        except OSError as exc:  # a read-only or full cache folder costs speed, never the start
+            log.warning("%s: optimised model not cached (%s); the next start optimises the graph again.", entry, exc)
+            self.start_cache["status"] = "off"
+            return None
+        return tmp
 
     def _check_session(self) -> None:
         """The session's inputs and outputs must be the manifest's: a mismatch means a wrong or stale file."""

@@ -72,7 +72,7 @@ class Reports:
                 film.header.walk(lambda ds, element: None)  # every element parsed here: the two threads then only read it
             except Exception as exc:  # noqa: BLE001 - pydicom raises many types for one odd element (a wrong length, say)
                 # That film's SR is rendered inline from the elements it needs, as before the head start existed.
-                first = str(exc).splitlines()[0] if str(exc) else ""  # pydicom puts a whole traceback in the message
+                first = (str(exc).splitlines() or [""])[0]  # pydicom puts a whole traceback in the message
                 log.info("%s: SR not built ahead (%s: %s)", film.item.key, type(exc).__name__, first)
                 continue
             self.heads[film.item.key] = self._heads.submit(self.template.head, film.header, _own_uid(film.item.key, film.collision))
